@@ -1,0 +1,359 @@
+//! Pipelines: YAML files with sections `data`, `cluster`, `model`, `train`, `evaluate`,
+//! `recommend`, loaded into typed structs that reject unknown keys, with `--set a.b=VALUE`
+//! overrides applied before typing, and every value validated once before any work starts.
+
+use std::path::{Path, PathBuf};
+
+use diffrec_cluster::ClusterConfig;
+use diffrec_data::DataConfig;
+use diffrec_model::ModelConfig;
+use diffrec_trainer::{EvaluateConfig, RecommendConfig, TrainConfig};
+use serde::{Deserialize, Serialize};
+use serde_norway::Value;
+
+/// A whole pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// `name`: the pipeline's and its run's name (`runs/<name>/`). Letters, digits, `.`, `_`, `-`.
+    pub name: String,
+    /// `workspace`: the workspace URL (path, `file://`, `memory://`, `s3://`). Required here or
+    /// with `--workspace`.
+    #[serde(default)]
+    pub workspace: Option<String>,
+    /// `data`: see `diffrec_data::config`.
+    pub data: DataConfig,
+    /// `cluster`: see `diffrec_cluster::config`.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    /// `model`: see `diffrec_model::config`.
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// `train`: see `diffrec_trainer::config`.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// `evaluate`.
+    #[serde(default)]
+    pub evaluate: EvaluateConfig,
+    /// `recommend`.
+    #[serde(default)]
+    pub recommend: RecommendConfig,
+}
+
+/// Why a pipeline could not be loaded. Always the user's to fix (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cannot read pipeline {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pipeline {path} is not valid YAML: {message}")]
+    Yaml { path: String, message: String },
+    #[error("pipeline {path}: `{key}`: {message}")]
+    Key {
+        path: String,
+        key: String,
+        message: String,
+    },
+    #[error("pipeline {path}: bad --set {arg:?}: {message}")]
+    Set {
+        path: String,
+        arg: String,
+        message: String,
+    },
+}
+
+/// A loaded, validated pipeline and the directory its relative paths resolve against.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub pipeline: Pipeline,
+    pub base_dir: PathBuf,
+    pub workspace: String,
+}
+
+/// Loads `path`, applies `--set` overrides and `--workspace`, types and validates it.
+pub fn load(
+    path: &Path,
+    sets: &[String],
+    workspace: Option<&str>,
+) -> Result<Loaded, PipelineError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let base_dir = path
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    from_yaml(&text, &shown, base_dir, sets, workspace)
+}
+
+/// Like [`load`], from YAML text (`shown` names it in errors).
+pub fn from_yaml(
+    text: &str,
+    shown: &str,
+    base_dir: PathBuf,
+    sets: &[String],
+    workspace: Option<&str>,
+) -> Result<Loaded, PipelineError> {
+    let mut value: Value = serde_norway::from_str(text).map_err(|e| PipelineError::Yaml {
+        path: shown.to_owned(),
+        message: e.to_string(),
+    })?;
+    for arg in sets {
+        apply_set(&mut value, arg).map_err(|message| PipelineError::Set {
+            path: shown.to_owned(),
+            arg: arg.clone(),
+            message,
+        })?;
+    }
+    if let Some(ws) = workspace {
+        apply_set(&mut value, &format!("workspace={ws}")).map_err(|message| {
+            PipelineError::Set {
+                path: shown.to_owned(),
+                arg: format!("--workspace {ws}"),
+                message,
+            }
+        })?;
+    }
+    let pipeline: Pipeline = serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        PipelineError::Key {
+            path: shown.to_owned(),
+            key: if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            },
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    let key_err = |key: String, message: String| PipelineError::Key {
+        path: shown.to_owned(),
+        key,
+        message,
+    };
+    validate(&pipeline).map_err(|(k, m)| key_err(k, m))?;
+    let workspace = pipeline.workspace.clone().ok_or_else(|| {
+        key_err(
+            "workspace".into(),
+            "no workspace: set `workspace:` or pass --workspace".into(),
+        )
+    })?;
+    Ok(Loaded {
+        pipeline,
+        base_dir,
+        workspace,
+    })
+}
+
+/// Cross-section and per-section checks; returns (key, message) on the first problem.
+fn validate(p: &Pipeline) -> Result<(), (String, String)> {
+    if p.name.is_empty()
+        || !p
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err((
+            "name".into(),
+            format!(
+                "{:?} must be non-empty letters, digits, '.', '_' or '-'",
+                p.name
+            ),
+        ));
+    }
+    p.data.validate().map_err(|e| match e {
+        diffrec_data::DataError::Config { key, message } => (key, message),
+        other => ("data".into(), other.to_string()),
+    })?;
+    p.cluster.validate().map_err(|e| (e.key, e.message))?;
+    p.model.validate().map_err(|e| (e.key, e.message))?;
+    p.train.validate().map_err(|e| (e.key, e.message))?;
+    p.evaluate.validate().map_err(|e| (e.key, e.message))?;
+    p.recommend.validate().map_err(|e| (e.key, e.message))?;
+    if p.model.variant.is_temporal() && p.data.temporal.is_none() {
+        return Err((
+            "model.variant".into(),
+            format!(
+                "{:?} reads time-weighted interactions: add a data.temporal section",
+                p.model.variant
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Applies `a.b.c=VALUE` to a YAML tree; VALUE is parsed as YAML (so `3` is a number and
+/// `[10, 20]` a list). Missing intermediate maps are created; typing happens afterwards, so a
+/// misspelt key is still refused by name.
+fn apply_set(root: &mut Value, arg: &str) -> Result<(), String> {
+    let (path, raw) = arg
+        .split_once('=')
+        .ok_or_else(|| "expected KEY=VALUE, e.g. train.seed=3".to_owned())?;
+    let path = path.trim();
+    if path.is_empty() || path.split('.').any(str::is_empty) {
+        return Err(format!("bad key {path:?}"));
+    }
+    let value: Value =
+        serde_norway::from_str(raw).map_err(|e| format!("value is not YAML: {e}"))?;
+    let mut node = root;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if node.is_null() {
+            *node = Value::Mapping(Default::default());
+        }
+        let map = node
+            .as_mapping_mut()
+            .ok_or_else(|| format!("`{}` is not a section", parts[..i].join(".")))?;
+        let key = Value::String((*part).to_owned());
+        if i + 1 == parts.len() {
+            map.insert(key, value);
+            return Ok(());
+        }
+        node = map.entry(key).or_insert(Value::Null);
+    }
+    unreachable!("the loop returns at the last part")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINI: &str =
+        "name: t\nworkspace: memory://x\ndata:\n  source: {format: csv, path: a.csv}\n";
+
+    fn load_str(text: &str, sets: &[&str]) -> Result<Loaded, PipelineError> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        from_yaml(text, "p.yaml", ".".into(), &sets, None)
+    }
+
+    #[test]
+    fn set_overrides_types_values() {
+        let l = load_str(
+            MINI,
+            &[
+                "train.seed=3",
+                "evaluate.ks=[5, 7]",
+                "data.temporal.w_min=0.3",
+            ],
+        )
+        .unwrap();
+        assert_eq!(l.pipeline.train.seed, 3);
+        assert_eq!(l.pipeline.evaluate.ks, vec![5, 7]);
+        assert_eq!(l.pipeline.data.temporal.unwrap().w_min, 0.3);
+    }
+
+    #[test]
+    fn typos_are_refused_by_name_before_work() {
+        let e = load_str(&format!("{MINI}train:\n  sed: 3\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`train`") || e.contains("train.sed"), "{e}");
+        assert!(e.contains("unknown field `sed`"), "{e}");
+        let e = load_str(MINI, &["model.diffusion.stepz=4"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("model.diffusion") && e.contains("stepz"), "{e}");
+    }
+
+    #[test]
+    fn values_are_validated_with_their_key() {
+        let e = load_str(MINI, &["data.split.ratios=[0.5, 0.5, 0.5]"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`data.split.ratios`"), "{e}");
+        let e = load_str(MINI, &["model.variant=t-diffrec"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data.temporal"), "{e}");
+        let e = load_str(MINI, &["name=a/b"]).unwrap_err().to_string();
+        assert!(e.contains("`name`"), "{e}");
+    }
+
+    #[test]
+    fn workspace_is_required_somewhere() {
+        let text = MINI.replace("workspace: memory://x\n", "");
+        let e = load_str(&text, &[]).unwrap_err().to_string();
+        assert!(e.contains("--workspace"), "{e}");
+        let l = from_yaml(&text, "p", ".".into(), &[], Some("/tmp/w")).unwrap();
+        assert_eq!(l.workspace, "/tmp/w");
+    }
+
+    #[test]
+    fn bad_set_syntax_is_explained() {
+        let e = load_str(MINI, &["train.seed"]).unwrap_err().to_string();
+        assert!(e.contains("KEY=VALUE"), "{e}");
+        let e = load_str(MINI, &["name.x=1"]).unwrap_err().to_string();
+        assert!(e.contains("not a section"), "{e}");
+    }
+
+    #[test]
+    fn shipped_pipelines_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "yaml") {
+                load(&p, &[], Some("memory://check")).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(
+            n >= 2,
+            "expected the shipped pipelines in {}",
+            dir.display()
+        );
+    }
+}
+
+#[cfg(test)]
+mod doc_sync {
+    use super::*;
+
+    fn leaf_keys(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v.as_object() {
+            Some(map) if !map.is_empty() => {
+                for (k, child) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaf_keys(&key, child, out);
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+
+    #[test]
+    fn docs_list_every_key() {
+        let text = "name: t\nworkspace: w\ndata:\n  source: {format: csv, path: a.csv, columns: {rating: r}}\n  \
+                    min_rating: 1\n  k_core: 1\n  temporal: {}\n  noise: {kind: random}\n  split: {method: per_user_ratio}\n\
+                    cluster: {embeddings: e.npy}\nmodel: {diffusion: {beta_fixed: true}}\n";
+        let l = from_yaml(text, "p", ".".into(), &[], None).unwrap();
+        let mut keys = Vec::new();
+        leaf_keys("", &serde_json::to_value(&l.pipeline).unwrap(), &mut keys);
+        let doc = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/pipeline.md"),
+        )
+        .unwrap();
+        let missing: Vec<&String> = keys
+            .iter()
+            .filter(|k| !doc.contains(&format!("`{k}`")))
+            .collect();
+        assert!(missing.is_empty(), "docs/pipeline.md lacks {missing:?}");
+        assert!(keys.len() > 50, "{keys:?}");
+    }
+}

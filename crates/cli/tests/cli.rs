@@ -1,0 +1,316 @@
+//! Tests of the `diffrec` binary as a scheduler or a person would use it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn diffrec() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_diffrec"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "diffrec-cli-{tag}-{}-{}",
+        std::process::id(),
+        nonce()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn nonce() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn write_pipeline(dir: &Path, body: &str) -> PathBuf {
+    let p = dir.join("p.yaml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+const PIPE: &str = "name: t\ndata:\n  source: {format: csv, path: log.csv}\n  min_rating: 3\n";
+
+#[test]
+fn demo_ingests_and_says_what_is_not_built_yet() {
+    let dir = tmpdir("demo");
+    let ws = dir.join("ws");
+    let out = diffrec()
+        .args(["demo", "--workspace", ws.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let t = text(&out);
+    for f in [
+        "data/interactions.parquet",
+        "data/users.parquet",
+        "data/items.parquet",
+        "data/stats.json",
+        "data/_manifest.json",
+    ] {
+        assert!(ws.join(f).exists(), "{f} missing; output:\n{t}");
+    }
+    assert!(t.contains("ingest: "), "{t}");
+    // Until the model issue lands, training says so plainly and the exit code is non-zero.
+    if t.contains("not implemented yet") {
+        assert_eq!(out.status.code(), Some(1), "{t}");
+    } else {
+        assert!(out.status.success(), "{t}");
+    }
+    // Second run: ingest is up to date.
+    let again = diffrec()
+        .args(["demo", "--workspace", ws.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(text(&again).contains("up to date"), "{}", text(&again));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn config_errors_exit_2_and_name_the_key() {
+    let dir = tmpdir("cfg");
+    let p = write_pipeline(&dir, &format!("{PIPE}train:\n  epohcs: 3\n"));
+    let out = diffrec()
+        .args(["validate", p.to_str().unwrap(), "--workspace", "memory://x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("epohcs"), "{}", text(&out));
+
+    let p = write_pipeline(&dir, PIPE);
+    let out = diffrec()
+        .args([
+            "run",
+            p.to_str().unwrap(),
+            "--workspace",
+            "memory://x",
+            "--set",
+            "data.split.ratios=[0.9,0.2,0.1]",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("`data.split.ratios`"), "{}", text(&out));
+
+    // Bad input data: exit 2, naming file, row and column, and nothing written.
+    std::fs::write(
+        dir.join("log.csv"),
+        "user_id,item_id,timestamp,rating\n1,2,3,5\n1,2,x,5\n",
+    )
+    .unwrap();
+    let ws = dir.join("ws");
+    let out = diffrec()
+        .args([
+            "stage",
+            "ingest",
+            p.to_str().unwrap(),
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--set",
+            "data.source.columns.rating=rating",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("log.csv, row 2, column `timestamp`"),
+        "{}",
+        text(&out)
+    );
+    assert!(!ws.join("data").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let out = diffrec().args(["run", "--help"]).output().unwrap();
+    let t = text(&out);
+    for flag in ["--workspace", "--set", "--until", "--force", "--verbose"] {
+        assert!(t.contains(flag), "{flag} missing from help:\n{t}");
+    }
+}
+
+/// Kills the ingest stage at several points with SIGKILL; after each kill, every file that is
+/// not a temporary is complete and readable, and a manifest only vouches for complete outputs.
+/// The run afterwards completes.
+#[test]
+fn killed_ingest_leaves_no_partial_artifact() {
+    let dir = tmpdir("kill");
+    let csv = dir.join("log.csv");
+    let out = diffrec()
+        .args([
+            "generate",
+            "--out",
+            csv.to_str().unwrap(),
+            "--users",
+            "30000",
+            "--items",
+            "5000",
+            "--mean-interactions",
+            "60",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let p = write_pipeline(
+        &dir,
+        "name: k\ndata:\n  source: {format: csv, path: log.csv}\n",
+    );
+    let ws = dir.join("ws");
+    let run = |force: bool| {
+        let mut c = diffrec();
+        c.args([
+            "stage",
+            "ingest",
+            p.to_str().unwrap(),
+            "--workspace",
+            ws.to_str().unwrap(),
+        ]);
+        if force {
+            c.arg("--force");
+        }
+        c
+    };
+    for delay_ms in [150u64, 400, 700, 1000, 1400, 1900, 2500] {
+        let mut child = run(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        check_no_partial(&ws.join("data"));
+    }
+    let out = run(false).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    check_no_partial(&ws.join("data"));
+    assert!(ws.join("data/_manifest.json").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn check_no_partial(data: &Path) {
+    let Ok(entries) = std::fs::read_dir(data) else {
+        return;
+    };
+    for e in entries {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.contains(".tmp-") || name.contains('#') {
+            continue; // temporary: never read, cleaned by the next run
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        if name.ends_with(".parquet") {
+            let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                bytes::Bytes::from(bytes),
+            );
+            assert!(r.is_ok(), "{name} is not a complete Parquet file");
+        } else if name.ends_with(".json") {
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(&bytes).is_ok(),
+                "{name} is not complete JSON"
+            );
+        }
+    }
+    let manifest = data.join("_manifest.json");
+    if let Ok(m) = std::fs::read(&manifest) {
+        let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        for (key, info) in m["outputs"].as_object().unwrap() {
+            let bytes = std::fs::read(data.parent().unwrap().join(key)).unwrap();
+            assert_eq!(
+                diffrec_data::workspace::sha256_hex(&bytes),
+                info["sha256"].as_str().unwrap(),
+                "manifest vouches for {key} but its content differs"
+            );
+        }
+    }
+}
+
+/// The same ingest against an S3-compatible server gives byte-identical artifacts.
+/// Needs DIFFREC_TEST_S3_URL (e.g. s3://diffrec-test/run1) and the AWS_* variables; `.ci/run`
+/// starts a local server and sets them.
+#[test]
+fn s3_workspace_gives_identical_artifacts() {
+    let Ok(s3) = std::env::var("DIFFREC_TEST_S3_URL") else {
+        if std::env::var("DIFFREC_REQUIRE_S3").is_ok() {
+            panic!("DIFFREC_REQUIRE_S3 is set but DIFFREC_TEST_S3_URL is not");
+        }
+        eprintln!(
+            "SKIPPED: DIFFREC_TEST_S3_URL is not set (no local S3-compatible server); .ci/run sets it"
+        );
+        return;
+    };
+    let s3 = format!("{}/{}", s3.trim_end_matches('/'), nonce());
+    let dir = tmpdir("s3");
+    let csv = dir.join("log.csv");
+    assert!(
+        diffrec()
+            .args(["generate", "--out", csv.to_str().unwrap(), "--users", "300"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let p = write_pipeline(
+        &dir,
+        "name: s\ndata:\n  source: {format: csv, path: log.csv}\n  temporal: {w_min: 0.2}\n",
+    );
+    let local = dir.join("ws");
+    for ws in [local.to_str().unwrap(), s3.as_str()] {
+        let out = diffrec()
+            .args([
+                "run",
+                p.to_str().unwrap(),
+                "--workspace",
+                ws,
+                "--until",
+                "ingest",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{ws}: {}", text(&out));
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let remote = diffrec_data::Workspace::open(&s3).unwrap();
+        for key in [
+            "data/interactions.parquet",
+            "data/users.parquet",
+            "data/items.parquet",
+            "data/stats.json",
+        ] {
+            let a = std::fs::read(local.join(key)).unwrap();
+            let b = remote.get(key).await.unwrap();
+            assert_eq!(a, b.to_vec(), "{key} differs between local and S3");
+        }
+        let keys = remote.list("data").await.unwrap();
+        assert!(
+            keys.iter().all(|k| !k.contains(".tmp-")),
+            "temporaries left on S3: {keys:?}"
+        );
+        // A rerun on S3 is skipped by the manifest.
+        let out = diffrec()
+            .args([
+                "run",
+                p.to_str().unwrap(),
+                "--workspace",
+                &s3,
+                "--until",
+                "ingest",
+            ])
+            .output()
+            .unwrap();
+        assert!(text(&out).contains("up to date"), "{}", text(&out));
+    });
+    std::fs::remove_dir_all(dir).unwrap();
+}

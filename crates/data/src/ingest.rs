@@ -1,0 +1,179 @@
+//! The ingest stage: source → checked frame → transforms → `data/` artifacts → manifest.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::Utc;
+use polars::prelude::DataFrame;
+
+use crate::arrow_bridge::dataframe_to_batch;
+use crate::artifacts::{
+    DatasetStats, INTERACTIONS, ITEMS, STATS, USERS, ids_schema, interactions_schema,
+};
+use crate::config::DataConfig;
+use crate::error::{DataError, Result};
+use crate::manifest::{Freshness, OutputInfo, StageManifest, freshness, manifest_key};
+use crate::source::load_source;
+use crate::transform::prepare;
+use crate::workspace::Workspace;
+
+/// The directory (and manifest location) of the ingest stage.
+pub const STAGE_DIR: &str = "data";
+
+/// What one ingest call did.
+#[derive(Debug, Clone)]
+pub struct IngestReport {
+    /// True when the manifest matched and nothing was rewritten.
+    pub skipped: bool,
+    pub stats: DatasetStats,
+    pub manifest: StageManifest,
+}
+
+/// Runs the ingest stage (or skips it when up to date and `force` is false). `base_dir`
+/// resolves a relative `data.source.path`.
+pub async fn run_ingest(
+    ws: &Workspace,
+    cfg: &DataConfig,
+    base_dir: &Path,
+    force: bool,
+) -> Result<IngestReport> {
+    cfg.validate()?;
+    let started_at = Utc::now();
+    tracing::info!(source = %cfg.source.path, format = ?cfg.source.format, "ingest: reading the source");
+    let raw = load_source(cfg, base_dir, ws).await?;
+    let inputs: BTreeMap<String, String> = raw.inputs.iter().cloned().collect();
+    let config = serde_json::to_value(cfg).map_err(|source| DataError::Json {
+        key: "data".into(),
+        source,
+    })?;
+    if !force {
+        match freshness(ws, STAGE_DIR, &config, &inputs).await? {
+            Freshness::UpToDate => {
+                let manifest = ws
+                    .get_json::<StageManifest>(&manifest_key(STAGE_DIR))
+                    .await?
+                    .expect("freshness saw the manifest");
+                let stats = ws
+                    .get_json::<DatasetStats>(STATS)
+                    .await?
+                    .expect("outputs exist");
+                return Ok(IngestReport {
+                    skipped: true,
+                    stats,
+                    manifest,
+                });
+            }
+            Freshness::Stale(why) => tracing::info!("ingest: running ({why})"),
+        }
+    }
+    // From here on the old outputs are no longer vouched for.
+    ws.delete(&manifest_key(STAGE_DIR)).await?;
+    let cleaned = ws.clean_temporaries(STAGE_DIR).await?;
+    if cleaned > 0 {
+        tracing::warn!("ingest: removed {cleaned} temporary file(s) left by an interrupted run");
+    }
+
+    tracing::info!(rows = raw.df.height(), "ingest: transforming");
+    let weighted = cfg.temporal.is_some();
+    let prepared = prepare(raw, cfg)?;
+    let stats = compute_stats(
+        &prepared.interactions,
+        prepared.users.height(),
+        prepared.items.height(),
+        prepared.noise_rows,
+        weighted,
+    )?;
+
+    tracing::info!(
+        rows = prepared.interactions.height(),
+        "ingest: writing artifacts"
+    );
+    let mut outputs = BTreeMap::new();
+    for (key, df, schema) in [
+        (USERS, &prepared.users, ids_schema("user")),
+        (ITEMS, &prepared.items, ids_schema("item")),
+        (INTERACTIONS, &prepared.interactions, interactions_schema()),
+    ] {
+        let rows = write_frame(ws, key, df, schema).await?;
+        outputs.insert(
+            key.to_owned(),
+            OutputInfo {
+                sha256: ws.sha256(key).await?,
+                rows: Some(rows),
+            },
+        );
+    }
+    ws.put_json(STATS, &stats).await?;
+    outputs.insert(
+        STATS.to_owned(),
+        OutputInfo {
+            sha256: ws.sha256(STATS).await?,
+            rows: None,
+        },
+    );
+
+    let manifest = StageManifest {
+        stage: "ingest".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        config,
+        inputs,
+        outputs,
+        started_at,
+        finished_at: Utc::now(),
+    };
+    ws.put_json(&manifest_key(STAGE_DIR), &manifest).await?;
+    Ok(IngestReport {
+        skipped: false,
+        stats,
+        manifest,
+    })
+}
+
+/// Rows per batch when writing (bounds the writer's memory).
+const BATCH_ROWS: usize = 1 << 20;
+
+async fn write_frame(
+    ws: &Workspace,
+    key: &str,
+    df: &DataFrame,
+    schema: arrow_schema::SchemaRef,
+) -> Result<u64> {
+    let mut batches = Vec::new();
+    let mut offset = 0;
+    while offset < df.height() || (offset == 0 && df.height() == 0) {
+        let len = BATCH_ROWS.min(df.height() - offset);
+        batches.push(dataframe_to_batch(&df.slice(offset as i64, len), &schema)?);
+        offset += len.max(1);
+    }
+    ws.write_parquet(key, schema, batches).await
+}
+
+fn compute_stats(
+    df: &DataFrame,
+    users: usize,
+    items: usize,
+    noise_rows: u64,
+    weighted: bool,
+) -> Result<DatasetStats> {
+    let split = df
+        .column("split")
+        .and_then(|c| c.str())
+        .map_err(DataError::polars("counting splits"))?;
+    let mut rows: BTreeMap<String, u64> = ["train", "valid", "test"]
+        .iter()
+        .map(|s| (s.to_string(), 0))
+        .collect();
+    for s in split.iter().flatten() {
+        *rows.entry(s.to_owned()).or_default() += 1;
+    }
+    let cells = (users as f64 * items as f64).max(1.0);
+    Ok(DatasetStats {
+        users: users as u64,
+        items: items as u64,
+        density: df.height() as f64 / cells,
+        train_density: rows["train"] as f64 / cells,
+        rows,
+        noise_rows,
+        weighted,
+    })
+}

@@ -1,0 +1,31 @@
+//! # diffrec-data
+//!
+//! Owns everything between a raw interaction log and the tensors' doorstep: reading sources
+//! (CSV, Parquet, MovieLens, the DiffRec paper's `.npy` split), the ingest transforms (Polars),
+//! the [`Workspace`] artifact store over `object_store`, Parquet artifacts written with arrow-rs,
+//! stage manifests, the synthetic data generator, and the in-memory CSR view training reads.
+//!
+//! It must not: depend on Burn or any model code, print to stdout/stderr (it logs through
+//! `tracing`), or leave a partially written artifact behind (all writes are atomic).
+
+pub mod arrow_bridge;
+pub mod artifacts;
+pub mod config;
+pub mod csr;
+pub mod error;
+pub mod ingest;
+pub mod manifest;
+pub mod movielens;
+pub mod npy;
+pub mod source;
+pub mod synthetic;
+pub mod transform;
+pub mod workspace;
+
+pub use artifacts::{DatasetStats, SplitMatrices, load_splits};
+pub use config::DataConfig;
+pub use csr::CsrMatrix;
+pub use error::{DataError, Result};
+pub use ingest::{IngestReport, run_ingest};
+pub use manifest::StageManifest;
+pub use workspace::Workspace;

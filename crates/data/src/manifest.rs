@@ -1,0 +1,100 @@
+//! Stage manifests: `<stage dir>/_manifest.json`, written last by every stage.
+//!
+//! A manifest records what a stage ran with (tool version, resolved config, SHA-256 of each
+//! input) and what it produced (each output's hash and row count). Its presence is the proof
+//! that the stage's outputs are complete: a stage deletes its manifest before it starts writing
+//! and writes it only after every output has landed. `diffrec run` skips a stage whose manifest
+//! matches the current config and inputs and whose outputs are all still there.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::workspace::Workspace;
+
+/// One produced artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputInfo {
+    pub sha256: String,
+    /// Rows, for tabular artifacts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+}
+
+/// `<stage dir>/_manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageManifest {
+    pub stage: String,
+    pub tool_version: String,
+    /// The stage's resolved configuration section(s).
+    pub config: serde_json::Value,
+    /// Input name (path, URL or artifact key) → SHA-256.
+    pub inputs: BTreeMap<String, String>,
+    /// Output key → hash and rows.
+    pub outputs: BTreeMap<String, OutputInfo>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// The key of a stage's manifest inside its directory.
+pub fn manifest_key(stage_dir: &str) -> String {
+    format!("{}/_manifest.json", stage_dir.trim_end_matches('/'))
+}
+
+/// Whether a stage must run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freshness {
+    /// The manifest matches and every output exists.
+    UpToDate,
+    /// Why the stage must run.
+    Stale(String),
+}
+
+/// Compares the stored manifest with the config and inputs of this run.
+pub async fn freshness(
+    ws: &Workspace,
+    stage_dir: &str,
+    config: &serde_json::Value,
+    inputs: &BTreeMap<String, String>,
+) -> Result<Freshness> {
+    let Some(m) = ws
+        .get_json::<StageManifest>(&manifest_key(stage_dir))
+        .await?
+    else {
+        return Ok(Freshness::Stale(
+            "no manifest (never ran, or an earlier run did not finish)".into(),
+        ));
+    };
+    if m.tool_version != env!("CARGO_PKG_VERSION") {
+        return Ok(Freshness::Stale(format!(
+            "written by diffrec {} (this is {})",
+            m.tool_version,
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    if &m.config != config {
+        return Ok(Freshness::Stale("the stage's configuration changed".into()));
+    }
+    if &m.inputs != inputs {
+        return Ok(Freshness::Stale("an input changed".into()));
+    }
+    for key in m.outputs.keys() {
+        if !ws.exists(key).await? {
+            return Ok(Freshness::Stale(format!("output {key} is missing")));
+        }
+    }
+    Ok(Freshness::UpToDate)
+}
+
+/// The output hashes of an upstream stage's manifest, as input hashes of a downstream stage.
+pub async fn upstream_hashes(
+    ws: &Workspace,
+    stage_dir: &str,
+) -> Result<Option<BTreeMap<String, String>>> {
+    Ok(ws
+        .get_json::<StageManifest>(&manifest_key(stage_dir))
+        .await?
+        .map(|m| m.outputs.into_iter().map(|(k, v)| (k, v.sha256)).collect()))
+}

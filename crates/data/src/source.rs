@@ -1,0 +1,534 @@
+//! Reading a raw interaction log into a Polars frame with one fixed layout, whatever the source
+//! format, and checking it: every bad value is reported with file, row and column.
+//!
+//! The frame has columns `user` and `item` (original ids: `Int64` or `String`), `ts` (`Int64`
+//! seconds, null when the source has no time), `rating` (`Float64`, null when absent), `order`
+//! (`Int64`, the row's position in the source: the tie-breaker for equal times, and the time
+//! itself when there is none) and, for pre-split sources, `split`.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use polars::prelude::*;
+
+use crate::config::{DataConfig, SourceFormat};
+use crate::error::{DataError, Result};
+use crate::movielens::parse_movielens;
+use crate::npy::parse_npy;
+use crate::workspace::{Workspace, sha256_hex};
+
+/// The raw interactions of one source, before any transform.
+#[derive(Debug)]
+pub struct RawInteractions {
+    /// See the module doc for the columns.
+    pub df: DataFrame,
+    /// Whether `ts` holds real times.
+    pub has_timestamps: bool,
+    /// Whether `rating` holds real ratings.
+    pub has_ratings: bool,
+    /// Whether the frame carries a `split` column.
+    pub predefined: bool,
+    /// Source files read, with their SHA-256 (the stage manifest's input hashes).
+    pub inputs: Vec<(String, String)>,
+}
+
+/// Where the source lives, resolved from `data.source.path`.
+#[derive(Debug, Clone)]
+enum SourceLocation {
+    Local(PathBuf),
+    InWorkspace(String),
+    Url(String),
+}
+
+fn resolve(path: &str, base_dir: &Path) -> SourceLocation {
+    if let Some(key) = path.strip_prefix("workspace:") {
+        SourceLocation::InWorkspace(key.trim_start_matches('/').to_owned())
+    } else if let Some(p) = path.strip_prefix("file://") {
+        SourceLocation::Local(PathBuf::from(p))
+    } else if path.contains("://") {
+        SourceLocation::Url(path.to_owned())
+    } else {
+        let p = Path::new(path);
+        SourceLocation::Local(if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base_dir.join(p)
+        })
+    }
+}
+
+impl SourceLocation {
+    fn join(&self, name: &str) -> SourceLocation {
+        match self {
+            SourceLocation::Local(p) => SourceLocation::Local(p.join(name)),
+            SourceLocation::InWorkspace(k) => {
+                SourceLocation::InWorkspace(format!("{}/{name}", k.trim_end_matches('/')))
+            }
+            SourceLocation::Url(u) => {
+                SourceLocation::Url(format!("{}/{name}", u.trim_end_matches('/')))
+            }
+        }
+    }
+
+    fn display(&self) -> String {
+        match self {
+            SourceLocation::Local(p) => p.display().to_string(),
+            SourceLocation::InWorkspace(k) => format!("workspace:{k}"),
+            SourceLocation::Url(u) => u.clone(),
+        }
+    }
+
+    async fn read(&self, ws: &Workspace) -> Result<Bytes> {
+        match self {
+            SourceLocation::Local(p) => match tokio::fs::read(p).await {
+                Ok(b) => Ok(Bytes::from(b)),
+                Err(e) => Err(DataError::bad_input(
+                    p.display().to_string(),
+                    None,
+                    None,
+                    format!("cannot read the source file: {e}"),
+                )),
+            },
+            SourceLocation::InWorkspace(k) => ws.get(k).await.map_err(|e| match e {
+                DataError::MissingArtifact { .. } => DataError::bad_input(
+                    self.display(),
+                    None,
+                    None,
+                    "no such file in the workspace",
+                ),
+                e => e,
+            }),
+            SourceLocation::Url(u) => {
+                let (dir, name) = u.rsplit_once('/').ok_or_else(|| {
+                    DataError::bad_input(u.clone(), None, None, "URL names no file")
+                })?;
+                Workspace::open(dir)?.get(name).await
+            }
+        }
+    }
+}
+
+/// Reads and checks the configured source. `base_dir` resolves relative paths (the pipeline
+/// file's directory).
+pub async fn load_source(
+    cfg: &DataConfig,
+    base_dir: &Path,
+    ws: &Workspace,
+) -> Result<RawInteractions> {
+    let loc = resolve(&cfg.source.path, base_dir);
+    match cfg.source.format {
+        SourceFormat::DiffrecNpy => {
+            let mut parts = Vec::new();
+            let mut inputs = Vec::new();
+            for name in ["train_list.npy", "valid_list.npy", "test_list.npy"] {
+                let file = loc.join(name);
+                let bytes = file.read(ws).await?;
+                inputs.push((file.display(), sha256_hex(&bytes)));
+                parts.push((file.display(), bytes));
+            }
+            let df = npy_frame(&parts)?;
+            Ok(RawInteractions {
+                df,
+                has_timestamps: false,
+                has_ratings: false,
+                predefined: true,
+                inputs,
+            })
+        }
+        format => {
+            let bytes = loc.read(ws).await?;
+            let name = loc.display();
+            let inputs = vec![(name.clone(), sha256_hex(&bytes))];
+            let df = match format {
+                SourceFormat::Movielens => movielens_frame(&name, &bytes),
+                SourceFormat::Csv => {
+                    let df = read_csv(&name, bytes, cfg)?;
+                    mapped_frame(&name, df, cfg)
+                }
+                SourceFormat::Parquet => {
+                    let df = ParquetReader::new(Cursor::new(bytes))
+                        .finish()
+                        .map_err(|e| {
+                            DataError::bad_input(
+                                &name,
+                                None,
+                                None,
+                                format!("cannot read Parquet: {e}"),
+                            )
+                        })?;
+                    mapped_frame(&name, df, cfg)
+                }
+                SourceFormat::DiffrecNpy => unreachable!("handled above"),
+            }?;
+            Ok(RawInteractions {
+                df,
+                has_timestamps: cfg.has_timestamps(),
+                has_ratings: cfg.has_ratings(),
+                predefined: false,
+                inputs,
+            })
+        }
+    }
+}
+
+fn polars_err(ctx: &str) -> impl FnOnce(PolarsError) -> DataError + '_ {
+    move |e| DataError::polars(ctx)(e)
+}
+
+fn npy_frame(parts: &[(String, Bytes)]) -> Result<DataFrame> {
+    let mut users = Vec::new();
+    let mut items = Vec::new();
+    let mut splits: Vec<&str> = Vec::new();
+    for ((file, bytes), split) in parts.iter().zip(["train", "valid", "test"]) {
+        let a = parse_npy(file, bytes)?;
+        if a.cols != 2 || a.dtype == crate::npy::NpyDtype::F32 {
+            return Err(DataError::bad_input(
+                file,
+                None,
+                None,
+                format!(
+                    "expected an integer array of shape (N, 2) with rows [user, item], got {:?} of shape ({}, {})",
+                    a.dtype, a.rows, a.cols
+                ),
+            ));
+        }
+        if a.rows == 0 {
+            return Err(DataError::bad_input(file, None, None, "the array is empty"));
+        }
+        for r in 0..a.rows {
+            for (c, name, out) in [(0, "user", &mut users), (1, "item", &mut items)] {
+                let v = a.get_i64(r, c).unwrap_or(-1);
+                if v < 0 {
+                    return Err(DataError::bad_input(
+                        file,
+                        Some(r as u64 + 1),
+                        Some(name),
+                        format!("negative id {v}"),
+                    ));
+                }
+                out.push(v);
+            }
+            splits.push(split);
+        }
+    }
+    let n = users.len();
+    DataFrame::new(
+        n,
+        vec![
+            Column::new("user".into(), users),
+            Column::new("item".into(), items),
+            Column::full_null("ts".into(), n, &DataType::Int64),
+            Column::full_null("rating".into(), n, &DataType::Float64),
+            Column::new("order".into(), (0..n as i64).collect::<Vec<_>>()),
+            Column::new("split".into(), splits),
+        ],
+    )
+    .map_err(polars_err("building the npy frame"))
+}
+
+fn movielens_frame(file: &str, bytes: &[u8]) -> Result<DataFrame> {
+    let r = parse_movielens(file, bytes)?;
+    let n = r.user.len();
+    DataFrame::new(
+        n,
+        vec![
+            Column::new("user".into(), r.user),
+            Column::new("item".into(), r.item),
+            Column::new("ts".into(), r.timestamp),
+            Column::new("rating".into(), r.rating),
+            Column::new("order".into(), (0..n as i64).collect::<Vec<_>>()),
+        ],
+    )
+    .map_err(polars_err("building the MovieLens frame"))
+}
+
+/// The source columns the mapping needs, in (role, name) pairs.
+fn wanted_columns(cfg: &DataConfig) -> Vec<(&'static str, String)> {
+    let c = &cfg.source.columns;
+    let mut v = vec![("user", c.user.clone()), ("item", c.item.clone())];
+    if let Some(t) = &c.timestamp {
+        v.push(("ts", t.clone()));
+    }
+    if let Some(r) = &c.rating {
+        v.push(("rating", r.clone()));
+    }
+    v
+}
+
+fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
+    let sep = cfg.source.delimiter as u8;
+    // Check the header ourselves so a missing column is named with the ones that exist.
+    let first_line = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let header: Vec<String> = String::from_utf8_lossy(first_line)
+        .trim_end_matches('\r')
+        .split(sep as char)
+        .map(|s| s.trim().trim_matches('"').to_owned())
+        .collect();
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(DataError::bad_input(file, None, None, "the file is empty"));
+    }
+    let wanted = wanted_columns(cfg);
+    for (_, name) in &wanted {
+        if !header.iter().any(|h| h == name) {
+            return Err(DataError::bad_input(
+                file,
+                None,
+                Some(name),
+                format!("column not found; the header has {header:?}"),
+            ));
+        }
+    }
+    let names: Arc<[PlSmallStr]> = wanted
+        .iter()
+        .map(|(_, n)| PlSmallStr::from(n.as_str()))
+        .collect();
+    let read = |as_strings: bool| {
+        let mut opts = CsvReadOptions::default()
+            .with_has_header(true)
+            .with_columns(Some(names.clone()))
+            .with_infer_schema_length(Some(10_000))
+            .map_parse_options(|o| o.with_separator(sep));
+        if as_strings {
+            let schema: Schema = wanted
+                .iter()
+                .map(|(_, n)| Field::new(n.as_str().into(), DataType::String))
+                .collect();
+            opts = opts.with_schema_overwrite(Some(Arc::new(schema)));
+        }
+        opts.into_reader_with_file_handle(Cursor::new(bytes.clone()))
+            .finish()
+    };
+    match read(false) {
+        Ok(df) => Ok(df),
+        // Inference guessed a type that a later row breaks: read as text and let the column
+        // checks find the row.
+        Err(first) => read(true).map_err(|e| {
+            DataError::bad_input(
+                file,
+                None,
+                None,
+                format!("cannot parse CSV: {e} (first attempt: {first})"),
+            )
+        }),
+    }
+}
+
+/// Maps a csv/parquet frame onto the fixed layout, checking every column.
+fn mapped_frame(file: &str, df: DataFrame, cfg: &DataConfig) -> Result<DataFrame> {
+    let n = df.height();
+    if n == 0 {
+        return Err(DataError::bad_input(
+            file,
+            None,
+            None,
+            "the file holds no rows",
+        ));
+    }
+    let get = |name: &str| -> Result<&Column> {
+        df.column(name).map_err(|_| {
+            let have: Vec<String> = df
+                .get_column_names()
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            DataError::bad_input(
+                file,
+                None,
+                Some(name),
+                format!("column not found; the file has {have:?}"),
+            )
+        })
+    };
+    let c = &cfg.source.columns;
+    let mut cols = Vec::with_capacity(5);
+    for (role, name) in [("user", &c.user), ("item", &c.item)] {
+        let col = get(name)?;
+        cols.push(id_column(file, name, col)?.with_name(role.into()));
+    }
+    cols.push(match &c.timestamp {
+        Some(name) => timestamp_column(file, name, get(name)?)?,
+        None => Column::full_null("ts".into(), n, &DataType::Int64),
+    });
+    cols.push(match &c.rating {
+        Some(name) => rating_column(file, name, get(name)?)?,
+        None => Column::full_null("rating".into(), n, &DataType::Float64),
+    });
+    cols.push(Column::new(
+        "order".into(),
+        (0..n as i64).collect::<Vec<_>>(),
+    ));
+    DataFrame::new(n, cols).map_err(polars_err("assembling the source frame"))
+}
+
+fn first_null_row(col: &Column) -> Option<u64> {
+    if col.null_count() == 0 {
+        return None;
+    }
+    let mask = col.is_null();
+    mask.iter()
+        .position(|v| v == Some(true))
+        .map(|p| p as u64 + 1)
+}
+
+fn id_column(file: &str, name: &str, col: &Column) -> Result<Column> {
+    if let Some(row) = first_null_row(col) {
+        return Err(DataError::bad_input(
+            file,
+            Some(row),
+            Some(name),
+            "missing id",
+        ));
+    }
+    match col.dtype() {
+        DataType::String => Ok(col.clone()),
+        dt if dt.is_integer() => col
+            .cast(&DataType::Int64)
+            .map_err(polars_err("casting ids")),
+        other => Err(DataError::bad_input(
+            file,
+            Some(1),
+            Some(name),
+            format!("ids must be integers or strings, found {other}"),
+        )),
+    }
+}
+
+fn timestamp_column(file: &str, name: &str, col: &Column) -> Result<Column> {
+    if let Some(row) = first_null_row(col) {
+        return Err(DataError::bad_input(
+            file,
+            Some(row),
+            Some(name),
+            "missing timestamp",
+        ));
+    }
+    let ts: Column = match col.dtype() {
+        dt if dt.is_integer() => col
+            .cast(&DataType::Int64)
+            .map_err(polars_err("casting timestamps"))?,
+        DataType::String => {
+            let ca = col.str().map_err(polars_err("reading timestamps"))?;
+            let mut out = Vec::with_capacity(ca.len());
+            for (i, v) in ca.iter().enumerate() {
+                let s = v.unwrap_or("");
+                let t = parse_timestamp(s).ok_or_else(|| {
+                    DataError::bad_input(
+                        file,
+                        Some(i as u64 + 1),
+                        Some(name),
+                        format!(
+                            "cannot parse {s:?} as a timestamp (integer seconds or ISO-8601 like 2024-05-01T12:00:00Z)"
+                        ),
+                    )
+                })?;
+                out.push(t);
+            }
+            Column::new("ts".into(), out)
+        }
+        other => {
+            return Err(DataError::bad_input(
+                file,
+                Some(1),
+                Some(name),
+                format!("timestamps must be integer seconds or ISO-8601 text, found {other}"),
+            ));
+        }
+    };
+    let ca = ts.i64().map_err(polars_err("reading timestamps"))?;
+    if let Some(pos) = ca.iter().position(|v| v.is_some_and(|t| t < 0)) {
+        return Err(DataError::bad_input(
+            file,
+            Some(pos as u64 + 1),
+            Some(name),
+            format!("negative timestamp {}", ca.get(pos).unwrap_or_default()),
+        ));
+    }
+    Ok(ts.with_name("ts".into()))
+}
+
+/// Integer seconds, RFC 3339, or naive ISO-8601 date/datetime (read as UTC).
+pub fn parse_timestamp(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if let Ok(v) = s.parse::<i64>() {
+        return Some(v);
+    }
+    if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
+        return Some(dt.timestamp());
+    }
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(dt) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Some(dt.and_utc().timestamp());
+        }
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|dt| dt.and_utc().timestamp())
+}
+
+fn rating_column(file: &str, name: &str, col: &Column) -> Result<Column> {
+    if let Some(row) = first_null_row(col) {
+        return Err(DataError::bad_input(
+            file,
+            Some(row),
+            Some(name),
+            "missing rating",
+        ));
+    }
+    match col.dtype() {
+        dt if dt.is_primitive_numeric() => Ok(col
+            .cast(&DataType::Float64)
+            .map_err(polars_err("casting ratings"))?
+            .with_name("rating".into())),
+        DataType::String => {
+            let ca = col.str().map_err(polars_err("reading ratings"))?;
+            let mut out = Vec::with_capacity(ca.len());
+            for (i, v) in ca.iter().enumerate() {
+                let s = v.unwrap_or("");
+                let r = s
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| r.is_finite())
+                    .ok_or_else(|| {
+                        DataError::bad_input(
+                            file,
+                            Some(i as u64 + 1),
+                            Some(name),
+                            format!("rating must be numeric, got {s:?}"),
+                        )
+                    })?;
+                out.push(r);
+            }
+            Ok(Column::new("rating".into(), out))
+        }
+        other => Err(DataError::bad_input(
+            file,
+            Some(1),
+            Some(name),
+            format!("rating must be numeric, found {other}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_parse_in_all_documented_forms() {
+        assert_eq!(parse_timestamp("978300760"), Some(978300760));
+        assert_eq!(parse_timestamp("1970-01-02T00:00:00Z"), Some(86400));
+        assert_eq!(parse_timestamp("1970-01-02T01:00:00+01:00"), Some(86400));
+        assert_eq!(parse_timestamp("1970-01-02 00:00:01"), Some(86401));
+        assert_eq!(parse_timestamp("1970-01-03"), Some(2 * 86400));
+        assert_eq!(parse_timestamp("yesterday"), None);
+    }
+}

@@ -1,0 +1,470 @@
+//! End-to-end ingest tests against hand-computed expectations.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use diffrec_data::artifacts::{INTERACTIONS, ITEMS, USERS};
+use diffrec_data::{DataConfig, Workspace, load_splits, run_ingest};
+use polars::prelude::*;
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "diffrec-test-{tag}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn strs(df: &DataFrame, name: &str) -> Vec<String> {
+    df.column(name)
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .map(|s| s.unwrap().to_owned())
+        .collect()
+}
+
+fn cfg(json: serde_json::Value) -> DataConfig {
+    serde_json::from_value(json).unwrap()
+}
+
+/// Reads a Parquet artifact with Polars' own reader (an implementation independent of the
+/// arrow-rs writer).
+async fn read_back(ws: &Workspace, key: &str) -> DataFrame {
+    let bytes = ws.get(key).await.unwrap();
+    ParquetReader::new(std::io::Cursor::new(bytes))
+        .finish()
+        .unwrap()
+}
+
+const CSV: &str = "\
+user,item,ts,stars
+a,x,10,5
+a,y,20,4
+a,z,30,5
+a,w,40,4
+a,v,50,5
+a,x,60,5
+b,x,5,2
+b,y,5,4
+b,z,7,4
+c,x,1,5
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn csv_ingest_matches_hand_computed_rows() {
+    let dir = tmpdir("csv");
+    std::fs::write(dir.join("log.csv"), CSV).unwrap();
+    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "csv", "path": "log.csv",
+                   "columns": {"user": "user", "item": "item", "timestamp": "ts", "rating": "stars"}},
+        "min_rating": 3,
+        "split": {"ratios": [0.5, 0.5, 0.0]},
+        "temporal": {"w_min": 0.1, "w_max": 1.0}
+    }));
+    let report = run_ingest(&ws, &c, &dir, false).await.unwrap();
+    assert!(!report.skipped);
+    // a: (x,10) and (x,60) dedup → keeps x@60; a has y20 z30 w40 v50 x60 = 5 rows.
+    // b: x@5 is rating 2 → dropped; y@5, z@7 = 2 rows. c: x@1 = 1 row.
+    assert_eq!(report.stats.users, 3);
+    assert_eq!(report.stats.items, 5);
+    // Split with r = (0.5, 0.5, 0): train = floor(0.5 n)+1, the rest valid.
+    // a: n=5 → 3 train, 2 valid. b: n=2 → 2 train. c: n=1 → 1 train.
+    assert_eq!(report.stats.rows["train"], 6);
+    assert_eq!(report.stats.rows["valid"], 2);
+    assert_eq!(report.stats.rows["test"], 0);
+
+    let df = read_back(&ws, INTERACTIONS).await;
+    let names: Vec<&str> = df.get_column_names().iter().map(|s| s.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "user_idx",
+            "item_idx",
+            "user_id",
+            "item_id",
+            "timestamp",
+            "split",
+            "weight"
+        ]
+    );
+    assert_eq!(df.column("user_idx").unwrap().dtype(), &DataType::UInt32);
+    assert_eq!(df.column("weight").unwrap().dtype(), &DataType::Float32);
+    let user_id: Vec<String> = strs(&df, "user_id");
+    let item_id: Vec<String> = strs(&df, "item_id");
+    let split: Vec<String> = strs(&df, "split");
+    let ts: Vec<i64> = df
+        .column("timestamp")
+        .unwrap()
+        .i64()
+        .unwrap()
+        .into_no_null_iter()
+        .collect();
+    let w: Vec<f32> = df
+        .column("weight")
+        .unwrap()
+        .f32()
+        .unwrap()
+        .into_no_null_iter()
+        .collect();
+    let rows: Vec<(&str, &str, i64, &str, f32)> = (0..df.height())
+        .map(|i| {
+            (
+                user_id[i].as_str(),
+                item_id[i].as_str(),
+                ts[i],
+                split[i].as_str(),
+                w[i],
+            )
+        })
+        .collect();
+    // Weights: a's 3 train rows → linspace(0.1, 1, 3) = 0.1, 0.55, 1.0; b's 2 → 0.1, 1.0;
+    // c's single row → w_min; valid rows → 1.0.
+    assert_eq!(
+        rows,
+        vec![
+            ("a", "y", 20, "train", 0.1),
+            ("a", "z", 30, "train", 0.55),
+            ("a", "w", 40, "train", 1.0),
+            ("a", "v", 50, "valid", 1.0),
+            ("a", "x", 60, "valid", 1.0),
+            ("b", "y", 5, "train", 0.1),
+            ("b", "z", 7, "train", 1.0),
+            ("c", "x", 1, "train", 0.1),
+        ]
+    );
+    // Dense ids in sorted original-id order.
+    let users = read_back(&ws, USERS).await;
+    let ids: Vec<String> = strs(&users, "user_id");
+    assert_eq!(ids, ["a", "b", "c"]);
+    let items = read_back(&ws, ITEMS).await;
+    let ids: Vec<String> = strs(&items, "item_id");
+    assert_eq!(ids, ["v", "w", "x", "y", "z"]);
+
+    // The CSR view.
+    let m = load_splits(&ws).await.unwrap();
+    assert_eq!((m.n_users, m.n_items), (3, 5));
+    assert_eq!(
+        m.train.row(0),
+        (&[1u32, 3, 4][..], &[1.0f32, 0.1, 0.55][..])
+    );
+    assert_eq!(m.valid.row(0).0, &[0u32, 2][..]);
+
+    // A second run with the same config and input is skipped; a changed config reruns.
+    assert!(run_ingest(&ws, &c, &dir, false).await.unwrap().skipped);
+    let mut c2 = c.clone();
+    c2.temporal = None;
+    let r2 = run_ingest(&ws, &c2, &dir, false).await.unwrap();
+    assert!(!r2.skipped);
+    assert!(
+        load_splits(&ws)
+            .await
+            .unwrap()
+            .train
+            .values
+            .iter()
+            .all(|&v| v == 1.0)
+    );
+    // --force reruns even when up to date.
+    assert!(!run_ingest(&ws, &c2, &dir, true).await.unwrap().skipped);
+    // A changed input reruns.
+    std::fs::write(dir.join("log.csv"), format!("{CSV}d,x,2,5\n")).unwrap();
+    let r3 = run_ingest(&ws, &c2, &dir, false).await.unwrap();
+    assert!(!r3.skipped);
+    assert_eq!(r3.stats.users, 4);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ties_in_time_keep_source_order_and_k_core_iterates() {
+    let dir = tmpdir("ties");
+    // u1 has 4 items at the same time: weights must follow file order.
+    // k_core 2: item q has one interaction → dropped; then u3 has 1 → dropped; then item r has
+    // 1 (only u3 had two) … the fixed point keeps u1, u2 and items a, b.
+    let csv = "user_id,item_id,timestamp\n1,a,100\n1,b,100\n1,c,100\n1,d,100\n2,a,5\n2,b,6\n2,c,7\n2,d,8\n3,q,1\n3,a,2\n";
+    std::fs::write(dir.join("t.csv"), csv).unwrap();
+    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "csv", "path": "t.csv"},
+        "k_core": 2,
+        "split": {"ratios": [1.0, 0.0, 0.0]},
+        "temporal": {"w_min": 0.4, "w_max": 1.0}
+    }));
+    let r = run_ingest(&ws, &c, &dir, false).await.unwrap();
+    // After dropping q: u3 has 1 → dropped. a has 2 (u1, u2) → kept.
+    assert_eq!((r.stats.users, r.stats.items), (2, 4));
+    let df = read_back(&ws, INTERACTIONS).await;
+    let items: Vec<String> = strs(&df, "item_id");
+    let w: Vec<f32> = df
+        .column("weight")
+        .unwrap()
+        .f32()
+        .unwrap()
+        .into_no_null_iter()
+        .collect();
+    assert_eq!(items[..4], ["a", "b", "c", "d"]);
+    assert_eq!(w[..4], [0.4, 0.6, 0.8, 1.0]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn iso_timestamps_and_parquet_sources() {
+    let dir = tmpdir("iso");
+    let csv = "u,i,when\n1,10,2024-01-02T00:00:00Z\n1,11,2024-01-01\n";
+    std::fs::write(dir.join("iso.csv"), csv).unwrap();
+    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "csv", "path": "iso.csv", "columns": {"user": "u", "item": "i", "timestamp": "when"}},
+        "split": {"ratios": [1.0, 0.0, 0.0]}
+    }));
+    run_ingest(&ws, &c, &dir, false).await.unwrap();
+    let df = read_back(&ws, INTERACTIONS).await;
+    let ts: Vec<i64> = df
+        .column("timestamp")
+        .unwrap()
+        .i64()
+        .unwrap()
+        .into_no_null_iter()
+        .collect();
+    assert_eq!(
+        ts,
+        [1704067200, 1704153600],
+        "sorted by time, 2024-01-01 first"
+    );
+
+    // The written interactions file is itself a valid Parquet source.
+    let bytes = ws.get(INTERACTIONS).await.unwrap();
+    std::fs::write(dir.join("in.parquet"), &bytes).unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "parquet", "path": "in.parquet", "columns": {"user": "user_id", "item": "item_id", "timestamp": "timestamp"}},
+        "split": {"ratios": [1.0, 0.0, 0.0]}
+    }));
+    let ws2 = Workspace::open(dir.join("ws2").to_str().unwrap()).unwrap();
+    let r = run_ingest(&ws2, &c, &dir, false).await.unwrap();
+    assert_eq!(r.stats.rows["train"], 2);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+async fn ingest_err(csv: &str, extra: serde_json::Value) -> String {
+    let dir = tmpdir("err");
+    std::fs::write(dir.join("bad.csv"), csv).unwrap();
+    let mut j = serde_json::json!({
+        "source": {"format": "csv", "path": "bad.csv",
+                   "columns": {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "rating": "rating"}}
+    });
+    if let (Some(o), Some(e)) = (j.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    let ws_dir = dir.join("ws");
+    let ws = Workspace::open(ws_dir.to_str().unwrap()).unwrap();
+    let e = run_ingest(&ws, &cfg(j), &dir, false).await.unwrap_err();
+    assert!(e.is_input(), "{e} should be an input error");
+    // No partial output: nothing but the (empty) workspace directory.
+    assert!(
+        ws.list("").await.unwrap().is_empty(),
+        "artifacts written despite an error"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+    e.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_names_file_row_and_column() {
+    let e = ingest_err("user_id,item_id,rating\n1,2,5\n", serde_json::json!({})).await;
+    assert!(
+        e.contains("bad.csv") && e.contains("column `timestamp`: column not found"),
+        "{e}"
+    );
+
+    let e = ingest_err(
+        "user_id,item_id,timestamp,rating\n1,2,5,5\n1,3,-7,5\n",
+        serde_json::json!({}),
+    )
+    .await;
+    assert!(
+        e.contains("row 2, column `timestamp`: negative timestamp -7"),
+        "{e}"
+    );
+
+    let mut rows = String::from("user_id,item_id,timestamp,rating\n");
+    for k in 0..12_000 {
+        rows.push_str(&format!("{k},1,{k},5\n"));
+    }
+    rows.push_str("9,9,noon,5\n");
+    let e = ingest_err(&rows, serde_json::json!({})).await;
+    assert!(
+        e.contains("row 12001, column `timestamp`: cannot parse \"noon\""),
+        "{e}"
+    );
+
+    let e = ingest_err(
+        "user_id,item_id,timestamp,rating\n1,2,5,good\n",
+        serde_json::json!({}),
+    )
+    .await;
+    assert!(
+        e.contains("row 1, column `rating`: rating must be numeric"),
+        "{e}"
+    );
+
+    let e = ingest_err("", serde_json::json!({})).await;
+    assert!(e.contains("bad.csv") && e.contains("empty"), "{e}");
+
+    let e = ingest_err(
+        "user_id,item_id,timestamp,rating\n1,2,5,5\n",
+        serde_json::json!({"k_core": 3}),
+    )
+    .await;
+    assert!(e.contains("removes every interaction"), "{e}");
+
+    let e = ingest_err(
+        "user_id,item_id,timestamp,rating\n1,,5,5\n",
+        serde_json::json!({}),
+    )
+    .await;
+    assert!(e.contains("row 1, column `item_id`: missing id"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn npy_with_wrong_dtype_is_refused() {
+    let dir = tmpdir("npy");
+    let good = diffrec_data::npy::write_npy_i64(2, 2, &[0, 0, 1, 1]);
+    std::fs::write(dir.join("train_list.npy"), &good).unwrap();
+    std::fs::write(dir.join("valid_list.npy"), &good).unwrap();
+    std::fs::write(
+        dir.join("test_list.npy"),
+        diffrec_data::npy::write_npy_f32(2, 2, &[0.0; 4]),
+    )
+    .unwrap();
+    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
+    let c = cfg(
+        serde_json::json!({"source": {"format": "diffrec-npy", "path": dir.to_str().unwrap()}}),
+    );
+    let e = run_ingest(&ws, &c, Path::new("."), false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("test_list.npy") && e.contains("integer array of shape (N, 2)"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn random_noise_adds_unseen_train_items() {
+    let dir = tmpdir("noise");
+    let mut csv = String::from("user_id,item_id,timestamp\n");
+    for u in 0..20 {
+        for i in 0..10 {
+            csv.push_str(&format!("{u},{},{}\n", (u + i) % 40, i));
+        }
+    }
+    std::fs::write(dir.join("n.csv"), &csv).unwrap();
+    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "csv", "path": "n.csv"},
+        "noise": {"kind": "random", "ratio": 0.5, "seed": 3}
+    }));
+    let r = run_ingest(&ws, &c, &dir, false).await.unwrap();
+    // Each user: 10 rows → floor(0.7·10)+1 = 8 train; noise round(0.5·8) = 4 per user.
+    assert_eq!(r.stats.noise_rows, 20 * 4);
+    assert_eq!(r.stats.rows["train"], 20 * (8 + 4));
+    let m = load_splits(&ws).await.unwrap();
+    for u in 0..20 {
+        let train: BTreeSet<u32> = m.train.row(u).0.iter().copied().collect();
+        let rest: BTreeSet<u32> = m
+            .valid
+            .row(u)
+            .0
+            .iter()
+            .chain(m.test.row(u).0)
+            .copied()
+            .collect();
+        assert_eq!(
+            train.len(),
+            12,
+            "user {u}: noise items must be new and distinct"
+        );
+        assert!(train.is_disjoint(&rest));
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn shared_ml1m() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/ml-1m_clean");
+    if p.join("train_list.npy").exists() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIPPED: ../shared/data/ml-1m_clean is absent (research data is not in the repo)"
+        );
+        None
+    }
+}
+
+fn npy_pairs(path: &Path) -> BTreeSet<(u32, u32)> {
+    let a = diffrec_data::npy::parse_npy("x", &std::fs::read(path).unwrap()).unwrap();
+    (0..a.rows)
+        .map(|r| {
+            (
+                a.get_i64(r, 0).unwrap() as u32,
+                a.get_i64(r, 1).unwrap() as u32,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ml1m_clean_split_is_reproduced_exactly() {
+    let Some(src) = shared_ml1m() else { return };
+    let ws = Workspace::open("memory://ml1m").unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "diffrec-npy", "path": src.to_str().unwrap()},
+        "temporal": {"w_min": 0.1, "w_max": 1.0}
+    }));
+    let r = run_ingest(&ws, &c, Path::new("."), false).await.unwrap();
+    assert_eq!((r.stats.users, r.stats.items), (5949, 2810));
+    assert_eq!(
+        r.stats.rows,
+        BTreeMap::from([
+            ("test".into(), 57_532),
+            ("train".into(), 403_277),
+            ("valid".into(), 110_722)
+        ])
+    );
+    let m = load_splits(&ws).await.unwrap();
+    for (name, csr) in [("train", &m.train), ("valid", &m.valid), ("test", &m.test)] {
+        let ours: BTreeSet<(u32, u32)> = (0..m.n_users)
+            .flat_map(|u| csr.row(u).0.iter().map(move |&i| (u as u32, i)))
+            .collect();
+        assert_eq!(
+            ours,
+            npy_pairs(&src.join(format!("{name}_list.npy"))),
+            "{name} pairs differ"
+        );
+    }
+    // Spec §1.5: weights follow the stored row order, linspace(w_min, w_max, M) per user.
+    let a = diffrec_data::npy::parse_npy("t", &std::fs::read(src.join("train_list.npy")).unwrap())
+        .unwrap();
+    let user0: Vec<u32> = (0..a.rows)
+        .take_while(|&r| a.get_i64(r, 0) == Some(0))
+        .map(|r| a.get_i64(r, 1).unwrap() as u32)
+        .collect();
+    let n = user0.len() as f64;
+    let (idx, vals) = m.train.row(0);
+    for (k, item) in user0.iter().enumerate() {
+        let pos = idx.iter().position(|x| x == item).unwrap();
+        let expect = 0.1 + 0.9 * k as f64 / (n - 1.0);
+        assert!(
+            (vals[pos] as f64 - expect).abs() < 1e-6,
+            "user 0, item {item}"
+        );
+    }
+}

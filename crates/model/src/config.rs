@@ -1,0 +1,300 @@
+//! The `model` section of a pipeline. Defaults are the DiffRec authors' tuned ML-1M setting
+//! (spec §7.1) unless a field says otherwise.
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration value is invalid; `key` is the dotted pipeline key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config `{key}`: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// `model.variant`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Variant {
+    Diffrec,
+    TDiffrec,
+    LDiffrec,
+    LtDiffrec,
+}
+
+impl Variant {
+    /// Whether the variant reads time-weighted interactions (needs `data.temporal`).
+    pub fn is_temporal(self) -> bool {
+        matches!(self, Variant::TDiffrec | Variant::LtDiffrec)
+    }
+    /// Whether the variant needs the cluster stage.
+    pub fn is_latent(self) -> bool {
+        matches!(self, Variant::LDiffrec | Variant::LtDiffrec)
+    }
+}
+
+/// `model.diffusion.schedule`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    Linear,
+    LinearVar,
+    Cosine,
+    Binomial,
+}
+
+/// `model.diffusion.mean_type`: what the denoiser predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeanType {
+    X0,
+    Eps,
+}
+
+/// `model`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `model.variant`: `diffrec`, `t-diffrec`, `l-diffrec` or `lt-diffrec`. Default `diffrec`.
+    #[serde(default = "default_variant")]
+    pub variant: Variant,
+    /// `model.diffusion`.
+    #[serde(default)]
+    pub diffusion: DiffusionConfig,
+    /// `model.denoiser`.
+    #[serde(default)]
+    pub denoiser: DenoiserConfig,
+}
+
+/// `model.diffusion`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffusionConfig {
+    /// `model.diffusion.steps`: T, the number of diffusion steps (≥ 2). Default 40.
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    /// `model.diffusion.schedule`: `linear`, `linear-var`, `cosine` or `binomial`. Default `linear-var`.
+    #[serde(default = "default_schedule")]
+    pub schedule: Schedule,
+    /// `model.diffusion.noise_scale`: s. Default 0.005.
+    #[serde(default = "default_noise_scale")]
+    pub noise_scale: f64,
+    /// `model.diffusion.noise_min`. Default 0.005.
+    #[serde(default = "default_noise_min")]
+    pub noise_min: f64,
+    /// `model.diffusion.noise_max`. Default 0.01.
+    #[serde(default = "default_noise_max")]
+    pub noise_max: f64,
+    /// `model.diffusion.beta_fixed`: overwrite β₀ with 1e-5. Default: true for diffrec/t-diffrec,
+    /// false for l-diffrec/lt-diffrec (as the authors' code does).
+    #[serde(default)]
+    pub beta_fixed: Option<bool>,
+    /// `model.diffusion.mean_type`: `x0` or `eps`. Default `x0`.
+    #[serde(default = "default_mean_type")]
+    pub mean_type: MeanType,
+    /// `model.diffusion.reweight`: SNR-based step weights in the loss. Default true.
+    #[serde(default = "default_true")]
+    pub reweight: bool,
+    /// `model.diffusion.sampling_steps`: T', the noising steps before the reverse pass at
+    /// inference (≤ T). Default 0.
+    #[serde(default)]
+    pub sampling_steps: usize,
+    /// `model.diffusion.sampling_noise`: add posterior noise in the reverse pass. Default false.
+    #[serde(default)]
+    pub sampling_noise: bool,
+}
+
+/// `model.denoiser`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenoiserConfig {
+    /// `model.denoiser.dims`: hidden sizes from the bottleneck outward. Default `[200, 600]`.
+    #[serde(default = "default_dims")]
+    pub dims: Vec<usize>,
+    /// `model.denoiser.time_emb`: size of the sinusoidal time embedding. Default 10.
+    #[serde(default = "default_time_emb")]
+    pub time_emb: usize,
+    /// `model.denoiser.dropout`: dropout on the noisy input during training. Default 0.5.
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+    /// `model.denoiser.norm`: L2-normalise the input rows. Default false.
+    #[serde(default)]
+    pub norm: bool,
+}
+
+impl Default for DiffusionConfig {
+    fn default() -> Self {
+        DiffusionConfig {
+            steps: default_steps(),
+            schedule: default_schedule(),
+            noise_scale: default_noise_scale(),
+            noise_min: default_noise_min(),
+            noise_max: default_noise_max(),
+            beta_fixed: None,
+            mean_type: default_mean_type(),
+            reweight: true,
+            sampling_steps: 0,
+            sampling_noise: false,
+        }
+    }
+}
+
+impl Default for DenoiserConfig {
+    fn default() -> Self {
+        DenoiserConfig {
+            dims: default_dims(),
+            time_emb: default_time_emb(),
+            dropout: default_dropout(),
+            norm: false,
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            variant: default_variant(),
+            diffusion: DiffusionConfig::default(),
+            denoiser: DenoiserConfig::default(),
+        }
+    }
+}
+
+fn default_variant() -> Variant {
+    Variant::Diffrec
+}
+fn default_steps() -> usize {
+    40
+}
+fn default_schedule() -> Schedule {
+    Schedule::LinearVar
+}
+fn default_noise_scale() -> f64 {
+    0.005
+}
+fn default_noise_min() -> f64 {
+    0.005
+}
+fn default_noise_max() -> f64 {
+    0.01
+}
+fn default_mean_type() -> MeanType {
+    MeanType::X0
+}
+fn default_true() -> bool {
+    true
+}
+fn default_dims() -> Vec<usize> {
+    vec![200, 600]
+}
+fn default_time_emb() -> usize {
+    10
+}
+fn default_dropout() -> f64 {
+    0.5
+}
+
+impl ModelConfig {
+    /// `beta_fixed` with the variant's default applied.
+    pub fn beta_fixed(&self) -> bool {
+        self.diffusion
+            .beta_fixed
+            .unwrap_or(!self.variant.is_latent())
+    }
+
+    /// Checks every value once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.diffusion;
+        if d.steps < 2 {
+            return Err(err(
+                "model.diffusion.steps",
+                format!("must be ≥ 2, got {}", d.steps),
+            ));
+        }
+        if d.sampling_steps > d.steps {
+            return Err(err(
+                "model.diffusion.sampling_steps",
+                format!("must be ≤ steps ({}), got {}", d.steps, d.sampling_steps),
+            ));
+        }
+        for (key, v) in [
+            ("model.diffusion.noise_scale", d.noise_scale),
+            ("model.diffusion.noise_min", d.noise_min),
+            ("model.diffusion.noise_max", d.noise_max),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(err(key, format!("must be a finite number ≥ 0, got {v}")));
+            }
+        }
+        if d.noise_min > d.noise_max {
+            return Err(err(
+                "model.diffusion.noise_min",
+                format!(
+                    "must not exceed noise_max ({}), got {}",
+                    d.noise_max, d.noise_min
+                ),
+            ));
+        }
+        if d.noise_scale == 0.0 && d.reweight {
+            return Err(err(
+                "model.diffusion.reweight",
+                "needs noise_scale > 0 (there is no SNR without noise)",
+            ));
+        }
+        let n = &self.denoiser;
+        if n.dims.is_empty() || n.dims.contains(&0) {
+            return Err(err(
+                "model.denoiser.dims",
+                format!("needs ≥ 1 positive size, got {:?}", n.dims),
+            ));
+        }
+        if n.time_emb == 0 {
+            return Err(err("model.denoiser.time_emb", "must be ≥ 1"));
+        }
+        if !(0.0..1.0).contains(&n.dropout) {
+            return Err(err(
+                "model.denoiser.dropout",
+                format!("must be in [0, 1), got {}", n.dropout),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_ml1m_setting() {
+        let c: ModelConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c.variant, Variant::Diffrec);
+        assert_eq!(c.diffusion.steps, 40);
+        assert_eq!(c.denoiser.dims, vec![200, 600]);
+        assert!(c.beta_fixed());
+        c.validate().unwrap();
+        let l: ModelConfig = serde_json::from_str(r#"{"variant": "l-diffrec"}"#).unwrap();
+        assert!(!l.beta_fixed());
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let c: ModelConfig =
+            serde_json::from_str(r#"{"diffusion": {"noise_min": 0.1, "noise_max": 0.01}}"#)
+                .unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "model.diffusion.noise_min");
+        let c: ModelConfig =
+            serde_json::from_str(r#"{"diffusion": {"sampling_steps": 50}}"#).unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "model.diffusion.sampling_steps"
+        );
+        assert!(serde_json::from_str::<ModelConfig>(r#"{"variant": "x-diffrec"}"#).is_err());
+    }
+}

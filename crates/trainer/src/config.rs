@@ -1,0 +1,220 @@
+//! The `train`, `evaluate` and `recommend` sections of a pipeline. Defaults follow the DiffRec
+//! authors' ML-1M setting (spec §5, §7.1).
+
+use serde::{Deserialize, Serialize};
+
+/// A configuration value is invalid; `key` is the dotted pipeline key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config `{key}`: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// `train.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// The fastest CPU backend measured on this workload (see docs/benchmarks.md).
+    Cpu,
+    /// burn-ndarray.
+    Ndarray,
+    /// burn-flex.
+    Flex,
+    /// burn-wgpu (cargo feature `wgpu`).
+    Wgpu,
+    /// burn-cuda (cargo feature `cuda`).
+    Cuda,
+}
+
+/// `train`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// `train.seed`: seed of initialisation, shuffling, noise and step sampling. Default 1.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// `train.epochs`: maximum epochs. Default 1000.
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// `train.backend`: `cpu`, `ndarray`, `flex`, `wgpu` or `cuda`. Default `cpu`.
+    #[serde(default = "default_backend")]
+    pub backend: Backend,
+    /// `train.devices`: device names, e.g. `[cuda:0, cuda:1]`. Default `[]` (the backend's
+    /// default device).
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// `train.lr`: AdamW learning rate. Default 0.001.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// `train.weight_decay`: AdamW decoupled weight decay. Default 0.
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// `train.batch_size`: users per step. Default 400.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// `train.eval_every`: epochs between evaluations. Default 5.
+    #[serde(default = "default_eval_every")]
+    pub eval_every: usize,
+    /// `train.patience`: stop at the start of epoch e when e − best_epoch ≥ patience. Default 20.
+    #[serde(default = "default_patience")]
+    pub patience: usize,
+}
+
+/// `evaluate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateConfig {
+    /// `evaluate.ks`: cut-offs of Recall/NDCG/Precision/MRR. Default `[10, 20, 50, 100]`.
+    #[serde(default = "default_ks")]
+    pub ks: Vec<usize>,
+}
+
+/// `recommend`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendConfig {
+    /// `recommend.k`: items per user in `recommendations.parquet`. Default 20.
+    #[serde(default = "default_k")]
+    pub k: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            seed: default_seed(),
+            epochs: default_epochs(),
+            backend: default_backend(),
+            devices: Vec::new(),
+            lr: default_lr(),
+            weight_decay: 0.0,
+            batch_size: default_batch(),
+            eval_every: default_eval_every(),
+            patience: default_patience(),
+        }
+    }
+}
+impl Default for EvaluateConfig {
+    fn default() -> Self {
+        EvaluateConfig { ks: default_ks() }
+    }
+}
+impl Default for RecommendConfig {
+    fn default() -> Self {
+        RecommendConfig { k: default_k() }
+    }
+}
+
+fn default_seed() -> u64 {
+    1
+}
+fn default_epochs() -> usize {
+    1000
+}
+fn default_backend() -> Backend {
+    Backend::Cpu
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_batch() -> usize {
+    400
+}
+fn default_eval_every() -> usize {
+    5
+}
+fn default_patience() -> usize {
+    20
+}
+fn default_ks() -> Vec<usize> {
+    vec![10, 20, 50, 100]
+}
+fn default_k() -> usize {
+    20
+}
+
+impl TrainConfig {
+    /// Checks every value once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, v) in [
+            ("train.epochs", self.epochs),
+            ("train.batch_size", self.batch_size),
+            ("train.eval_every", self.eval_every),
+        ] {
+            if v == 0 {
+                return Err(err(key, "must be ≥ 1"));
+            }
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(err("train.lr", format!("must be > 0, got {}", self.lr)));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(err(
+                "train.weight_decay",
+                format!("must be ≥ 0, got {}", self.weight_decay),
+            ));
+        }
+        for d in &self.devices {
+            let ok = d == "cpu"
+                || d.split_once(':').is_some_and(|(kind, idx)| {
+                    matches!(kind, "cpu" | "cuda" | "wgpu" | "gpu") && idx.parse::<usize>().is_ok()
+                });
+            if !ok {
+                return Err(err(
+                    "train.devices",
+                    format!("unknown device {d:?}; use cpu, cpu:N, cuda:N or wgpu:N"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl EvaluateConfig {
+    /// Checks every value once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ks.is_empty() || self.ks.contains(&0) {
+            return Err(err(
+                "evaluate.ks",
+                format!("needs positive cut-offs, got {:?}", self.ks),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RecommendConfig {
+    /// Checks every value once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.k == 0 {
+            return Err(err("recommend.k", "must be ≥ 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_checks() {
+        let t: TrainConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(
+            (t.batch_size, t.eval_every, t.patience, t.seed),
+            (400, 5, 20, 1)
+        );
+        t.validate().unwrap();
+        let t: TrainConfig = serde_json::from_str(r#"{"devices": ["tpu:0"]}"#).unwrap();
+        assert_eq!(t.validate().unwrap_err().key, "train.devices");
+        let e: EvaluateConfig = serde_json::from_str(r#"{"ks": [0]}"#).unwrap();
+        assert_eq!(e.validate().unwrap_err().key, "evaluate.ks");
+    }
+}

@@ -1,0 +1,36 @@
+"""Reads a workspace's data/*.parquet with pyarrow and DuckDB and checks the declared schema.
+
+Usage: python scripts/check_parquet.py WORKSPACE_DIR
+"""
+import json
+import sys
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ws = Path(sys.argv[1])
+expected = {
+    "data/interactions.parquet": [
+        ("user_idx", pa.uint32()), ("item_idx", pa.uint32()), ("user_id", pa.string()),
+        ("item_id", pa.string()), ("timestamp", pa.int64()), ("split", pa.string()),
+        ("weight", pa.float32()),
+    ],
+    "data/users.parquet": [("user_idx", pa.uint32()), ("user_id", pa.string())],
+    "data/items.parquet": [("item_idx", pa.uint32()), ("item_id", pa.string())],
+}
+stats = json.loads((ws / "data/stats.json").read_text())
+for key, cols in expected.items():
+    table = pq.read_table(ws / key)
+    got = [(f.name, f.type) for f in table.schema]
+    assert got == cols, f"{key}: schema {got} != {cols}"
+    n = duckdb.sql(f"select count(*) from read_parquet('{ws / key}')").fetchone()[0]
+    assert n == table.num_rows, f"{key}: duckdb {n} rows, pyarrow {table.num_rows}"
+rows = dict(duckdb.sql(
+    f"select split, count(*) from read_parquet('{ws / 'data/interactions.parquet'}') group by split"
+).fetchall())
+assert rows == {k: v for k, v in stats["rows"].items() if v}, (rows, stats["rows"])
+users = duckdb.sql(f"select count(*) from read_parquet('{ws / 'data/users.parquet'}')").fetchone()[0]
+assert users == stats["users"]
+print(f"check_parquet: pyarrow and DuckDB read {ws} with the declared schema ({rows})")
