@@ -30,8 +30,12 @@ pub struct RawInteractions {
     pub has_ratings: bool,
     /// Whether the frame carries a `split` column.
     pub predefined: bool,
-    /// Source files read, with their SHA-256 (the stage manifest's input hashes).
+    /// `source/<file name>` of each file read, with its SHA-256 (the manifest's input hashes;
+    /// keyed by name, not path, so moving the data or running from another directory does not
+    /// invalidate a stage).
     pub inputs: Vec<(String, String)>,
+    /// The source as the user named it (for error messages).
+    pub source_name: String,
 }
 
 /// Where the source lives, resolved from `data.source.path`.
@@ -125,7 +129,7 @@ pub async fn load_source(
             for name in ["train_list.npy", "valid_list.npy", "test_list.npy"] {
                 let file = loc.join(name);
                 let bytes = file.read(ws).await?;
-                inputs.push((file.display(), sha256_hex(&bytes)));
+                inputs.push((format!("source/{name}"), sha256_hex(&bytes)));
                 parts.push((file.display(), bytes));
             }
             let df = npy_frame(&parts)?;
@@ -135,12 +139,14 @@ pub async fn load_source(
                 has_ratings: false,
                 predefined: true,
                 inputs,
+                source_name: loc.display(),
             })
         }
         format => {
             let bytes = loc.read(ws).await?;
             let name = loc.display();
-            let inputs = vec![(name.clone(), sha256_hex(&bytes))];
+            let base = name.rsplit(['/', ':']).next().unwrap_or(&name);
+            let inputs = vec![(format!("source/{base}"), sha256_hex(&bytes))];
             let df = match format {
                 SourceFormat::Movielens => movielens_frame(&name, &bytes),
                 SourceFormat::Csv => {
@@ -168,6 +174,7 @@ pub async fn load_source(
                 has_ratings: cfg.has_ratings(),
                 predefined: false,
                 inputs,
+                source_name: name,
             })
         }
     }

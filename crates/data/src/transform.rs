@@ -4,6 +4,14 @@
 //! Input is a [`RawInteractions`] frame (see `source.rs` for its layout); output is the three
 //! artifact frames. Per-user work is expressed with window expressions (`over(user)`), never a
 //! Rust loop per user — with one exception, random noise injection, which must sample per user.
+//!
+//! Ids are factorised once, up front, into `u32` codes in ascending original-id order, and the
+//! frame is sorted once by (user, time, source order). Every later step (dedup, k-core, split,
+//! weights) works on those integer codes and keeps that order, so nothing re-sorts or hashes
+//! strings again. After filtering, the codes are compacted to dense indices (a monotone map, so
+//! the order survives) and the original ids are gathered back for the output.
+
+use std::time::Instant;
 
 use polars::prelude::*;
 use rand::seq::index::sample;
@@ -30,10 +38,6 @@ fn perr(ctx: &'static str) -> impl FnOnce(PolarsError) -> DataError {
     DataError::polars(ctx)
 }
 
-fn time_order() -> [Expr; 2] {
-    [col("ts"), col("order")]
-}
-
 fn sort_opts(n: usize) -> SortMultipleOptions {
     SortMultipleOptions::default()
         .with_maintain_order(true)
@@ -41,15 +45,57 @@ fn sort_opts(n: usize) -> SortMultipleOptions {
         .with_order_descending_multi(vec![false; n])
 }
 
+/// Sort keys: (user code, time, source order).
+fn user_time_order(user: &str) -> [Expr; 3] {
+    [col(user), col("ts"), col("order")]
+}
+
 /// Runs every configured transform.
 pub fn prepare(raw: RawInteractions, cfg: &DataConfig) -> Result<Prepared> {
-    let file = raw
-        .inputs
-        .first()
-        .map(|(f, _)| f.clone())
-        .unwrap_or_default();
+    let file = raw.source_name.clone();
     let predefined = raw.predefined;
-    let mut lf = raw.df.lazy().with_column(lit(false).alias("noise"));
+    let t0 = Instant::now();
+    let raw_max_ts = raw
+        .df
+        .column("ts")
+        .and_then(|c| c.i64().map(|ca| ca.max()))
+        .map_err(perr("reading times"))?;
+    let user_ids = distinct_sorted(&raw.df, "user", "u")?;
+    let item_ids = distinct_sorted(&raw.df, "item", "i")?;
+    // Joins keep the left (source) order, so a stable sort on (user, time) also orders ties by
+    // source row.
+    let inner = || {
+        let mut args = JoinArgs::new(JoinType::Inner);
+        args.maintain_order = MaintainOrderJoin::Left;
+        args
+    };
+    let mut keep = vec![
+        col("u"),
+        col("i"),
+        col("ts"),
+        col("rating"),
+        col("order"),
+        lit(false).alias("noise"),
+    ];
+    if predefined {
+        keep.push(col("split"));
+    }
+    let mut lf = raw
+        .df
+        .lazy()
+        .join(
+            user_ids.clone().lazy(),
+            [col("user")],
+            [col("_key")],
+            inner(),
+        )
+        .join(
+            item_ids.clone().lazy(),
+            [col("item")],
+            [col("_key")],
+            inner(),
+        )
+        .select(keep);
 
     // Natural noise candidates are the interactions the rating threshold would drop.
     let mut noise_candidates = None;
@@ -63,10 +109,16 @@ pub fn prepare(raw: RawInteractions, cfg: &DataConfig) -> Result<Prepared> {
         }
         lf = lf.filter(col("rating").gt_eq(lit(m)));
     }
+    lf = sort_by_user_time(lf, &raw_max_ts);
     if cfg.dedup {
-        lf = dedup_keep_latest(lf);
+        lf = dedup_latest(lf);
     }
     let mut df = lf.collect().map_err(perr("filtering and de-duplicating"))?;
+    tracing::debug!(
+        secs = t0.elapsed().as_secs_f64(),
+        rows = df.height(),
+        "ingest: ids, filter, sort, dedup"
+    );
     if df.height() == 0 {
         return Err(DataError::bad_input(
             file,
@@ -76,98 +128,236 @@ pub fn prepare(raw: RawInteractions, cfg: &DataConfig) -> Result<Prepared> {
         ));
     }
     if let Some(k) = cfg.k_core {
+        let t0 = Instant::now();
         df = k_core(df, k, &file)?;
+        tracing::debug!(
+            secs = t0.elapsed().as_secs_f64(),
+            rows = df.height(),
+            "ingest: k-core"
+        );
     }
 
-    let mut noise_rows = 0u64;
     if let (Some(cands), Some(noise)) = (noise_candidates, &cfg.noise) {
         let extra = natural_noise(&df, cands, cfg.dedup, noise.effective_ratio(), noise.seed)?;
-        noise_rows = extra.height() as u64;
-        df = df.vstack(&extra).map_err(perr("adding natural noise"))?;
+        df = df
+            .vstack(&extra)
+            .map_err(perr("adding natural noise"))?
+            .lazy()
+            .sort_by_exprs(user_time_order("u"), sort_opts(3))
+            .collect()
+            .map_err(perr("sorting after natural noise"))?;
     }
 
-    // Dense indices, in ascending original-id order (numeric ids sort numerically).
-    let users = index_frame(&df, "user", "user_idx", "user_id")?;
-    let items = index_frame(&df, "item", "item_idx", "item_id")?;
+    // Compact the surviving codes into dense indices (monotone: the order is kept).
+    let t0 = Instant::now();
+    let (user_idx, users) = compact(&df, "u", &user_ids, "user")?;
+    let (item_idx, items) = compact(&df, "i", &item_ids, "item")?;
+    // The frame is sorted by user: flag it, so Polars groups by slicing instead of hashing.
+    let mut user_col = Column::new("user_idx".into(), user_idx);
+    user_col.set_sorted_flag(polars::series::IsSorted::Ascending);
+    df.with_column(user_col)
+        .and_then(|d| d.with_column(Column::new("item_idx".into(), item_idx)))
+        .map_err(perr("compacting ids"))?;
+    // Each row's position in its user's (time-ordered) history, and the history's length.
     let mut lf = df
         .lazy()
-        .join(
-            users.clone().lazy(),
-            [col("user")],
-            [col("_key")],
-            JoinArgs::new(JoinType::Inner),
-        )
-        .join(
-            items.clone().lazy(),
-            [col("item")],
-            [col("_key")],
-            JoinArgs::new(JoinType::Inner),
-        );
-    lf = lf.sort_by_exprs([col("user_idx"), col("ts"), col("order")], sort_opts(3));
-
+        .drop(cols(["u", "i"]))
+        .with_row_index("_row", None)
+        .with_columns([
+            (col("_row")
+                - col("_row")
+                    .min()
+                    .over([col("user_idx")])
+                    .map_err(perr("positions"))?)
+            .cast(DataType::Int64)
+            .alias("_pos"),
+            len()
+                .over([col("user_idx")])
+                .map_err(perr("positions"))?
+                .cast(DataType::Int64)
+                .alias("_n"),
+        ])
+        .drop(cols(["_row"]));
     if !predefined {
         lf = assign_split(lf, cfg.split_method(), cfg.split.ratios)?;
     }
     // Natural noise never reaches test.
-    lf = lf.filter(col("noise").not().or(col("split").neq(lit("test"))));
-    let mut df = lf.collect().map_err(perr("splitting"))?;
+    let mut df = lf
+        .filter(col("noise").not().or(col("split").neq(lit("test"))))
+        .collect()
+        .map_err(perr("splitting"))?;
+    tracing::debug!(
+        secs = t0.elapsed().as_secs_f64(),
+        "ingest: dense ids, split"
+    );
 
     if let Some(noise) = cfg.noise.as_ref().filter(|n| n.kind == NoiseKind::Random) {
         let extra = random_noise(&df, items.height(), noise.effective_ratio(), noise.seed)?;
-        noise_rows += extra.height() as u64;
         df = df
             .vstack(&extra)
             .map_err(perr("adding random noise"))?
             .lazy()
-            .sort_by_exprs([col("user_idx"), col("ts"), col("order")], sort_opts(3))
+            .sort_by_exprs(
+                [
+                    col("user_idx"),
+                    col("split").neq(lit("train")),
+                    col("ts"),
+                    col("order"),
+                ],
+                sort_opts(4),
+            )
             .collect()
-            .map_err(perr("sorting after noise"))?;
+            .map_err(perr("sorting after random noise"))?;
     }
 
-    let interactions = add_weights(df.lazy(), cfg.temporal.as_ref().map(|t| (t.w_min, t.w_max)))?
-        .select([
-            col("user_idx"),
-            col("item_idx"),
-            col("user").cast(DataType::String).alias("user_id"),
-            col("item").cast(DataType::String).alias("item_id"),
-            col("ts").alias("timestamp"),
-            col("split"),
-            col("weight"),
-        ])
+    let t0 = Instant::now();
+    let df = add_weights(df.lazy(), cfg.temporal.as_ref().map(|t| (t.w_min, t.w_max)))?
         .collect()
         .map_err(perr("weighting"))?;
-
-    let finish = |f: DataFrame, idx: &str, id: &str| -> Result<DataFrame> {
-        f.lazy()
-            .select([col(idx), col("_key").cast(DataType::String).alias(id)])
-            .collect()
-            .map_err(perr("building the id tables"))
+    let gather = |table: &DataFrame, idx: &str, id: &str| -> Result<Column> {
+        let codes = df
+            .column(idx)
+            .and_then(|c| c.u32())
+            .map_err(perr("gathering ids"))?;
+        table
+            .column(id)
+            .and_then(|c| c.take(codes))
+            .map_err(perr("gathering ids"))
     };
+    let user_id = gather(&users, "user_idx", "user_id")?;
+    let item_id = gather(&items, "item_idx", "item_id")?;
+    let pick = |name: &str| {
+        df.column(name)
+            .cloned()
+            .map_err(perr("assembling interactions"))
+    };
+    let noise_rows = pick("noise")?
+        .bool()
+        .map_err(perr("counting noise"))?
+        .sum()
+        .unwrap_or(0) as u64;
+    let interactions = DataFrame::new(
+        df.height(),
+        vec![
+            pick("user_idx")?,
+            pick("item_idx")?,
+            user_id,
+            item_id,
+            pick("ts")?.with_name("timestamp".into()),
+            pick("split")?,
+            pick("weight")?,
+        ],
+    )
+    .map_err(perr("assembling interactions"))?;
+    tracing::debug!(secs = t0.elapsed().as_secs_f64(), "ingest: weights, ids");
     Ok(Prepared {
         interactions,
-        users: finish(users, "user_idx", "user_id")?,
-        items: finish(items, "item_idx", "item_id")?,
+        users,
+        items,
         noise_rows,
     })
 }
 
-/// Keeps the latest row of each (user, item) pair; ties in time keep the later source row.
-fn dedup_keep_latest(lf: LazyFrame) -> LazyFrame {
-    lf.sort_by_exprs(time_order(), sort_opts(2))
-        .unique_stable(Some(cols(["user", "item"])), UniqueKeepStrategy::Last)
+/// Stable sort by (user code `u`, time). When every time fits in 32 bits (seconds until 2106)
+/// the two keys are packed into one `u64` (`u << 32 | ts`), which Polars sorts far faster than a
+/// multi-column key; otherwise a two-column sort. Missing times sort first (as 0).
+fn sort_by_user_time(lf: LazyFrame, max_ts: &Option<i64>) -> LazyFrame {
+    if max_ts.is_none_or(|t| t < (1i64 << 32)) {
+        let key = (col("u").cast(DataType::UInt64) * lit(1u64 << 32))
+            + col("ts").fill_null(lit(0i64)).cast(DataType::UInt64);
+        lf.with_column(key.alias("_key"))
+            .sort(
+                ["_key"],
+                SortMultipleOptions::default().with_maintain_order(true),
+            )
+            .drop(cols(["_key"]))
+    } else {
+        lf.sort_by_exprs([col("u"), col("ts")], sort_opts(2))
+    }
 }
 
-/// Iteratively drops users and items with fewer than `k` interactions.
+/// Keeps the last row of each (user, item) pair in the frame's (user, time) order — the latest
+/// interaction. The pair is packed into one `u64` key: hashing one integer column is several
+/// times faster than a two-column key.
+fn dedup_latest(lf: LazyFrame) -> LazyFrame {
+    let pair = col("u").cast(DataType::UInt64) * lit(1u64 << 32) + col("i").cast(DataType::UInt64);
+    lf.with_column(pair.alias("_pair"))
+        .unique_stable(Some(cols(["_pair"])), UniqueKeepStrategy::Last)
+        .drop(cols(["_pair"]))
+}
+
+/// Distinct values of `id`, ascending (numeric ids numerically), numbered `code` = 0, 1, …:
+/// columns `_key`, `<code>`.
+fn distinct_sorted(df: &DataFrame, id: &str, code: &str) -> Result<DataFrame> {
+    df.clone()
+        .lazy()
+        .select([col(id).alias("_key")])
+        .unique(None, UniqueKeepStrategy::Any)
+        .sort(["_key"], SortMultipleOptions::default())
+        .with_row_index(code, None)
+        .collect()
+        .map_err(perr("indexing ids"))
+}
+
+/// Maps the codes in column `code` of `df` to dense indices 0..n (in code order) and returns
+/// them with the id table `<entity>_idx`, `<entity>_id` (string) of the surviving codes.
+fn compact(
+    df: &DataFrame,
+    code: &str,
+    ids: &DataFrame,
+    entity: &str,
+) -> Result<(Vec<u32>, DataFrame)> {
+    let codes = df
+        .column(code)
+        .and_then(|c| c.u32())
+        .map_err(perr("compacting ids"))?;
+    let mut remap = vec![u32::MAX; ids.height()];
+    for c in codes.iter().flatten() {
+        remap[c as usize] = 0;
+    }
+    let mut keep = Vec::new();
+    for (c, slot) in remap.iter_mut().enumerate() {
+        if *slot == 0 {
+            *slot = keep.len() as u32;
+            keep.push(c as IdxSize);
+        }
+    }
+    let dense: Vec<u32> = codes
+        .iter()
+        .map(|c| remap[c.unwrap_or(0) as usize])
+        .collect();
+    let n = keep.len();
+    let keep = IdxCa::from_vec("keep".into(), keep);
+    let key = ids
+        .column("_key")
+        .and_then(|c| c.take(&keep))
+        .and_then(|c| c.cast(&DataType::String))
+        .map_err(perr("compacting ids"))?;
+    let table = DataFrame::new(
+        n,
+        vec![
+            Column::new(
+                format!("{entity}_idx").into(),
+                (0..n as u32).collect::<Vec<u32>>(),
+            ),
+            key.with_name(format!("{entity}_id").into()),
+        ],
+    )
+    .map_err(perr("compacting ids"))?;
+    Ok((dense, table))
+}
+
+/// Iteratively drops users and items with fewer than `k` interactions (filters keep order).
 fn k_core(mut df: DataFrame, k: u32, file: &str) -> Result<DataFrame> {
     loop {
         let before = df.height();
         let keep = len()
-            .over([col("user")])
+            .over([col("u")])
             .map_err(perr("k-core"))?
             .gt_eq(lit(k))
             .and(
                 len()
-                    .over([col("item")])
+                    .over([col("i")])
                     .map_err(perr("k-core"))?
                     .gt_eq(lit(k)),
             );
@@ -186,46 +376,28 @@ fn k_core(mut df: DataFrame, k: u32, file: &str) -> Result<DataFrame> {
     }
 }
 
-/// Sorted distinct ids with their dense index: columns `_key`, `<idx>`.
-fn index_frame(df: &DataFrame, id: &str, idx: &str, _out: &str) -> Result<DataFrame> {
-    df.clone()
-        .lazy()
-        .select([col(id).alias("_key")])
-        .unique(None, UniqueKeepStrategy::Any)
-        .sort(["_key"], SortMultipleOptions::default())
-        .with_row_index(idx, None)
-        .collect()
-        .map_err(perr("indexing ids"))
-}
-
-/// Adds `split` by position in time order: per user (`per_user_ratio`) or overall
-/// (`global_time`). With shares r0, r1, r2 and n rows, the first `floor(r0·n)+1` go to train and
-/// up to `floor((r0+r1)·n)+1` to valid (capped at n) — the rule that reproduces the train counts
-/// of the DiffRec paper's ML-1M split.
+/// Adds `split` by position in time order: per user (`per_user_ratio`, on the frame's existing
+/// (user, time) order) or overall (`global_time`). With shares r0, r1, r2 and n rows, the first
+/// `floor(r0·n)+1` go to train and up to `floor((r0+r1)·n)+1` to valid (capped at n) — the rule
+/// that reproduces the train counts of the DiffRec paper's ML-1M split.
 fn assign_split(lf: LazyFrame, method: SplitMethod, r: [f64; 3]) -> Result<LazyFrame> {
-    let lf = match method {
-        SplitMethod::PerUserRatio => lf,
-        SplitMethod::GlobalTime => lf.sort_by_exprs(time_order(), sort_opts(2)),
+    let (lf, pos, n) = match method {
         SplitMethod::Predefined => return Ok(lf),
-    };
-    let lf = lf.with_row_index("_row", None);
-    let (pos, n) = match method {
-        SplitMethod::PerUserRatio => (
-            col("_row").cast(DataType::Int64)
-                - col("_row")
-                    .min()
-                    .over([col("user_idx")])
-                    .map_err(perr("split"))?
-                    .cast(DataType::Int64),
-            len()
-                .over([col("user_idx")])
-                .map_err(perr("split"))?
-                .cast(DataType::Int64),
-        ),
-        _ => (
-            col("_row").cast(DataType::Int64),
-            len().cast(DataType::Int64),
-        ),
+        SplitMethod::PerUserRatio => (lf, col("_pos"), col("_n")),
+        SplitMethod::GlobalTime => {
+            // Rank every row in global time order, then return to (user, time) order.
+            let lf = lf
+                .with_row_index("_back", None)
+                .sort_by_exprs([col("ts"), col("order")], sort_opts(2))
+                .with_row_index("_row", None)
+                .sort(["_back"], SortMultipleOptions::default())
+                .drop(cols(["_back"]));
+            (
+                lf,
+                col("_row").cast(DataType::Int64),
+                len().cast(DataType::Int64),
+            )
+        }
     };
     let cut = |share: f64, all: bool| -> Expr {
         if all {
@@ -246,10 +418,11 @@ fn assign_split(lf: LazyFrame, method: SplitMethod, r: [f64; 3]) -> Result<LazyF
         .then(lit("valid"))
         .otherwise(lit("test"))
         .alias("split");
-    Ok(lf
-        .with_column(split)
-        .drop(cols(["_row"]))
-        .sort_by_exprs([col("user_idx"), col("ts"), col("order")], sort_opts(3)))
+    let lf = lf.with_column(split);
+    Ok(match method {
+        SplitMethod::GlobalTime => lf.drop(cols(["_row"])),
+        _ => lf,
+    })
 }
 
 /// Adds `weight`: train rows get `w_min + (w_max − w_min)·m/(M−1)` for the m-th of a user's M
@@ -259,18 +432,21 @@ fn add_weights(lf: LazyFrame, temporal: Option<(f64, f64)>) -> Result<LazyFrame>
     let Some((w_min, w_max)) = temporal else {
         return Ok(lf.with_column(lit(1.0f64).cast(DataType::Float32).alias("weight")));
     };
-    // The frame is sorted by (user_idx, ts, order), so a running row index minus its
-    // per-(user, split) minimum is the position in time order within that user's split.
-    let part = [col("user_idx"), col("split")];
+    // Rows are in (user, time) order and each user's train rows come first (every split method
+    // cuts a user's history in time order), so the m-th train row is at position m of its user
+    // and M is the user's number of train rows.
     let m = (col("_wrow").cast(DataType::Int64)
         - col("_wrow")
             .min()
-            .over(part.clone())
+            .over([col("user_idx")])
             .map_err(perr("weights"))?
             .cast(DataType::Int64))
     .cast(DataType::Float64);
-    let big_m = len()
-        .over(part)
+    let big_m = col("split")
+        .eq(lit("train"))
+        .cast(DataType::UInt32)
+        .sum()
+        .over([col("user_idx")])
         .map_err(perr("weights"))?
         .cast(DataType::Float64);
     let w = when(big_m.clone().gt(lit(1.0)))
@@ -297,52 +473,54 @@ fn natural_noise(
     let clean_lf = clean.clone().lazy();
     let users = clean_lf
         .clone()
-        .select([col("user")])
+        .select([col("u")])
         .unique(None, UniqueKeepStrategy::Any);
     let items = clean_lf
         .clone()
-        .select([col("item")])
+        .select([col("i")])
         .unique(None, UniqueKeepStrategy::Any);
     let pairs = clean_lf
-        .select([col("user"), col("item"), lit(true).alias("_clean")])
+        .select([col("u"), col("i"), lit(true).alias("_clean")])
         .unique(None, UniqueKeepStrategy::Any);
     let mut lf = candidates
         .join(
             users,
-            [col("user")],
-            [col("user")],
+            [col("u")],
+            [col("u")],
             JoinArgs::new(JoinType::Inner),
         )
         .join(
             items,
-            [col("item")],
-            [col("item")],
+            [col("i")],
+            [col("i")],
             JoinArgs::new(JoinType::Inner),
         )
         .join(
             pairs,
-            [col("user"), col("item")],
-            [col("user"), col("item")],
+            [col("u"), col("i")],
+            [col("u"), col("i")],
             JoinArgs::new(JoinType::Left),
         )
         .filter(col("_clean").is_null())
-        .drop(cols(["_clean"]));
+        .drop(cols(["_clean"]))
+        .sort_by_exprs(user_time_order("u"), sort_opts(3));
     if dedup {
-        lf = dedup_keep_latest(lf);
+        lf = dedup_latest(lf);
     }
-    let df = lf
-        .sort(["order"], SortMultipleOptions::default())
-        .collect()
-        .map_err(perr("selecting natural noise"))?;
+    let df = lf.collect().map_err(perr("selecting natural noise"))?;
     let mut rng = StdRng::seed_from_u64(seed);
     let keep: BooleanChunked = (0..df.height())
         .map(|_| Some(rng.random::<f64>() < ratio))
         .collect();
     let df = df.filter(&keep).map_err(perr("sampling natural noise"))?;
-    let schema_order: Vec<PlSmallStr> = clean.get_column_names().into_iter().cloned().collect();
+    let schema_order: Vec<Expr> = clean
+        .get_column_names()
+        .into_iter()
+        .map(|c| col(c.clone()))
+        .collect();
     df.lazy()
         .with_column(lit(true).alias("noise"))
-        .select(schema_order.into_iter().map(|c| col(c)).collect::<Vec<_>>())
+        .select(schema_order)
         .collect()
         .map_err(perr("marking natural noise"))
 }
@@ -369,18 +547,8 @@ fn random_noise(df: &DataFrame, n_items: usize, ratio: f64, seed: u64) -> Result
         .column("ts")
         .and_then(|c| c.i64())
         .map_err(perr("noise"))?;
-    let user_col = df.column("user").map_err(perr("noise"))?;
-    let item_lookup = df.column("item").map_err(perr("noise"))?;
-    // Original item id of each item_idx.
-    let mut item_of_idx: Vec<usize> = vec![usize::MAX; n_items];
-    for (row, idx) in i.iter().enumerate() {
-        if let Some(idx) = idx {
-            item_of_idx[idx as usize] = row;
-        }
-    }
     let mut rng = StdRng::seed_from_u64(seed);
-    let (mut rows_user, mut rows_item, mut rows_ts, mut rows_uidx, mut rows_iidx) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut rows_ts, mut rows_uidx, mut rows_iidx) = (Vec::new(), Vec::new(), Vec::new());
     let n = df.height();
     let mut start = 0;
     let mut seen = vec![false; n_items];
@@ -428,8 +596,6 @@ fn random_noise(df: &DataFrame, n_items: usize, ratio: f64, seed: u64) -> Result
             for cand in picks {
                 rows_uidx.push(user);
                 rows_iidx.push(cand as u32);
-                rows_user.push(start);
-                rows_item.push(item_of_idx[cand]);
                 rows_ts.push(ts.get(train_rows[rng.random_range(0..train_rows.len())]));
             }
         }
@@ -439,15 +605,9 @@ fn random_noise(df: &DataFrame, n_items: usize, ratio: f64, seed: u64) -> Result
         start = end;
     }
     let m = rows_uidx.len();
-    let take = |c: &Column, idx: &[usize]| -> Result<Column> {
-        let ids: IdxCa = IdxCa::from_vec("idx".into(), idx.iter().map(|&r| r as IdxSize).collect());
-        c.take(&ids).map_err(perr("noise"))
-    };
     let mut cols = Vec::new();
     for name in df.get_column_names() {
         let c = match name.as_str() {
-            "user" => take(user_col, &rows_user)?,
-            "item" => take(item_lookup, &rows_item)?,
             "ts" => Column::new("ts".into(), rows_ts.clone()),
             "rating" => Column::full_null("rating".into(), m, &DataType::Float64),
             "order" => Column::new(

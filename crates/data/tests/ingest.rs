@@ -468,3 +468,78 @@ async fn ml1m_clean_split_is_reproduced_exactly() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn global_time_split_cuts_all_users_at_one_time() {
+    let dir = tmpdir("global");
+    let csv = "user_id,item_id,timestamp\na,1,1\nb,1,2\na,2,3\nb,2,4\na,3,5\nb,3,6\na,4,7\nb,4,8\n";
+    std::fs::write(dir.join("g.csv"), csv).unwrap();
+    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "csv", "path": "g.csv"},
+        "split": {"method": "global_time", "ratios": [0.5, 0.25, 0.25]}
+    }));
+    run_ingest(&ws, &c, &dir, false).await.unwrap();
+    let df = read_back(&ws, INTERACTIONS).await;
+    let got: Vec<(String, String, String)> = strs(&df, "user_id")
+        .into_iter()
+        .zip(strs(&df, "item_id"))
+        .zip(strs(&df, "split"))
+        .map(|((u, i), s)| (u, i, s))
+        .collect();
+    // 8 rows: the first floor(0.5·8)+1 = 5 in time (ts 1..5) train, up to floor(0.75·8)+1 = 7
+    // valid (ts 6, 7), the last (ts 8) test.
+    let expect = [
+        ("a", "1", "train"),
+        ("a", "2", "train"),
+        ("a", "3", "train"),
+        ("a", "4", "valid"),
+        ("b", "1", "train"),
+        ("b", "2", "train"),
+        ("b", "3", "valid"),
+        ("b", "4", "test"),
+    ];
+    let expect: Vec<(String, String, String)> = expect
+        .iter()
+        .map(|(u, i, s)| (u.to_string(), i.to_string(), s.to_string()))
+        .collect();
+    assert_eq!(got, expect);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn natural_noise_keeps_low_ratings_out_of_test() {
+    let dir = tmpdir("natural");
+    let csv = "user_id,item_id,timestamp,rating\n\
+               1,x,1,5\n1,y,2,2\n1,z,3,5\n1,w,4,4\n\
+               2,x,1,5\n2,y,2,5\n2,z,3,1\n\
+               3,x,1,5\n3,y,2,5\n3,z,3,5\n3,w,4,1\n";
+    std::fs::write(dir.join("n.csv"), csv).unwrap();
+    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "csv", "path": "n.csv", "columns": {"rating": "rating"}},
+        "min_rating": 4,
+        "split": {"ratios": [0.4, 0.3, 0.3]},
+        "noise": {"kind": "natural", "ratio": 1.0}
+    }));
+    let r = run_ingest(&ws, &c, &dir, false).await.unwrap();
+    // With the noise, users have 4, 3 and 4 rows: train = floor(0.4n)+1 = 2, valid up to
+    // floor(0.7n)+1 = 3, test the rest. User 1's noise (y) is train; user 2's (z) is valid;
+    // user 3's (w) would be test, so it is dropped.
+    assert_eq!(r.stats.noise_rows, 2);
+    let df = read_back(&ws, INTERACTIONS).await;
+    let rows: Vec<String> = strs(&df, "user_id")
+        .into_iter()
+        .zip(strs(&df, "item_id"))
+        .zip(strs(&df, "split"))
+        .map(|((u, i), s)| format!("{u}{i}:{s}"))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "1x:train", "1y:train", "1z:valid", "1w:test", "2x:train", "2y:train", "2z:valid",
+            "3x:train", "3y:train", "3z:valid"
+        ]
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
