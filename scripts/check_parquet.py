@@ -25,12 +25,12 @@ for key, cols in expected.items():
     table = pq.read_table(ws / key)
     got = [(f.name, f.type) for f in table.schema]
     assert got == cols, f"{key}: schema {got} != {cols}"
-    n = duckdb.sql(f"select count(*) from read_parquet('{ws / key}')").fetchone()[0]
+    n = duckdb.sql(f"select count(*) from read_parquet('{ws / key}')").fetchall()[0][0]
     assert n == table.num_rows, f"{key}: duckdb {n} rows, pyarrow {table.num_rows}"
 rows = dict(duckdb.sql(
     f"select split, count(*) from read_parquet('{ws / 'data/interactions.parquet'}') group by split"
 ).fetchall())
 assert rows == {k: v for k, v in stats["rows"].items() if v}, (rows, stats["rows"])
-users = duckdb.sql(f"select count(*) from read_parquet('{ws / 'data/users.parquet'}')").fetchone()[0]
+users = duckdb.sql(f"select count(*) from read_parquet('{ws / 'data/users.parquet'}')").fetchall()[0][0]
 assert users == stats["users"]
 print(f"check_parquet: pyarrow and DuckDB read {ws} with the declared schema ({rows})")
