@@ -10,6 +10,7 @@
 mod pipeline;
 mod progress;
 mod stages;
+mod train_stage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -179,6 +180,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if let Some(d) = cause.downcast_ref::<DataError>() {
             return if d.is_input() { 2 } else { 1 };
+        }
+        if let Some(t) = cause.downcast_ref::<diffrec_trainer::TrainError>() {
+            return if t.is_input() { 2 } else { 1 };
         }
         if cause.downcast_ref::<NotImplemented>().is_some() {
             return 1;

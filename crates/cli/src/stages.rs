@@ -100,7 +100,8 @@ async fn run_stage(ws: &Workspace, loaded: &Loaded, stage: Stage, force: bool) -
             stage: "cluster",
             issue: "LightGCN + k-means, the item clustering issue"
         }),
-        Stage::Train | Stage::Evaluate | Stage::Recommend => bail!(NotImplemented {
+        Stage::Train => crate::train_stage::run(ws, loaded, force).await,
+        Stage::Evaluate | Stage::Recommend => bail!(NotImplemented {
             stage: stage.name(),
             issue: "DiffRec and T-DiffRec on Burn, the model issue"
         }),

@@ -1,14 +1,19 @@
 //! # diffrec-trainer
 //!
-//! Owns training and evaluation: the training loop, devices and backends, checkpoints and
+//! Owns training and evaluation: the training loop, backends and devices, checkpoints and
 //! resume, evaluation metrics, and the `runs/<name>/…` artifacts.
 //!
-//! Status: only the configuration (`train`, `evaluate` and `recommend` sections of a pipeline)
-//! exists so far; the loops are the DiffRec issue's work.
-//!
 //! It must not: parse pipelines or command lines (the CLI does), or print (it logs through
-//! `tracing`).
+//! `tracing` and reports progress through a callback).
 
+pub mod backend;
+pub mod checkpoint;
 pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod train;
 
+pub use backend::train_on;
 pub use config::{Backend, ConfigError, EvaluateConfig, RecommendConfig, TrainConfig};
+pub use error::TrainError;
+pub use train::{Progress, RunSpec, Summary, train};

@@ -1,0 +1,151 @@
+//! The train stage: reads the ingest artifacts, trains (or resumes) the run, writes
+//! `runs/<name>/…` and the run manifest, with a progress bar on a terminal.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use diffrec_data::manifest::{
+    Freshness, OutputInfo, StageManifest, freshness, manifest_key, upstream_hashes,
+};
+use diffrec_data::workspace::sha256_hex;
+use diffrec_data::{Workspace, load_splits};
+use diffrec_trainer::train::{best_key, run_dir, summary_key};
+use diffrec_trainer::{Progress, RunSpec, train_on};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::pipeline::Loaded;
+
+pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
+    let p = &loaded.pipeline;
+    let dir = run_dir(&p.name);
+    let inputs = upstream_hashes(ws, diffrec_data::ingest::STAGE_DIR)
+        .await?
+        .context("the ingest stage has not completed in this workspace (no data/_manifest.json): run it first")?;
+    let config = serde_json::json!({"model": p.model, "train": p.train, "evaluate": p.evaluate});
+    if !force {
+        match freshness(ws, &dir, &config, &inputs).await? {
+            Freshness::UpToDate => {
+                println!(
+                    "train: up to date (manifest matches config and input hashes), skipped; use --force to rerun"
+                );
+                return Ok(());
+            }
+            Freshness::Stale(why) => tracing::info!("train: running ({why})"),
+        }
+    }
+    ws.delete(&manifest_key(&dir)).await?;
+    if force {
+        for key in ws.list(&format!("{dir}/checkpoints")).await? {
+            ws.delete(&key).await?;
+        }
+    }
+    let fingerprint = sha256_hex(serde_json::to_string(&(&config, &inputs))?.as_bytes());
+    let spec = RunSpec {
+        run: p.name.clone(),
+        model: p.model.clone(),
+        train: p.train.clone(),
+        ks: p.evaluate.ks.clone(),
+        backend: format!("{:?}", p.train.backend).to_lowercase(),
+        fingerprint,
+    };
+    let started = Utc::now();
+    let data = load_splits(ws).await?;
+    tracing::info!(
+        users = data.n_users,
+        items = data.n_items,
+        train = data.train.nnz(),
+        "train: data loaded"
+    );
+
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed}]")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let say = |line: String| {
+        if bar.is_hidden() {
+            println!("{line}")
+        } else {
+            bar.println(line)
+        }
+    };
+    let mut report = |ev: Progress| match ev {
+        Progress::Resumed { epoch } => println!("train: resuming after epoch {epoch}"),
+        Progress::EpochStart { epoch, batches } => {
+            bar.set_prefix(format!("epoch {epoch}"));
+            bar.set_length(batches as u64);
+            bar.set_position(0);
+        }
+        Progress::Batch => bar.inc(1),
+        Progress::EpochEnd {
+            epoch,
+            loss,
+            seconds,
+        } => {
+            tracing::debug!(epoch, loss, seconds, "epoch done");
+            bar.set_message(format!("loss {loss:.3}"));
+        }
+        Progress::Evaluated {
+            epoch,
+            valid_recall20,
+            test_recall20,
+            best_epoch,
+        } => say(format!(
+            "train: epoch {epoch}: valid recall@20 {valid_recall20:.4}, test recall@20 {test_recall20:.4} (best epoch {best_epoch})"
+        )),
+        Progress::Stopped { epoch, best_epoch } => say(format!(
+            "train: early stop before epoch {epoch} (best epoch {best_epoch})"
+        )),
+    };
+    let summary = train_on(p.train.backend, ws, &data, &spec, &mut report)
+        .await
+        .context("train stage failed")?;
+    bar.finish_and_clear();
+
+    let mut outputs = BTreeMap::new();
+    for key in [
+        summary_key(&p.name),
+        format!("{dir}/metrics.parquet"),
+        best_key(&p.name),
+    ] {
+        if ws.exists(&key).await? {
+            outputs.insert(
+                key.clone(),
+                OutputInfo {
+                    sha256: ws.sha256(&key).await?,
+                    rows: None,
+                },
+            );
+        }
+    }
+    let manifest = StageManifest {
+        stage: "train".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        config,
+        inputs,
+        outputs,
+        started_at: started,
+        finished_at: Utc::now(),
+    };
+    ws.put_json(&manifest_key(&dir), &manifest).await?;
+    let get = |m: &BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+    println!(
+        "train: best epoch {} of {}; test recall@10 {:.4} recall@20 {:.4} ndcg@10 {:.4} ndcg@20 {:.4}; {:.2} s/epoch, {:.1} s/eval",
+        summary.best_epoch,
+        summary.epochs_run,
+        get(&summary.test, "recall@10"),
+        get(&summary.test, "recall@20"),
+        get(&summary.test, "ndcg@10"),
+        get(&summary.test, "ndcg@20"),
+        summary.epoch_seconds_median,
+        summary.eval_seconds_median
+    );
+    Ok(())
+}

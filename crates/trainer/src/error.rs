@@ -1,0 +1,27 @@
+//! The trainer's error type.
+
+/// Errors of training, evaluation and recommendation.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] diffrec_data::DataError),
+    #[error("invalid model configuration: {0}")]
+    Model(String),
+    #[error("checkpoint error: {0}")]
+    Checkpoint(String),
+    #[error("backend `{0}` is not compiled into this binary; rebuild with `--features {0}`")]
+    BackendMissing(&'static str),
+    #[error("{0}")]
+    Input(String),
+}
+
+impl TrainError {
+    /// True when the user can fix it (CLI exit code 2).
+    pub fn is_input(&self) -> bool {
+        match self {
+            TrainError::Data(d) => d.is_input(),
+            TrainError::Model(_) | TrainError::BackendMissing(_) | TrainError::Input(_) => true,
+            TrainError::Checkpoint(_) => false,
+        }
+    }
+}

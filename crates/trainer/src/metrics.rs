@@ -1,0 +1,226 @@
+//! Ranking metrics exactly as the DiffRec authors compute them (spec §6): masked items scored
+//! −∞, top-K by partial selection (never a full sort of a row), Recall@K = hits/|G| (not
+//! min(|G|, K)), Precision@K, NDCG@K, MRR@K, summed over users with a non-empty ground truth and
+//! divided by the number of all users.
+
+use std::collections::BTreeMap;
+
+use diffrec_data::CsrMatrix;
+
+/// Metric sums for one split, over every cut-off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSums {
+    pub ks: Vec<usize>,
+    /// Per k (same order as `ks`): recall, precision, ndcg, mrr sums.
+    recall: Vec<f64>,
+    precision: Vec<f64>,
+    ndcg: Vec<f64>,
+    mrr: Vec<f64>,
+}
+
+impl MetricSums {
+    pub fn new(ks: &[usize]) -> Self {
+        let n = ks.len();
+        MetricSums {
+            ks: ks.to_vec(),
+            recall: vec![0.0; n],
+            precision: vec![0.0; n],
+            ndcg: vec![0.0; n],
+            mrr: vec![0.0; n],
+        }
+    }
+
+    /// Adds one user: `ranked` is the top-max(K) list, best first; `truth` the sorted relevant items.
+    pub fn add_user(&mut self, ranked: &[u32], truth: &[u32]) {
+        if truth.is_empty() {
+            return;
+        }
+        for (j, &k) in self.ks.iter().enumerate() {
+            let mut hits = 0usize;
+            let mut dcg = 0.0;
+            let mut first_hit: Option<usize> = None;
+            for (pos, item) in ranked.iter().take(k).enumerate() {
+                if truth.binary_search(item).is_ok() {
+                    hits += 1;
+                    dcg += 1.0 / ((pos + 2) as f64).log2();
+                    first_hit.get_or_insert(pos);
+                }
+            }
+            let idcg: f64 = (0..truth.len().min(k))
+                .map(|p| 1.0 / ((p + 2) as f64).log2())
+                .sum();
+            self.recall[j] += hits as f64 / truth.len() as f64;
+            self.precision[j] += hits as f64 / k as f64;
+            self.ndcg[j] += dcg / idcg;
+            self.mrr[j] += first_hit.map_or(0.0, |p| 1.0 / (p + 1) as f64);
+        }
+    }
+
+    /// Averages over `n_users` (all users, as the reference does): `"recall@20" → value`.
+    pub fn finish(&self, n_users: usize) -> BTreeMap<String, f64> {
+        let n = n_users.max(1) as f64;
+        let mut out = BTreeMap::new();
+        for (j, k) in self.ks.iter().enumerate() {
+            out.insert(format!("recall@{k}"), self.recall[j] / n);
+            out.insert(format!("precision@{k}"), self.precision[j] / n);
+            out.insert(format!("ndcg@{k}"), self.ndcg[j] / n);
+            out.insert(format!("mrr@{k}"), self.mrr[j] / n);
+        }
+        out
+    }
+}
+
+/// Top `k` item indices of `scores`, skipping `masked` (sorted), best first; ties by lower index.
+/// `scratch` is reused between calls to avoid allocating per user.
+pub fn top_k(scores: &[f32], masked: &[u32], k: usize, scratch: &mut Vec<(f32, u32)>) -> Vec<u32> {
+    scratch.clear();
+    let mut m = masked.iter().peekable();
+    for (i, &s) in scores.iter().enumerate() {
+        if m.peek().is_some_and(|&&x| x as usize == i) {
+            m.next();
+            continue;
+        }
+        scratch.push((s, i as u32));
+    }
+    let better = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    let k = k.min(scratch.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < scratch.len() {
+        scratch.select_nth_unstable_by(k - 1, better);
+    }
+    let top = &mut scratch[..k];
+    top.sort_unstable_by(better);
+    top.iter().map(|&(_, i)| i).collect()
+}
+
+/// Merges two sorted index lists.
+pub fn union_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        let take_a = j == b.len() || (i < a.len() && a[i] <= b[j]);
+        let v = if take_a { a[i] } else { b[j] };
+        if take_a {
+            i += 1;
+            if j < b.len() && b[j] == v {
+                j += 1;
+            }
+        } else {
+            j += 1;
+        }
+        out.push(v);
+    }
+    out
+}
+
+/// Valid and test metric sums from one block of scores (rows `users`), computed once: valid
+/// masks train items, test masks train ∪ valid items (spec §6).
+pub struct SplitEvaluator<'a> {
+    pub train: &'a CsrMatrix,
+    pub valid: &'a CsrMatrix,
+    pub test: &'a CsrMatrix,
+    pub valid_sums: MetricSums,
+    pub test_sums: MetricSums,
+    max_k: usize,
+    scratch: Vec<(f32, u32)>,
+}
+
+impl<'a> SplitEvaluator<'a> {
+    pub fn new(
+        train: &'a CsrMatrix,
+        valid: &'a CsrMatrix,
+        test: &'a CsrMatrix,
+        ks: &[usize],
+    ) -> Self {
+        SplitEvaluator {
+            train,
+            valid,
+            test,
+            valid_sums: MetricSums::new(ks),
+            test_sums: MetricSums::new(ks),
+            max_k: ks.iter().copied().max().unwrap_or(0),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Scores of `users` (row-major, `users.len() × n_items`).
+    pub fn add_block(&mut self, users: &[usize], scores: &[f32]) {
+        let n_items = self.train.n_cols;
+        for (row, &u) in users.iter().enumerate() {
+            let s = &scores[row * n_items..(row + 1) * n_items];
+            let train = self.train.row(u).0;
+            let valid = self.valid.row(u).0;
+            let ranked = top_k(s, train, self.max_k, &mut self.scratch);
+            self.valid_sums.add_user(&ranked, valid);
+            let both = union_sorted(train, valid);
+            let ranked = top_k(s, &both, self.max_k, &mut self.scratch);
+            self.test_sums.add_user(&ranked, self.test.row(u).0);
+        }
+    }
+}
+
+/// Rounds to 4 decimals, as the reference does before comparing models.
+pub fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_skips_masked_and_breaks_ties_by_index() {
+        let mut scratch = Vec::new();
+        let s = [0.5, 0.9, 0.9, 0.1, 0.7];
+        assert_eq!(top_k(&s, &[], 3, &mut scratch), vec![1, 2, 4]);
+        assert_eq!(top_k(&s, &[1, 4], 2, &mut scratch), vec![2, 0]);
+        assert_eq!(top_k(&s, &[0, 1, 2, 3], 10, &mut scratch), vec![4]);
+    }
+
+    #[test]
+    fn metrics_match_hand_computed_values() {
+        // Ranking [7, 3, 9, 1, 5], truth {3, 5, 8}: hits at positions 1 and 4.
+        let mut m = MetricSums::new(&[2, 5, 10]);
+        m.add_user(&[7, 3, 9, 1, 5], &[3, 5, 8]);
+        // A user with one relevant item at rank 1, and an empty-truth user (counts as 0).
+        m.add_user(&[4, 2], &[4]);
+        m.add_user(&[1], &[]);
+        let r = m.finish(3);
+        let l2 = |p: f64| 1.0 / (p + 2.0).log2();
+        // k = 2: user 1 recall 1/3 (|G| = 3, not min(3, 2)), user 2 recall 1.
+        assert!((r["recall@2"] - (1.0 / 3.0 + 1.0) / 3.0).abs() < 1e-12);
+        assert!((r["precision@2"] - (0.5 + 0.5) / 3.0).abs() < 1e-12);
+        let ndcg1_k2 = l2(1.0) / (l2(0.0) + l2(1.0));
+        assert!((r["ndcg@2"] - (ndcg1_k2 + 1.0) / 3.0).abs() < 1e-12);
+        assert!((r["mrr@2"] - (0.5 + 1.0) / 3.0).abs() < 1e-12);
+        // k = 5: user 1 hits 2 of 3; IDCG over min(|G|, K) = 3 positions.
+        let ndcg1_k5 = (l2(1.0) + l2(4.0)) / (l2(0.0) + l2(1.0) + l2(2.0));
+        assert!((r["recall@5"] - (2.0 / 3.0 + 1.0) / 3.0).abs() < 1e-12);
+        assert!((r["ndcg@5"] - (ndcg1_k5 + 1.0) / 3.0).abs() < 1e-12);
+        assert!((r["precision@10"] - (0.2 + 0.1) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn split_evaluator_masks_train_for_valid_and_train_valid_for_test() {
+        // One user, 5 items; train {0}, valid {1}, test {2}. Scores favour 0 > 1 > 2 > 3 > 4.
+        let train = CsrMatrix::from_triplets(1, 5, vec![(0, 0, 1.0)]);
+        let valid = CsrMatrix::from_triplets(1, 5, vec![(0, 1, 1.0)]);
+        let test = CsrMatrix::from_triplets(1, 5, vec![(0, 2, 1.0)]);
+        let mut ev = SplitEvaluator::new(&train, &valid, &test, &[1]);
+        ev.add_block(&[0], &[0.9, 0.8, 0.7, 0.6, 0.5]);
+        assert_eq!(
+            ev.valid_sums.finish(1)["recall@1"],
+            1.0,
+            "item 0 masked → item 1 first"
+        );
+        assert_eq!(
+            ev.test_sums.finish(1)["recall@1"],
+            1.0,
+            "items 0, 1 masked → item 2 first"
+        );
+        assert_eq!(union_sorted(&[1, 3, 5], &[2, 3, 6]), vec![1, 2, 3, 5, 6]);
+        assert_eq!(round4(0.123456), 0.1235);
+    }
+}

@@ -1,0 +1,438 @@
+//! The training loop (spec §5), evaluation during training, checkpoints and resume, and the
+//! run artifacts: `runs/<run>/metrics.parquet`, `summary.json`, `checkpoints/{latest,best}.ckpt`.
+//!
+//! Reproducibility and resume: every epoch re-seeds both the host RNG (permutation, step
+//! sampling) and the backend RNG (noise, dropout) from (seed, epoch), so a run resumed from the
+//! checkpoint written after epoch e continues exactly as the uninterrupted run would have.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::{Float64Array, RecordBatch, StringArray, UInt32Array};
+use arrow_schema::{DataType, Field, Schema};
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
+use diffrec_model::{Denoiser, GaussianDiffusion, InitScheme, ModelConfig, StepSampler, Variant};
+use rand::seq::SliceRandom;
+use rand::{SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{Evaluation, TrainState, decode, encode};
+use crate::config::TrainConfig;
+use crate::error::TrainError;
+use crate::metrics::{SplitEvaluator, round4};
+
+/// Users per evaluation block.
+const EVAL_BLOCK: usize = 2048;
+
+/// What to train.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Run name: artifacts go to `runs/<run>/`.
+    pub run: String,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub ks: Vec<usize>,
+    /// Backend name, for the summary.
+    pub backend: String,
+    /// Hash of everything that defines the run (configs, input data); checkpoints carry it.
+    pub fingerprint: String,
+}
+
+/// Progress events for the caller's display.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// Training resumes after `epoch` completed epochs.
+    Resumed {
+        epoch: usize,
+    },
+    /// An epoch started; `batches` steps follow.
+    EpochStart {
+        epoch: usize,
+        batches: usize,
+    },
+    Batch,
+    /// An epoch finished.
+    EpochEnd {
+        epoch: usize,
+        loss: f64,
+        seconds: f64,
+    },
+    /// An evaluation finished.
+    Evaluated {
+        epoch: usize,
+        valid_recall20: f64,
+        test_recall20: f64,
+        best_epoch: usize,
+    },
+    /// Early stopping.
+    Stopped {
+        epoch: usize,
+        best_epoch: usize,
+    },
+}
+
+/// `runs/<run>/summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub run: String,
+    pub variant: Variant,
+    pub backend: String,
+    pub seed: u64,
+    pub best_epoch: usize,
+    pub epochs_run: usize,
+    pub params: usize,
+    pub valid: BTreeMap<String, f64>,
+    pub test: BTreeMap<String, f64>,
+    pub train_seconds: f64,
+    pub epoch_seconds_median: f64,
+    pub eval_seconds_median: f64,
+    pub peak_rss_bytes: u64,
+}
+
+pub fn run_dir(run: &str) -> String {
+    format!("runs/{run}")
+}
+fn latest_key(run: &str) -> String {
+    format!("runs/{run}/checkpoints/latest.ckpt")
+}
+pub fn best_key(run: &str) -> String {
+    format!("runs/{run}/checkpoints/best.ckpt")
+}
+pub fn summary_key(run: &str) -> String {
+    format!("runs/{run}/summary.json")
+}
+fn metrics_key(run: &str) -> String {
+    format!("runs/{run}/metrics.parquet")
+}
+
+/// The model input of a variant: time-weighted rows for T-DiffRec, binary rows otherwise.
+pub fn model_input(train: &CsrMatrix, variant: Variant) -> CsrMatrix {
+    let mut m = train.clone();
+    if !variant.is_temporal() {
+        m.values.iter_mut().for_each(|v| *v = 1.0);
+    }
+    m
+}
+
+/// Builds the diffusion of a model config.
+pub fn diffusion_of(cfg: &ModelConfig) -> Result<GaussianDiffusion, TrainError> {
+    GaussianDiffusion::new(&cfg.diffusion, cfg.beta_fixed())
+        .map_err(|e| TrainError::Model(e.to_string()))
+}
+
+fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
+    NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
+}
+
+fn ckpt_err(e: impl std::fmt::Display) -> TrainError {
+    TrainError::Checkpoint(e.to_string())
+}
+
+/// Trains (or resumes) the run described by `spec` on `device`.
+pub async fn train<B: AutodiffBackend>(
+    ws: &Workspace,
+    data: &SplitMatrices,
+    spec: &RunSpec,
+    device: B::Device,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, TrainError> {
+    if spec.model.variant.is_latent() {
+        return Err(TrainError::Input(format!(
+            "model.variant {:?} (latent diffusion) is not implemented yet",
+            spec.model.variant
+        )));
+    }
+    let cfg = &spec.train;
+    let diffusion = diffusion_of(&spec.model)?;
+    let input = model_input(&data.train, spec.model.variant);
+    let n_items = data.n_items;
+    B::seed(&device, cfg.seed);
+    let mut model = Denoiser::<B>::new(n_items, &spec.model.denoiser, InitScheme::DiffRec, &device);
+    let params = model.num_params();
+    let mut optim = AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(cfg.weight_decay as f32)
+        .init::<B, Denoiser<B>>();
+    let mut state = TrainState {
+        epoch: 0,
+        best_epoch: 0,
+        best_recall: -100.0,
+        evaluations: Vec::new(),
+        losses: Vec::new(),
+        epoch_seconds: Vec::new(),
+        sampler: StepSampler::new(diffusion.steps()),
+        train_seconds: 0.0,
+        fingerprint: spec.fingerprint.clone(),
+    };
+    match ws.get(&latest_key(&spec.run)).await {
+        Ok(bytes) => {
+            let (st, model_bytes, optim_bytes) = decode(&bytes)?;
+            if st.fingerprint != spec.fingerprint {
+                return Err(TrainError::Input(format!(
+                    "{} holds a run trained with another configuration or data; rerun with --force \
+                     to start over, or use another pipeline name",
+                    latest_key(&spec.run)
+                )));
+            }
+            model = model.load_record(recorder().load(model_bytes, &device).map_err(ckpt_err)?);
+            optim = optim.load_record(recorder().load(optim_bytes, &device).map_err(ckpt_err)?);
+            state = st;
+            tracing::info!(epoch = state.epoch, "resuming from the latest checkpoint");
+            progress(Progress::Resumed { epoch: state.epoch });
+        }
+        Err(diffrec_data::DataError::MissingArtifact { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let select_k = if spec.ks.contains(&20) {
+        20
+    } else {
+        spec.ks[0]
+    };
+    let select_key = format!("recall@{select_k}");
+    let n_users = data.n_users;
+    let bs = cfg.batch_size;
+
+    let mut epoch = state.epoch + 1;
+    while epoch <= cfg.epochs {
+        if epoch - state.best_epoch >= cfg.patience {
+            progress(Progress::Stopped {
+                epoch,
+                best_epoch: state.best_epoch,
+            });
+            break;
+        }
+        let started = Instant::now();
+        let epoch_seed = cfg
+            .seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(epoch as u64);
+        B::seed(&device, epoch_seed);
+        let mut rng = StdRng::seed_from_u64(epoch_seed);
+        let mut perm: Vec<usize> = (0..n_users).collect();
+        perm.shuffle(&mut rng);
+        progress(Progress::EpochStart {
+            epoch,
+            batches: n_users.div_ceil(bs),
+        });
+        let mut epoch_loss = 0.0;
+        for users in perm.chunks(bs) {
+            let rows = users.len();
+            let mut dense = vec![0f32; rows * n_items];
+            input.densify_rows(users, &mut dense);
+            let x0 = Tensor::<B, 2>::from_data(TensorData::new(dense, [rows, n_items]), &device);
+            let (ts, pts) = state.sampler.sample(rows, &mut rng);
+            let out = diffusion.training_loss(&model, x0, &ts, &pts);
+            state.sampler.update(&ts, &out.weighted);
+            epoch_loss += out.loss.clone().into_scalar().elem::<f64>();
+            let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+            model = optim.step(cfg.lr, model, grads);
+            progress(Progress::Batch);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        state.epoch = epoch;
+        state.losses.push(epoch_loss);
+        state.epoch_seconds.push(seconds);
+        state.train_seconds += seconds;
+        progress(Progress::EpochEnd {
+            epoch,
+            loss: epoch_loss,
+            seconds,
+        });
+
+        if epoch % cfg.eval_every == 0 {
+            let t = Instant::now();
+            let inner = model.valid();
+            let (valid, test) = evaluate(&inner, &diffusion, &input, data, &spec.ks, &device);
+            let eval_seconds = t.elapsed().as_secs_f64();
+            let recall = round4(valid.get(&select_key).copied().unwrap_or(0.0));
+            if recall > state.best_recall {
+                state.best_recall = recall;
+                state.best_epoch = epoch;
+                let model_bytes = recorder()
+                    .record(inner.clone().into_record(), ())
+                    .map_err(ckpt_err)?;
+                ws.put_atomic(&best_key(&spec.run), encode(&state, &model_bytes, &[])?)
+                    .await?;
+            }
+            progress(Progress::Evaluated {
+                epoch,
+                valid_recall20: valid.get(&select_key).copied().unwrap_or(0.0),
+                test_recall20: test.get(&select_key).copied().unwrap_or(0.0),
+                best_epoch: state.best_epoch,
+            });
+            state.evaluations.push(Evaluation {
+                epoch,
+                loss: epoch_loss,
+                epoch_seconds: seconds,
+                eval_seconds,
+                valid,
+                test,
+            });
+            write_metrics(ws, &spec.run, &state).await?;
+        }
+        let model_bytes = recorder()
+            .record(model.clone().into_record(), ())
+            .map_err(ckpt_err)?;
+        let optim_bytes = recorder().record(optim.to_record(), ()).map_err(ckpt_err)?;
+        ws.put_atomic(
+            &latest_key(&spec.run),
+            encode(&state, &model_bytes, &optim_bytes)?,
+        )
+        .await?;
+        epoch += 1;
+    }
+
+    let summary = summarise(spec, &state, params);
+    ws.put_json(&summary_key(&spec.run), &summary).await?;
+    Ok(summary)
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn summarise(spec: &RunSpec, state: &TrainState, params: usize) -> Summary {
+    let best = state
+        .evaluations
+        .iter()
+        .find(|e| e.epoch == state.best_epoch);
+    let evals: Vec<f64> = state.evaluations.iter().map(|e| e.eval_seconds).collect();
+    Summary {
+        run: spec.run.clone(),
+        variant: spec.model.variant,
+        backend: spec.backend.clone(),
+        seed: spec.train.seed,
+        best_epoch: state.best_epoch,
+        epochs_run: state.epoch,
+        params,
+        valid: best.map(|e| e.valid.clone()).unwrap_or_default(),
+        test: best.map(|e| e.test.clone()).unwrap_or_default(),
+        train_seconds: state.train_seconds,
+        epoch_seconds_median: median(&state.epoch_seconds),
+        eval_seconds_median: median(&evals),
+        peak_rss_bytes: peak_rss_bytes(),
+    }
+}
+
+/// Scores every user once (reverse diffusion on the training row) and applies both masks.
+pub fn evaluate<B: Backend>(
+    model: &Denoiser<B>,
+    diffusion: &GaussianDiffusion,
+    input: &CsrMatrix,
+    data: &SplitMatrices,
+    ks: &[usize],
+    device: &B::Device,
+) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
+    let n_items = data.n_items;
+    let mut ev = SplitEvaluator::new(&data.train, &data.valid, &data.test, ks);
+    let users: Vec<usize> = (0..data.n_users).collect();
+    for block in users.chunks(EVAL_BLOCK) {
+        let scores = score_rows(model, diffusion, input, block, n_items, device);
+        ev.add_block(block, &scores);
+    }
+    (
+        ev.valid_sums.finish(data.n_users),
+        ev.test_sums.finish(data.n_users),
+    )
+}
+
+/// Scores of the given users' rows, row-major.
+pub fn score_rows<B: Backend>(
+    model: &Denoiser<B>,
+    diffusion: &GaussianDiffusion,
+    input: &CsrMatrix,
+    rows: &[usize],
+    n_items: usize,
+    device: &B::Device,
+) -> Vec<f32> {
+    let mut dense = vec![0f32; rows.len() * n_items];
+    input.densify_rows(rows, &mut dense);
+    let x0 = Tensor::<B, 2>::from_data(TensorData::new(dense, [rows.len(), n_items]), device);
+    diffusion
+        .p_sample(model, x0)
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default()
+}
+
+async fn write_metrics(ws: &Workspace, run: &str, state: &TrainState) -> Result<(), TrainError> {
+    let (mut epoch, mut split, mut metric, mut k, mut value, mut loss, mut seconds) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for e in &state.evaluations {
+        for (name, values) in [("valid", &e.valid), ("test", &e.test)] {
+            for (key, v) in values {
+                let (m, kk) = key.split_once('@').unwrap_or((key, "0"));
+                epoch.push(e.epoch as u32);
+                split.push(name);
+                metric.push(m.to_owned());
+                k.push(kk.parse::<u32>().unwrap_or(0));
+                value.push(*v);
+                loss.push(e.loss);
+                seconds.push(e.epoch_seconds);
+            }
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("epoch", DataType::UInt32, false),
+        Field::new("split", DataType::Utf8, false),
+        Field::new("metric", DataType::Utf8, false),
+        Field::new("k", DataType::UInt32, false),
+        Field::new("value", DataType::Float64, false),
+        Field::new("loss", DataType::Float64, false),
+        Field::new("seconds", DataType::Float64, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(UInt32Array::from(epoch)),
+            Arc::new(StringArray::from(split)),
+            Arc::new(StringArray::from(metric)),
+            Arc::new(UInt32Array::from(k)),
+            Arc::new(Float64Array::from(value)),
+            Arc::new(Float64Array::from(loss)),
+            Arc::new(Float64Array::from(seconds)),
+        ],
+    )
+    .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    ws.write_parquet(&metrics_key(run), schema, [batch]).await?;
+    Ok(())
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
