@@ -7,6 +7,7 @@
 //!
 //! It must not: hold algorithms (those live in the library crates).
 
+mod infer_stage;
 mod pipeline;
 mod progress;
 mod stages;
@@ -100,7 +101,7 @@ enum Command {
         #[arg(long, default_value_t = 1_000)]
         items: usize,
         /// Number of item groups (latent tastes).
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 16)]
         clusters: usize,
         /// Mean interactions per user (at least 5 each).
         #[arg(long, default_value_t = 40.0)]
@@ -234,11 +235,16 @@ async fn dispatch(command: Command) -> Result<()> {
             println!("wrote {rows} interactions to {}", out.display());
             Ok(())
         }
-        Command::Recommend { .. } => Err(NotImplemented {
-            stage: "recommend",
-            issue: "DiffRec and T-DiffRec on Burn, the model issue",
+        Command::Recommend {
+            workspace,
+            run,
+            user,
+            history,
+            k,
+        } => {
+            infer_stage::recommend_one(&workspace, &run, user.as_deref(), history.as_deref(), k)
+                .await
         }
-        .into()),
     }
 }
 

@@ -31,18 +31,6 @@ pub const ALL: [Stage; 5] = [
     Stage::Recommend,
 ];
 
-impl Stage {
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Ingest => "ingest",
-            Stage::Cluster => "cluster",
-            Stage::Train => "train",
-            Stage::Evaluate => "evaluate",
-            Stage::Recommend => "recommend",
-        }
-    }
-}
-
 /// A stage whose implementation has not landed yet.
 #[derive(Debug, thiserror::Error)]
 #[error("stage `{stage}` is not implemented yet ({issue}); the stages before it completed")]
@@ -101,10 +89,8 @@ async fn run_stage(ws: &Workspace, loaded: &Loaded, stage: Stage, force: bool) -
             issue: "LightGCN + k-means, the item clustering issue"
         }),
         Stage::Train => crate::train_stage::run(ws, loaded, force).await,
-        Stage::Evaluate | Stage::Recommend => bail!(NotImplemented {
-            stage: stage.name(),
-            issue: "DiffRec and T-DiffRec on Burn, the model issue"
-        }),
+        Stage::Evaluate => crate::infer_stage::evaluate_stage(ws, loaded).await,
+        Stage::Recommend => crate::infer_stage::recommend_stage(ws, loaded).await,
     }
 }
 

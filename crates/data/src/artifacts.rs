@@ -152,3 +152,35 @@ pub async fn load_splits(ws: &Workspace) -> Result<SplitMatrices> {
         test: CsrMatrix::from_triplets(n_users, n_items, te),
     })
 }
+
+/// Original ids by dense index from `data/users.parquet` (`entity` = "user") or
+/// `data/items.parquet` ("item").
+pub async fn load_ids(ws: &Workspace, entity: &str) -> Result<Vec<String>> {
+    let key = if entity == "user" { USERS } else { ITEMS };
+    let bytes = ws.get(key).await?;
+    let pq = |source| DataError::Parquet {
+        key: key.into(),
+        source,
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(pq)?
+        .build()
+        .map_err(pq)?;
+    let mut ids = Vec::new();
+    let col = format!("{entity}_id");
+    for batch in reader {
+        let batch = batch.map_err(|source| DataError::Arrow {
+            context: format!("reading {key}"),
+            source,
+        })?;
+        let s = batch
+            .column_by_name(&col)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or_else(|| DataError::BadArtifact {
+                key: key.into(),
+                message: format!("{col} is not utf8"),
+            })?;
+        ids.extend(s.iter().map(|v| v.unwrap_or_default().to_owned()));
+    }
+    Ok(ids)
+}

@@ -25,12 +25,12 @@ pub struct SyntheticSpec {
 }
 
 impl Default for SyntheticSpec {
-    /// The demo dataset: 2,000 users × 1,000 items, ~80k interactions.
+    /// The demo dataset: 2,000 users × 1,000 items in 16 groups, ~80k interactions.
     fn default() -> Self {
         SyntheticSpec {
             users: 2_000,
             items: 1_000,
-            clusters: 8,
+            clusters: 16,
             mean_interactions: 40.0,
             false_positive_rate: 0.05,
             seed: 7,
@@ -82,7 +82,7 @@ pub fn write_csv(spec: &SyntheticSpec, out: &mut impl Write) -> std::io::Result<
     }
     let mut popularity = vec![0.0; spec.items];
     for (r, &item) in rank.iter().enumerate() {
-        popularity[item as usize] = 1.0 / (r as f64 + 10.0).powf(0.9);
+        popularity[item as usize] = 1.0 / (r as f64 + 10.0).powf(0.6);
     }
     let mut members: Vec<Vec<u32>> = vec![Vec::new(); clusters];
     for item in 0..spec.items as u32 {
@@ -120,9 +120,9 @@ pub fn write_csv(spec: &SyntheticSpec, out: &mut impl Write) -> std::io::Result<
                 (everyone.sample(&mut rng), rng.random_range(1..=2))
             } else {
                 let y = rng.random::<f64>();
-                let g = if y < 0.8 * (1.0 - progress) {
+                let g = if y < 0.9 * (1.0 - progress) {
                     first
-                } else if y < 0.8 {
+                } else if y < 0.9 {
                     second
                 } else {
                     rng.random_range(0..clusters)

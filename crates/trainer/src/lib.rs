@@ -10,6 +10,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod infer;
 pub mod metrics;
 pub mod train;
 

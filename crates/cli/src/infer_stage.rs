@@ -1,0 +1,164 @@
+//! The evaluate and recommend stages, and the one-user `diffrec recommend` command. Inference
+//! runs on the CPU backend (burn-flex).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use arrow_array::{Float32Array, RecordBatch, StringArray, UInt32Array};
+use arrow_schema::{DataType, Field, Schema};
+use diffrec_data::artifacts::load_ids;
+use diffrec_data::manifest::{StageManifest, manifest_key};
+use diffrec_data::{Workspace, load_splits};
+use diffrec_model::ModelConfig;
+use diffrec_trainer::infer::{load_best, recommend_all, recommend_history};
+use diffrec_trainer::train::{Summary, diffusion_of, evaluate, model_input, run_dir, summary_key};
+
+use crate::pipeline::Loaded;
+
+type Cpu = burn_flex::Flex;
+
+/// Re-evaluates the best checkpoint on valid and test and updates `summary.json`.
+pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
+    let p = &loaded.pipeline;
+    let data = load_splits(ws).await?;
+    let dev = Default::default();
+    let model = load_best::<Cpu>(ws, &p.name, &p.model, data.n_items, &dev).await?;
+    let input = model_input(&data.train, p.model.variant);
+    let diffusion = diffusion_of(&p.model)?;
+    let t = Instant::now();
+    let (valid, test) = evaluate(&model, &diffusion, &input, &data, &p.evaluate.ks, &dev);
+    let secs = t.elapsed().as_secs_f64();
+    let mut summary: Summary = ws
+        .get_json(&summary_key(&p.name))
+        .await?
+        .context("no runs/<name>/summary.json: run the train stage first")?;
+    summary.valid = valid;
+    summary.test = test;
+    ws.put_json(&summary_key(&p.name), &summary).await?;
+    let g = |k: &str| summary.test.get(k).copied().unwrap_or(f64::NAN);
+    println!(
+        "evaluate: best checkpoint (epoch {}): test recall@20 {:.4} ndcg@20 {:.4} ({secs:.1}s)",
+        summary.best_epoch,
+        g("recall@20"),
+        g("ndcg@20")
+    );
+    Ok(())
+}
+
+/// Writes `runs/<name>/recommendations.parquet`: top-`recommend.k` per user, training items
+/// excluded, original ids.
+pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
+    let p = &loaded.pipeline;
+    let data = load_splits(ws).await?;
+    let dev = Default::default();
+    let model = load_best::<Cpu>(ws, &p.name, &p.model, data.n_items, &dev).await?;
+    let input = model_input(&data.train, p.model.variant);
+    let recs = recommend_all(&model, &p.model, &input, &data, p.recommend.k, &dev)?;
+    let users = load_ids(ws, "user").await?;
+    let items = load_ids(ws, "item").await?;
+    let (mut u, mut rank, mut it, mut score) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (user, list) in recs.iter().enumerate() {
+        for (r, &(item, s)) in list.iter().enumerate() {
+            u.push(users[user].as_str());
+            rank.push(r as u32 + 1);
+            it.push(items[item as usize].as_str());
+            score.push(s);
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Utf8, false),
+        Field::new("rank", DataType::UInt32, false),
+        Field::new("item_id", DataType::Utf8, false),
+        Field::new("score", DataType::Float32, false),
+    ]));
+    let rows = u.len();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(u)),
+            Arc::new(UInt32Array::from(rank)),
+            Arc::new(StringArray::from(it)),
+            Arc::new(Float32Array::from(score)),
+        ],
+    )?;
+    let key = format!("{}/recommendations.parquet", run_dir(&p.name));
+    ws.write_parquet(&key, schema, [batch]).await?;
+    println!(
+        "recommend: {rows} recommendations for {} users in {key}",
+        recs.len()
+    );
+    Ok(())
+}
+
+/// `diffrec recommend`: top-K for one known user, or for a history of item ids.
+pub async fn recommend_one(
+    ws_url: &str,
+    run: &str,
+    user: Option<&str>,
+    history: Option<&str>,
+    k: usize,
+) -> Result<()> {
+    let ws = Workspace::open(ws_url)?;
+    let manifest: StageManifest = ws
+        .get_json(&manifest_key(&run_dir(run)))
+        .await?
+        .with_context(|| {
+            format!(
+                "run `{run}` has not finished training in {ws_url} (no runs/{run}/_manifest.json)"
+            )
+        })?;
+    let model_cfg: ModelConfig = serde_json::from_value(manifest.config["model"].clone())
+        .context("the run manifest holds no model configuration")?;
+    let items = load_ids(&ws, "item").await?;
+    let dev = Default::default();
+    let model = load_best::<Cpu>(&ws, run, &model_cfg, items.len(), &dev).await?;
+    let recs = match (user, history) {
+        (Some(id), None) => {
+            let users = load_ids(&ws, "user").await?;
+            let u = users.iter().position(|x| x == id).with_context(|| {
+                format!("user {id:?} is not in the training data; pass --history instead")
+            })?;
+            let data = load_splits(&ws).await?;
+            let input = model_input(&data.train, model_cfg.variant);
+            let (idx, vals) = input.row(u);
+            let row = diffrec_data::CsrMatrix::from_triplets(
+                1,
+                items.len(),
+                idx.iter().zip(vals).map(|(&i, &v)| (0, i, v)).collect(),
+            );
+            let diffusion = diffusion_of(&model_cfg)?;
+            let scores = diffrec_trainer::train::score_rows(
+                &model,
+                &diffusion,
+                &row,
+                &[0],
+                items.len(),
+                &dev,
+            );
+            let top = diffrec_trainer::metrics::top_k(&scores, idx, k, &mut Vec::new());
+            top.into_iter()
+                .map(|i| (i, scores[i as usize]))
+                .collect::<Vec<_>>()
+        }
+        (None, Some(h)) => {
+            let mut hist = Vec::new();
+            for id in h.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                match items.iter().position(|x| x == id) {
+                    Some(i) => hist.push(i as u32),
+                    None => tracing::warn!("item {id:?} is unknown to the model, ignored"),
+                }
+            }
+            if hist.is_empty() {
+                bail!("--history names no item known to the model");
+            }
+            recommend_history(&model, &model_cfg, items.len(), &hist, k, &dev)?
+        }
+        _ => bail!("pass exactly one of --user or --history"),
+    };
+    println!("rank\titem_id\tscore");
+    for (r, (i, s)) in recs.iter().enumerate() {
+        println!("{}\t{}\t{:.5}", r + 1, items[*i as usize], s);
+    }
+    Ok(())
+}

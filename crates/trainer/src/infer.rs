@@ -1,0 +1,86 @@
+//! Inference from a trained run: re-evaluating the best checkpoint, top-K recommendations for
+//! every user, and scoring an arbitrary history (fold-in: DiffRec denoises any interaction
+//! vector, so a user unseen in training needs no retraining).
+
+use burn::module::Module;
+use burn::prelude::*;
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
+use diffrec_model::{Denoiser, InitScheme, ModelConfig};
+
+use crate::checkpoint::decode;
+use crate::error::TrainError;
+use crate::metrics::top_k;
+use crate::train::{best_key, diffusion_of, score_rows};
+
+/// Users scored per block when recommending.
+const BLOCK: usize = 2048;
+
+/// The best checkpoint's model, on the inference backend `B`.
+pub async fn load_best<B: Backend>(
+    ws: &Workspace,
+    run: &str,
+    model: &ModelConfig,
+    n_items: usize,
+    device: &B::Device,
+) -> Result<Denoiser<B>, TrainError> {
+    let bytes = ws.get(&best_key(run)).await.map_err(|e| match e {
+        diffrec_data::DataError::MissingArtifact { .. } => TrainError::Input(format!(
+            "run `{run}` has no best checkpoint ({}): run the train stage first",
+            best_key(run)
+        )),
+        e => e.into(),
+    })?;
+    let (_, model_bytes, _) = decode(&bytes)?;
+    let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
+        .load(model_bytes, device)
+        .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    Ok(
+        Denoiser::<B>::new(n_items, &model.denoiser, InitScheme::DiffRec, device)
+            .load_record(record),
+    )
+}
+
+/// Top-`k` (item_idx, score) per user, training items excluded, users in index order.
+pub fn recommend_all<B: Backend>(
+    model: &Denoiser<B>,
+    cfg: &ModelConfig,
+    input: &CsrMatrix,
+    data: &SplitMatrices,
+    k: usize,
+    device: &B::Device,
+) -> Result<Vec<Vec<(u32, f32)>>, TrainError> {
+    let diffusion = diffusion_of(cfg)?;
+    let n_items = data.n_items;
+    let users: Vec<usize> = (0..data.n_users).collect();
+    let mut out = Vec::with_capacity(users.len());
+    let mut scratch = Vec::new();
+    for block in users.chunks(BLOCK) {
+        let scores = score_rows(model, &diffusion, input, block, n_items, device);
+        for (row, &u) in block.iter().enumerate() {
+            let s = &scores[row * n_items..(row + 1) * n_items];
+            let top = top_k(s, data.train.row(u).0, k, &mut scratch);
+            out.push(top.into_iter().map(|i| (i, s[i as usize])).collect());
+        }
+    }
+    Ok(out)
+}
+
+/// Top-`k` items for an arbitrary history (item indices, weight 1), history excluded.
+pub fn recommend_history<B: Backend>(
+    model: &Denoiser<B>,
+    cfg: &ModelConfig,
+    n_items: usize,
+    history: &[u32],
+    k: usize,
+    device: &B::Device,
+) -> Result<Vec<(u32, f32)>, TrainError> {
+    let diffusion = diffusion_of(cfg)?;
+    let mut h: Vec<u32> = history.to_vec();
+    h.sort_unstable();
+    h.dedup();
+    let row = CsrMatrix::from_triplets(1, n_items, h.iter().map(|&i| (0, i, 1.0)).collect());
+    let scores = score_rows(model, &diffusion, &row, &[0], n_items, device);
+    let top = top_k(&scores, &h, k, &mut Vec::new());
+    Ok(top.into_iter().map(|i| (i, scores[i as usize])).collect())
+}
