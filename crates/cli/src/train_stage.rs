@@ -41,7 +41,14 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
             ws.delete(&key).await?;
         }
     }
-    let fingerprint = sha256_hex(serde_json::to_string(&(&config, &inputs))?.as_bytes());
+    // The checkpoint fingerprint leaves out what does not change the trajectory (how long to
+    // train, when to stop), so a run can be extended or resumed with more epochs.
+    let mut trajectory = config.clone();
+    if let Some(t) = trajectory.get_mut("train").and_then(|t| t.as_object_mut()) {
+        t.remove("epochs");
+        t.remove("patience");
+    }
+    let fingerprint = sha256_hex(serde_json::to_string(&(&trajectory, &inputs))?.as_bytes());
     let spec = RunSpec {
         run: p.name.clone(),
         model: p.model.clone(),
