@@ -18,13 +18,40 @@ use crate::pipeline::Loaded;
 
 type Cpu = burn_flex::Flex;
 
+/// A pipeline's data and best model, ready for inference on the CPU.
+struct RunModel {
+    data: diffrec_data::SplitMatrices,
+    model: diffrec_model::Denoiser<Cpu>,
+    /// The model input (weighted rows for T-DiffRec, binary otherwise).
+    input: diffrec_data::CsrMatrix,
+    dev: burn_flex::FlexDevice,
+}
+
+impl RunModel {
+    async fn load(ws: &Workspace, loaded: &Loaded) -> Result<Self> {
+        let p = &loaded.pipeline;
+        let data = load_splits(ws).await?;
+        let dev = Default::default();
+        let model = load_best::<Cpu>(ws, &p.name, &p.model, data.n_items, &dev).await?;
+        let input = model_input(&data.train, p.model.variant);
+        Ok(RunModel {
+            data,
+            model,
+            input,
+            dev,
+        })
+    }
+}
+
 /// Re-evaluates the best checkpoint on valid and test and updates `summary.json`.
 pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     let p = &loaded.pipeline;
-    let data = load_splits(ws).await?;
-    let dev = Default::default();
-    let model = load_best::<Cpu>(ws, &p.name, &p.model, data.n_items, &dev).await?;
-    let input = model_input(&data.train, p.model.variant);
+    let RunModel {
+        data,
+        model,
+        input,
+        dev,
+    } = RunModel::load(ws, loaded).await?;
     let diffusion = diffusion_of(&p.model)?;
     let t = Instant::now();
     let (valid, test) = evaluate(&model, &diffusion, &input, &data, &p.evaluate.ks, &dev);
@@ -50,10 +77,12 @@ pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
 /// excluded, original ids.
 pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     let p = &loaded.pipeline;
-    let data = load_splits(ws).await?;
-    let dev = Default::default();
-    let model = load_best::<Cpu>(ws, &p.name, &p.model, data.n_items, &dev).await?;
-    let input = model_input(&data.train, p.model.variant);
+    let RunModel {
+        data,
+        model,
+        input,
+        dev,
+    } = RunModel::load(ws, loaded).await?;
     let recs = recommend_all(&model, &p.model, &input, &data, p.recommend.k, &dev)?;
     let users = load_ids(ws, "user").await?;
     let items = load_ids(ws, "item").await?;
