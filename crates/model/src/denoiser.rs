@@ -90,7 +90,7 @@ impl<B: Backend> Denoiser<B> {
         let x = if self.norm {
             let n = x
                 .clone()
-                .powf_scalar(2.0)
+                .square()
                 .sum_dim(1)
                 .sqrt()
                 .clamp_min(1e-12);

@@ -100,15 +100,15 @@ impl GaussianDiffusion {
             .collect();
         // Per-sample mean squared error over items; for eps at t = 0 the x0 error halved.
         let mse = match self.mean_type {
-            MeanType::X0 => (x0 - out).powf_scalar(2.0).mean_dim(1),
+            MeanType::X0 => (x0 - out).square().mean_dim(1),
             MeanType::Eps => {
-                let eps_mse = (noise - out.clone()).powf_scalar(2.0).mean_dim(1);
+                let eps_mse = (noise - out.clone()).square().mean_dim(1);
                 if self.reweight && ts.contains(&0) {
                     let s = &self.schedule;
                     let x0_hat = x_t
                         * column::<B>(self.gather(&s.sqrt_recip_alphas_cumprod, ts), &dev)
                         - out * column::<B>(self.gather(&s.sqrt_recipm1_alphas_cumprod, ts), &dev);
-                    let x0_mse = (x0 - x0_hat).powf_scalar(2.0).mean_dim(1) / 2.0;
+                    let x0_mse = (x0 - x0_hat).square().mean_dim(1) / 2.0;
                     let at0 =
                         column::<B>(ts.iter().map(|&t| (t == 0) as u8 as f32).collect(), &dev);
                     eps_mse * (at0.clone().neg() + 1.0) + x0_mse * at0
