@@ -88,12 +88,7 @@ impl<B: Backend> Denoiser<B> {
     /// Dropout is active only on an autodiff backend (training).
     pub fn forward(&self, x: Tensor<B, 2>, emb: Tensor<B, 2>) -> Tensor<B, 2> {
         let x = if self.norm {
-            let n = x
-                .clone()
-                .square()
-                .sum_dim(1)
-                .sqrt()
-                .clamp_min(1e-12);
+            let n = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
             x / n
         } else {
             x
