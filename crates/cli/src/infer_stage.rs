@@ -151,30 +151,14 @@ pub async fn recommend_one(
             let data = load_splits(&ws).await?;
             let input = model_input(&data.train, model_cfg.variant);
             let (idx, vals) = input.row(u);
-            let row = diffrec_data::CsrMatrix::from_triplets(
-                1,
-                items.len(),
-                idx.iter().zip(vals).map(|(&i, &v)| (0, i, v)).collect(),
-            );
-            let diffusion = diffusion_of(&model_cfg)?;
-            let scores = diffrec_trainer::train::score_rows(
-                &model,
-                &diffusion,
-                &row,
-                &[0],
-                items.len(),
-                &dev,
-            );
-            let top = diffrec_trainer::metrics::top_k(&scores, idx, k, &mut Vec::new());
-            top.into_iter()
-                .map(|i| (i, scores[i as usize]))
-                .collect::<Vec<_>>()
+            let history: Vec<(u32, f32)> = idx.iter().copied().zip(vals.iter().copied()).collect();
+            recommend_history(&model, &model_cfg, items.len(), &history, k, &dev)?
         }
         (None, Some(h)) => {
             let mut hist = Vec::new();
             for id in h.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 match items.iter().position(|x| x == id) {
-                    Some(i) => hist.push(i as u32),
+                    Some(i) => hist.push((i as u32, 1.0)),
                     None => tracing::warn!("item {id:?} is unknown to the model, ignored"),
                 }
             }

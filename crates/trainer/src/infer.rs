@@ -66,21 +66,23 @@ pub fn recommend_all<B: Backend>(
     Ok(out)
 }
 
-/// Top-`k` items for an arbitrary history (item indices, weight 1), history excluded.
+/// Top-`k` items for an arbitrary history (item indices with their input weights; duplicates
+/// summed), the history excluded. Serves both known users (their training row) and fold-in.
 pub fn recommend_history<B: Backend>(
     model: &Denoiser<B>,
     cfg: &ModelConfig,
     n_items: usize,
-    history: &[u32],
+    history: &[(u32, f32)],
     k: usize,
     device: &B::Device,
 ) -> Result<Vec<(u32, f32)>, TrainError> {
     let diffusion = diffusion_of(cfg)?;
-    let mut h: Vec<u32> = history.to_vec();
-    h.sort_unstable();
-    h.dedup();
-    let row = CsrMatrix::from_triplets(1, n_items, h.iter().map(|&i| (0, i, 1.0)).collect());
+    let row = CsrMatrix::from_triplets(
+        1,
+        n_items,
+        history.iter().map(|&(i, w)| (0, i, w)).collect(),
+    );
     let scores = score_rows(model, &diffusion, &row, &[0], n_items, device);
-    let top = top_k(&scores, &h, k, &mut Vec::new());
+    let top = top_k(&scores, row.row(0).0, k, &mut Vec::new());
     Ok(top.into_iter().map(|i| (i, scores[i as usize])).collect())
 }
