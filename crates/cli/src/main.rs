@@ -7,6 +7,7 @@
 //!
 //! It must not: hold algorithms (those live in the library crates).
 
+mod cluster_stage;
 mod infer_stage;
 mod pipeline;
 mod progress;
@@ -22,7 +23,7 @@ use diffrec_data::synthetic::{SyntheticSpec, write_csv};
 use diffrec_data::{DataError, Workspace};
 
 use crate::pipeline::PipelineError;
-use crate::stages::{NotImplemented, Stage};
+use crate::stages::Stage;
 
 /// Diffusion recommender models (DiffRec, T-DiffRec, L-DiffRec, LT-DiffRec) as a staged
 /// pipeline over a workspace: ingest → cluster → train → evaluate → recommend.
@@ -185,8 +186,13 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(t) = cause.downcast_ref::<diffrec_trainer::TrainError>() {
             return if t.is_input() { 2 } else { 1 };
         }
-        if cause.downcast_ref::<NotImplemented>().is_some() {
-            return 1;
+        if let Some(c) = cause.downcast_ref::<diffrec_cluster::ClusterError>() {
+            use diffrec_cluster::ClusterError as C;
+            return match c {
+                C::Config(_) | C::BadEmbeddings { .. } | C::TooManyClusters { .. } => 2,
+                C::Data(d) if d.is_input() => 2,
+                _ => 1,
+            };
         }
     }
     1

@@ -39,6 +39,52 @@ impl Drop for Spinner {
     }
 }
 
+/// A per-epoch batch bar on stderr (hidden when stderr is not a terminal); lines said through
+/// it go above the bar, or to stdout when it is hidden.
+pub struct EpochBar(ProgressBar);
+
+impl EpochBar {
+    pub fn new() -> Self {
+        let bar = if std::io::stderr().is_terminal() {
+            ProgressBar::new(0)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed}]")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        EpochBar(bar)
+    }
+
+    pub fn start_epoch(&self, label: String, batches: usize) {
+        self.0.set_prefix(label);
+        self.0.set_length(batches as u64);
+        self.0.set_position(0);
+    }
+
+    pub fn inc(&self) {
+        self.0.inc(1);
+    }
+
+    pub fn set_message(&self, message: String) {
+        self.0.set_message(message);
+    }
+
+    pub fn say(&self, line: String) {
+        if self.0.is_hidden() {
+            println!("{line}")
+        } else {
+            self.0.println(line)
+        }
+    }
+
+    pub fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
 /// Logs to stderr; `RUST_LOG` wins, else `-v` (debug) / `-vv` (trace) / info.
 pub fn init_logging(verbose: u8) {
     let default = match verbose {

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use diffrec_data::{Workspace, run_ingest};
 
 use crate::pipeline::Loaded;
@@ -30,14 +30,6 @@ pub const ALL: [Stage; 5] = [
     Stage::Evaluate,
     Stage::Recommend,
 ];
-
-/// A stage whose implementation has not landed yet.
-#[derive(Debug, thiserror::Error)]
-#[error("stage `{stage}` is not implemented yet ({issue}); the stages before it completed")]
-pub struct NotImplemented {
-    pub stage: &'static str,
-    pub issue: &'static str,
-}
 
 /// Runs `stages` in order.
 pub async fn run_stages(loaded: &Loaded, stages: &[Stage], force: bool) -> Result<()> {
@@ -84,10 +76,7 @@ async fn run_stage(ws: &Workspace, loaded: &Loaded, stage: Stage, force: bool) -
             }
             Ok(())
         }
-        Stage::Cluster => bail!(NotImplemented {
-            stage: "cluster",
-            issue: "LightGCN + k-means, the item clustering issue"
-        }),
+        Stage::Cluster => crate::cluster_stage::run(ws, loaded, force).await,
         Stage::Train => crate::train_stage::run(ws, loaded, force).await,
         Stage::Evaluate => crate::infer_stage::evaluate_stage(ws, loaded).await,
         Stage::Recommend => crate::infer_stage::recommend_stage(ws, loaded).await,

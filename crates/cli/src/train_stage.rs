@@ -2,7 +2,6 @@
 //! `runs/<name>/…` and the run manifest, with a progress bar on a terminal.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
@@ -11,11 +10,11 @@ use diffrec_data::manifest::{
 };
 use diffrec_data::workspace::sha256_hex;
 use diffrec_data::{Workspace, load_splits};
-use diffrec_trainer::train::{best_key, run_dir, summary_key};
+use diffrec_trainer::train::{best_key, curves_key, run_dir, summary_key};
 use diffrec_trainer::{Progress, RunSpec, train_on};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::pipeline::Loaded;
+use crate::progress::EpochBar;
 
 pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     let p = &loaded.pipeline;
@@ -66,31 +65,14 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         "train: data loaded"
     );
 
-    let bar = if std::io::stderr().is_terminal() {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed}]")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    let say = |line: String| {
-        if bar.is_hidden() {
-            println!("{line}")
-        } else {
-            bar.println(line)
-        }
-    };
-    let mut report = |ev: Progress| match ev {
+    let bar = EpochBar::new();
+    let mut report = |ev: Progress| {
+        match ev {
         Progress::Resumed { epoch } => println!("train: resuming after epoch {epoch}"),
         Progress::EpochStart { epoch, batches } => {
-            bar.set_prefix(format!("epoch {epoch}"));
-            bar.set_length(batches as u64);
-            bar.set_position(0);
+            bar.start_epoch(format!("epoch {epoch}"), batches)
         }
-        Progress::Batch => bar.inc(1),
+        Progress::Batch => bar.inc(),
         Progress::EpochEnd {
             epoch,
             loss,
@@ -104,22 +86,24 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
             valid_recall20,
             test_recall20,
             best_epoch,
-        } => say(format!(
+        } => bar.say(format!(
             "train: epoch {epoch}: valid recall@20 {valid_recall20:.4}, test recall@20 {test_recall20:.4} (best epoch {best_epoch})"
         )),
-        Progress::Stopped { epoch, best_epoch } => say(format!(
+        Progress::Stopped { epoch, best_epoch } => bar.say(format!(
             "train: early stop before epoch {epoch} (best epoch {best_epoch})"
         )),
+    }
     };
     let summary = train_on(p.train.backend, ws, &data, &spec, &mut report)
         .await
         .context("train stage failed")?;
-    bar.finish_and_clear();
+    bar.finish();
 
     let mut outputs = BTreeMap::new();
     for key in [
         summary_key(&p.name),
         format!("{dir}/metrics.parquet"),
+        curves_key(&p.name),
         best_key(&p.name),
     ] {
         if ws.exists(&key).await? {

@@ -463,3 +463,133 @@ fn killed_training_resumes_to_the_same_result() {
     assert_eq!(summary(&c), reference);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Reads a Parquet file's Arrow schema as "name:type" strings.
+fn parquet_columns(path: &Path) -> (Vec<String>, usize) {
+    let bytes = bytes::Bytes::from(std::fs::read(path).unwrap());
+    let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+    let cols = b
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| format!("{}:{}", f.name(), f.data_type()))
+        .collect();
+    let rows = b.metadata().file_metadata().num_rows() as usize;
+    (cols, rows)
+}
+
+#[test]
+fn cluster_stage_writes_its_artifacts_and_takes_given_embeddings() {
+    let dir = tmpdir("cluster");
+    let log = dir.join("log.csv");
+    let out = diffrec()
+        .args([
+            "generate",
+            "--out",
+            log.to_str().unwrap(),
+            "--users",
+            "300",
+            "--items",
+            "120",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let p = write_pipeline(
+        &dir,
+        &format!(
+            "name: t\ndata:\n  source: {{format: csv, path: log.csv, columns: {{user: user_id, item: item_id, timestamp: timestamp, rating: rating}}}}\n  min_rating: 3\nmodel: {{variant: l-diffrec}}\ncluster:\n  k: 3\n  lightgcn: {{dim: 8, epochs: 10, eval_every: 5, lr: 0.01, batch_size: 1024}}\n"
+        ),
+    );
+    let ws = dir.join("ws");
+    let run = |extra: &[&str]| {
+        let mut c = diffrec();
+        c.args([
+            "run",
+            p.to_str().unwrap(),
+            "--until",
+            "cluster",
+            "--workspace",
+        ])
+        .arg(&ws)
+        .args(extra);
+        c.output().unwrap()
+    };
+    let out = run(&[]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("cluster: lightgcn best epoch"), "{t}");
+    let items = {
+        let (_, n) = parquet_columns(&ws.join("data/items.parquet"));
+        n
+    };
+    let (cols, rows) = parquet_columns(&ws.join("cluster/item_embeddings.parquet"));
+    assert_eq!(
+        cols,
+        [
+            "item_idx:UInt32",
+            "item_id:Utf8",
+            "embedding:FixedSizeList(8 x non-null Float32)"
+        ],
+        "{cols:?}"
+    );
+    assert_eq!(rows, items);
+    let (cols, _) = parquet_columns(&ws.join("cluster/user_embeddings.parquet"));
+    assert_eq!(cols[0], "user_idx:UInt32");
+    let (cols, rows) = parquet_columns(&ws.join("cluster/item_clusters.parquet"));
+    assert_eq!(
+        cols,
+        [
+            "item_idx:UInt32",
+            "item_id:Utf8",
+            "cluster:UInt32",
+            "distance:Float32"
+        ]
+    );
+    assert_eq!(rows, items);
+    let (cols, rows) = parquet_columns(&ws.join("cluster/lightgcn_metrics.parquet"));
+    assert_eq!(cols[0], "epoch:UInt32");
+    assert!(rows > 0);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.join("cluster/summary.json")).unwrap()).unwrap();
+    let sizes: Vec<u64> = summary["sizes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes.iter().sum::<u64>() as usize, items);
+    assert!(sizes.iter().all(|&s| s >= 2), "{sizes:?}");
+    assert!(ws.join("cluster/_manifest.json").exists());
+
+    // Up to date: skipped.
+    let t = text(&run(&[]));
+    assert!(t.contains("cluster: up to date"), "{t}");
+
+    // Given embeddings with the wrong row count: exit 2, naming the file.
+    let emb = dir.join("emb.npy");
+    let values: Vec<f32> = (0..(items - 1) * 4).map(|k| (k % 7) as f32).collect();
+    std::fs::write(
+        &emb,
+        diffrec_data::npy::write_npy_f32(items - 1, 4, &values),
+    )
+    .unwrap();
+    let out = run(&["--set", "cluster.embeddings=emb.npy"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("emb.npy") && text(&out).contains("items"),
+        "{}",
+        text(&out)
+    );
+    // Right shape: used instead of pre-training; the pre-training outputs go away.
+    let values: Vec<f32> = (0..items * 4).map(|k| ((k * 31) % 17) as f32).collect();
+    std::fs::write(&emb, diffrec_data::npy::write_npy_f32(items, 4, &values)).unwrap();
+    let out = run(&["--set", "cluster.embeddings=emb.npy"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(!t.contains("lightgcn best epoch"), "{t}");
+    assert!(!ws.join("cluster/user_embeddings.parquet").exists());
+    let (cols, _) = parquet_columns(&ws.join("cluster/item_embeddings.parquet"));
+    assert_eq!(cols[2], "embedding:FixedSizeList(4 x non-null Float32)");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -3,7 +3,8 @@
 //! Owns everything between a raw interaction log and the tensors' doorstep: reading sources
 //! (CSV, Parquet, MovieLens, the DiffRec paper's `.npy` split), the ingest transforms (Polars),
 //! the [`Workspace`] artifact store over `object_store`, Parquet artifacts written with arrow-rs,
-//! stage manifests, the synthetic data generator, and the in-memory CSR view training reads.
+//! stage manifests, the synthetic data generator, the in-memory CSR view training reads, and the
+//! ranking metrics every stage that ranks items shares (spec §6).
 //!
 //! It must not: depend on Burn or any model code, print to stdout/stderr (it logs through
 //! `tracing`), or leave a partially written artifact behind (all writes are atomic).
@@ -15,6 +16,7 @@ pub mod csr;
 pub mod error;
 pub mod ingest;
 pub mod manifest;
+pub mod metrics;
 pub mod movielens;
 pub mod npy;
 pub mod source;

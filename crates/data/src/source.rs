@@ -114,6 +114,15 @@ impl SourceLocation {
     }
 }
 
+/// Reads one input file named the way `data.source.path` is (a path relative to `base_dir`, an
+/// absolute path, `file://…`, `workspace:KEY`, or an object-store URL). Returns a display name
+/// and the bytes; a missing file is a [`DataError::BadInput`] naming it.
+pub async fn read_path(path: &str, base_dir: &Path, ws: &Workspace) -> Result<(String, Bytes)> {
+    let loc = resolve(path, base_dir);
+    let bytes = loc.read(ws).await?;
+    Ok((loc.display(), bytes))
+}
+
 /// Reads and checks the configured source. `base_dir` resolves relative paths (the pipeline
 /// file's directory).
 pub async fn load_source(

@@ -67,14 +67,14 @@ fn group(items: Vec<u32>, popularity: &[f64]) -> Group {
     Group { items, cum }
 }
 
-/// Writes the log as CSV into `out`; returns the number of rows.
-pub fn write_csv(spec: &SyntheticSpec, out: &mut impl Write) -> std::io::Result<u64> {
+/// The planted structure: item popularity and the members of each group. Consumes the seeded
+/// RNG first, so the log that follows depends on it.
+fn plan(spec: &SyntheticSpec, rng: &mut StdRng) -> (Vec<f64>, Vec<Vec<u32>>) {
     assert!(
         spec.users > 0 && spec.items > 0 && spec.clusters > 0,
         "empty synthetic spec"
     );
     let clusters = spec.clusters.min(spec.items);
-    let mut rng = StdRng::seed_from_u64(spec.seed);
     // Popularity: Zipf-like over a random ranking of items.
     let mut rank: Vec<u32> = (0..spec.items as u32).collect();
     for i in (1..rank.len()).rev() {
@@ -96,6 +96,27 @@ pub fn write_csv(spec: &SyntheticSpec, out: &mut impl Write) -> std::io::Result<
             members[c].push(it);
         }
     }
+    (popularity, members)
+}
+
+/// The planted group of each item (by the item id's number), the ground truth clustering
+/// tests compare against.
+pub fn item_groups(spec: &SyntheticSpec) -> Vec<u32> {
+    let (_, members) = plan(spec, &mut StdRng::seed_from_u64(spec.seed));
+    let mut groups = vec![0u32; spec.items];
+    for (g, m) in members.iter().enumerate() {
+        for &i in m {
+            groups[i as usize] = g as u32;
+        }
+    }
+    groups
+}
+
+/// Writes the log as CSV into `out`; returns the number of rows.
+pub fn write_csv(spec: &SyntheticSpec, out: &mut impl Write) -> std::io::Result<u64> {
+    let mut rng = StdRng::seed_from_u64(spec.seed);
+    let (popularity, members) = plan(spec, &mut rng);
+    let clusters = members.len();
     let groups: Vec<Group> = members.into_iter().map(|m| group(m, &popularity)).collect();
     let everyone = group((0..spec.items as u32).collect(), &popularity);
 

@@ -1,7 +1,7 @@
 //! # diffrec-trainer
 //!
 //! Owns training and evaluation: the training loop, backends and devices, checkpoints and
-//! resume, evaluation metrics, and the `runs/<name>/…` artifacts.
+//! resume, evaluation, and the `runs/<name>/…` artifacts.
 //!
 //! It must not: parse pipelines or command lines (the CLI does), or print (it logs through
 //! `tracing` and reports progress through a callback).
@@ -9,9 +9,11 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod config;
+pub mod curves;
 pub mod error;
 pub mod infer;
-pub mod metrics;
+/// Ranking metrics live in `diffrec-data` (shared with the cluster stage's LightGCN).
+pub use diffrec_data::metrics;
 pub mod train;
 
 pub use backend::train_on;

@@ -6,11 +6,8 @@
 //! checkpoint written after epoch e continues exactly as the uninterrupted run would have.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Instant;
 
-use arrow_array::{Float64Array, RecordBatch, StringArray, UInt32Array};
-use arrow_schema::{DataType, Field, Schema};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
@@ -24,8 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Evaluation, TrainState, decode, encode};
 use crate::config::TrainConfig;
+use crate::curves::{CurvePoint, render_svg};
 use crate::error::TrainError;
-use crate::metrics::{SplitEvaluator, round4};
+use crate::metrics::{MetricsTable, SplitEvaluator, round4};
 
 /// Users per evaluation block.
 const EVAL_BLOCK: usize = 2048;
@@ -106,6 +104,9 @@ pub fn best_key(run: &str) -> String {
 }
 pub fn summary_key(run: &str) -> String {
     format!("runs/{run}/summary.json")
+}
+pub fn curves_key(run: &str) -> String {
+    format!("runs/{run}/curves.svg")
 }
 fn metrics_key(run: &str) -> String {
     format!("runs/{run}/metrics.parquet")
@@ -375,52 +376,31 @@ pub fn score_rows<B: Backend>(
 }
 
 async fn write_metrics(ws: &Workspace, run: &str, state: &TrainState) -> Result<(), TrainError> {
-    let (mut epoch, mut split, mut metric, mut k, mut value, mut loss, mut seconds) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
+    let mut table = MetricsTable::default();
     for e in &state.evaluations {
-        for (name, values) in [("valid", &e.valid), ("test", &e.test)] {
-            for (key, v) in values {
-                let (m, kk) = key.split_once('@').unwrap_or((key, "0"));
-                epoch.push(e.epoch as u32);
-                split.push(name);
-                metric.push(m.to_owned());
-                k.push(kk.parse::<u32>().unwrap_or(0));
-                value.push(*v);
-                loss.push(e.loss);
-                seconds.push(e.epoch_seconds);
-            }
-        }
+        table.push(e.epoch, "valid", &e.valid, e.loss, e.epoch_seconds);
+        table.push(e.epoch, "test", &e.test, e.loss, e.epoch_seconds);
     }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("epoch", DataType::UInt32, false),
-        Field::new("split", DataType::Utf8, false),
-        Field::new("metric", DataType::Utf8, false),
-        Field::new("k", DataType::UInt32, false),
-        Field::new("value", DataType::Float64, false),
-        Field::new("loss", DataType::Float64, false),
-        Field::new("seconds", DataType::Float64, false),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(UInt32Array::from(epoch)),
-            Arc::new(StringArray::from(split)),
-            Arc::new(StringArray::from(metric)),
-            Arc::new(UInt32Array::from(k)),
-            Arc::new(Float64Array::from(value)),
-            Arc::new(Float64Array::from(loss)),
-            Arc::new(Float64Array::from(seconds)),
-        ],
-    )
-    .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-    ws.write_parquet(&metrics_key(run), schema, [batch]).await?;
+    let batch = table
+        .into_batch()
+        .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    ws.write_parquet(&metrics_key(run), MetricsTable::schema(), [batch])
+        .await?;
+    let points: Vec<CurvePoint> = state
+        .evaluations
+        .iter()
+        .map(|e| CurvePoint {
+            epoch: e.epoch,
+            loss: e.loss,
+            recall20: e.valid.get("recall@20").copied().unwrap_or(f64::NAN),
+            ndcg20: e.valid.get("ndcg@20").copied().unwrap_or(f64::NAN),
+        })
+        .collect();
+    // The picture is a convenience: a drawing failure is logged, never fatal to training.
+    match render_svg(run, &points, state.best_epoch) {
+        Ok(svg) => ws.put_atomic(&curves_key(run), svg.into_bytes()).await?,
+        Err(e) => tracing::warn!("{run}: {e}"),
+    }
     Ok(())
 }
 

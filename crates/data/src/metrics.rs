@@ -4,8 +4,12 @@
 //! divided by the number of all users.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use diffrec_data::CsrMatrix;
+use arrow_array::{Float64Array, RecordBatch, StringArray, UInt32Array};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+
+use crate::csr::CsrMatrix;
 
 /// Metric sums for one split, over every cut-off.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,6 +162,71 @@ impl<'a> SplitEvaluator<'a> {
             let ranked = top_k(s, &both, self.max_k, &mut self.scratch);
             self.test_sums.add_user(&ranked, self.test.row(u).0);
         }
+    }
+}
+
+/// The rows of a `metrics.parquet` table, one per (evaluation, split, metric, k): columns
+/// `epoch` u32, `split` utf8, `metric` utf8 (`recall`, `ndcg`, …), `k` u32, `value` f64, and the
+/// evaluation's `loss` f64 and `seconds` f64 repeated on each of its rows (long format, so
+/// DuckDB/Polars can pivot it however they like).
+#[derive(Debug, Default)]
+pub struct MetricsTable {
+    epoch: Vec<u32>,
+    split: Vec<String>,
+    metric: Vec<String>,
+    k: Vec<u32>,
+    value: Vec<f64>,
+    loss: Vec<f64>,
+    seconds: Vec<f64>,
+}
+
+impl MetricsTable {
+    /// Adds one split of one evaluation: `values` maps `"recall@20"`-style keys to values.
+    pub fn push(
+        &mut self,
+        epoch: usize,
+        split: &str,
+        values: &BTreeMap<String, f64>,
+        loss: f64,
+        seconds: f64,
+    ) {
+        for (key, v) in values {
+            let (m, kk) = key.split_once('@').unwrap_or((key, "0"));
+            self.epoch.push(epoch as u32);
+            self.split.push(split.to_owned());
+            self.metric.push(m.to_owned());
+            self.k.push(kk.parse::<u32>().unwrap_or(0));
+            self.value.push(*v);
+            self.loss.push(loss);
+            self.seconds.push(seconds);
+        }
+    }
+
+    pub fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("epoch", DataType::UInt32, false),
+            Field::new("split", DataType::Utf8, false),
+            Field::new("metric", DataType::Utf8, false),
+            Field::new("k", DataType::UInt32, false),
+            Field::new("value", DataType::Float64, false),
+            Field::new("loss", DataType::Float64, false),
+            Field::new("seconds", DataType::Float64, false),
+        ]))
+    }
+
+    pub fn into_batch(self) -> std::result::Result<RecordBatch, ArrowError> {
+        RecordBatch::try_new(
+            Self::schema(),
+            vec![
+                Arc::new(UInt32Array::from(self.epoch)),
+                Arc::new(StringArray::from(self.split)),
+                Arc::new(StringArray::from(self.metric)),
+                Arc::new(UInt32Array::from(self.k)),
+                Arc::new(Float64Array::from(self.value)),
+                Arc::new(Float64Array::from(self.loss)),
+                Arc::new(Float64Array::from(self.seconds)),
+            ],
+        )
     }
 }
 

@@ -1,0 +1,76 @@
+//! The cluster stage: LightGCN pre-training (or the user's item embeddings) and k-means,
+//! with a batch bar per LightGCN epoch and a line per evaluation.
+
+use anyhow::{Context, Result};
+use diffrec_cluster::{Progress, run_cluster};
+use diffrec_data::Workspace;
+
+use crate::pipeline::Loaded;
+use crate::progress::EpochBar;
+
+pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
+    let p = &loaded.pipeline;
+    let bar = EpochBar::new();
+    let mut report = |ev: Progress| match ev {
+        Progress::EpochStart { epoch, batches } => {
+            bar.start_epoch(format!("lightgcn epoch {epoch}"), batches)
+        }
+        Progress::Batch => bar.inc(),
+        Progress::Evaluated {
+            epoch,
+            loss,
+            valid_recall20,
+            test_recall20,
+            best_epoch,
+        } => {
+            bar.set_message(format!("loss {loss:.4}"));
+            bar.say(format!(
+                "cluster: lightgcn epoch {epoch}: loss {loss:.4}, valid recall@20 {valid_recall20:.4}, test recall@20 {test_recall20:.4} (best epoch {best_epoch})"
+            ))
+        }
+        Progress::Stopped { epoch, best_epoch } => bar.say(format!(
+            "cluster: lightgcn early stop after epoch {epoch} (best epoch {best_epoch})"
+        )),
+    };
+    let out = run_cluster(
+        ws,
+        &p.cluster,
+        &p.evaluate.ks,
+        &loaded.base_dir,
+        force,
+        &mut report,
+    )
+    .await
+    .context("cluster stage failed")?;
+    bar.finish();
+    if out.skipped {
+        println!(
+            "cluster: up to date (manifest matches config and input hashes), skipped; use --force to rerun"
+        );
+        return Ok(());
+    }
+    let s = &out.summary;
+    if let Some(l) = &s.lightgcn {
+        let get = |m: &std::collections::BTreeMap<String, f64>, k: &str| {
+            m.get(k).copied().unwrap_or(f64::NAN)
+        };
+        println!(
+            "cluster: lightgcn best epoch {} of {}: valid recall@20 {:.4}; test recall@20 {:.4} ndcg@20 {:.4}; {:.2} s/epoch, {:.0} s in all",
+            l.best_epoch,
+            l.epochs_run,
+            get(&l.valid, "recall@20"),
+            get(&l.test, "recall@20"),
+            get(&l.test, "ndcg@20"),
+            l.epoch_seconds_median,
+            l.train_seconds
+        );
+    }
+    for note in &s.notes {
+        println!("cluster: note: {note}");
+    }
+    println!(
+        "cluster: {} clusters of sizes {:?} over {}-d {} embeddings ({:.1}s)",
+        s.k, s.sizes, s.dim, s.embeddings, s.seconds
+    );
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! Item embeddings a user brings (`cluster.embeddings`): `.npy` (f32, `n_items × d`, row i =
+//! item index i, like the DiffRec authors' `item_emb.npy`) or `.parquet` with an `embedding`
+//! column (fixed-size or variable list of f32; rows placed by an `item_idx` column when there
+//! is one, else in row order — `cluster/item_embeddings.parquet` of another workspace works).
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Int64Type, UInt32Type};
+use arrow_array::{Array, ArrayRef};
+use arrow_schema::DataType;
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::error::{ClusterError, Result};
+
+/// Embeddings, row-major `rows × dim`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub rows: usize,
+    pub dim: usize,
+    pub values: Vec<f32>,
+}
+
+fn bad(file: &str, message: impl Into<String>) -> ClusterError {
+    ClusterError::BadEmbeddings {
+        file: file.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Parses `bytes` (named `file`) and checks they hold one finite row per item.
+pub fn parse(file: &str, bytes: Bytes, n_items: usize) -> Result<Embeddings> {
+    let emb = if file.ends_with(".npy") {
+        let a = diffrec_data::npy::parse_npy(file, &bytes)?;
+        let values = a.to_f32().ok_or_else(|| {
+            bad(
+                file,
+                format!("dtype {:?}, expected float32 ('<f4')", a.dtype),
+            )
+        })?;
+        Embeddings {
+            rows: a.rows,
+            dim: a.cols,
+            values,
+        }
+    } else if file.ends_with(".parquet") {
+        parse_parquet(file, bytes, n_items)?
+    } else {
+        return Err(bad(
+            file,
+            "unknown format: expected a .npy or .parquet file",
+        ));
+    };
+    if emb.rows != n_items {
+        return Err(bad(
+            file,
+            format!(
+                "{} rows of embeddings, but the workspace has {n_items} items (row i must be item index i)",
+                emb.rows
+            ),
+        ));
+    }
+    if emb.dim == 0 {
+        return Err(bad(file, "embeddings of width 0"));
+    }
+    if let Some(p) = emb.values.iter().position(|x| !x.is_finite()) {
+        return Err(bad(
+            file,
+            format!(
+                "row {}, column {}: value is not finite",
+                p / emb.dim,
+                p % emb.dim
+            ),
+        ));
+    }
+    Ok(emb)
+}
+
+fn parse_parquet(file: &str, bytes: Bytes, n_items: usize) -> Result<Embeddings> {
+    let pq = |e: parquet::errors::ParquetError| bad(file, e.to_string());
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(pq)?
+        .build()
+        .map_err(pq)?;
+    let mut dim = None;
+    let mut values = vec![f32::NAN; 0];
+    let mut filled = Vec::new();
+    let mut row = 0usize;
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(file, e.to_string()))?;
+        let col = batch
+            .column_by_name("embedding")
+            .ok_or_else(|| bad(file, "no column `embedding`"))?;
+        let idx = match batch.column_by_name("item_idx") {
+            None => None,
+            Some(c) => Some(index_column(file, c)?),
+        };
+        for r in 0..batch.num_rows() {
+            let v = list_row(file, col, r, row + r)?;
+            let d = *dim.get_or_insert(v.len());
+            if v.len() != d {
+                return Err(bad(
+                    file,
+                    format!(
+                        "row {}, column embedding: width {} (earlier rows have {d})",
+                        row + r,
+                        v.len()
+                    ),
+                ));
+            }
+            let at = idx.as_ref().map_or(row + r, |i| i[r]);
+            if at >= n_items {
+                return Err(bad(
+                    file,
+                    format!(
+                        "row {}, column item_idx: {at} is not an item index (< {n_items})",
+                        row + r
+                    ),
+                ));
+            }
+            if values.is_empty() {
+                values = vec![f32::NAN; n_items * d];
+                filled = vec![false; n_items];
+            }
+            if std::mem::replace(&mut filled[at], true) {
+                return Err(bad(
+                    file,
+                    format!("row {}, column item_idx: item {at} appears twice", row + r),
+                ));
+            }
+            values[at * d..(at + 1) * d].copy_from_slice(&v);
+        }
+        row += batch.num_rows();
+    }
+    let dim = dim.unwrap_or(0);
+    if let Some(missing) = filled.iter().position(|f| !f) {
+        return Err(bad(file, format!("no embedding for item index {missing}")));
+    }
+    Ok(Embeddings {
+        rows: if dim == 0 { row } else { n_items.min(row) },
+        dim,
+        values,
+    })
+}
+
+fn index_column(file: &str, c: &ArrayRef) -> Result<Vec<usize>> {
+    match c.data_type() {
+        DataType::UInt32 => Ok(c
+            .as_primitive::<UInt32Type>()
+            .values()
+            .iter()
+            .map(|&v| v as usize)
+            .collect()),
+        DataType::Int64 => c
+            .as_primitive::<Int64Type>()
+            .values()
+            .iter()
+            .map(|&v| {
+                usize::try_from(v)
+                    .map_err(|_| bad(file, format!("column item_idx: negative index {v}")))
+            })
+            .collect(),
+        t => Err(bad(
+            file,
+            format!("column item_idx has type {t}, expected uint32 or int64"),
+        )),
+    }
+}
+
+fn list_row(file: &str, col: &ArrayRef, r: usize, global_row: usize) -> Result<Vec<f32>> {
+    let inner = match col.data_type() {
+        DataType::FixedSizeList(..) => col.as_fixed_size_list().value(r),
+        DataType::List(_) => col.as_list::<i32>().value(r),
+        DataType::LargeList(_) => col.as_list::<i64>().value(r),
+        t => {
+            return Err(bad(
+                file,
+                format!("column embedding has type {t}, expected a list of float32"),
+            ));
+        }
+    };
+    if col.is_null(r) {
+        return Err(bad(
+            file,
+            format!("row {global_row}, column embedding: null"),
+        ));
+    }
+    let f = inner.as_primitive_opt::<Float32Type>().ok_or_else(|| {
+        bad(
+            file,
+            format!(
+                "column embedding holds {}, expected float32",
+                inner.data_type()
+            ),
+        )
+    })?;
+    Ok(f.values().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diffrec_data::npy::write_npy_f32;
+
+    #[test]
+    fn npy_rows_must_match_items_and_be_finite() {
+        let ok = write_npy_f32(3, 2, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let e = parse("e.npy", Bytes::from(ok.clone()), 3).unwrap();
+        assert_eq!((e.rows, e.dim), (3, 2));
+        assert_eq!(e.values[5], 6.0);
+        let err = parse("e.npy", Bytes::from(ok), 4).unwrap_err().to_string();
+        assert!(
+            err.contains("e.npy") && err.contains("3 rows") && err.contains("4 items"),
+            "{err}"
+        );
+        let nan = write_npy_f32(2, 2, &[1.0, 2.0, f32::NAN, 4.0]);
+        let err = parse("e.npy", Bytes::from(nan), 2).unwrap_err().to_string();
+        assert!(err.contains("row 1, column 0"), "{err}");
+        let err = parse("e.csv", Bytes::new(), 2).unwrap_err().to_string();
+        assert!(err.contains("unknown format"), "{err}");
+    }
+}

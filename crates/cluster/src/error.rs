@@ -1,0 +1,24 @@
+//! Errors of the cluster stage.
+
+use diffrec_data::DataError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// User-provided embeddings that cannot be used; `file` names the file.
+    #[error("{file}: {message}")]
+    BadEmbeddings { file: String, message: String },
+    #[error(
+        "cluster.k = {k} is larger than the number of items ({n_items}); choose k ≤ {n_items} (k = 1 disables clustering)"
+    )]
+    TooManyClusters { k: usize, n_items: usize },
+    #[error("k-means failed: {0}")]
+    KMeans(String),
+    #[error("writing {key}: {message}")]
+    Write { key: String, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, ClusterError>;

@@ -1,0 +1,245 @@
+//! The cluster stage: the ingest artifacts → item embeddings (LightGCN pre-training, or the
+//! user's file) → k-means → `cluster/` artifacts → manifest. Up-to-date stages are skipped; a
+//! crashed run leaves no manifest, so the next run redoes the stage (it takes minutes).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use chrono::Utc;
+use diffrec_data::artifacts::load_ids;
+use diffrec_data::manifest::{
+    Freshness, OutputInfo, StageManifest, freshness, manifest_key, upstream_hashes,
+};
+use diffrec_data::metrics::MetricsTable;
+use diffrec_data::source::read_path;
+use diffrec_data::workspace::sha256_hex;
+use diffrec_data::{DataError, Workspace, load_splits};
+use serde::{Deserialize, Serialize};
+
+use crate::artifacts::{
+    ITEM_CLUSTERS, ITEM_EMBEDDINGS, LIGHTGCN_METRICS, STAGE_DIR, SUMMARY, USER_EMBEDDINGS,
+    clusters_batch, clusters_schema, embeddings_batch, embeddings_schema,
+};
+use crate::config::ClusterConfig;
+use crate::error::{ClusterError, Result};
+use crate::lightgcn::{Progress, pretrain};
+use crate::{embeddings, kmeans};
+
+/// LightGCN's figures in `cluster/summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LightGcnSummary {
+    pub best_epoch: usize,
+    pub epochs_run: usize,
+    pub params: usize,
+    /// Valid metrics of the kept embeddings (train items masked).
+    pub valid: BTreeMap<String, f64>,
+    /// Test metrics of the kept embeddings (train and valid items masked).
+    pub test: BTreeMap<String, f64>,
+    pub train_seconds: f64,
+    pub epoch_seconds_median: f64,
+    pub eval_seconds_median: f64,
+}
+
+/// `cluster/summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterSummary {
+    /// Clusters produced (below `cluster.k` only if small clusters were merged; see `notes`).
+    pub k: usize,
+    pub sizes: Vec<usize>,
+    /// Mean squared distance of an item to its centroid.
+    pub inertia: f64,
+    /// `"lightgcn"`, or the file `cluster.embeddings` named.
+    pub embeddings: String,
+    pub dim: usize,
+    pub lightgcn: Option<LightGcnSummary>,
+    /// What the k-means guards did (re-seeding, merging).
+    pub notes: Vec<String>,
+    pub seconds: f64,
+}
+
+/// What one call did.
+#[derive(Debug, Clone)]
+pub struct ClusterReport {
+    pub skipped: bool,
+    pub summary: ClusterSummary,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs the cluster stage (or skips it when up to date and `force` is false). `ks` are the
+/// pipeline's `evaluate.ks` (LightGCN's metrics use them, plus 20); `base_dir` resolves a
+/// relative `cluster.embeddings`.
+pub async fn run_cluster(
+    ws: &Workspace,
+    cfg: &ClusterConfig,
+    ks: &[usize],
+    base_dir: &Path,
+    force: bool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<ClusterReport> {
+    cfg.validate()?;
+    let started = Instant::now();
+    let started_at = Utc::now();
+    let mut inputs = upstream_hashes(ws, diffrec_data::ingest::STAGE_DIR)
+        .await?
+        .ok_or_else(|| DataError::MissingArtifact {
+            workspace: ws.url().to_owned(),
+            key: manifest_key(diffrec_data::ingest::STAGE_DIR),
+            hint: "run the ingest stage first".into(),
+        })?;
+    let user_file = match &cfg.embeddings {
+        Some(path) => {
+            let (name, bytes) = read_path(path, base_dir, ws).await?;
+            inputs.insert(format!("embeddings/{name}"), sha256_hex(&bytes));
+            Some((name, bytes))
+        }
+        None => None,
+    };
+    let config = serde_json::json!({"cluster": cfg, "ks": ks});
+    if !force {
+        match freshness(ws, STAGE_DIR, &config, &inputs).await? {
+            Freshness::UpToDate => {
+                if let Some(summary) = ws.get_json::<ClusterSummary>(SUMMARY).await? {
+                    return Ok(ClusterReport {
+                        skipped: true,
+                        summary,
+                    });
+                }
+            }
+            Freshness::Stale(why) => tracing::info!("cluster: running ({why})"),
+        }
+    }
+    ws.delete(&manifest_key(STAGE_DIR)).await?;
+    let cleaned = ws.clean_temporaries(STAGE_DIR).await?;
+    if cleaned > 0 {
+        tracing::warn!("cluster: removed {cleaned} temporary file(s) left by an interrupted run");
+    }
+
+    let data = load_splits(ws).await?;
+    let item_ids = load_ids(ws, "item").await?;
+    let mut outputs = BTreeMap::new();
+    let (item_emb, dim, source, lightgcn) = match user_file {
+        Some((name, bytes)) => {
+            let e = embeddings::parse(&name, bytes, data.n_items)?;
+            tracing::info!(file = %name, rows = e.rows, dim = e.dim, "cluster: using the given item embeddings");
+            // Outputs of an earlier pre-training run no longer belong to this stage.
+            for key in [USER_EMBEDDINGS, LIGHTGCN_METRICS] {
+                ws.delete(key).await?;
+            }
+            (e.values, e.dim, name, None)
+        }
+        None => {
+            let p = pretrain(&data, &cfg.lightgcn, cfg.seed, ks, progress);
+            let user_ids = load_ids(ws, "user").await?;
+            let batch = embeddings_batch("user", &user_ids, &p.users, p.dim)?;
+            ws.write_parquet(USER_EMBEDDINGS, embeddings_schema("user", p.dim), [batch])
+                .await?;
+            outputs.insert(USER_EMBEDDINGS.to_owned(), data.n_users as u64);
+            let mut table = MetricsTable::default();
+            for e in &p.evaluations {
+                table.push(e.epoch, "valid", &e.valid, e.loss, e.epoch_seconds);
+                table.push(e.epoch, "test", &e.test, e.loss, e.epoch_seconds);
+            }
+            let rows = table_rows(&p.evaluations);
+            let batch = table.into_batch().map_err(|e| ClusterError::Write {
+                key: LIGHTGCN_METRICS.into(),
+                message: e.to_string(),
+            })?;
+            ws.write_parquet(LIGHTGCN_METRICS, MetricsTable::schema(), [batch])
+                .await?;
+            outputs.insert(LIGHTGCN_METRICS.to_owned(), rows);
+            let best = p.best().cloned();
+            let summary = LightGcnSummary {
+                best_epoch: p.best_epoch,
+                epochs_run: p.epochs_run,
+                params: (data.n_users + data.n_items) * p.dim,
+                valid: best.as_ref().map(|e| e.valid.clone()).unwrap_or_default(),
+                test: best.as_ref().map(|e| e.test.clone()).unwrap_or_default(),
+                train_seconds: p.train_seconds,
+                epoch_seconds_median: median(
+                    &mut p
+                        .evaluations
+                        .iter()
+                        .map(|e| e.epoch_seconds)
+                        .collect::<Vec<_>>(),
+                ),
+                eval_seconds_median: median(
+                    &mut p
+                        .evaluations
+                        .iter()
+                        .map(|e| e.eval_seconds)
+                        .collect::<Vec<_>>(),
+                ),
+            };
+            (p.items, p.dim, "lightgcn".to_owned(), Some(summary))
+        }
+    };
+    let batch = embeddings_batch("item", &item_ids, &item_emb, dim)?;
+    ws.write_parquet(ITEM_EMBEDDINGS, embeddings_schema("item", dim), [batch])
+        .await?;
+    outputs.insert(ITEM_EMBEDDINGS.to_owned(), data.n_items as u64);
+
+    tracing::info!(k = cfg.k, n_runs = cfg.n_runs, "cluster: k-means");
+    let c = kmeans::cluster(&item_emb, dim, cfg.k, cfg.n_runs, cfg.seed)?;
+    let batch = clusters_batch(&item_ids, &c.labels, &c.distances)?;
+    ws.write_parquet(ITEM_CLUSTERS, clusters_schema(), [batch])
+        .await?;
+    outputs.insert(ITEM_CLUSTERS.to_owned(), data.n_items as u64);
+
+    let summary = ClusterSummary {
+        k: c.k,
+        sizes: c.sizes,
+        inertia: c.inertia,
+        embeddings: source,
+        dim,
+        lightgcn,
+        notes: c.notes,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    ws.put_json(SUMMARY, &summary).await?;
+    let mut infos = BTreeMap::new();
+    for (key, rows) in outputs {
+        infos.insert(
+            key.clone(),
+            OutputInfo {
+                sha256: ws.sha256(&key).await?,
+                rows: Some(rows),
+            },
+        );
+    }
+    infos.insert(
+        SUMMARY.to_owned(),
+        OutputInfo {
+            sha256: ws.sha256(SUMMARY).await?,
+            rows: None,
+        },
+    );
+    let manifest = StageManifest {
+        stage: "cluster".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        config,
+        inputs,
+        outputs: infos,
+        started_at,
+        finished_at: Utc::now(),
+    };
+    ws.put_json(&manifest_key(STAGE_DIR), &manifest).await?;
+    Ok(ClusterReport {
+        skipped: false,
+        summary,
+    })
+}
+
+fn table_rows(evals: &[crate::lightgcn::Evaluation]) -> u64 {
+    evals
+        .iter()
+        .map(|e| (e.valid.len() + e.test.len()) as u64)
+        .sum()
+}
