@@ -40,9 +40,9 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         force,
         &mut report,
     )
-    .await
-    .context("cluster stage failed")?;
+    .await;
     bar.finish();
+    let out = out.context("cluster stage failed")?;
     if out.skipped {
         println!(
             "cluster: up to date (manifest matches config and input hashes), skipped; use --force to rerun"

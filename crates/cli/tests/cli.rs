@@ -593,3 +593,79 @@ fn cluster_stage_writes_its_artifacts_and_takes_given_embeddings() {
     assert_eq!(cols[2], "embedding:FixedSizeList(4 x non-null Float32)");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The GPU code path on every change: the same tiny pipeline trained with `train.backend: wgpu`
+/// (in CI on Mesa's lavapipe, a CPU Vulkan driver) and with the CPU backend. Both must learn
+/// (loss falls, ranking far above random) and land close to each other. Built only with the
+/// `wgpu` feature; skips without a Vulkan adapter unless DIFFREC_REQUIRE_WGPU=1.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_backend_trains_like_the_cpu_backend() {
+    let have_vulkan = Command::new("vulkaninfo")
+        .arg("--summary")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !have_vulkan {
+        assert!(
+            std::env::var_os("DIFFREC_REQUIRE_WGPU").is_none(),
+            "DIFFREC_REQUIRE_WGPU is set but no Vulkan adapter was found (vulkaninfo failed)"
+        );
+        eprintln!(
+            "skipping: no Vulkan adapter (install mesa-vulkan-drivers vulkan-tools for lavapipe)"
+        );
+        return;
+    }
+    let dir = tmpdir("wgpu");
+    let csv = dir.join("log.csv");
+    let out = diffrec()
+        .args([
+            "generate",
+            "--out",
+            csv.to_str().unwrap(),
+            "--users",
+            "600",
+            "--items",
+            "300",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let p = write_pipeline(
+        &dir,
+        "name: g\ndata:\n  source: {format: csv, path: log.csv}\nmodel:\n  diffusion: {steps: 5}\n  denoiser: {dims: [64]}\n\
+         train: {epochs: 20, eval_every: 5, batch_size: 100, patience: 100}\nevaluate: {ks: [20]}\n",
+    );
+    let train = |ws: &Path, sets: &[&str]| -> serde_json::Value {
+        let mut c = diffrec();
+        c.args([
+            "run",
+            p.to_str().unwrap(),
+            "--until",
+            "train",
+            "--workspace",
+        ])
+        .arg(ws);
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&std::fs::read(ws.join("runs/g/summary.json")).unwrap()).unwrap()
+    };
+    let gpu = train(
+        &dir.join("wgpu"),
+        &["train.backend=wgpu", "train.devices=[\"wgpu:cpu\"]"],
+    );
+    let cpu = train(&dir.join("cpu"), &[]);
+    let r = |s: &serde_json::Value| s["test"]["recall@20"].as_f64().unwrap();
+    let random = 20.0 / 300.0;
+    println!(
+        "recall@20: wgpu {:.4}, cpu {:.4}, random ≈ {random:.4}",
+        r(&gpu),
+        r(&cpu)
+    );
+    assert!(r(&gpu) > 2.0 * random, "wgpu run did not learn: {gpu}");
+    assert!((r(&gpu) - r(&cpu)).abs() < 0.05, "wgpu {gpu} vs cpu {cpu}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -19,16 +19,28 @@ pub struct Triple {
 pub fn epoch_triples<R: Rng>(train: &CsrMatrix, rng: &mut R) -> Vec<Triple> {
     let n_items = train.n_cols as u32;
     let mut out = Vec::with_capacity(train.nnz());
+    let mut unseen = Vec::new();
     for u in 0..train.n_rows {
         let items = train.row(u).0;
         if items.len() >= n_items as usize {
             continue;
         }
+        // Rejection sampling needs n/(n − |items|) draws on average: for users who saw most
+        // items, draw from the explicit list of unseen items instead.
+        let dense = items.len() > n_items as usize / 2;
+        if dense {
+            unseen.clear();
+            unseen.extend((0..n_items).filter(|j| items.binary_search(j).is_err()));
+        }
         for &pos in items {
-            let neg = loop {
-                let j = rng.random_range(0..n_items);
-                if items.binary_search(&j).is_err() {
-                    break j;
+            let neg = if dense {
+                unseen[rng.random_range(0..unseen.len())]
+            } else {
+                loop {
+                    let j = rng.random_range(0..n_items);
+                    if items.binary_search(&j).is_err() {
+                        break j;
+                    }
                 }
             };
             out.push(Triple {

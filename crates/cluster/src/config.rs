@@ -146,6 +146,7 @@ impl ClusterConfig {
             ("cluster.lightgcn.batch_size", l.batch_size),
             ("cluster.lightgcn.epochs", l.epochs),
             ("cluster.lightgcn.eval_every", l.eval_every),
+            ("cluster.lightgcn.patience", l.patience),
         ] {
             if v == 0 {
                 return Err(err(key, "must be ≥ 1"));

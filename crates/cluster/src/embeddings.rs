@@ -1,7 +1,8 @@
 //! Item embeddings a user brings (`cluster.embeddings`): `.npy` (f32, `n_items × d`, row i =
 //! item index i, like the DiffRec authors' `item_emb.npy`) or `.parquet` with an `embedding`
-//! column (fixed-size or variable list of f32; rows placed by an `item_idx` column when there
-//! is one, else in row order — `cluster/item_embeddings.parquet` of another workspace works).
+//! column (fixed-size or variable list of f32). Parquet rows are placed by their `item_id` column
+//! when there is one (matched against this workspace's item ids, so another workspace's
+//! `cluster/item_embeddings.parquet` works), else by an `item_idx` column, else in row order.
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Int64Type, UInt32Type};
@@ -27,8 +28,10 @@ fn bad(file: &str, message: impl Into<String>) -> ClusterError {
     }
 }
 
-/// Parses `bytes` (named `file`) and checks they hold one finite row per item.
-pub fn parse(file: &str, bytes: Bytes, n_items: usize) -> Result<Embeddings> {
+/// Parses `bytes` (named `file`) and checks they hold one finite row per item of `item_ids`
+/// (this workspace's original item ids by dense index).
+pub fn parse(file: &str, bytes: Bytes, item_ids: &[String]) -> Result<Embeddings> {
+    let n_items = item_ids.len();
     let emb = if file.ends_with(".npy") {
         let a = diffrec_data::npy::parse_npy(file, &bytes)?;
         let values = a.to_f32().ok_or_else(|| {
@@ -43,7 +46,7 @@ pub fn parse(file: &str, bytes: Bytes, n_items: usize) -> Result<Embeddings> {
             values,
         }
     } else if file.ends_with(".parquet") {
-        parse_parquet(file, bytes, n_items)?
+        parse_parquet(file, bytes, item_ids)?
     } else {
         return Err(bad(
             file,
@@ -75,7 +78,20 @@ pub fn parse(file: &str, bytes: Bytes, n_items: usize) -> Result<Embeddings> {
     Ok(emb)
 }
 
-fn parse_parquet(file: &str, bytes: Bytes, n_items: usize) -> Result<Embeddings> {
+/// Where each row of a batch goes.
+enum Placement {
+    ById(Vec<usize>),
+    ByIndex(Vec<usize>),
+    InOrder,
+}
+
+fn parse_parquet(file: &str, bytes: Bytes, item_ids: &[String]) -> Result<Embeddings> {
+    let n_items = item_ids.len();
+    let by_id: std::collections::HashMap<&str, usize> = item_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
     let pq = |e: parquet::errors::ParquetError| bad(file, e.to_string());
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .map_err(pq)?
@@ -90,9 +106,34 @@ fn parse_parquet(file: &str, bytes: Bytes, n_items: usize) -> Result<Embeddings>
         let col = batch
             .column_by_name("embedding")
             .ok_or_else(|| bad(file, "no column `embedding`"))?;
-        let idx = match batch.column_by_name("item_idx") {
-            None => None,
-            Some(c) => Some(index_column(file, c)?),
+        let placement = if let Some(c) = batch.column_by_name("item_id") {
+            let ids = c.as_string_opt::<i32>().ok_or_else(|| {
+                bad(
+                    file,
+                    format!("column item_id has type {}, expected utf8", c.data_type()),
+                )
+            })?;
+            let mut at = Vec::with_capacity(ids.len());
+            for r in 0..ids.len() {
+                if ids.is_null(r) {
+                    return Err(bad(file, format!("row {}, column item_id: null", row + r)));
+                }
+                let id = ids.value(r);
+                at.push(*by_id.get(id).ok_or_else(|| {
+                    bad(
+                        file,
+                        format!(
+                            "row {}, column item_id: {id:?} is not an item of this workspace",
+                            row + r
+                        ),
+                    )
+                })?);
+            }
+            Placement::ById(at)
+        } else if let Some(c) = batch.column_by_name("item_idx") {
+            Placement::ByIndex(index_column(file, c, row)?)
+        } else {
+            Placement::InOrder
         };
         for r in 0..batch.num_rows() {
             let v = list_row(file, col, r, row + r)?;
@@ -107,15 +148,24 @@ fn parse_parquet(file: &str, bytes: Bytes, n_items: usize) -> Result<Embeddings>
                     ),
                 ));
             }
-            let at = idx.as_ref().map_or(row + r, |i| i[r]);
+            let at = match &placement {
+                Placement::ById(a) | Placement::ByIndex(a) => a[r],
+                Placement::InOrder => row + r,
+            };
             if at >= n_items {
-                return Err(bad(
-                    file,
-                    format!(
+                let message = match placement {
+                    Placement::InOrder => {
+                        format!(
+                            "row {}: more rows than the workspace's {n_items} items",
+                            row + r
+                        )
+                    }
+                    _ => format!(
                         "row {}, column item_idx: {at} is not an item index (< {n_items})",
                         row + r
                     ),
-                ));
+                };
+                return Err(bad(file, message));
             }
             if values.is_empty() {
                 values = vec![f32::NAN; n_items * d];
@@ -142,7 +192,13 @@ fn parse_parquet(file: &str, bytes: Bytes, n_items: usize) -> Result<Embeddings>
     })
 }
 
-fn index_column(file: &str, c: &ArrayRef) -> Result<Vec<usize>> {
+fn index_column(file: &str, c: &ArrayRef, first_row: usize) -> Result<Vec<usize>> {
+    if let Some(r) = (0..c.len()).find(|&r| c.is_null(r)) {
+        return Err(bad(
+            file,
+            format!("row {}, column item_idx: null", first_row + r),
+        ));
+    }
     match c.data_type() {
         DataType::UInt32 => Ok(c
             .as_primitive::<UInt32Type>()
@@ -154,9 +210,15 @@ fn index_column(file: &str, c: &ArrayRef) -> Result<Vec<usize>> {
             .as_primitive::<Int64Type>()
             .values()
             .iter()
-            .map(|&v| {
-                usize::try_from(v)
-                    .map_err(|_| bad(file, format!("column item_idx: negative index {v}")))
+            .enumerate()
+            .map(|(r, &v)| {
+                usize::try_from(v).map_err(|_| {
+                    let row = first_row + r;
+                    bad(
+                        file,
+                        format!("row {row}, column item_idx: negative index {v}"),
+                    )
+                })
             })
             .collect(),
         t => Err(bad(
@@ -184,6 +246,12 @@ fn list_row(file: &str, col: &ArrayRef, r: usize, global_row: usize) -> Result<V
             format!("row {global_row}, column embedding: null"),
         ));
     }
+    if inner.null_count() > 0 {
+        return Err(bad(
+            file,
+            format!("row {global_row}, column embedding: null element"),
+        ));
+    }
     let f = inner.as_primitive_opt::<Float32Type>().ok_or_else(|| {
         bad(
             file,
@@ -201,21 +269,67 @@ mod tests {
     use super::*;
     use diffrec_data::npy::write_npy_f32;
 
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("m{i}")).collect()
+    }
+
     #[test]
     fn npy_rows_must_match_items_and_be_finite() {
         let ok = write_npy_f32(3, 2, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        let e = parse("e.npy", Bytes::from(ok.clone()), 3).unwrap();
+        let e = parse("e.npy", Bytes::from(ok.clone()), &ids(3)).unwrap();
         assert_eq!((e.rows, e.dim), (3, 2));
         assert_eq!(e.values[5], 6.0);
-        let err = parse("e.npy", Bytes::from(ok), 4).unwrap_err().to_string();
+        let err = parse("e.npy", Bytes::from(ok), &ids(4))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("e.npy") && err.contains("3 rows") && err.contains("4 items"),
             "{err}"
         );
         let nan = write_npy_f32(2, 2, &[1.0, 2.0, f32::NAN, 4.0]);
-        let err = parse("e.npy", Bytes::from(nan), 2).unwrap_err().to_string();
+        let err = parse("e.npy", Bytes::from(nan), &ids(2))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("row 1, column 0"), "{err}");
-        let err = parse("e.csv", Bytes::new(), 2).unwrap_err().to_string();
+        let err = parse("e.csv", Bytes::new(), &ids(2))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown format"), "{err}");
+    }
+
+    fn parquet_bytes(batch: arrow_array::RecordBatch) -> Bytes {
+        let mut buf = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        Bytes::from(buf)
+    }
+
+    #[test]
+    fn parquet_rows_are_placed_by_item_id() {
+        // Another workspace's file: same items, other dense order (m2, m0, m1).
+        let other: Vec<String> = ["m2", "m0", "m1"].iter().map(|s| s.to_string()).collect();
+        let batch =
+            crate::artifacts::embeddings_batch("item", &other, &[2.0, 2.5, 0.0, 0.5, 1.0, 1.5], 2)
+                .unwrap();
+        let e = parse("o.parquet", parquet_bytes(batch.clone()), &ids(3)).unwrap();
+        assert_eq!((e.rows, e.dim), (3, 2));
+        assert_eq!(
+            e.values,
+            vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.5],
+            "row i = item m{{i}}"
+        );
+        // An id this workspace does not have: named with its row.
+        let err = parse(
+            "o.parquet",
+            parquet_bytes(batch),
+            &["m0", "m1", "m9"].map(String::from),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("o.parquet") && err.contains("row 0") && err.contains("\"m2\""),
+            "{err}"
+        );
     }
 }

@@ -15,6 +15,8 @@ pub enum ClusterError {
         "cluster.k = {k} is larger than the number of items ({n_items}); choose k ≤ {n_items} (k = 1 disables clustering)"
     )]
     TooManyClusters { k: usize, n_items: usize },
+    #[error("{0}")]
+    Diverged(String),
     #[error("k-means failed: {0}")]
     KMeans(String),
     #[error("writing {key}: {message}")]

@@ -86,19 +86,44 @@ impl NormalizedGraph {
     pub fn propagate(&self, x: &[f32], out: &mut [f32], dim: usize) {
         assert_eq!(x.len(), self.n_nodes() * dim);
         assert_eq!(out.len(), x.len());
-        out.par_chunks_mut(dim)
-            .with_min_len(ROWS_PER_TASK)
+        if dim == 0 {
+            return;
+        }
+        out.par_chunks_mut(dim * ROWS_PER_TASK)
             .enumerate()
-            .for_each(|(r, o)| {
-                o.fill(0.0);
-                let (cols, ws) = self.row(r);
-                for (&j, &w) in cols.iter().zip(ws) {
-                    let xj = &x[j as usize * dim..(j as usize + 1) * dim];
-                    for (a, &b) in o.iter_mut().zip(xj) {
-                        *a += w * b;
-                    }
+            .for_each(|(c, block)| self.rows(c * ROWS_PER_TASK, block, x, dim));
+    }
+
+    /// Rows `first..` of `Â x` into `block`, with AVX2 when the CPU has it (checked at run time,
+    /// so the binary needs no `target-cpu` flag; measured in docs/benchmarks.md).
+    fn rows(&self, first: usize, block: &mut [f32], x: &[f32], dim: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { self.rows_avx2(first, block, x, dim) };
+            return;
+        }
+        self.rows_generic(first, block, x, dim);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn rows_avx2(&self, first: usize, block: &mut [f32], x: &[f32], dim: usize) {
+        self.rows_generic(first, block, x, dim);
+    }
+
+    #[inline(always)]
+    fn rows_generic(&self, first: usize, block: &mut [f32], x: &[f32], dim: usize) {
+        for (k, o) in block.chunks_exact_mut(dim).enumerate() {
+            o.fill(0.0);
+            let (cols, ws) = self.row(first + k);
+            for (&j, &w) in cols.iter().zip(ws) {
+                let xj = &x[j as usize * dim..(j as usize + 1) * dim];
+                for (a, &b) in o.iter_mut().zip(xj) {
+                    *a += w * b;
                 }
-            });
+            }
+        }
     }
 
     /// LightGCN's layer combination `(x + Âx + … + Â^layers x) / (layers + 1)`.

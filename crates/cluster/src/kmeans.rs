@@ -43,7 +43,20 @@ pub fn cluster(
     n_runs: usize,
     seed: u64,
 ) -> Result<Clustering> {
-    let n = embeddings.len() / dim.max(1);
+    if dim == 0 || embeddings.len() % dim != 0 {
+        return Err(ClusterError::KMeans(format!(
+            "{} values do not form rows of width {dim}",
+            embeddings.len()
+        )));
+    }
+    if let Some(p) = embeddings.iter().position(|x| !x.is_finite()) {
+        return Err(ClusterError::KMeans(format!(
+            "embedding of item {} has a non-finite value in column {}",
+            p / dim,
+            p % dim
+        )));
+    }
+    let n = embeddings.len() / dim;
     if k > n {
         return Err(ClusterError::TooManyClusters { k, n_items: n });
     }

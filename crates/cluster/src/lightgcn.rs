@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use diffrec_data::SplitMatrices;
-use diffrec_data::metrics::{SplitEvaluator, round4};
+use diffrec_data::metrics::{Evaluation, SplitEvaluator, round4};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal};
@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use crate::adam::Adam;
 use crate::bpr::{self, Triple};
 use crate::config::LightGcnConfig;
+use crate::error::ClusterError;
 use crate::graph::NormalizedGraph;
 
 /// Standard deviation of the initial embeddings (LightGCN's PyTorch code: `normal_(std=0.1)`).
@@ -88,20 +89,6 @@ pub enum Progress {
         epoch: usize,
         best_epoch: usize,
     },
-}
-
-/// One validation/test evaluation.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Evaluation {
-    /// Epochs completed.
-    pub epoch: usize,
-    /// Mean batch loss (BPR + reg·L2) of the last epoch.
-    pub loss: f64,
-    /// Seconds of the last epoch's training.
-    pub epoch_seconds: f64,
-    pub eval_seconds: f64,
-    pub valid: BTreeMap<String, f64>,
-    pub test: BTreeMap<String, f64>,
 }
 
 /// The result of pre-training: the best evaluation's final embeddings and the history.
@@ -183,7 +170,7 @@ pub fn pretrain(
     seed: u64,
     ks: &[usize],
     progress: &mut dyn FnMut(Progress),
-) -> Pretrained {
+) -> Result<Pretrained, ClusterError> {
     let started = Instant::now();
     let ks = with_20(ks);
     let graph = NormalizedGraph::from_train(&data.train);
@@ -238,7 +225,7 @@ pub fn pretrain(
         let (valid, test) = evaluate(&fin, cfg.dim, data, &ks);
         let eval_seconds = eval_start.elapsed().as_secs_f64();
         let recall = round4(valid["recall@20"]);
-        if recall > best_recall {
+        if recall > best_recall && fin.iter().all(|x| x.is_finite()) {
             best_recall = recall;
             best_epoch = epoch;
             best_fin = Some(fin);
@@ -272,9 +259,15 @@ pub fn pretrain(
             break;
         }
     }
-    let fin = best_fin.unwrap_or_else(|| model.embed(&graph));
+    let Some(fin) = best_fin else {
+        return Err(ClusterError::Diverged(format!(
+            "LightGCN produced no usable embeddings after {epochs_run} epoch(s) (the loss became \
+             non-finite before the first evaluation); lower cluster.lightgcn.lr or evaluate \
+             earlier with cluster.lightgcn.eval_every"
+        )));
+    };
     let split = data.n_users * cfg.dim;
-    Pretrained {
+    Ok(Pretrained {
         dim: cfg.dim,
         users: fin[..split].to_vec(),
         items: fin[split..].to_vec(),
@@ -282,7 +275,7 @@ pub fn pretrain(
         epochs_run,
         evaluations,
         train_seconds: started.elapsed().as_secs_f64(),
-    }
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use diffrec_data::artifacts::load_ids;
 use diffrec_data::manifest::{
     Freshness, OutputInfo, StageManifest, freshness, manifest_key, upstream_hashes,
 };
-use diffrec_data::metrics::MetricsTable;
+use diffrec_data::metrics::{MetricsTable, median};
 use diffrec_data::source::read_path;
 use diffrec_data::workspace::sha256_hex;
 use diffrec_data::{DataError, Workspace, load_splits};
@@ -65,14 +65,6 @@ pub struct ClusterReport {
     pub summary: ClusterSummary,
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// Runs the cluster stage (or skips it when up to date and `force` is false). `ks` are the
 /// pipeline's `evaluate.ks` (LightGCN's metrics use them, plus 20); `base_dir` resolves a
 /// relative `cluster.embeddings`.
@@ -102,7 +94,17 @@ pub async fn run_cluster(
         }
         None => None,
     };
-    let config = serde_json::json!({"cluster": cfg, "ks": ks});
+    // Only what shapes this stage's outputs: with given embeddings, LightGCN's settings and the
+    // evaluation cut-offs do not matter.
+    let config = if cfg.embeddings.is_some() {
+        let mut c = serde_json::to_value(cfg).unwrap_or_default();
+        if let Some(m) = c.as_object_mut() {
+            m.remove("lightgcn");
+        }
+        serde_json::json!({"cluster": c})
+    } else {
+        serde_json::json!({"cluster": cfg, "ks": ks})
+    };
     if !force {
         match freshness(ws, STAGE_DIR, &config, &inputs).await? {
             Freshness::UpToDate => {
@@ -124,10 +126,17 @@ pub async fn run_cluster(
 
     let data = load_splits(ws).await?;
     let item_ids = load_ids(ws, "item").await?;
+    // Fail before minutes of pre-training, not after.
+    if cfg.k > data.n_items {
+        return Err(ClusterError::TooManyClusters {
+            k: cfg.k,
+            n_items: data.n_items,
+        });
+    }
     let mut outputs = BTreeMap::new();
     let (item_emb, dim, source, lightgcn) = match user_file {
         Some((name, bytes)) => {
-            let e = embeddings::parse(&name, bytes, data.n_items)?;
+            let e = embeddings::parse(&name, bytes, &item_ids)?;
             tracing::info!(file = %name, rows = e.rows, dim = e.dim, "cluster: using the given item embeddings");
             // Outputs of an earlier pre-training run no longer belong to this stage.
             for key in [USER_EMBEDDINGS, LIGHTGCN_METRICS] {
@@ -136,18 +145,14 @@ pub async fn run_cluster(
             (e.values, e.dim, name, None)
         }
         None => {
-            let p = pretrain(&data, &cfg.lightgcn, cfg.seed, ks, progress);
             let user_ids = load_ids(ws, "user").await?;
+            let p = pretrain(&data, &cfg.lightgcn, cfg.seed, ks, progress)?;
             let batch = embeddings_batch("user", &user_ids, &p.users, p.dim)?;
             ws.write_parquet(USER_EMBEDDINGS, embeddings_schema("user", p.dim), [batch])
                 .await?;
             outputs.insert(USER_EMBEDDINGS.to_owned(), data.n_users as u64);
-            let mut table = MetricsTable::default();
-            for e in &p.evaluations {
-                table.push(e.epoch, "valid", &e.valid, e.loss, e.epoch_seconds);
-                table.push(e.epoch, "test", &e.test, e.loss, e.epoch_seconds);
-            }
-            let rows = table_rows(&p.evaluations);
+            let table = MetricsTable::from_evaluations(&p.evaluations);
+            let rows = table.len() as u64;
             let batch = table.into_batch().map_err(|e| ClusterError::Write {
                 key: LIGHTGCN_METRICS.into(),
                 message: e.to_string(),
@@ -164,15 +169,13 @@ pub async fn run_cluster(
                 test: best.as_ref().map(|e| e.test.clone()).unwrap_or_default(),
                 train_seconds: p.train_seconds,
                 epoch_seconds_median: median(
-                    &mut p
-                        .evaluations
+                    &p.evaluations
                         .iter()
                         .map(|e| e.epoch_seconds)
                         .collect::<Vec<_>>(),
                 ),
                 eval_seconds_median: median(
-                    &mut p
-                        .evaluations
+                    &p.evaluations
                         .iter()
                         .map(|e| e.eval_seconds)
                         .collect::<Vec<_>>(),
@@ -235,11 +238,4 @@ pub async fn run_cluster(
         skipped: false,
         summary,
     })
-}
-
-fn table_rows(evals: &[crate::lightgcn::Evaluation]) -> u64 {
-    evals
-        .iter()
-        .map(|e| (e.valid.len() + e.test.len()) as u64)
-        .sum()
 }

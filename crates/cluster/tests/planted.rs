@@ -71,7 +71,7 @@ fn lightgcn_kmeans_recovers_planted_item_groups() {
         patience: 3,
         ..LightGcnConfig::default()
     };
-    let p = pretrain(&data, &cfg, 1, &[20], &mut |_| {});
+    let p = pretrain(&data, &cfg, 1, &[20], &mut |_| {}).unwrap();
     let c = kmeans::cluster(&p.items, cfg.dim, 4, 5, 1).unwrap();
     let ari = adjusted_rand_index(&c.labels, &truth);
 

@@ -165,6 +165,36 @@ impl<'a> SplitEvaluator<'a> {
     }
 }
 
+/// One evaluation during training (the trainer's and LightGCN's): metrics of both splits after
+/// `epoch` epochs, with that epoch's loss and timings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Evaluation {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// The epoch's training loss (the trainer: sum of batch losses; LightGCN: batch mean).
+    pub loss: f64,
+    /// Seconds of that epoch's training.
+    pub epoch_seconds: f64,
+    pub eval_seconds: f64,
+    pub valid: BTreeMap<String, f64>,
+    pub test: BTreeMap<String, f64>,
+}
+
+/// The median (mean of the middle two for an even count); 0 for none.
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
 /// The rows of a `metrics.parquet` table, one per (evaluation, split, metric, k): columns
 /// `epoch` u32, `split` utf8, `metric` utf8 (`recall`, `ndcg`, …), `k` u32, `value` f64, and the
 /// evaluation's `loss` f64 and `seconds` f64 repeated on each of its rows (long format, so
@@ -200,6 +230,25 @@ impl MetricsTable {
             self.loss.push(loss);
             self.seconds.push(seconds);
         }
+    }
+
+    /// Adds both splits of every evaluation.
+    pub fn from_evaluations(evaluations: &[Evaluation]) -> Self {
+        let mut t = MetricsTable::default();
+        for e in evaluations {
+            t.push(e.epoch, "valid", &e.valid, e.loss, e.epoch_seconds);
+            t.push(e.epoch, "test", &e.test, e.loss, e.epoch_seconds);
+        }
+        t
+    }
+
+    /// Rows so far.
+    pub fn len(&self) -> usize {
+        self.epoch.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.epoch.is_empty()
     }
 
     pub fn schema() -> SchemaRef {

@@ -14,16 +14,8 @@ use crate::error::TrainError;
 
 const MAGIC: &[u8; 4] = b"DRCK";
 
-/// One evaluation's results.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Evaluation {
-    pub epoch: usize,
-    pub loss: f64,
-    pub epoch_seconds: f64,
-    pub eval_seconds: f64,
-    pub valid: std::collections::BTreeMap<String, f64>,
-    pub test: std::collections::BTreeMap<String, f64>,
-}
+/// One evaluation's results (shared with LightGCN, so it lives in `diffrec-data`).
+pub use diffrec_data::metrics::Evaluation;
 
 /// Everything but the tensors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

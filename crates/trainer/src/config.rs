@@ -47,8 +47,9 @@ pub struct TrainConfig {
     /// `train.backend`: `cpu`, `ndarray`, `flex`, `wgpu` or `cuda`. Default `cpu`.
     #[serde(default = "default_backend")]
     pub backend: Backend,
-    /// `train.devices`: device names, e.g. `[cuda:0, cuda:1]`. Default `[]` (the backend's
-    /// default device).
+    /// `train.devices`: device names: `cpu`, `cuda:N`, `wgpu:N` (N-th discrete GPU) or `wgpu:cpu`
+    /// (a CPU Vulkan driver, e.g. Mesa's lavapipe). Default `[]` (the backend's default
+    /// device). One device today; several are refused until the multi-device trainer lands.
     #[serde(default)]
     pub devices: Vec<String>,
     /// `train.lr`: AdamW learning rate. Default 0.001.
@@ -165,11 +166,12 @@ impl TrainConfig {
             let ok = d == "cpu"
                 || d.split_once(':').is_some_and(|(kind, idx)| {
                     matches!(kind, "cpu" | "cuda" | "wgpu" | "gpu") && idx.parse::<usize>().is_ok()
-                });
+                })
+                || d == "wgpu:cpu";
             if !ok {
                 return Err(err(
                     "train.devices",
-                    format!("unknown device {d:?}; use cpu, cpu:N, cuda:N or wgpu:N"),
+                    format!("unknown device {d:?}; use cpu, cpu:N, cuda:N, wgpu:N or wgpu:cpu"),
                 ));
             }
         }

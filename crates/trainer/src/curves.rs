@@ -11,6 +11,7 @@
 use std::ops::Range;
 
 use plotters::coord::Shift;
+use plotters::coord::types::{RangedCoordf64, RangedCoordusize};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -111,6 +112,36 @@ fn draw(
     Ok(())
 }
 
+type Chart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordusize, RangedCoordf64>>;
+
+/// A captioned panel over `x` epochs and `y` values, its mesh and axis descriptions drawn.
+fn panel<'a, 'b>(
+    area: &'a Area<'b>,
+    caption: &str,
+    y_desc: &str,
+    x: Range<usize>,
+    y: Range<f64>,
+) -> Result<Chart<'a, 'b>, CurvesError> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT, CAPTION_SIZE))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x, y)
+        .map_err(draw_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc(y_desc)
+        .label_style((FONT, LABEL_SIZE))
+        .axis_desc_style((FONT, DESC_SIZE))
+        .max_light_lines(4)
+        .draw()
+        .map_err(draw_err)?;
+    Ok(chart)
+}
+
 /// Draws `text` centred on `area`.
 fn draw_message(area: &Area<'_>, text: &str) -> Result<(), CurvesError> {
     let (w, h) = area.dim_in_pixel();
@@ -191,22 +222,7 @@ fn draw_loss_panel(
     let loss = finite_series(points, |p| p.loss);
     let y = value_range(loss.iter().map(|&(_, v)| v))?;
 
-    let mut chart = ChartBuilder::on(area)
-        .caption("training loss", (FONT, CAPTION_SIZE))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x, y)
-        .map_err(draw_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .y_desc("loss")
-        .label_style((FONT, LABEL_SIZE))
-        .axis_desc_style((FONT, DESC_SIZE))
-        .max_light_lines(4)
-        .draw()
-        .map_err(draw_err)?;
+    let mut chart = panel(area, "training loss", "loss", x, y)?;
 
     if loss.is_empty() {
         draw_message(
@@ -233,22 +249,7 @@ fn draw_metric_panel(
     let (y_lo, y_hi) = (y.start, y.end);
     let best_evaluated = points.iter().any(|p| p.epoch == best_epoch);
 
-    let mut chart = ChartBuilder::on(area)
-        .caption("validation metrics", (FONT, CAPTION_SIZE))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x, y)
-        .map_err(draw_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .y_desc("metric @20")
-        .label_style((FONT, LABEL_SIZE))
-        .axis_desc_style((FONT, DESC_SIZE))
-        .max_light_lines(4)
-        .draw()
-        .map_err(draw_err)?;
+    let mut chart = panel(area, "validation metrics", "metric @20", x, y)?;
 
     let mut labelled = false;
     for (series, color, name) in [

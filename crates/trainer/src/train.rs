@@ -23,7 +23,7 @@ use crate::checkpoint::{Evaluation, TrainState, decode, encode};
 use crate::config::TrainConfig;
 use crate::curves::{CurvePoint, render_svg};
 use crate::error::TrainError;
-use crate::metrics::{MetricsTable, SplitEvaluator, round4};
+use crate::metrics::{MetricsTable, SplitEvaluator, median, round4};
 
 /// Users per evaluation block.
 const EVAL_BLOCK: usize = 2048;
@@ -296,20 +296,6 @@ pub async fn train<B: AutodiffBackend>(
     Ok(summary)
 }
 
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
 fn summarise(spec: &RunSpec, state: &TrainState, params: usize) -> Summary {
     let best = state
         .evaluations
@@ -376,12 +362,7 @@ pub fn score_rows<B: Backend>(
 }
 
 async fn write_metrics(ws: &Workspace, run: &str, state: &TrainState) -> Result<(), TrainError> {
-    let mut table = MetricsTable::default();
-    for e in &state.evaluations {
-        table.push(e.epoch, "valid", &e.valid, e.loss, e.epoch_seconds);
-        table.push(e.epoch, "test", &e.test, e.loss, e.epoch_seconds);
-    }
-    let batch = table
+    let batch = MetricsTable::from_evaluations(&state.evaluations)
         .into_batch()
         .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
     ws.write_parquet(&metrics_key(run), MetricsTable::schema(), [batch])
