@@ -20,12 +20,14 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
             epoch,
             loss,
             valid_recall20,
+            valid_ndcg20,
             test_recall20,
+            test_ndcg20,
             best_epoch,
         } => {
             bar.set_message(format!("loss {loss:.4}"));
             bar.say(format!(
-                "cluster: lightgcn epoch {epoch}: loss {loss:.4}, valid recall@20 {valid_recall20:.4}, test recall@20 {test_recall20:.4} (best epoch {best_epoch})"
+                "cluster: lightgcn epoch {epoch}: loss {loss:.4}, valid recall@20 {valid_recall20:.4} ndcg@20 {valid_ndcg20:.4}, test recall@20 {test_recall20:.4} ndcg@20 {test_ndcg20:.4} (best epoch {best_epoch})"
             ))
         }
         Progress::Stopped { epoch, best_epoch } => bar.say(format!(

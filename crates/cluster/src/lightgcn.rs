@@ -82,7 +82,9 @@ pub enum Progress {
         epoch: usize,
         loss: f64,
         valid_recall20: f64,
+        valid_ndcg20: f64,
         test_recall20: f64,
+        test_ndcg20: f64,
         best_epoch: usize,
     },
     Stopped {
@@ -237,7 +239,9 @@ pub fn pretrain(
             epoch,
             loss,
             valid_recall20: valid["recall@20"],
+            valid_ndcg20: valid["ndcg@20"],
             test_recall20: test["recall@20"],
+            test_ndcg20: test["ndcg@20"],
             best_epoch,
         });
         tracing::debug!(

@@ -70,6 +70,57 @@ pub struct ModelConfig {
     /// `model.denoiser`.
     #[serde(default)]
     pub denoiser: DenoiserConfig,
+    /// `model.autoencoder`: the clustered autoencoder of L-DiffRec/LT-DiffRec (ignored by the
+    /// other variants).
+    #[serde(default)]
+    pub autoencoder: AutoEncoderConfig,
+}
+
+/// `model.autoencoder.decoder`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecoderKind {
+    /// One linear layer from the whole latent to every item (the authors' published configs).
+    Shared,
+    /// One decoder per cluster from its latent chunk to its items (the paper's description).
+    PerCluster,
+}
+
+/// `model.autoencoder` (spec §4.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoEncoderConfig {
+    /// `model.autoencoder.dims`: encoder layer sizes summed over clusters; the last is the
+    /// latent size the diffusion runs in. Each cluster gets a share proportional to its item
+    /// count (floor, at least 1; the last cluster takes the remainder). Default `[300]`.
+    #[serde(default = "default_ae_dims")]
+    pub dims: Vec<usize>,
+    /// `model.autoencoder.decoder`: `shared` or `per-cluster`. Default `shared`.
+    #[serde(default = "default_decoder")]
+    pub decoder: DecoderKind,
+    /// `model.autoencoder.dropout`: dropout on the encoder's input. Default 0.1.
+    #[serde(default = "default_ae_dropout")]
+    pub dropout: f64,
+}
+
+impl Default for AutoEncoderConfig {
+    fn default() -> Self {
+        AutoEncoderConfig {
+            dims: default_ae_dims(),
+            decoder: default_decoder(),
+            dropout: default_ae_dropout(),
+        }
+    }
+}
+
+fn default_ae_dims() -> Vec<usize> {
+    vec![300]
+}
+fn default_decoder() -> DecoderKind {
+    DecoderKind::Shared
+}
+fn default_ae_dropout() -> f64 {
+    0.1
 }
 
 /// `model.diffusion`.
@@ -162,6 +213,7 @@ impl Default for ModelConfig {
             variant: default_variant(),
             diffusion: DiffusionConfig::default(),
             denoiser: DenoiserConfig::default(),
+            autoencoder: AutoEncoderConfig::default(),
         }
     }
 }
@@ -261,6 +313,19 @@ impl ModelConfig {
             return Err(err(
                 "model.denoiser.dropout",
                 format!("must be in [0, 1), got {}", n.dropout),
+            ));
+        }
+        let a = &self.autoencoder;
+        if a.dims.is_empty() || a.dims.contains(&0) {
+            return Err(err(
+                "model.autoencoder.dims",
+                format!("needs ≥ 1 positive size, got {:?}", a.dims),
+            ));
+        }
+        if !(0.0..1.0).contains(&a.dropout) {
+            return Err(err(
+                "model.autoencoder.dropout",
+                format!("must be in [0, 1), got {}", a.dropout),
             ));
         }
         Ok(())

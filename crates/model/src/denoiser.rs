@@ -27,7 +27,8 @@ pub struct Denoiser<B: Backend> {
     norm: bool,
 }
 
-fn linear<B: Backend>(
+/// A linear layer initialised per `init` (shared with the autoencoder).
+pub(crate) fn linear<B: Backend>(
     d_in: usize,
     d_out: usize,
     init: InitScheme,

@@ -2,11 +2,12 @@
 //!
 //! Owns the models: the Gaussian diffusion (schedules in f64, forward process, posterior,
 //! training loss with SNR reweighting, importance sampling of steps, reverse sampling) and the
-//! MLP denoiser, as Burn modules generic over `B: Backend`. The clustered autoencoder of
-//! L-DiffRec is still to come (the L-DiffRec issue).
+//! MLP denoiser, and L-DiffRec's clustered autoencoder, as Burn modules generic over
+//! `B: Backend`.
 //!
 //! It must not: name a concrete backend outside tests, read files or workspaces, or print.
 
+pub mod autoencoder;
 pub mod config;
 pub mod denoiser;
 pub mod diffusion;
@@ -14,8 +15,10 @@ pub mod embedding;
 pub mod sampler;
 pub mod schedule;
 
+pub use autoencoder::{ClusteredAutoEncoder, Encoded, latent_dims, multinomial_nll};
 pub use config::{
-    ConfigError, DenoiserConfig, DiffusionConfig, MeanType, ModelConfig, Schedule, Variant,
+    AutoEncoderConfig, ConfigError, DecoderKind, DenoiserConfig, DiffusionConfig, MeanType,
+    ModelConfig, Schedule, Variant,
 };
 pub use denoiser::{Denoiser, InitScheme};
 pub use diffusion::{BatchLoss, GaussianDiffusion};
