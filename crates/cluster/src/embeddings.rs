@@ -186,7 +186,8 @@ fn parse_parquet(file: &str, bytes: Bytes, item_ids: &[String]) -> Result<Embedd
         return Err(bad(file, format!("no embedding for item index {missing}")));
     }
     Ok(Embeddings {
-        rows: if dim == 0 { row } else { n_items.min(row) },
+        // Every item is filled exactly once (checked above), unless the file had no rows.
+        rows: if values.is_empty() { row } else { n_items },
         dim,
         values,
     })

@@ -124,14 +124,11 @@ pub async fn run_cluster(
         tracing::warn!("cluster: removed {cleaned} temporary file(s) left by an interrupted run");
     }
 
-    let data = load_splits(ws).await?;
     let item_ids = load_ids(ws, "item").await?;
+    let n_items = item_ids.len();
     // Fail before minutes of pre-training, not after.
-    if cfg.k > data.n_items {
-        return Err(ClusterError::TooManyClusters {
-            k: cfg.k,
-            n_items: data.n_items,
-        });
+    if cfg.k > n_items {
+        return Err(ClusterError::TooManyClusters { k: cfg.k, n_items });
     }
     let mut outputs = BTreeMap::new();
     let (item_emb, dim, source, lightgcn) = match user_file {
@@ -145,6 +142,8 @@ pub async fn run_cluster(
             (e.values, e.dim, name, None)
         }
         None => {
+            // The interactions are read only when LightGCN needs them.
+            let data = load_splits(ws).await?;
             let user_ids = load_ids(ws, "user").await?;
             let p = pretrain(&data, &cfg.lightgcn, cfg.seed, ks, progress)?;
             let batch = embeddings_batch("user", &user_ids, &p.users, p.dim)?;
@@ -187,14 +186,14 @@ pub async fn run_cluster(
     let batch = embeddings_batch("item", &item_ids, &item_emb, dim)?;
     ws.write_parquet(ITEM_EMBEDDINGS, embeddings_schema("item", dim), [batch])
         .await?;
-    outputs.insert(ITEM_EMBEDDINGS.to_owned(), data.n_items as u64);
+    outputs.insert(ITEM_EMBEDDINGS.to_owned(), n_items as u64);
 
     tracing::info!(k = cfg.k, n_runs = cfg.n_runs, "cluster: k-means");
     let c = kmeans::cluster(&item_emb, dim, cfg.k, cfg.n_runs, cfg.seed)?;
     let batch = clusters_batch(&item_ids, &c.labels, &c.distances)?;
     ws.write_parquet(ITEM_CLUSTERS, clusters_schema(), [batch])
         .await?;
-    outputs.insert(ITEM_CLUSTERS.to_owned(), data.n_items as u64);
+    outputs.insert(ITEM_CLUSTERS.to_owned(), n_items as u64);
 
     let summary = ClusterSummary {
         k: c.k,
