@@ -21,7 +21,7 @@ type Cpu = burn_flex::Flex;
 /// A pipeline's data and best model, ready for inference on the CPU.
 struct RunModel {
     data: diffrec_data::SplitMatrices,
-    model: diffrec_model::Denoiser<Cpu>,
+    model: diffrec_model::Recommender<Cpu>,
     /// The model input (weighted rows for T-DiffRec, binary otherwise).
     input: diffrec_data::CsrMatrix,
     dev: burn_flex::FlexDevice,

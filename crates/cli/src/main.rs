@@ -189,7 +189,10 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(c) = cause.downcast_ref::<diffrec_cluster::ClusterError>() {
             use diffrec_cluster::ClusterError as C;
             return match c {
-                C::Config(_) | C::BadEmbeddings { .. } | C::TooManyClusters { .. } => 2,
+                C::Config(_)
+                | C::BadEmbeddings { .. }
+                | C::TooManyClusters { .. }
+                | C::Corrupt { .. } => 2,
                 C::Data(d) if d.is_input() => 2,
                 _ => 1,
             };

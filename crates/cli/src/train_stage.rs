@@ -19,9 +19,23 @@ use crate::progress::EpochBar;
 pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     let p = &loaded.pipeline;
     let dir = run_dir(&p.name);
-    let inputs = upstream_hashes(ws, diffrec_data::ingest::STAGE_DIR)
+    let mut inputs = upstream_hashes(ws, diffrec_data::ingest::STAGE_DIR)
         .await?
         .context("the ingest stage has not completed in this workspace (no data/_manifest.json): run it first")?;
+    // L-DiffRec reads the item clusters: their hash (not the cluster stage's timings) decides
+    // whether training is stale.
+    let latent = p.model.variant.is_latent();
+    if latent {
+        use diffrec_cluster::artifacts::{ITEM_CLUSTERS, STAGE_DIR};
+        let hash = upstream_hashes(ws, STAGE_DIR)
+            .await?
+            .and_then(|mut h| h.remove(ITEM_CLUSTERS))
+            .with_context(|| format!(
+                "model.variant {:?} needs {ITEM_CLUSTERS}, and the cluster stage has not completed in this workspace: run it first",
+                p.model.variant
+            ))?;
+        inputs.insert(ITEM_CLUSTERS.to_owned(), hash);
+    }
     let config = serde_json::json!({"model": p.model, "train": p.train, "evaluate": p.evaluate});
     if !force {
         match freshness(ws, &dir, &config, &inputs).await? {
@@ -48,6 +62,18 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         t.remove("patience");
     }
     let fingerprint = sha256_hex(serde_json::to_string(&(&trajectory, &inputs))?.as_bytes());
+    let started = Utc::now();
+    let data = load_splits(ws).await?;
+    let item_clusters = if latent {
+        use diffrec_cluster::artifacts::{ITEM_CLUSTERS, read_item_clusters};
+        let bytes = ws.get(ITEM_CLUSTERS).await?;
+        let labels = read_item_clusters(bytes, data.n_items)?;
+        let k = labels.iter().max().map_or(0, |&m| m + 1);
+        tracing::info!(clusters = k, "train: item clusters loaded");
+        Some(labels)
+    } else {
+        None
+    };
     let spec = RunSpec {
         run: p.name.clone(),
         model: p.model.clone(),
@@ -55,9 +81,8 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         ks: p.evaluate.ks.clone(),
         backend: format!("{:?}", p.train.backend).to_lowercase(),
         fingerprint,
+        item_clusters,
     };
-    let started = Utc::now();
-    let data = load_splits(ws).await?;
     tracing::info!(
         users = data.n_users,
         items = data.n_items,

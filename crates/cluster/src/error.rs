@@ -19,6 +19,9 @@ pub enum ClusterError {
     Diverged(String),
     #[error("k-means failed: {0}")]
     KMeans(String),
+    /// A stage artifact that cannot be read back as written.
+    #[error("{key}: {message}")]
+    Corrupt { key: String, message: String },
     #[error("writing {key}: {message}")]
     Write { key: String, message: String },
 }

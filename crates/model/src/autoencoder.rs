@@ -272,6 +272,7 @@ mod tests {
             dims: vec![4],
             decoder: DecoderKind::PerCluster,
             dropout: 0.0,
+            ..AutoEncoderConfig::default()
         };
         B::seed(&dev, 5);
         let m = ClusteredAutoEncoder::<B>::new(&labels, &cfg, &dev);

@@ -101,6 +101,44 @@ pub struct AutoEncoderConfig {
     /// `model.autoencoder.dropout`: dropout on the encoder's input. Default 0.1.
     #[serde(default = "default_ae_dropout")]
     pub dropout: f64,
+    /// `model.autoencoder.lambda`: weight λ of the diffusion loss in
+    /// loss = λ·diffusion + reconstruction + γ·KL, at epoch 1 (spec §4.4). Default 0.03.
+    #[serde(default = "default_lambda")]
+    pub lambda: f64,
+    /// `model.autoencoder.lambda_anneal_epochs`: λ decays linearly with completed epochs,
+    /// λ_e = max((1 − e/lambda_anneal_epochs)·lambda, lambda_cap); 0 disables the decay
+    /// (λ = max(lambda, lambda_cap)). Default 500.
+    #[serde(default = "default_lambda_anneal")]
+    pub lambda_anneal_epochs: usize,
+    /// `model.autoencoder.lambda_cap`: the floor of λ. Default 0.005.
+    #[serde(default = "default_lambda_cap")]
+    pub lambda_cap: f64,
+    /// `model.autoencoder.kl_anneal_batches`: the KL weight grows with the batches trained so far,
+    /// γ = min(kl_cap, batches/kl_anneal_batches) (0: γ = kl_cap from the start). Default 200.
+    #[serde(default = "default_kl_anneal")]
+    pub kl_anneal_batches: usize,
+    /// `model.autoencoder.kl_cap`: the ceiling of γ. Default 0.3.
+    #[serde(default = "default_kl_cap")]
+    pub kl_cap: f64,
+}
+
+impl AutoEncoderConfig {
+    /// λ after `completed_epochs` epochs (0 during the first).
+    pub fn lambda_at(&self, completed_epochs: usize) -> f64 {
+        if self.lambda_anneal_epochs == 0 {
+            return self.lambda.max(self.lambda_cap);
+        }
+        ((1.0 - completed_epochs as f64 / self.lambda_anneal_epochs as f64) * self.lambda)
+            .max(self.lambda_cap)
+    }
+
+    /// γ, the KL weight, after `batches` training batches over the whole run (0 for the first).
+    pub fn kl_weight_at(&self, batches: usize) -> f64 {
+        if self.kl_anneal_batches == 0 {
+            return self.kl_cap;
+        }
+        (batches as f64 / self.kl_anneal_batches as f64).min(self.kl_cap)
+    }
 }
 
 impl Default for AutoEncoderConfig {
@@ -109,6 +147,11 @@ impl Default for AutoEncoderConfig {
             dims: default_ae_dims(),
             decoder: default_decoder(),
             dropout: default_ae_dropout(),
+            lambda: default_lambda(),
+            lambda_anneal_epochs: default_lambda_anneal(),
+            lambda_cap: default_lambda_cap(),
+            kl_anneal_batches: default_kl_anneal(),
+            kl_cap: default_kl_cap(),
         }
     }
 }
@@ -121,6 +164,21 @@ fn default_decoder() -> DecoderKind {
 }
 fn default_ae_dropout() -> f64 {
     0.1
+}
+fn default_lambda() -> f64 {
+    0.03
+}
+fn default_lambda_anneal() -> usize {
+    500
+}
+fn default_lambda_cap() -> f64 {
+    0.005
+}
+fn default_kl_anneal() -> usize {
+    200
+}
+fn default_kl_cap() -> f64 {
+    0.3
 }
 
 /// `model.diffusion`.
@@ -328,6 +386,15 @@ impl ModelConfig {
                 format!("must be in [0, 1), got {}", a.dropout),
             ));
         }
+        for (key, v) in [
+            ("model.autoencoder.lambda", a.lambda),
+            ("model.autoencoder.lambda_cap", a.lambda_cap),
+            ("model.autoencoder.kl_cap", a.kl_cap),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(err(key, format!("must be a finite number ≥ 0, got {v}")));
+            }
+        }
         Ok(())
     }
 }
@@ -361,5 +428,27 @@ mod tests {
             "model.diffusion.sampling_steps"
         );
         assert!(serde_json::from_str::<ModelConfig>(r#"{"variant": "x-diffrec"}"#).is_err());
+        let c: ModelConfig = serde_json::from_str(r#"{"autoencoder": {"lambda": -1}}"#).unwrap();
+        assert_eq!(c.validate().unwrap_err().key, "model.autoencoder.lambda");
+    }
+
+    #[test]
+    fn annealing_follows_the_authors_schedules() {
+        // Spec §4.4 with the defaults: λ = max((1 − e/500)·0.03, 0.005), γ = min(0.3, k/200).
+        let a = AutoEncoderConfig::default();
+        assert_eq!(a.lambda_at(0), 0.03);
+        assert!((a.lambda_at(250) - 0.015).abs() < 1e-15);
+        // (1 − 420/500)·0.03 = 0.0048 < cap.
+        assert_eq!(a.lambda_at(420), 0.005);
+        assert_eq!(a.kl_weight_at(0), 0.0);
+        assert!((a.kl_weight_at(30) - 0.15).abs() < 1e-15);
+        assert_eq!(a.kl_weight_at(61), 0.3);
+        let off = AutoEncoderConfig {
+            lambda_anneal_epochs: 0,
+            lambda: 0.001,
+            kl_anneal_batches: 0,
+            ..AutoEncoderConfig::default()
+        };
+        assert_eq!((off.lambda_at(7), off.kl_weight_at(0)), (0.005, 0.3));
     }
 }

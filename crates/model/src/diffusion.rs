@@ -25,6 +25,9 @@ pub struct BatchLoss<B: Backend> {
     pub loss: Tensor<B, 1>,
     /// weight_t · mse per sample, before division by p_t·T (the step sampler's history), f64.
     pub weighted: Vec<f64>,
+    /// The denoiser's estimate of x0 (its output for `x0`, x̂0 from ε̂ for `eps`): L-DiffRec
+    /// decodes it (spec §4.4).
+    pub pred_x0: Tensor<B, 2>,
 }
 
 fn column<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B, 2> {
@@ -99,22 +102,23 @@ impl GaussianDiffusion {
             .map(|&t| self.schedule.loss_weight(t, self.mean_type, self.reweight))
             .collect();
         // Per-sample mean squared error over items; for eps at t = 0 the x0 error halved.
-        let mse = match self.mean_type {
-            MeanType::X0 => (x0 - out).square().mean_dim(1),
+        let (mse, pred_x0) = match self.mean_type {
+            MeanType::X0 => ((x0 - out.clone()).square().mean_dim(1), out),
             MeanType::Eps => {
-                let eps_mse = (noise - out.clone()).square().mean_dim(1);
-                if self.reweight && ts.contains(&0) {
-                    let s = &self.schedule;
-                    let x0_hat = x_t
-                        * column::<B>(self.gather(&s.sqrt_recip_alphas_cumprod, ts), &dev)
-                        - out * column::<B>(self.gather(&s.sqrt_recipm1_alphas_cumprod, ts), &dev);
-                    let x0_mse = (x0 - x0_hat).square().mean_dim(1) / 2.0;
+                let s = &self.schedule;
+                let x0_hat = x_t * column::<B>(self.gather(&s.sqrt_recip_alphas_cumprod, ts), &dev)
+                    - out.clone()
+                        * column::<B>(self.gather(&s.sqrt_recipm1_alphas_cumprod, ts), &dev);
+                let eps_mse = (noise - out).square().mean_dim(1);
+                let mse = if self.reweight && ts.contains(&0) {
+                    let x0_mse = (x0 - x0_hat.clone()).square().mean_dim(1) / 2.0;
                     let at0 =
                         column::<B>(ts.iter().map(|&t| (t == 0) as u8 as f32).collect(), &dev);
                     eps_mse * (at0.clone().neg() + 1.0) + x0_mse * at0
                 } else {
                     eps_mse
-                }
+                };
+                (mse, x0_hat)
             }
         };
         let mse_host: Vec<f32> = mse
@@ -139,6 +143,7 @@ impl GaussianDiffusion {
         BatchLoss {
             loss: (mse * scale).mean(),
             weighted,
+            pred_x0,
         }
     }
 

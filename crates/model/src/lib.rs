@@ -12,6 +12,7 @@ pub mod config;
 pub mod denoiser;
 pub mod diffusion;
 pub mod embedding;
+pub mod latent;
 pub mod sampler;
 pub mod schedule;
 
@@ -22,5 +23,6 @@ pub use config::{
 };
 pub use denoiser::{Denoiser, InitScheme};
 pub use diffusion::{BatchLoss, GaussianDiffusion};
+pub use latent::{LatentDiffRec, LatentLoss, Recommender};
 pub use sampler::StepSampler;
 pub use schedule::DiffusionSchedule;

@@ -36,41 +36,56 @@ pub struct TrainState {
     /// another one is refused.
     #[serde(default)]
     pub fingerprint: String,
+    /// L-DiffRec/LT-DiffRec: each item's cluster, so that inference rebuilds the model the
+    /// checkpoint was trained with. Empty for the other variants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub item_clusters: Vec<u32>,
+}
+
+/// Length-prefixed (u64 LE) concatenation of `parts`.
+pub fn frame(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 8).sum());
+    for part in parts {
+        out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// The `n` parts of a [`frame`]d buffer.
+pub fn unframe(bytes: &[u8], n: usize) -> Result<Vec<Vec<u8>>, TrainError> {
+    let bad = || TrainError::Checkpoint("truncated checkpoint".to_owned());
+    let mut pos = 0;
+    let mut parts = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len_bytes: [u8; 8] = bytes
+            .get(pos..pos + 8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(bad)?;
+        let len = u64::from_le_bytes(len_bytes) as usize;
+        pos += 8;
+        parts.push(bytes.get(pos..pos + len).ok_or_else(bad)?.to_vec());
+        pos += len;
+    }
+    Ok(parts)
 }
 
 /// Serialises a checkpoint.
 pub fn encode(state: &TrainState, model: &[u8], optim: &[u8]) -> Result<Vec<u8>, TrainError> {
     let json = serde_json::to_vec(state).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-    let mut out = Vec::with_capacity(4 + 24 + json.len() + model.len() + optim.len());
-    out.extend_from_slice(MAGIC);
-    for part in [&json[..], model, optim] {
-        out.extend_from_slice(&(part.len() as u64).to_le_bytes());
-        out.extend_from_slice(part);
-    }
+    let mut out = MAGIC.to_vec();
+    out.extend(frame(&[&json, model, optim]));
     Ok(out)
 }
 
 /// Splits a checkpoint into (state, model bytes, optimizer bytes).
 pub fn decode(bytes: &[u8]) -> Result<(TrainState, Vec<u8>, Vec<u8>), TrainError> {
-    let bad = |m: &str| TrainError::Checkpoint(m.to_owned());
     if bytes.len() < 4 || &bytes[..4] != MAGIC {
-        return Err(bad("not a diffrec checkpoint"));
+        return Err(TrainError::Checkpoint(
+            "not a diffrec checkpoint".to_owned(),
+        ));
     }
-    let mut pos = 4;
-    let mut parts = Vec::with_capacity(3);
-    for _ in 0..3 {
-        let len_bytes: [u8; 8] = bytes
-            .get(pos..pos + 8)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| bad("truncated checkpoint"))?;
-        let len = u64::from_le_bytes(len_bytes) as usize;
-        pos += 8;
-        let part = bytes
-            .get(pos..pos + len)
-            .ok_or_else(|| bad("truncated checkpoint"))?;
-        parts.push(part.to_vec());
-        pos += len;
-    }
+    let mut parts = unframe(&bytes[4..], 3)?;
     let optim = parts.pop().unwrap_or_default();
     let model = parts.pop().unwrap_or_default();
     let state =
@@ -94,6 +109,7 @@ mod tests {
             sampler: StepSampler::new(4),
             train_seconds: 3.0,
             fingerprint: "abc".into(),
+            item_clusters: vec![0, 1, 1],
         };
         let b = encode(&state, b"model", b"opt").unwrap();
         let (s, m, o) = decode(&b).unwrap();

@@ -52,12 +52,19 @@ pub struct TrainConfig {
     /// device). One device today; several are refused until the multi-device trainer lands.
     #[serde(default)]
     pub devices: Vec<String>,
-    /// `train.lr`: AdamW learning rate. Default 0.001.
+    /// `train.lr`: AdamW learning rate of the denoiser (lr2 of L-DiffRec). Default 0.001.
     #[serde(default = "default_lr")]
     pub lr: f64,
-    /// `train.weight_decay`: AdamW decoupled weight decay. Default 0.
+    /// `train.weight_decay`: AdamW decoupled weight decay of the denoiser. Default 0.
     #[serde(default)]
     pub weight_decay: f64,
+    /// `train.ae_lr`: AdamW learning rate of L-DiffRec's autoencoder (lr1; ignored by
+    /// diffrec/t-diffrec). Default 0.001.
+    #[serde(default = "default_lr")]
+    pub ae_lr: f64,
+    /// `train.ae_weight_decay`: AdamW weight decay of the autoencoder. Default 0.
+    #[serde(default)]
+    pub ae_weight_decay: f64,
     /// `train.batch_size`: users per step. Default 400.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
@@ -96,6 +103,8 @@ impl Default for TrainConfig {
             devices: Vec::new(),
             lr: default_lr(),
             weight_decay: 0.0,
+            ae_lr: default_lr(),
+            ae_weight_decay: 0.0,
             batch_size: default_batch(),
             eval_every: default_eval_every(),
             patience: default_patience(),
@@ -153,14 +162,18 @@ impl TrainConfig {
                 return Err(err(key, "must be ≥ 1"));
             }
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(err("train.lr", format!("must be > 0, got {}", self.lr)));
+        for (key, v) in [("train.lr", self.lr), ("train.ae_lr", self.ae_lr)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(err(key, format!("must be > 0, got {v}")));
+            }
         }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(err(
-                "train.weight_decay",
-                format!("must be ≥ 0, got {}", self.weight_decay),
-            ));
+        for (key, v) in [
+            ("train.weight_decay", self.weight_decay),
+            ("train.ae_weight_decay", self.ae_weight_decay),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(err(key, format!("must be ≥ 0, got {v}")));
+            }
         }
         for d in &self.devices {
             let ok = d == "cpu"

@@ -4,26 +4,28 @@
 
 use burn::module::Module;
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::record::Recorder;
 use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
-use diffrec_model::{Denoiser, InitScheme, ModelConfig};
+use diffrec_model::{Denoiser, InitScheme, LatentDiffRec, ModelConfig, Recommender};
 
 use crate::checkpoint::decode;
 use crate::error::TrainError;
+use crate::learner::{ckpt_err, recorder};
 use crate::metrics::top_k;
 use crate::train::{best_key, diffusion_of, score_rows};
 
 /// Users scored per block when recommending.
 const BLOCK: usize = 2048;
 
-/// The best checkpoint's model, on the inference backend `B`.
+/// The best checkpoint's model, on the inference backend `B`. L-DiffRec's item clusters come
+/// from the checkpoint itself, so a later cluster-stage rerun cannot mismatch it.
 pub async fn load_best<B: Backend>(
     ws: &Workspace,
     run: &str,
     model: &ModelConfig,
     n_items: usize,
     device: &B::Device,
-) -> Result<Denoiser<B>, TrainError> {
+) -> Result<Recommender<B>, TrainError> {
     let bytes = ws.get(&best_key(run)).await.map_err(|e| match e {
         diffrec_data::DataError::MissingArtifact { .. } => TrainError::Input(format!(
             "run `{run}` has no best checkpoint ({}): run the train stage first",
@@ -31,19 +33,29 @@ pub async fn load_best<B: Backend>(
         )),
         e => e.into(),
     })?;
-    let (_, model_bytes, _) = decode(&bytes)?;
-    let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
-        .load(model_bytes, device)
-        .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-    Ok(
-        Denoiser::<B>::new(n_items, &model.denoiser, InitScheme::DiffRec, device)
-            .load_record(record),
-    )
+    let (state, model_bytes, _) = decode(&bytes)?;
+    if !model.variant.is_latent() {
+        let record = recorder().load(model_bytes, device).map_err(ckpt_err)?;
+        let m = Denoiser::<B>::new(n_items, &model.denoiser, InitScheme::DiffRec, device);
+        return Ok(Recommender::Dense(m.load_record(record)));
+    }
+    if state.item_clusters.len() != n_items {
+        return Err(TrainError::Checkpoint(format!(
+            "{} holds {} item clusters for {} items: it was not trained as {:?} on this data",
+            best_key(run),
+            state.item_clusters.len(),
+            n_items,
+            model.variant
+        )));
+    }
+    let record = recorder().load(model_bytes, device).map_err(ckpt_err)?;
+    let m = LatentDiffRec::<B>::new(&state.item_clusters, model, device);
+    Ok(Recommender::Latent(m.load_record(record)))
 }
 
 /// Top-`k` (item_idx, score) per user, training items excluded, users in index order.
 pub fn recommend_all<B: Backend>(
-    model: &Denoiser<B>,
+    model: &Recommender<B>,
     cfg: &ModelConfig,
     input: &CsrMatrix,
     data: &SplitMatrices,
@@ -69,7 +81,7 @@ pub fn recommend_all<B: Backend>(
 /// Top-`k` items for an arbitrary history (item indices with their input weights; duplicates
 /// summed), the history excluded. Serves both known users (their training row) and fold-in.
 pub fn recommend_history<B: Backend>(
-    model: &Denoiser<B>,
+    model: &Recommender<B>,
     cfg: &ModelConfig,
     n_items: usize,
     history: &[(u32, f32)],

@@ -12,6 +12,7 @@ pub mod config;
 pub mod curves;
 pub mod error;
 pub mod infer;
+mod learner;
 /// Ranking metrics live in `diffrec-data` (shared with the cluster stage's LightGCN).
 pub use diffrec_data::metrics;
 pub mod train;

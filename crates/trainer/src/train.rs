@@ -8,13 +8,10 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
-use diffrec_model::{Denoiser, GaussianDiffusion, InitScheme, ModelConfig, StepSampler, Variant};
+use diffrec_model::{GaussianDiffusion, ModelConfig, Recommender, StepSampler, Variant};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
@@ -23,6 +20,7 @@ use crate::checkpoint::{Evaluation, TrainState, decode, encode};
 use crate::config::TrainConfig;
 use crate::curves::{CurvePoint, render_svg};
 use crate::error::TrainError;
+use crate::learner::{DenseLearner, LatentLearner, Learner, StepAt};
 use crate::metrics::{MetricsTable, SplitEvaluator, median, round4};
 
 /// Users per evaluation block.
@@ -40,6 +38,9 @@ pub struct RunSpec {
     pub backend: String,
     /// Hash of everything that defines the run (configs, input data); checkpoints carry it.
     pub fingerprint: String,
+    /// L-DiffRec/LT-DiffRec: each item's cluster (`cluster/item_clusters.parquet`); `None` for
+    /// the other variants.
+    pub item_clusters: Option<Vec<u32>>,
 }
 
 /// Progress events for the caller's display.
@@ -127,14 +128,6 @@ pub fn diffusion_of(cfg: &ModelConfig) -> Result<GaussianDiffusion, TrainError> 
         .map_err(|e| TrainError::Model(e.to_string()))
 }
 
-fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
-    NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
-}
-
-fn ckpt_err(e: impl std::fmt::Display) -> TrainError {
-    TrainError::Checkpoint(e.to_string())
-}
-
 /// Trains (or resumes) the run described by `spec` on `device`.
 pub async fn train<B: AutodiffBackend>(
     ws: &Workspace,
@@ -143,25 +136,41 @@ pub async fn train<B: AutodiffBackend>(
     device: B::Device,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, TrainError> {
+    B::seed(&device, spec.train.seed);
     if spec.model.variant.is_latent() {
-        return Err(TrainError::Input(format!(
-            "model.variant {:?} (latent diffusion) is not implemented yet",
-            spec.model.variant
-        )));
+        let labels = spec.item_clusters.as_deref().unwrap_or_default();
+        if labels.len() != data.n_items {
+            return Err(TrainError::Input(format!(
+                "model.variant {:?} needs every item's cluster (cluster/item_clusters.parquet): \
+                 got {} labels for {} items; run the cluster stage",
+                spec.model.variant,
+                labels.len(),
+                data.n_items
+            )));
+        }
+        let learner = LatentLearner::<B>::new(labels, spec, &device);
+        run_loop(ws, data, spec, learner, labels.to_vec(), device, progress).await
+    } else {
+        let learner = DenseLearner::<B>::new(data.n_items, spec, &device);
+        run_loop(ws, data, spec, learner, Vec::new(), device, progress).await
     }
+}
+
+/// The loop of spec §5 over any [`Learner`].
+async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
+    ws: &Workspace,
+    data: &SplitMatrices,
+    spec: &RunSpec,
+    mut learner: L,
+    item_clusters: Vec<u32>,
+    device: B::Device,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Summary, TrainError> {
     let cfg = &spec.train;
     let diffusion = diffusion_of(&spec.model)?;
     let input = model_input(&data.train, spec.model.variant);
     let n_items = data.n_items;
-    B::seed(&device, cfg.seed);
-    let mut model = Denoiser::<B>::new(n_items, &spec.model.denoiser, InitScheme::DiffRec, &device);
-    let params = model.num_params();
-    let mut optim = AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .with_weight_decay(cfg.weight_decay as f32)
-        .init::<B, Denoiser<B>>();
+    let params = learner.params();
     let mut state = TrainState {
         epoch: 0,
         best_epoch: 0,
@@ -172,6 +181,7 @@ pub async fn train<B: AutodiffBackend>(
         sampler: StepSampler::new(diffusion.steps()),
         train_seconds: 0.0,
         fingerprint: spec.fingerprint.clone(),
+        item_clusters,
     };
     match ws.get(&latest_key(&spec.run)).await {
         Ok(bytes) => {
@@ -183,8 +193,7 @@ pub async fn train<B: AutodiffBackend>(
                     latest_key(&spec.run)
                 )));
             }
-            model = model.load_record(recorder().load(model_bytes, &device).map_err(ckpt_err)?);
-            optim = optim.load_record(recorder().load(optim_bytes, &device).map_err(ckpt_err)?);
+            learner = learner.load(model_bytes, optim_bytes, &device)?;
             state = st;
             tracing::info!(epoch = state.epoch, "resuming from the latest checkpoint");
             progress(Progress::Resumed { epoch: state.epoch });
@@ -200,6 +209,7 @@ pub async fn train<B: AutodiffBackend>(
     let select_key = format!("recall@{select_k}");
     let n_users = data.n_users;
     let bs = cfg.batch_size;
+    let batches = n_users.div_ceil(bs);
 
     let mut epoch = state.epoch + 1;
     while epoch <= cfg.epochs {
@@ -219,22 +229,22 @@ pub async fn train<B: AutodiffBackend>(
         let mut rng = StdRng::seed_from_u64(epoch_seed);
         let mut perm: Vec<usize> = (0..n_users).collect();
         perm.shuffle(&mut rng);
-        progress(Progress::EpochStart {
-            epoch,
-            batches: n_users.div_ceil(bs),
-        });
+        progress(Progress::EpochStart { epoch, batches });
         let mut epoch_loss = 0.0;
-        for users in perm.chunks(bs) {
+        for (b, users) in perm.chunks(bs).enumerate() {
             let rows = users.len();
             let mut dense = vec![0f32; rows * n_items];
             input.densify_rows(users, &mut dense);
             let x0 = Tensor::<B, 2>::from_data(TensorData::new(dense, [rows, n_items]), &device);
             let (ts, pts) = state.sampler.sample(rows, &mut rng);
-            let out = diffusion.training_loss(&model, x0, &ts, &pts);
+            let at = StepAt {
+                completed_epochs: epoch - 1,
+                batches_before: (epoch - 1) * batches + b,
+            };
+            let (next, out) = learner.step(&diffusion, x0, &ts, &pts, at);
+            learner = next;
             state.sampler.update(&ts, &out.weighted);
-            epoch_loss += out.loss.clone().into_scalar().elem::<f64>();
-            let grads = GradientsParams::from_grads(out.loss.backward(), &model);
-            model = optim.step(cfg.lr, model, grads);
+            epoch_loss += out.loss;
             progress(Progress::Batch);
         }
         let seconds = started.elapsed().as_secs_f64();
@@ -250,18 +260,18 @@ pub async fn train<B: AutodiffBackend>(
 
         if epoch % cfg.eval_every == 0 {
             let t = Instant::now();
-            let inner = model.valid();
-            let (valid, test) = evaluate(&inner, &diffusion, &input, data, &spec.ks, &device);
+            let model = learner.recommender();
+            let (valid, test) = evaluate(&model, &diffusion, &input, data, &spec.ks, &device);
             let eval_seconds = t.elapsed().as_secs_f64();
             let recall = round4(valid.get(&select_key).copied().unwrap_or(0.0));
             if recall > state.best_recall {
                 state.best_recall = recall;
                 state.best_epoch = epoch;
-                let model_bytes = recorder()
-                    .record(inner.clone().into_record(), ())
-                    .map_err(ckpt_err)?;
-                ws.put_atomic(&best_key(&spec.run), encode(&state, &model_bytes, &[])?)
-                    .await?;
+                ws.put_atomic(
+                    &best_key(&spec.run),
+                    encode(&state, &learner.model_bytes()?, &[])?,
+                )
+                .await?;
             }
             progress(Progress::Evaluated {
                 epoch,
@@ -279,13 +289,9 @@ pub async fn train<B: AutodiffBackend>(
             });
             write_metrics(ws, &spec.run, &state).await?;
         }
-        let model_bytes = recorder()
-            .record(model.clone().into_record(), ())
-            .map_err(ckpt_err)?;
-        let optim_bytes = recorder().record(optim.to_record(), ()).map_err(ckpt_err)?;
         ws.put_atomic(
             &latest_key(&spec.run),
-            encode(&state, &model_bytes, &optim_bytes)?,
+            encode(&state, &learner.model_bytes()?, &learner.optim_bytes()?)?,
         )
         .await?;
         epoch += 1;
@@ -321,7 +327,7 @@ fn summarise(spec: &RunSpec, state: &TrainState, params: usize) -> Summary {
 
 /// Scores every user once (reverse diffusion on the training row) and applies both masks.
 pub fn evaluate<B: Backend>(
-    model: &Denoiser<B>,
+    model: &Recommender<B>,
     diffusion: &GaussianDiffusion,
     input: &CsrMatrix,
     data: &SplitMatrices,
@@ -343,7 +349,7 @@ pub fn evaluate<B: Backend>(
 
 /// Scores of the given users' rows, row-major.
 pub fn score_rows<B: Backend>(
-    model: &Denoiser<B>,
+    model: &Recommender<B>,
     diffusion: &GaussianDiffusion,
     input: &CsrMatrix,
     rows: &[usize],
@@ -353,8 +359,8 @@ pub fn score_rows<B: Backend>(
     let mut dense = vec![0f32; rows.len() * n_items];
     input.densify_rows(rows, &mut dense);
     let x0 = Tensor::<B, 2>::from_data(TensorData::new(dense, [rows.len(), n_items]), device);
-    diffusion
-        .p_sample(model, x0)
+    model
+        .score(diffusion, x0)
         .into_data()
         .convert::<f32>()
         .to_vec::<f32>()
