@@ -132,6 +132,16 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         k: usize,
     },
+    /// Run burn-collective's global orchestrator for multi-node data-parallel training: each
+    /// node's trainer (`train.nodes`, `train.node_rank`, `train.orchestrator: HOST:PORT`,
+    /// `train.node_address`) registers here, then gradients are all-reduced between the nodes.
+    /// Runs until interrupted (Ctrl-C / SIGTERM).
+    Orchestrator {
+        /// HOST:PORT to serve on. burn-collective listens on the port on every interface (it
+        /// takes no host); HOST only documents which address the nodes use.
+        #[arg(long)]
+        bind: String,
+    },
 }
 
 /// The embedded quickstart pipeline (also shipped as pipelines/quickstart.yaml).
@@ -253,6 +263,17 @@ async fn dispatch(command: Command) -> Result<()> {
         } => {
             infer_stage::recommend_one(&workspace, &run, user.as_deref(), history.as_deref(), k)
                 .await
+        }
+        Command::Orchestrator { bind } => {
+            let port = diffrec_trainer::config::host_port(&bind)
+                .with_context(|| format!("--bind: expected HOST:PORT, got {bind:?}"))?;
+            tracing::info!(
+                port,
+                "orchestrator: serving (burn-collective, all interfaces)"
+            );
+            println!("orchestrator: listening on port {port}");
+            burn_collective::start_global_orchestrator(port).await;
+            Ok(())
         }
     }
 }

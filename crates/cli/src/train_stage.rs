@@ -36,7 +36,16 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
             ))?;
         inputs.insert(ITEM_CLUSTERS.to_owned(), hash);
     }
-    let config = serde_json::json!({"model": p.model, "train": p.train, "evaluate": p.evaluate});
+    // Where this process sits among several nodes is no part of the run's identity: every
+    // node of a multi-node run sees the same manifest and shares the checkpoints node 0 writes.
+    let mut config =
+        serde_json::json!({"model": p.model, "train": p.train, "evaluate": p.evaluate});
+    if let Some(t) = config.get_mut("train").and_then(|t| t.as_object_mut()) {
+        for key in ["node_rank", "orchestrator", "node_address"] {
+            t.remove(key);
+        }
+    }
+    let writer = p.train.node_rank == 0;
     if !force {
         match freshness(ws, &dir, &config, &inputs).await? {
             Freshness::UpToDate => {
@@ -48,10 +57,12 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
             Freshness::Stale(why) => tracing::info!("train: running ({why})"),
         }
     }
-    ws.delete(&manifest_key(&dir)).await?;
-    if force {
-        for key in ws.list(&format!("{dir}/checkpoints")).await? {
-            ws.delete(&key).await?;
+    if writer {
+        ws.delete(&manifest_key(&dir)).await?;
+        if force {
+            for key in ws.list(&format!("{dir}/checkpoints")).await? {
+                ws.delete(&key).await?;
+            }
         }
     }
     // The checkpoint fingerprint leaves out what does not change the trajectory (how long to
@@ -82,6 +93,9 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         backend: format!("{:?}", p.train.backend).to_lowercase(),
         fingerprint,
         item_clusters,
+        // --force starts over on every node (node 0 deletes the checkpoints, the others must
+        // not read them meanwhile).
+        fresh: force,
     };
     tracing::info!(
         users = data.n_users,
@@ -123,6 +137,13 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         .await
         .context("train stage failed")?;
     bar.finish();
+    if !writer {
+        println!(
+            "train: node {} of {} done (node 0 writes the run's artifacts)",
+            p.train.node_rank, p.train.nodes
+        );
+        return Ok(());
+    }
 
     let mut outputs = BTreeMap::new();
     for key in [

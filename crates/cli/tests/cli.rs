@@ -669,3 +669,168 @@ fn wgpu_backend_trains_like_the_cpu_backend() {
     assert!((r(&gpu) - r(&cpu)).abs() < 0.05, "wgpu {gpu} vs cpu {cpu}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The training state (JSON) at the head of a checkpoint: magic, u64 length, JSON.
+fn checkpoint_state(path: &Path) -> serde_json::Value {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..4], b"DRCK");
+    let len = u64::from_le_bytes(b[4..12].try_into().unwrap()) as usize;
+    serde_json::from_slice(&b[12..12 + len]).unwrap()
+}
+
+/// Kills the child when dropped (a failed assertion must not leave an orchestrator behind).
+struct Reaped(std::process::Child);
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issue 5 (b): two processes on 127.0.0.1 joined by `diffrec orchestrator` (burn-collective's
+/// global level) train like one process with two devices (local level). Near noise-free
+/// settings (noise std ~1e-5, no dropout) so that float summation order is the only difference;
+/// per-epoch losses must agree to 1e-4 relative.
+///
+/// Ignored: with burn-collective 0.21 both nodes register with the orchestrator and start the
+/// first gradient all-reduce (the nodes' tensor services log a few downloads), then stall
+/// (Ring and Centralized global strategies alike). Run it with `-- --ignored` while working on
+/// it; see the issue notes.
+#[test]
+#[ignore = "multi-node all-reduce stalls in burn-collective 0.21's global level (under investigation)"]
+fn two_nodes_through_the_orchestrator_train_like_one_process() {
+    let dir = tmpdir("nodes");
+    let csv = dir.join("log.csv");
+    let out = diffrec()
+        .args(["generate", "--out", csv.to_str().unwrap()])
+        .args(["--users", "300", "--items", "120"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let p = write_pipeline(
+        &dir,
+        "name: g\ndata:\n  source: {format: csv, path: log.csv}\nmodel:\n  diffusion: {steps: 5, noise_scale: 1.0e-5, noise_min: 1.0e-5, noise_max: 2.0e-5, reweight: false, beta_fixed: false}\n  denoiser: {dims: [32], dropout: 0.0}\n\
+         train: {epochs: 4, eval_every: 2, batch_size: 50, patience: 100, lr: 0.005}\nevaluate: {ks: [20]}\n",
+    );
+    let stage = |stage: &str, ws: &Path, sets: &[String]| {
+        let mut c = diffrec();
+        c.args(["stage", stage, p.to_str().unwrap(), "--workspace"])
+            .arg(ws);
+        for s in sets {
+            c.args(["--set", s]);
+        }
+        c
+    };
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    for ws in [&one, &two] {
+        let out = stage("ingest", ws, &[]).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = stage("train", &one, &["train.devices=[cpu, cpu]".into()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let base = 20000 + (nonce() % 20000) as u16;
+    let orch = format!("127.0.0.1:{base}");
+    let _orchestrator = Reaped(
+        diffrec()
+            .args(["orchestrator", "--bind", &orch])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let nodes: Vec<_> = (0..2)
+        .map(|rank| {
+            let sets = [
+                "train.nodes=2".to_string(),
+                format!("train.node_rank={rank}"),
+                format!("train.orchestrator={orch}"),
+                format!("train.node_address=127.0.0.1:{}", base + 1 + rank),
+            ];
+            stage("train", &two, &sets)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (rank, node) in nodes.into_iter().enumerate() {
+        let out = node.wait_with_output().unwrap();
+        assert!(out.status.success(), "node {rank}: {}", text(&out));
+    }
+    let ckpt = |ws: &Path| checkpoint_state(&ws.join("runs/g/checkpoints/latest.ckpt"));
+    let (a, b) = (ckpt(&one), ckpt(&two));
+    let losses = |s: &serde_json::Value| -> Vec<f64> {
+        s["losses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let (la, lb) = (losses(&a), losses(&b));
+    println!("epoch losses: one process {la:?}, two nodes {lb:?}");
+    assert_eq!(la.len(), 4);
+    assert_eq!(la.len(), lb.len());
+    for (x, y) in la.iter().zip(&lb) {
+        assert!((x - y).abs() <= 1e-4 * x.abs(), "{la:?} vs {lb:?}");
+    }
+    // Training moved: the last epoch's loss is below the first's.
+    assert!(la[3] < la[0], "{la:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// L-DiffRec end to end on a small synthetic log with planted item groups: cluster → train →
+/// evaluate → recommend, then one user from the best checkpoint. The model must rank held-out
+/// items well above chance (random Recall@20 = 20/300).
+#[test]
+fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
+    let dir = tmpdir("ldiffrec");
+    let csv = dir.join("log.csv");
+    let out = diffrec()
+        .args(["generate", "--out", csv.to_str().unwrap()])
+        .args(["--users", "600", "--items", "300", "--clusters", "4"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let p = write_pipeline(
+        &dir,
+        "name: l\ndata:\n  source: {format: csv, path: log.csv}\n\
+         cluster: {k: 3, lightgcn: {epochs: 5, eval_every: 5}}\n\
+         model:\n  variant: l-diffrec\n  diffusion: {steps: 5, noise_max: 0.02}\n  denoiser: {dims: [64]}\n  autoencoder: {dims: [48]}\n\
+         train: {epochs: 30, eval_every: 5, batch_size: 100, patience: 100, lr: 0.0005, ae_lr: 0.001}\nevaluate: {ks: [20]}\nrecommend: {k: 5}\n",
+    );
+    let ws = dir.join("ws");
+    let out = diffrec()
+        .args(["run", p.to_str().unwrap(), "--workspace"])
+        .arg(&ws)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.join("runs/l/summary.json")).unwrap()).unwrap();
+    assert_eq!(s["variant"], "l-diffrec");
+    let r = s["test"]["recall@20"].as_f64().unwrap();
+    println!("l-diffrec recall@20 {r:.4} (random {:.4})", 20.0 / 300.0);
+    assert!(r > 2.0 * 20.0 / 300.0, "{s}");
+    let (cols, rows) = parquet_columns(&ws.join("runs/l/recommendations.parquet"));
+    assert_eq!(
+        cols,
+        [
+            "user_id:Utf8",
+            "rank:UInt32",
+            "item_id:Utf8",
+            "score:Float32"
+        ]
+    );
+    assert!(rows > 0 && rows % 5 == 0, "{rows}");
+    let out = diffrec()
+        .args(["recommend", "--workspace", ws.to_str().unwrap()])
+        .args(["--run", "l", "--history", "1,2,3", "--k", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::remove_dir_all(dir).unwrap();
+}

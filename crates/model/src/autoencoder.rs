@@ -39,6 +39,31 @@ pub fn latent_dims(cluster_sizes: &[usize], dims: &[usize]) -> Vec<Vec<usize>> {
     out
 }
 
+/// Device index of each cluster: largest encoder first, each to the device with the fewest
+/// encoder parameters so far (ties: the lower index).
+pub fn placement(sizes: &[usize], dims: &[Vec<usize>], devices: usize) -> Vec<usize> {
+    let params: Vec<usize> = sizes
+        .iter()
+        .zip(dims)
+        .map(|(&len, d)| {
+            let mut widths = vec![len];
+            widths.extend_from_slice(&d[..d.len() - 1]);
+            widths.push(2 * d[d.len() - 1]);
+            widths.windows(2).map(|w| (w[0] + 1) * w[1]).sum()
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by_key(|&c| std::cmp::Reverse(params[c]));
+    let mut load = vec![0usize; devices.max(1)];
+    let mut at = vec![0; sizes.len()];
+    for c in order {
+        let d = (0..load.len()).min_by_key(|&d| load[d]).unwrap_or(0);
+        load[d] += params[c];
+        at[c] = d;
+    }
+    at
+}
+
 /// What [`ClusteredAutoEncoder::encode`] returns.
 #[derive(Debug, Clone)]
 pub struct Encoded<B: Backend> {
@@ -70,12 +95,26 @@ pub struct ClusteredAutoEncoder<B: Backend> {
     /// Latent width of each cluster.
     #[module(skip)]
     widths: Vec<usize>,
+    /// Built for several devices (model parallelism).
+    #[module(skip)]
+    spread: bool,
+    /// Whether `encode(_, true)` samples (`model.autoencoder.reparam`).
+    #[module(skip)]
+    reparam: bool,
 }
 
 impl<B: Backend> ClusteredAutoEncoder<B> {
     /// `labels[i]` is item i's cluster (0..k, every cluster non-empty; k = 1: no clustering).
     /// Xavier-normal weights, zero biases (spec §3.3).
     pub fn new(labels: &[u32], cfg: &AutoEncoderConfig, device: &B::Device) -> Self {
+        Self::placed(labels, cfg, std::slice::from_ref(device))
+    }
+
+    /// Like [`Self::new`], with the cluster encoders (and per-cluster decoders) spread over
+    /// `devices` (model parallelism): largest cluster first, each to the device with the fewest
+    /// encoder parameters so far. The shared decoder and the outputs live on `devices[0]`.
+    pub fn placed(labels: &[u32], cfg: &AutoEncoderConfig, devices: &[B::Device]) -> Self {
+        let device = &devices[0];
         let k = labels.iter().map(|&c| c as usize + 1).max().unwrap_or(1);
         let mut clusters = vec![Vec::new(); k];
         for (i, &c) in labels.iter().enumerate() {
@@ -91,11 +130,14 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
         }
         let sizes: Vec<usize> = clusters.iter().map(Vec::len).collect();
         let dims = latent_dims(&sizes, &cfg.dims);
+        let place = placement(&sizes, &dims, devices.len());
         let init = InitScheme::Xavier;
         let encoders = sizes
             .iter()
             .zip(&dims)
-            .map(|(&len, d)| {
+            .zip(&place)
+            .map(|((&len, d), &at)| {
+                let device = &devices[at];
                 let mut widths = vec![len];
                 widths.extend_from_slice(&d[..d.len() - 1]);
                 widths.push(2 * d[d.len() - 1]);
@@ -111,7 +153,9 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
             DecoderKind::PerCluster => sizes
                 .iter()
                 .zip(&dims)
-                .map(|(&len, d)| {
+                .zip(&place)
+                .map(|((&len, d), &at)| {
+                    let device = &devices[at];
                     let mut widths: Vec<usize> = d.iter().rev().copied().collect();
                     widths.push(len);
                     widths
@@ -128,6 +172,8 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
             clusters,
             position_of,
             widths: dims.iter().map(|d| d[d.len() - 1]).collect(),
+            spread: devices.len() > 1,
+            reparam: cfg.reparam,
         };
         // Materialise the lazy parameters now, in a fixed order (see `Denoiser::new`).
         let _ = model.num_params();
@@ -144,32 +190,80 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
         &self.widths
     }
 
+    /// The device of each cluster's encoder.
+    pub fn encoder_devices(&self) -> Vec<B::Device> {
+        self.encoders
+            .iter()
+            .map(|layers| layers[0].weight.device())
+            .collect()
+    }
+
+    /// Whether the encoders were placed over several (logical) devices: they then run in one
+    /// thread each.
+    fn is_spread(&self) -> bool {
+        self.spread
+    }
+
     fn index(&self, values: &[i64], device: &B::Device) -> Tensor<B, 1, Int> {
         Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
     }
 
     /// Encodes `x` ([batch, n_items], item order). Dropout is active only on an autodiff
-    /// backend (training); `sample` draws the latent with the reparameterisation trick.
+    /// backend (training); `sample` draws the latent with the reparameterisation trick (unless
+    /// `model.autoencoder.reparam` is off).
     pub fn encode(&self, x: Tensor<B, 2>, sample: bool) -> Encoded<B> {
         let device = x.device();
         let target = self.dropout.forward(x);
-        let mut mus = Vec::with_capacity(self.encoders.len());
-        let mut logvars = Vec::with_capacity(self.encoders.len());
-        for ((layers, items), &w) in self.encoders.iter().zip(&self.clusters).zip(&self.widths) {
-            let mut h = if self.clusters.len() == 1 {
-                target.clone()
-            } else {
-                target.clone().select(1, self.index(items, &device))
-            };
+        let slices: Vec<Tensor<B, 2>> = self
+            .clusters
+            .iter()
+            .map(|items| {
+                if self.clusters.len() == 1 {
+                    target.clone()
+                } else {
+                    target.clone().select(1, self.index(items, &device))
+                }
+            })
+            .collect();
+        let run = |layers: &Vec<Linear<B>>, h: Tensor<B, 2>| {
+            // Model parallelism: the slice goes to the encoder's device and the result comes
+            // back (both differentiable; no-ops on a single device).
+            let mut h = h.to_device(&layers[0].weight.device());
             for layer in layers {
                 h = layer.forward(h).tanh();
             }
+            h.to_device(&device)
+        };
+        let outs: Vec<Tensor<B, 2>> = if self.is_spread() {
+            // One thread per encoder, so that devices work at the same time.
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = self
+                    .encoders
+                    .iter()
+                    .zip(slices)
+                    .map(|(layers, h)| scope.spawn(move || run(layers, h)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("an encoder thread panicked"))
+                    .collect()
+            })
+        } else {
+            self.encoders
+                .iter()
+                .zip(slices)
+                .map(|(layers, h)| run(layers, h))
+                .collect()
+        };
+        let mut mus = Vec::with_capacity(outs.len());
+        let mut logvars = Vec::with_capacity(outs.len());
+        for (h, &w) in outs.into_iter().zip(&self.widths) {
             mus.push(h.clone().narrow(1, 0, w));
             logvars.push(h.narrow(1, w, w));
         }
         let mu = Tensor::cat(mus, 1);
         let logvar = Tensor::cat(logvars, 1);
-        let latent = if sample {
+        let latent = if sample && self.reparam {
             let eps = Tensor::random(mu.shape(), Distribution::Normal(0.0, 1.0), &device);
             mu.clone() + (logvar.clone() * 0.5).exp() * eps
         } else {
@@ -192,7 +286,8 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
     /// Scores for every item ([batch, n_items], item order) from latents [batch, latent_width].
     pub fn decode(&self, z: Tensor<B, 2>) -> Tensor<B, 2> {
         let device = z.device();
-        let run = |layers: &Vec<Linear<B>>, mut h: Tensor<B, 2>| {
+        let run = |layers: &Vec<Linear<B>>, h: Tensor<B, 2>| {
+            let mut h = h.to_device(&layers[0].weight.device());
             let last = layers.len() - 1;
             for (k, layer) in layers.iter().enumerate() {
                 h = layer.forward(h);
@@ -200,7 +295,7 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
                     h = h.tanh();
                 }
             }
-            h
+            h.to_device(&device)
         };
         let in_cluster_order = if self.decoders.len() == 1 {
             run(&self.decoders[0], z)

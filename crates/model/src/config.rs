@@ -101,6 +101,10 @@ pub struct AutoEncoderConfig {
     /// `model.autoencoder.dropout`: dropout on the encoder's input. Default 0.1.
     #[serde(default = "default_ae_dropout")]
     pub dropout: f64,
+    /// `model.autoencoder.reparam`: sample the latent with the reparameterisation trick in
+    /// training (false: the latent is μ, as at inference). Default true (the authors' code).
+    #[serde(default = "default_true")]
+    pub reparam: bool,
     /// `model.autoencoder.lambda`: weight λ of the diffusion loss in
     /// loss = λ·diffusion + reconstruction + γ·KL, at epoch 1 (spec §4.4). Default 0.03.
     #[serde(default = "default_lambda")]
@@ -147,6 +151,7 @@ impl Default for AutoEncoderConfig {
             dims: default_ae_dims(),
             decoder: default_decoder(),
             dropout: default_ae_dropout(),
+            reparam: true,
             lambda: default_lambda(),
             lambda_anneal_epochs: default_lambda_anneal(),
             lambda_cap: default_lambda_cap(),

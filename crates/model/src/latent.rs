@@ -35,7 +35,14 @@ pub struct LatentLoss<B: Backend> {
 impl<B: Backend> LatentDiffRec<B> {
     /// `labels[i]`: item i's cluster. Xavier-normal weights and zero biases throughout (spec §3.3).
     pub fn new(labels: &[u32], cfg: &ModelConfig, device: &B::Device) -> Self {
-        let autoencoder = ClusteredAutoEncoder::new(labels, &cfg.autoencoder, device);
+        Self::placed(labels, cfg, std::slice::from_ref(device))
+    }
+
+    /// Model parallelism: the cluster encoders spread over `devices`
+    /// ([`ClusteredAutoEncoder::placed`]); the denoiser and decoder on `devices[0]`.
+    pub fn placed(labels: &[u32], cfg: &ModelConfig, devices: &[B::Device]) -> Self {
+        let device = &devices[0];
+        let autoencoder = ClusteredAutoEncoder::placed(labels, &cfg.autoencoder, devices);
         let denoiser = Denoiser::new(
             autoencoder.latent_width(),
             &cfg.denoiser,
@@ -189,6 +196,74 @@ mod tests {
         let dn = GradientsParams::from_module(&mut grads, &m.denoiser);
         // Two encoders + one shared decoder (weight, bias each); the denoiser's three layers.
         assert_eq!((ae.len(), dn.len()), (6, 6));
+    }
+
+    /// Issue 5 (c): cluster encoders spread over devices (here three logical CPU devices, one
+    /// thread each) give the single-device model's loss and gradients. The backend RNG is
+    /// shared with concurrently running tests, so both models load the same record, and the
+    /// diffusion noise is ~1e-5 (no reparameterisation, no dropout): a step is then a function
+    /// of the parameters and the batch.
+    #[test]
+    fn model_parallel_clusters_give_the_single_device_loss() {
+        let dev: burn_flex::FlexDevice = Default::default();
+        let mut cfg = config();
+        cfg.autoencoder.decoder = crate::config::DecoderKind::PerCluster;
+        cfg.autoencoder.reparam = false;
+        cfg.diffusion.noise_scale = 1e-5;
+        cfg.diffusion.noise_min = 1e-5;
+        cfg.diffusion.noise_max = 2e-5;
+        cfg.diffusion.reweight = false;
+        let d = GaussianDiffusion::new(&cfg.diffusion, cfg.beta_fixed()).unwrap();
+        let labels = [0u32, 1, 2, 1, 1, 0, 2, 2, 0];
+        let x = [
+            [1.0f32, 0., 1., 0., 0., 1., 0., 1., 0.],
+            [0., 1., 0., 1., 1., 0., 0., 0., 1.],
+        ];
+        let base = LatentDiffRec::<AB>::new(&labels, &cfg, &dev);
+        let run = |devices: &[burn_flex::FlexDevice]| {
+            let m = LatentDiffRec::<AB>::placed(&labels, &cfg, devices)
+                .load_record(base.clone().into_record());
+            let out = m.loss(
+                &d,
+                Tensor::from_floats(x, &dev),
+                &[1, 3],
+                &[1.0, 1.0],
+                0.2,
+                0.1,
+            );
+            let loss: f64 = out.loss.clone().into_scalar().elem();
+            let mut grads = out.loss.backward();
+            let g = GradientsParams::from_module(&mut grads, &m.autoencoder);
+            // The gradients, seen through one plain SGD step: the stepped encoders' μ.
+            let mut sgd = burn::optim::SgdConfig::new().init::<AB, ClusteredAutoEncoder<AB>>();
+            let stepped = burn::optim::Optimizer::step(&mut sgd, 1.0, m.autoencoder.clone(), g);
+            let norms: Vec<f32> = stepped
+                .encode(Tensor::from_floats(x, &dev), false)
+                .mu
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .unwrap();
+            (loss, norms, m.autoencoder.encoder_devices().len())
+        };
+        let (l1, g1, _) = run(std::slice::from_ref(&dev));
+        let (l3, g3, encoders) = run(&[dev, dev, dev]);
+        assert_eq!(encoders, 3);
+        assert!((l1 - l3).abs() <= 1e-4 * l1.abs(), "{l3} vs {l1}");
+        assert!(!g1.is_empty() && g1.len() == g3.len());
+        for (a, b) in g1.iter().zip(&g3) {
+            assert!((a - b).abs() <= 1e-4, "{b} vs {a}");
+        }
+    }
+
+    #[test]
+    fn placement_balances_encoder_parameters() {
+        use crate::autoencoder::{latent_dims, placement};
+        // Three clusters on two devices: the largest alone, the two others together.
+        let sizes = [1000, 600, 500];
+        let dims = latent_dims(&sizes, &[30]);
+        assert_eq!(placement(&sizes, &dims, 2), vec![0, 1, 1]);
+        assert_eq!(placement(&sizes, &dims, 1), vec![0, 0, 0]);
     }
 
     #[test]

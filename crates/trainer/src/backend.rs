@@ -9,17 +9,22 @@ use crate::config::Backend;
 use crate::error::TrainError;
 use crate::train::{Progress, RunSpec, Summary, train};
 
-/// The one device of `train.devices` (none: the backend's default). Several devices are the
-/// multi-device trainer's work and refused here with a clear message.
-fn single_device(devices: &[String]) -> Result<Option<&str>, TrainError> {
-    match devices {
-        [] => Ok(None),
-        [d] => Ok(Some(d.as_str())),
-        more => Err(TrainError::Input(format!(
-            "train.devices lists {} devices; this trainer uses one device (data-parallel and \
-             model-parallel training land with L-DiffRec's multi-device trainer)",
-            more.len()
-        ))),
+/// The devices of `train.devices`, parsed by `parse` (`None`: the backend's default device).
+fn devices_of<D>(
+    devices: &[String],
+    parse: impl Fn(Option<&str>) -> Result<D, TrainError>,
+) -> Result<Vec<D>, TrainError> {
+    if devices.is_empty() {
+        return Ok(vec![parse(None)?]);
+    }
+    devices.iter().map(|d| parse(Some(d))).collect()
+}
+
+/// `cpu` or `cpu:N`: the CPU (each entry a further logical device, one thread each).
+fn cpu_device(d: Option<&str>) -> Result<burn_flex::FlexDevice, TrainError> {
+    match d {
+        Some(d) if !d.starts_with("cpu") => Err(wrong_device("cpu", d)),
+        _ => Ok(Default::default()),
     }
 }
 
@@ -71,27 +76,25 @@ pub async fn train_on(
     spec: &RunSpec,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, TrainError> {
-    let device = single_device(&spec.train.devices)?;
+    let devices = &spec.train.devices;
     match backend {
         Backend::Cpu | Backend::Flex => {
-            if let Some(d) = device.filter(|d| !d.starts_with("cpu")) {
-                return Err(wrong_device("cpu", d));
-            }
-            train::<Autodiff<burn_flex::Flex>>(ws, data, spec, Default::default(), progress).await
+            let devices = devices_of(devices, cpu_device)?;
+            train::<Autodiff<burn_flex::Flex>>(ws, data, spec, devices, progress).await
         }
         Backend::Ndarray => Err(TrainError::BackendMissing("ndarray")),
         #[cfg(feature = "wgpu")]
         Backend::Wgpu => {
-            let device = wgpu_device(device)?;
-            tracing::info!(?device, "train: wgpu device");
-            train::<Autodiff<burn::backend::Wgpu>>(ws, data, spec, device, progress).await
+            let devices = devices_of(devices, wgpu_device)?;
+            tracing::info!(?devices, "train: wgpu devices");
+            train::<Autodiff<burn::backend::Wgpu>>(ws, data, spec, devices, progress).await
         }
         #[cfg(not(feature = "wgpu"))]
         Backend::Wgpu => Err(TrainError::BackendMissing("wgpu")),
         #[cfg(feature = "cuda")]
         Backend::Cuda => {
-            let device = cuda_device(device)?;
-            train::<Autodiff<burn::backend::Cuda>>(ws, data, spec, device, progress).await
+            let devices = devices_of(devices, cuda_device)?;
+            train::<Autodiff<burn::backend::Cuda>>(ws, data, spec, devices, progress).await
         }
         #[cfg(not(feature = "cuda"))]
         Backend::Cuda => Err(TrainError::BackendMissing("cuda")),

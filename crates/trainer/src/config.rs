@@ -34,6 +34,16 @@ pub enum Backend {
     Cuda,
 }
 
+/// `train.parallel`: how several devices share the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parallel {
+    /// A model replica per device, each batch split over them, gradients all-reduced.
+    Data,
+    /// L-DiffRec only: the cluster encoders (and per-cluster decoders) spread over the devices.
+    Model,
+}
+
 /// `train`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,11 +57,33 @@ pub struct TrainConfig {
     /// `train.backend`: `cpu`, `ndarray`, `flex`, `wgpu` or `cuda`. Default `cpu`.
     #[serde(default = "default_backend")]
     pub backend: Backend,
-    /// `train.devices`: device names: `cpu`, `cuda:N`, `wgpu:N` (N-th discrete GPU) or `wgpu:cpu`
-    /// (a CPU Vulkan driver, e.g. Mesa's lavapipe). Default `[]` (the backend's default
-    /// device). One device today; several are refused until the multi-device trainer lands.
+    /// `train.devices`: device names: `cpu` (or `cpu:N`, the same CPU as a further logical
+    /// device), `cuda:N`, `wgpu:N` (N-th discrete GPU) or `wgpu:cpu` (a CPU Vulkan driver, e.g.
+    /// Mesa's lavapipe). Default `[]` (the backend's default device). Several devices train
+    /// together as `train.parallel` says.
     #[serde(default)]
     pub devices: Vec<String>,
+    /// `train.parallel`: `data` (replicas, batch split, gradients all-reduced with
+    /// burn-collective) or `model` (L-DiffRec's cluster encoders spread over the devices).
+    /// Default `data`.
+    #[serde(default = "default_parallel")]
+    pub parallel: Parallel,
+    /// `train.nodes`: machines training together (data-parallel through `diffrec orchestrator`),
+    /// each with the same number of devices and the same pipeline except `node_rank` and
+    /// `node_address`. Default 1.
+    #[serde(default = "default_nodes")]
+    pub nodes: usize,
+    /// `train.node_rank`: this machine's rank, 0..nodes; node 0 writes the run's artifacts.
+    /// Default 0.
+    #[serde(default)]
+    pub node_rank: usize,
+    /// `train.orchestrator`: `HOST:PORT` of `diffrec orchestrator` (needed when nodes > 1).
+    #[serde(default)]
+    pub orchestrator: Option<String>,
+    /// `train.node_address`: `HOST:PORT` where the other nodes reach this node's tensor service
+    /// (burn-collective listens on that port on every interface; needed when nodes > 1).
+    #[serde(default)]
+    pub node_address: Option<String>,
     /// `train.lr`: AdamW learning rate of the denoiser (lr2 of L-DiffRec). Default 0.001.
     #[serde(default = "default_lr")]
     pub lr: f64,
@@ -68,6 +100,11 @@ pub struct TrainConfig {
     /// `train.batch_size`: users per step. Default 400.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// `train.max_batches`: stop each epoch after this many batches (benchmarks and smoke runs
+    /// on large data: the step time and peak memory show within a few batches). Default: none,
+    /// every user each epoch.
+    #[serde(default)]
+    pub max_batches: Option<usize>,
     /// `train.eval_every`: epochs between evaluations. Default 5.
     #[serde(default = "default_eval_every")]
     pub eval_every: usize,
@@ -101,11 +138,17 @@ impl Default for TrainConfig {
             epochs: default_epochs(),
             backend: default_backend(),
             devices: Vec::new(),
+            parallel: default_parallel(),
+            nodes: default_nodes(),
+            node_rank: 0,
+            orchestrator: None,
+            node_address: None,
             lr: default_lr(),
             weight_decay: 0.0,
             ae_lr: default_lr(),
             ae_weight_decay: 0.0,
             batch_size: default_batch(),
+            max_batches: None,
             eval_every: default_eval_every(),
             patience: default_patience(),
         }
@@ -130,6 +173,12 @@ fn default_epochs() -> usize {
 }
 fn default_backend() -> Backend {
     Backend::Cpu
+}
+fn default_parallel() -> Parallel {
+    Parallel::Data
+}
+fn default_nodes() -> usize {
+    1
 }
 fn default_lr() -> f64 {
     1e-3
@@ -175,6 +224,43 @@ impl TrainConfig {
                 return Err(err(key, format!("must be ≥ 0, got {v}")));
             }
         }
+        if self.max_batches == Some(0) {
+            return Err(err(
+                "train.max_batches",
+                "must be ≥ 1 (leave it out for whole epochs)",
+            ));
+        }
+        if self.nodes == 0 {
+            return Err(err("train.nodes", "must be ≥ 1"));
+        }
+        if self.node_rank >= self.nodes {
+            return Err(err(
+                "train.node_rank",
+                format!(
+                    "must be < train.nodes ({}), got {}",
+                    self.nodes, self.node_rank
+                ),
+            ));
+        }
+        if self.nodes > 1 {
+            if self.parallel == Parallel::Model {
+                return Err(err(
+                    "train.parallel",
+                    "model parallelism runs on one machine; several nodes train data-parallel",
+                ));
+            }
+            for (key, v) in [
+                ("train.orchestrator", &self.orchestrator),
+                ("train.node_address", &self.node_address),
+            ] {
+                let Some(v) = v else {
+                    return Err(err(key, "needed when train.nodes > 1 (HOST:PORT)"));
+                };
+                if host_port(v).is_none() {
+                    return Err(err(key, format!("expected HOST:PORT, got {v:?}")));
+                }
+            }
+        }
         for d in &self.devices {
             let ok = d == "cpu"
                 || d.split_once(':').is_some_and(|(kind, idx)| {
@@ -190,6 +276,14 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+/// The port of `HOST:PORT` (an optional `ws://` prefix allowed).
+pub fn host_port(s: &str) -> Option<u16> {
+    let s = s.strip_prefix("ws://").unwrap_or(s);
+    let (host, port) = s.rsplit_once(':')?;
+    (!host.is_empty()).then_some(())?;
+    port.parse().ok()
 }
 
 impl EvaluateConfig {
@@ -229,6 +323,15 @@ mod tests {
         t.validate().unwrap();
         let t: TrainConfig = serde_json::from_str(r#"{"devices": ["tpu:0"]}"#).unwrap();
         assert_eq!(t.validate().unwrap_err().key, "train.devices");
+        let t: TrainConfig = serde_json::from_str(r#"{"nodes": 2}"#).unwrap();
+        assert_eq!(t.validate().unwrap_err().key, "train.orchestrator");
+        let t: TrainConfig = serde_json::from_str(
+            r#"{"nodes": 2, "node_rank": 1, "orchestrator": "127.0.0.1:4000", "node_address": "127.0.0.1"}"#,
+        )
+        .unwrap();
+        assert_eq!(t.validate().unwrap_err().key, "train.node_address");
+        let t: TrainConfig = serde_json::from_str(r#"{"nodes": 2, "node_rank": 2}"#).unwrap();
+        assert_eq!(t.validate().unwrap_err().key, "train.node_rank");
         let e: EvaluateConfig = serde_json::from_str(r#"{"ks": [0]}"#).unwrap();
         assert_eq!(e.validate().unwrap_err().key, "evaluate.ks");
     }

@@ -13,6 +13,9 @@ pub enum TrainError {
     BackendMissing(&'static str),
     #[error("{0}")]
     Input(String),
+    /// burn-collective failed (a replica, the orchestrator or another node).
+    #[error("multi-device training: {0}")]
+    Collective(String),
 }
 
 impl TrainError {
@@ -21,7 +24,7 @@ impl TrainError {
         match self {
             TrainError::Data(d) => d.is_input(),
             TrainError::Model(_) | TrainError::BackendMissing(_) | TrainError::Input(_) => true,
-            TrainError::Checkpoint(_) => false,
+            TrainError::Checkpoint(_) | TrainError::Collective(_) => false,
         }
     }
 }

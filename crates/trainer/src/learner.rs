@@ -3,7 +3,7 @@
 //! rate and weight decay), λ annealed per epoch and the KL weight per batch. The loop in
 //! `train.rs` is the same for both.
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
@@ -16,6 +16,7 @@ use diffrec_model::{
 
 use crate::checkpoint::{frame, unframe};
 use crate::error::TrainError;
+use crate::parallel::{Shard, gather, sync};
 use crate::train::RunSpec;
 
 /// Where in the run a step happens (the annealing schedules read it).
@@ -25,6 +26,18 @@ pub(crate) struct StepAt {
     pub completed_epochs: usize,
     /// Training batches before this one over the whole run.
     pub batches_before: usize,
+}
+
+/// One training batch, on the host: dense rows and their sampled steps.
+#[derive(Debug, Clone)]
+pub(crate) struct Batch {
+    /// Row-major [rows, cols].
+    pub x0: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+    pub ts: Vec<usize>,
+    /// p_t·T per row (importance weights).
+    pub pts: Vec<f64>,
 }
 
 /// One optimisation step's outcome.
@@ -37,23 +50,25 @@ pub(crate) struct StepOut {
 
 /// A model with its optimiser state.
 pub(crate) trait Learner<B: AutodiffBackend>: Sized {
-    /// One step on the batch `x0` with steps `ts` and importance weights `pts`.
+    /// One step on `batch`. With a `shard`, the batch is this replica's part of a larger one:
+    /// the loss is scaled by its share and gradients and statistics are summed over the
+    /// replicas (see `parallel.rs`), so every replica takes the whole batch's step.
     fn step(
         self,
         diffusion: &GaussianDiffusion,
-        x0: Tensor<B, 2>,
-        ts: &[usize],
-        pts: &[f64],
+        batch: Batch,
         at: StepAt,
-    ) -> (Self, StepOut);
+        shard: Option<&Shard>,
+    ) -> Result<(Self, StepOut), TrainError>;
     /// The model for evaluation (no autodiff, no dropout).
     fn recommender(&self) -> Recommender<B::InnerBackend>;
     fn params(&self) -> usize;
     /// The model record (loadable on any backend).
     fn model_bytes(&self) -> Result<Vec<u8>, TrainError>;
     fn optim_bytes(&self) -> Result<Vec<u8>, TrainError>;
-    /// Restores model and optimiser state written by `model_bytes`/`optim_bytes`.
-    fn load(self, model: Vec<u8>, optim: Vec<u8>, device: &B::Device) -> Result<Self, TrainError>;
+    /// Restores the model and, when given, the optimiser state written by
+    /// `model_bytes`/`optim_bytes`.
+    fn load(self, model: Vec<u8>, optim: Option<Vec<u8>>) -> Result<Self, TrainError>;
 }
 
 pub(crate) fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
@@ -65,6 +80,22 @@ pub(crate) fn ckpt_err(e: impl std::fmt::Display) -> TrainError {
 }
 
 type AdamWOf<M, B> = OptimizerAdaptor<AdamW, M, B>;
+
+/// Replaces every parameter id by its visiting order. Burn draws ids at random in each process;
+/// data parallelism across nodes all-reduces gradients in id order, so every node must agree.
+struct StableIds(u64);
+
+impl<B: Backend> ModuleMapper<B> for StableIds {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (_, tensor, mapper) = param.consume();
+        self.0 += 1;
+        Param::from_mapped_value(ParamId::from(self.0), tensor, mapper)
+    }
+}
+
+fn stable_ids<B: Backend, M: Module<B>>(module: M) -> M {
+    module.map(&mut StableIds(0))
+}
 
 /// AdamW with PyTorch's defaults (burn's differ: eps 1e-5, weight decay 1e-4).
 fn adamw<B: AutodiffBackend, M: AutodiffModule<B>>(weight_decay: f64) -> AdamWOf<M, B> {
@@ -80,19 +111,39 @@ fn record_bytes<B: Backend, R: burn::record::Record<B>>(record: R) -> Result<Vec
     recorder().record(record, ()).map_err(ckpt_err)
 }
 
+fn to_tensor<B: Backend>(batch: Batch, device: &B::Device) -> Tensor<B, 2> {
+    Tensor::from_data(TensorData::new(batch.x0, [batch.rows, batch.cols]), device)
+}
+
+/// The differentiated loss of a replica: scaled by its share of the batch, so that summing
+/// the replicas' gradients gives the gradient of the whole batch's mean.
+fn scaled<B: Backend>(loss: Tensor<B, 1>, shard: Option<&Shard>) -> Tensor<B, 1> {
+    match shard {
+        Some(s) => loss * s.scale(),
+        None => loss,
+    }
+}
+
 /// DiffRec/T-DiffRec.
 pub(crate) struct DenseLearner<B: AutodiffBackend> {
     model: Denoiser<B>,
     optim: AdamWOf<Denoiser<B>, B>,
     lr: f64,
+    device: B::Device,
 }
 
 impl<B: AutodiffBackend> DenseLearner<B> {
     pub fn new(n_items: usize, spec: &RunSpec, device: &B::Device) -> Self {
         DenseLearner {
-            model: Denoiser::new(n_items, &spec.model.denoiser, InitScheme::DiffRec, device),
+            model: stable_ids(Denoiser::new(
+                n_items,
+                &spec.model.denoiser,
+                InitScheme::DiffRec,
+                device,
+            )),
             optim: adamw(spec.train.weight_decay),
             lr: spec.train.lr,
+            device: device.clone(),
         }
     }
 }
@@ -101,17 +152,27 @@ impl<B: AutodiffBackend> Learner<B> for DenseLearner<B> {
     fn step(
         mut self,
         diffusion: &GaussianDiffusion,
-        x0: Tensor<B, 2>,
-        ts: &[usize],
-        pts: &[f64],
+        batch: Batch,
         _at: StepAt,
-    ) -> (Self, StepOut) {
-        let out = diffusion.training_loss(&self.model, x0, ts, pts);
-        let loss = out.loss.clone().into_scalar().elem::<f64>();
-        let grads = GradientsParams::from_grads(out.loss.backward(), &self.model);
+        shard: Option<&Shard>,
+    ) -> Result<(Self, StepOut), TrainError> {
+        let (ts, pts) = (batch.ts.clone(), batch.pts.clone());
+        let x0 = to_tensor(batch, &self.device);
+        let out = diffusion.training_loss(&self.model, x0, &ts, &pts);
+        let loss_t = scaled(out.loss, shard);
+        let loss = loss_t.clone().into_scalar().elem::<f64>();
+        let grads = GradientsParams::from_grads(loss_t.backward(), &self.model);
+        let grads = sync::<B>(grads, shard)?;
         self.model = self.optim.step(self.lr, self.model, grads);
-        let weighted = out.weighted;
-        (self, StepOut { loss, weighted })
+        let out = gather::<B>(
+            StepOut {
+                loss,
+                weighted: out.weighted,
+            },
+            shard,
+            &self.device,
+        )?;
+        Ok((self, out))
     }
     fn recommender(&self) -> Recommender<B::InnerBackend> {
         Recommender::Dense(self.model.valid())
@@ -125,18 +186,16 @@ impl<B: AutodiffBackend> Learner<B> for DenseLearner<B> {
     fn optim_bytes(&self) -> Result<Vec<u8>, TrainError> {
         record_bytes::<B, _>(self.optim.to_record())
     }
-    fn load(
-        mut self,
-        model: Vec<u8>,
-        optim: Vec<u8>,
-        device: &B::Device,
-    ) -> Result<Self, TrainError> {
+    fn load(mut self, model: Vec<u8>, optim: Option<Vec<u8>>) -> Result<Self, TrainError> {
+        let device = &self.device;
         self.model = self
             .model
             .load_record(recorder().load(model, device).map_err(ckpt_err)?);
-        self.optim = self
-            .optim
-            .load_record(recorder().load(optim, device).map_err(ckpt_err)?);
+        if let Some(optim) = optim {
+            self.optim = self
+                .optim
+                .load_record(recorder().load(optim, device).map_err(ckpt_err)?);
+        }
         Ok(self)
     }
 }
@@ -149,18 +208,22 @@ pub(crate) struct LatentLearner<B: AutodiffBackend> {
     ae_lr: f64,
     dn_lr: f64,
     anneal: AutoEncoderConfig,
+    device: B::Device,
 }
 
 impl<B: AutodiffBackend> LatentLearner<B> {
-    /// `labels[i]`: item i's cluster (from the cluster stage).
-    pub fn new(labels: &[u32], spec: &RunSpec, device: &B::Device) -> Self {
+    /// `labels[i]`: item i's cluster (from the cluster stage). Several `devices`: model
+    /// parallelism over the cluster encoders; the batch and the denoiser on `devices[0]`.
+    pub fn new(labels: &[u32], spec: &RunSpec, devices: &[B::Device]) -> Self {
+        let device = &devices[0];
         LatentLearner {
-            model: LatentDiffRec::new(labels, &spec.model, device),
+            model: stable_ids(LatentDiffRec::placed(labels, &spec.model, devices)),
             ae_optim: adamw(spec.train.ae_weight_decay),
             dn_optim: adamw(spec.train.weight_decay),
             ae_lr: spec.train.ae_lr,
             dn_lr: spec.train.lr,
             anneal: spec.model.autoencoder.clone(),
+            device: device.clone(),
         }
     }
 }
@@ -169,18 +232,26 @@ impl<B: AutodiffBackend> Learner<B> for LatentLearner<B> {
     fn step(
         mut self,
         diffusion: &GaussianDiffusion,
-        x0: Tensor<B, 2>,
-        ts: &[usize],
-        pts: &[f64],
+        batch: Batch,
         at: StepAt,
-    ) -> (Self, StepOut) {
+        shard: Option<&Shard>,
+    ) -> Result<(Self, StepOut), TrainError> {
         let lambda = self.anneal.lambda_at(at.completed_epochs);
         let gamma = self.anneal.kl_weight_at(at.batches_before);
-        let out = self.model.loss(diffusion, x0, ts, pts, lambda, gamma);
-        let loss = out.loss.clone().into_scalar().elem::<f64>();
-        let mut grads = out.loss.backward();
-        let ae_grads = GradientsParams::from_module(&mut grads, &self.model.autoencoder);
-        let dn_grads = GradientsParams::from_module(&mut grads, &self.model.denoiser);
+        let (ts, pts) = (batch.ts.clone(), batch.pts.clone());
+        let x0 = to_tensor(batch, &self.device);
+        let out = self.model.loss(diffusion, x0, &ts, &pts, lambda, gamma);
+        let loss_t = scaled(out.loss, shard);
+        let loss = loss_t.clone().into_scalar().elem::<f64>();
+        let mut grads = loss_t.backward();
+        let ae_grads = sync::<B>(
+            GradientsParams::from_module(&mut grads, &self.model.autoencoder),
+            shard,
+        )?;
+        let dn_grads = sync::<B>(
+            GradientsParams::from_module(&mut grads, &self.model.denoiser),
+            shard,
+        )?;
         let LatentDiffRec {
             autoencoder,
             denoiser,
@@ -190,8 +261,15 @@ impl<B: AutodiffBackend> Learner<B> for LatentLearner<B> {
             autoencoder: self.ae_optim.step(self.ae_lr, autoencoder, ae_grads),
             denoiser: self.dn_optim.step(self.dn_lr, denoiser, dn_grads),
         };
-        let weighted = out.weighted;
-        (self, StepOut { loss, weighted })
+        let out = gather::<B>(
+            StepOut {
+                loss,
+                weighted: out.weighted,
+            },
+            shard,
+            &self.device,
+        )?;
+        Ok((self, out))
     }
     fn recommender(&self) -> Recommender<B::InnerBackend> {
         Recommender::Latent(self.model.valid())
@@ -207,15 +285,14 @@ impl<B: AutodiffBackend> Learner<B> for LatentLearner<B> {
         let dn = record_bytes::<B, _>(self.dn_optim.to_record())?;
         Ok(frame(&[&ae, &dn]))
     }
-    fn load(
-        mut self,
-        model: Vec<u8>,
-        optim: Vec<u8>,
-        device: &B::Device,
-    ) -> Result<Self, TrainError> {
+    fn load(mut self, model: Vec<u8>, optim: Option<Vec<u8>>) -> Result<Self, TrainError> {
+        let device = &self.device;
         self.model = self
             .model
             .load_record(recorder().load(model, device).map_err(ckpt_err)?);
+        let Some(optim) = optim else {
+            return Ok(self);
+        };
         let mut parts = unframe(&optim, 2)?.into_iter();
         let (ae, dn) = (
             parts.next().unwrap_or_default(),

@@ -13,11 +13,12 @@ pub mod curves;
 pub mod error;
 pub mod infer;
 mod learner;
+pub mod parallel;
 /// Ranking metrics live in `diffrec-data` (shared with the cluster stage's LightGCN).
 pub use diffrec_data::metrics;
 pub mod train;
 
 pub use backend::train_on;
-pub use config::{Backend, ConfigError, EvaluateConfig, RecommendConfig, TrainConfig};
+pub use config::{Backend, ConfigError, EvaluateConfig, Parallel, RecommendConfig, TrainConfig};
 pub use error::TrainError;
 pub use train::{Progress, RunSpec, Summary, train};

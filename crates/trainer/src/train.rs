@@ -17,11 +17,13 @@ use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Evaluation, TrainState, decode, encode};
+use crate::config::Parallel;
 use crate::config::TrainConfig;
 use crate::curves::{CurvePoint, render_svg};
 use crate::error::TrainError;
-use crate::learner::{DenseLearner, LatentLearner, Learner, StepAt};
+use crate::learner::{Batch, DenseLearner, LatentLearner, Learner, StepAt};
 use crate::metrics::{MetricsTable, SplitEvaluator, median, round4};
+use crate::parallel::{DataParallel, topology};
 
 /// Users per evaluation block.
 const EVAL_BLOCK: usize = 2048;
@@ -41,6 +43,8 @@ pub struct RunSpec {
     /// L-DiffRec/LT-DiffRec: each item's cluster (`cluster/item_clusters.parquet`); `None` for
     /// the other variants.
     pub item_clusters: Option<Vec<u32>>,
+    /// Start over even when a latest checkpoint exists (the caller deleted or will delete it).
+    pub fresh: bool,
 }
 
 /// Progress events for the caller's display.
@@ -128,15 +132,34 @@ pub fn diffusion_of(cfg: &ModelConfig) -> Result<GaussianDiffusion, TrainError> 
         .map_err(|e| TrainError::Model(e.to_string()))
 }
 
-/// Trains (or resumes) the run described by `spec` on `device`.
+/// Trains (or resumes) the run described by `spec` on `devices` (at least one). Several
+/// devices, or `train.nodes > 1`, train data-parallel (`parallel.rs`); with
+/// `train.parallel: model`, L-DiffRec's cluster encoders are spread over the devices instead.
 pub async fn train<B: AutodiffBackend>(
     ws: &Workspace,
     data: &SplitMatrices,
     spec: &RunSpec,
-    device: B::Device,
+    devices: Vec<B::Device>,
     progress: &mut dyn FnMut(Progress),
-) -> Result<Summary, TrainError> {
-    B::seed(&device, spec.train.seed);
+) -> Result<Summary, TrainError>
+where
+    B::Device: Send + 'static,
+{
+    let cfg = &spec.train;
+    let device = devices
+        .first()
+        .cloned()
+        .ok_or_else(|| TrainError::Input("train.devices: no device".into()))?;
+    let diffusion = diffusion_of(&spec.model)?;
+    B::seed(&device, cfg.seed);
+    let data_parallel = (devices.len() > 1 || cfg.nodes > 1) && cfg.parallel == Parallel::Data;
+    if cfg.parallel == Parallel::Model && !spec.model.variant.is_latent() {
+        return Err(TrainError::Input(format!(
+            "train.parallel: model spreads L-DiffRec's cluster encoders over the devices; \
+             {:?} has none (use train.parallel: data)",
+            spec.model.variant
+        )));
+    }
     if spec.model.variant.is_latent() {
         let labels = spec.item_clusters.as_deref().unwrap_or_default();
         if labels.len() != data.n_items {
@@ -148,12 +171,50 @@ pub async fn train<B: AutodiffBackend>(
                 data.n_items
             )));
         }
-        let learner = LatentLearner::<B>::new(labels, spec, &device);
-        run_loop(ws, data, spec, learner, labels.to_vec(), device, progress).await
+        let clusters = labels.to_vec();
+        if data_parallel {
+            let make =
+                |d: &B::Device| LatentLearner::<B>::new(labels, spec, std::slice::from_ref(d));
+            let learner = replicate(make, &devices, &diffusion, spec)?;
+            run_loop(ws, data, spec, learner, clusters, device, progress).await
+        } else {
+            let learner = LatentLearner::<B>::new(labels, spec, &devices);
+            run_loop(ws, data, spec, learner, clusters, device, progress).await
+        }
+    } else if data_parallel {
+        let make = |d: &B::Device| DenseLearner::<B>::new(data.n_items, spec, d);
+        let learner = replicate(make, &devices, &diffusion, spec)?;
+        run_loop(ws, data, spec, learner, Vec::new(), device, progress).await
     } else {
         let learner = DenseLearner::<B>::new(data.n_items, spec, &device);
         run_loop(ws, data, spec, learner, Vec::new(), device, progress).await
     }
+}
+
+/// One replica per device, all starting from the first one's parameters.
+fn replicate<B: AutodiffBackend, L: Learner<B> + Send + 'static>(
+    make: impl Fn(&B::Device) -> L,
+    devices: &[B::Device],
+    diffusion: &GaussianDiffusion,
+    spec: &RunSpec,
+) -> Result<DataParallel<B>, TrainError>
+where
+    B::Device: Send + 'static,
+{
+    let first = make(&devices[0]);
+    let bytes = first.model_bytes()?;
+    let mut learners = vec![(first, devices[0].clone())];
+    for d in &devices[1..] {
+        learners.push((make(d).load(bytes.clone(), None)?, d.clone()));
+    }
+    let topology = topology(&spec.train, devices.len())?;
+    tracing::info!(
+        replicas = devices.len() * spec.train.nodes,
+        nodes = spec.train.nodes,
+        node_rank = spec.train.node_rank,
+        "train: data-parallel"
+    );
+    DataParallel::start(learners, diffusion, &topology)
 }
 
 /// The loop of spec §5 over any [`Learner`].
@@ -171,6 +232,9 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
     let input = model_input(&data.train, spec.model.variant);
     let n_items = data.n_items;
     let params = learner.params();
+    // With several nodes every node trains and evaluates the same way (so that they stop
+    // together); only node 0 writes the run's artifacts.
+    let writer = cfg.node_rank == 0;
     let mut state = TrainState {
         epoch: 0,
         best_epoch: 0,
@@ -183,23 +247,28 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
         fingerprint: spec.fingerprint.clone(),
         item_clusters,
     };
-    match ws.get(&latest_key(&spec.run)).await {
-        Ok(bytes) => {
-            let (st, model_bytes, optim_bytes) = decode(&bytes)?;
-            if st.fingerprint != spec.fingerprint {
-                return Err(TrainError::Input(format!(
-                    "{} holds a run trained with another configuration or data; rerun with --force \
-                     to start over, or use another pipeline name",
-                    latest_key(&spec.run)
-                )));
-            }
-            learner = learner.load(model_bytes, optim_bytes, &device)?;
-            state = st;
-            tracing::info!(epoch = state.epoch, "resuming from the latest checkpoint");
-            progress(Progress::Resumed { epoch: state.epoch });
+    let latest = if spec.fresh {
+        None
+    } else {
+        match ws.get(&latest_key(&spec.run)).await {
+            Ok(bytes) => Some(bytes),
+            Err(diffrec_data::DataError::MissingArtifact { .. }) => None,
+            Err(e) => return Err(e.into()),
         }
-        Err(diffrec_data::DataError::MissingArtifact { .. }) => {}
-        Err(e) => return Err(e.into()),
+    };
+    if let Some(bytes) = latest {
+        let (st, model_bytes, optim_bytes) = decode(&bytes)?;
+        if st.fingerprint != spec.fingerprint {
+            return Err(TrainError::Input(format!(
+                "{} holds a run trained with another configuration or data; rerun with --force \
+                 to start over, or use another pipeline name",
+                latest_key(&spec.run)
+            )));
+        }
+        learner = learner.load(model_bytes, Some(optim_bytes))?;
+        state = st;
+        tracing::info!(epoch = state.epoch, "resuming from the latest checkpoint");
+        progress(Progress::Resumed { epoch: state.epoch });
     }
     let select_k = if spec.ks.contains(&20) {
         20
@@ -209,7 +278,9 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
     let select_key = format!("recall@{select_k}");
     let n_users = data.n_users;
     let bs = cfg.batch_size;
-    let batches = n_users.div_ceil(bs);
+    let batches = n_users
+        .div_ceil(bs)
+        .min(cfg.max_batches.unwrap_or(usize::MAX));
 
     let mut epoch = state.epoch + 1;
     while epoch <= cfg.epochs {
@@ -231,17 +302,23 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
         perm.shuffle(&mut rng);
         progress(Progress::EpochStart { epoch, batches });
         let mut epoch_loss = 0.0;
-        for (b, users) in perm.chunks(bs).enumerate() {
+        for (b, users) in perm.chunks(bs).take(batches).enumerate() {
             let rows = users.len();
-            let mut dense = vec![0f32; rows * n_items];
-            input.densify_rows(users, &mut dense);
-            let x0 = Tensor::<B, 2>::from_data(TensorData::new(dense, [rows, n_items]), &device);
+            let mut x0 = vec![0f32; rows * n_items];
+            input.densify_rows(users, &mut x0);
             let (ts, pts) = state.sampler.sample(rows, &mut rng);
             let at = StepAt {
                 completed_epochs: epoch - 1,
                 batches_before: (epoch - 1) * batches + b,
             };
-            let (next, out) = learner.step(&diffusion, x0, &ts, &pts, at);
+            let batch = Batch {
+                x0,
+                rows,
+                cols: n_items,
+                ts: ts.clone(),
+                pts,
+            };
+            let (next, out) = learner.step(&diffusion, batch, at, None)?;
             learner = next;
             state.sampler.update(&ts, &out.weighted);
             epoch_loss += out.loss;
@@ -267,6 +344,8 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
             if recall > state.best_recall {
                 state.best_recall = recall;
                 state.best_epoch = epoch;
+            }
+            if writer && state.best_epoch == epoch {
                 ws.put_atomic(
                     &best_key(&spec.run),
                     encode(&state, &learner.model_bytes()?, &[])?,
@@ -287,18 +366,24 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
                 valid,
                 test,
             });
-            write_metrics(ws, &spec.run, &state).await?;
+            if writer {
+                write_metrics(ws, &spec.run, &state).await?;
+            }
         }
-        ws.put_atomic(
-            &latest_key(&spec.run),
-            encode(&state, &learner.model_bytes()?, &learner.optim_bytes()?)?,
-        )
-        .await?;
+        if writer {
+            ws.put_atomic(
+                &latest_key(&spec.run),
+                encode(&state, &learner.model_bytes()?, &learner.optim_bytes()?)?,
+            )
+            .await?;
+        }
         epoch += 1;
     }
 
     let summary = summarise(spec, &state, params);
-    ws.put_json(&summary_key(&spec.run), &summary).await?;
+    if writer {
+        ws.put_json(&summary_key(&spec.run), &summary).await?;
+    }
     Ok(summary)
 }
 
