@@ -111,10 +111,6 @@ fn record_bytes<B: Backend, R: burn::record::Record<B>>(record: R) -> Result<Vec
     recorder().record(record, ()).map_err(ckpt_err)
 }
 
-fn to_tensor<B: Backend>(batch: Batch, device: &B::Device) -> Tensor<B, 2> {
-    Tensor::from_data(TensorData::new(batch.x0, [batch.rows, batch.cols]), device)
-}
-
 /// The differentiated loss of a replica: scaled by its share of the batch, so that summing
 /// the replicas' gradients gives the gradient of the whole batch's mean.
 fn scaled<B: Backend>(loss: Tensor<B, 1>, shard: Option<&Shard>) -> Tensor<B, 1> {
@@ -156,22 +152,21 @@ impl<B: AutodiffBackend> Learner<B> for DenseLearner<B> {
         _at: StepAt,
         shard: Option<&Shard>,
     ) -> Result<(Self, StepOut), TrainError> {
-        let (ts, pts) = (batch.ts.clone(), batch.pts.clone());
-        let x0 = to_tensor(batch, &self.device);
+        let Batch {
+            x0,
+            rows,
+            cols,
+            ts,
+            pts,
+        } = batch;
+        let x0 = Tensor::from_data(TensorData::new(x0, [rows, cols]), &self.device);
         let out = diffusion.training_loss(&self.model, x0, &ts, &pts);
         let loss_t = scaled(out.loss, shard);
         let loss = loss_t.clone().into_scalar().elem::<f64>();
         let grads = GradientsParams::from_grads(loss_t.backward(), &self.model);
         let grads = sync::<B>(grads, shard)?;
         self.model = self.optim.step(self.lr, self.model, grads);
-        let out = gather::<B>(
-            StepOut {
-                loss,
-                weighted: out.weighted,
-            },
-            shard,
-            &self.device,
-        )?;
+        let out = gather::<B>(loss, out.weighted, shard, &self.device)?;
         Ok((self, out))
     }
     fn recommender(&self) -> Recommender<B::InnerBackend> {
@@ -238,8 +233,14 @@ impl<B: AutodiffBackend> Learner<B> for LatentLearner<B> {
     ) -> Result<(Self, StepOut), TrainError> {
         let lambda = self.anneal.lambda_at(at.completed_epochs);
         let gamma = self.anneal.kl_weight_at(at.batches_before);
-        let (ts, pts) = (batch.ts.clone(), batch.pts.clone());
-        let x0 = to_tensor(batch, &self.device);
+        let Batch {
+            x0,
+            rows,
+            cols,
+            ts,
+            pts,
+        } = batch;
+        let x0 = Tensor::from_data(TensorData::new(x0, [rows, cols]), &self.device);
         let out = self.model.loss(diffusion, x0, &ts, &pts, lambda, gamma);
         let loss_t = scaled(out.loss, shard);
         let loss = loss_t.clone().into_scalar().elem::<f64>();
@@ -261,14 +262,7 @@ impl<B: AutodiffBackend> Learner<B> for LatentLearner<B> {
             autoencoder: self.ae_optim.step(self.ae_lr, autoencoder, ae_grads),
             denoiser: self.dn_optim.step(self.dn_lr, denoiser, dn_grads),
         };
-        let out = gather::<B>(
-            StepOut {
-                loss,
-                weighted: out.weighted,
-            },
-            shard,
-            &self.device,
-        )?;
+        let out = gather::<B>(loss, out.weighted, shard, &self.device)?;
         Ok((self, out))
     }
     fn recommender(&self) -> Recommender<B::InnerBackend> {

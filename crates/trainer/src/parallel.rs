@@ -67,12 +67,15 @@ pub(crate) fn sync<B: AutodiffBackend>(
     }
 }
 
-/// Gathers every replica's per-row statistics and sums the (share-scaled) losses.
+/// A replica's step outcome: with a shard, every replica's per-row statistics gathered and the
+/// (share-scaled) losses summed.
 pub(crate) fn gather<B: AutodiffBackend>(
-    out: StepOut,
+    loss: f64,
+    weighted: Vec<f64>,
     shard: Option<&Shard>,
     device: &B::Device,
 ) -> Result<StepOut, TrainError> {
+    let out = StepOut { loss, weighted };
     let Some(s) = shard else {
         return Ok(out);
     };
