@@ -690,14 +690,10 @@ impl Drop for Reaped {
 /// Issue 5 (b): two processes on 127.0.0.1 joined by `diffrec orchestrator` (burn-collective's
 /// global level) train like one process with two devices (local level). Near noise-free
 /// settings (noise std ~1e-5, no dropout) so that float summation order is the only difference;
-/// per-epoch losses must agree to 1e-4 relative.
-///
-/// Ignored: with burn-collective 0.21 both nodes register with the orchestrator and start the
-/// first gradient all-reduce (the nodes' tensor services log a few downloads), then stall
-/// (Ring and Centralized global strategies alike). Run it with `-- --ignored` while working on
-/// it; see the issue notes.
+/// per-epoch losses must agree to 1e-4 relative. Needs the patched burn-collective of
+/// vendor/ (the published 0.21.0 hangs at the second global all-reduce); a node that does not
+/// finish within two minutes fails the test instead of hanging CI.
 #[test]
-#[ignore = "multi-node all-reduce stalls in burn-collective 0.21's global level (under investigation)"]
 fn two_nodes_through_the_orchestrator_train_like_one_process() {
     let dir = tmpdir("nodes");
     let csv = dir.join("log.csv");
@@ -749,16 +745,32 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
                 format!("train.orchestrator={orch}"),
                 format!("train.node_address=127.0.0.1:{}", base + 1 + rank),
             ];
+            let log = |what: &str| std::fs::File::create(dir.join(format!("node{rank}.{what}")));
             stage("train", &two, &sets)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
+                .stdout(log("out").unwrap())
+                .stderr(log("err").unwrap())
                 .spawn()
                 .unwrap()
         })
+        .map(Reaped)
         .collect();
-    for (rank, node) in nodes.into_iter().enumerate() {
-        let out = node.wait_with_output().unwrap();
-        assert!(out.status.success(), "node {rank}: {}", text(&out));
+    let node_err = |rank: usize| {
+        std::fs::read_to_string(dir.join(format!("node{rank}.err"))).unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    for (rank, mut node) in nodes.into_iter().enumerate() {
+        let status = loop {
+            if let Some(status) = node.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {rank} did not finish within 2 minutes (all-reduce stall?): {}",
+                node_err(rank)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(status.success(), "node {rank}: {}", node_err(rank));
     }
     let ckpt = |ws: &Path| checkpoint_state(&ws.join("runs/g/checkpoints/latest.ckpt"));
     let (a, b) = (ckpt(&one), ckpt(&two));
