@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-${TMPDIR:-/tmp}/diffrec-bench-ingest}
 mkdir -p "$work"
-cargo build --release -p diffrec-cli
-bin=${CARGO_TARGET_DIR:-target}/release/diffrec
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/diffrec-target}
+cargo build --release --workspace
+bin=$CARGO_TARGET_DIR/release/diffrec
 [ -f "$work/10m.csv" ] || "$bin" generate --out "$work/10m.csv" --users 100000 --items 50000 --mean-interactions 100.2
 cat >"$work/p.yaml" <<'YAML'
 name: bench-10m

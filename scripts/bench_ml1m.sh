@@ -9,8 +9,9 @@ pipeline=${1:-pipelines/ml-1m-diffrec.yaml}
 ws=${2:-${TMPDIR:-/tmp}/diffrec-ml1m}
 shift $(( $# > 2 ? 2 : $# )) || true
 seeds=${*:-1 2 3}
-cargo build --release -p diffrec-cli
-bin=${CARGO_TARGET_DIR:-target}/release/diffrec
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/diffrec-target}
+cargo build --release --workspace
+bin=$CARGO_TARGET_DIR/release/diffrec
 name=$(sed -n 's/^name: *//p' "$pipeline")
 for seed in $seeds; do
   "$bin" run "$pipeline" --workspace "$ws" --until train --force \

@@ -11,7 +11,6 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use burn::tensor::activation::log_softmax;
 
 use crate::config::{AutoEncoderConfig, DecoderKind};
@@ -213,7 +212,7 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
     /// `model.autoencoder.reparam` is off).
     pub fn encode(&self, x: Tensor<B, 2>, sample: bool) -> Encoded<B> {
         let device = x.device();
-        let target = self.dropout.forward(x);
+        let target = crate::noise::dropout(x, self.dropout.prob);
         let slices: Vec<Tensor<B, 2>> = self
             .clusters
             .iter()
@@ -264,7 +263,8 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
         let mu = Tensor::cat(mus, 1);
         let logvar = Tensor::cat(logvars, 1);
         let latent = if sample && self.reparam {
-            let eps = Tensor::random(mu.shape(), Distribution::Normal(0.0, 1.0), &device);
+            let [rows, width] = mu.dims();
+            let eps = crate::noise::standard_normal::<B>(rows, width, &device);
             mu.clone() + (logvar.clone() * 0.5).exp() * eps
         } else {
             mu.clone()

@@ -94,7 +94,7 @@ impl<B: Backend> Denoiser<B> {
         } else {
             x
         };
-        let x = self.dropout.forward(x);
+        let x = crate::noise::dropout(x, self.dropout.prob);
         let mut h = Tensor::cat(vec![x, self.emb.forward(emb)], 1);
         for layer in &self.in_layers {
             h = layer.forward(h).tanh();

@@ -86,8 +86,8 @@ impl GaussianDiffusion {
         pts: &[f64],
     ) -> BatchLoss<B> {
         let dev = x0.device();
-        let n = ts.len();
-        let noise = x0.random_like(Distribution::Normal(0.0, 1.0));
+        let [n, width] = x0.dims();
+        let noise = crate::noise::standard_normal::<B>(n, width, &dev);
         let x_t = self.q_sample(x0.clone(), ts, noise.clone());
         let emb = Tensor::from_data(
             TensorData::new(

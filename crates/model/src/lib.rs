@@ -13,6 +13,7 @@ pub mod denoiser;
 pub mod diffusion;
 pub mod embedding;
 pub mod latent;
+pub mod noise;
 pub mod sampler;
 pub mod schedule;
 

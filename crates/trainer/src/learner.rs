@@ -11,7 +11,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use diffrec_model::{
     AutoEncoderConfig, ClusteredAutoEncoder, Denoiser, GaussianDiffusion, InitScheme,
-    LatentDiffRec, Recommender,
+    LatentDiffRec, Recommender, noise,
 };
 
 use crate::checkpoint::{frame, unframe};
@@ -38,6 +38,8 @@ pub(crate) struct Batch {
     pub ts: Vec<usize>,
     /// p_t·T per row (importance weights).
     pub pts: Vec<f64>,
+    /// Seed of the step's noise and dropout (`diffrec_model::noise`); shards share it.
+    pub seed: u64,
 }
 
 /// One optimisation step's outcome.
@@ -158,7 +160,9 @@ impl<B: AutodiffBackend> Learner<B> for DenseLearner<B> {
             cols,
             ts,
             pts,
+            seed,
         } = batch;
+        noise::reseed(seed, shard.map_or(0, |s| s.offset));
         let x0 = Tensor::from_data(TensorData::new(x0, [rows, cols]), &self.device);
         let out = diffusion.training_loss(&self.model, x0, &ts, &pts);
         let loss_t = scaled(out.loss, shard);
@@ -239,7 +243,9 @@ impl<B: AutodiffBackend> Learner<B> for LatentLearner<B> {
             cols,
             ts,
             pts,
+            seed,
         } = batch;
+        noise::reseed(seed, shard.map_or(0, |s| s.offset));
         let x0 = Tensor::from_data(TensorData::new(x0, [rows, cols]), &self.device);
         let out = self.model.loss(diffusion, x0, &ts, &pts, lambda, gamma);
         let loss_t = scaled(out.loss, shard);

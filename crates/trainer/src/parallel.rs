@@ -336,6 +336,7 @@ where
                     cols,
                     ts: vec![0],
                     pts: vec![1.0],
+                    seed: batch.seed,
                 }
             } else {
                 Batch {
@@ -344,6 +345,7 @@ where
                     cols,
                     ts: batch.ts[offset..offset + rows].to_vec(),
                     pts: batch.pts[offset..offset + rows].to_vec(),
+                    seed: batch.seed,
                 }
             };
             let peer = PeerId::from(g as u32);
@@ -485,6 +487,7 @@ mod tests {
                     cols: ITEMS,
                     ts: (0..rows).map(|r| (r + b as usize) % 5).collect(),
                     pts: vec![1.0; rows],
+                    seed: b,
                 }
             })
             .collect()

@@ -13,7 +13,7 @@ use burn::tensor::backend::AutodiffBackend;
 use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
 use diffrec_model::{GaussianDiffusion, ModelConfig, Recommender, StepSampler, Variant};
 use rand::seq::SliceRandom;
-use rand::{SeedableRng, rngs::StdRng};
+use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Evaluation, TrainState, decode, encode};
@@ -317,6 +317,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
                 cols: n_items,
                 ts: ts.clone(),
                 pts,
+                seed: rng.random(),
             };
             let (next, out) = learner.step(&diffusion, batch, at, None)?;
             learner = next;

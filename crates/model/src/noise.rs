@@ -1,0 +1,177 @@
+//! Training randomness drawn on the host: the diffusion's Gaussian noise, dropout masks and the
+//! VAE's reparameterisation noise.
+//!
+//! Why not burn's `random_like`: on the CPU backend it fills a tensor element by element from
+//! one ChaCha stream on one thread (f64 normals converted to f32), which took about 18 % of a
+//! DiffRec ML-1M training epoch's CPU time (docs/benchmarks.md, "Where the epoch goes"); a
+//! dropout mask then costs two more element-wise passes. Here each row gets its own small
+//! generator (rand's `SmallRng`, f32 ziggurat normals), rows are filled in parallel with rayon, and a
+//! dropout mask is drawn already scaled (one multiply). On a GPU backend the drawn values are
+//! uploaded like the batch itself.
+//!
+//! Streams are per thread and per batch row: [`reseed`] sets the batch seed and the index of the
+//! thread's first row in the whole batch, and the k-th draw of the step gives row `r` the stream
+//! `(seed, k, first_row + r)`. A data-parallel replica holding rows 200..400 of a batch therefore
+//! draws exactly what a single device draws for those rows, and a run is reproducible whatever
+//! the number of threads.
+
+use std::cell::Cell;
+
+use burn::prelude::*;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use rand_distr::StandardNormal;
+
+use rayon::prelude::*;
+
+#[derive(Clone, Copy)]
+struct Stream {
+    seed: u64,
+    first_row: u64,
+    draws: u64,
+}
+
+thread_local! {
+    static STREAM: Cell<Stream> = const {
+        Cell::new(Stream { seed: 0, first_row: 0, draws: 0 })
+    };
+}
+
+/// Starts this thread's draws for one training step: `seed` is the batch's seed, `first_row`
+/// the index of this thread's first row within the whole batch (0 unless data parallel).
+pub fn reseed(seed: u64, first_row: usize) {
+    STREAM.with(|s| {
+        s.set(Stream {
+            seed,
+            first_row: first_row as u64,
+            draws: 0,
+        })
+    });
+}
+
+/// SplitMix64's finaliser: a bijective mix of 64 bits.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// `rows × cols` values, row `r` filled by `fill` from its own generator.
+fn draw(rows: usize, cols: usize, fill: impl Fn(&mut SmallRng, &mut [f32]) + Sync) -> Vec<f32> {
+    let s = STREAM.with(|s| {
+        let cur = s.get();
+        s.set(Stream {
+            draws: cur.draws + 1,
+            ..cur
+        });
+        cur
+    });
+    let base = mix(mix(s.seed) ^ s.draws);
+    let mut out = vec![0f32; rows * cols];
+    if cols == 0 {
+        return out;
+    }
+    out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+        let mut rng = SmallRng::seed_from_u64(mix(base ^ (s.first_row + r as u64)));
+        fill(&mut rng, row);
+    });
+    out
+}
+
+/// Standard normal noise shaped `[rows, cols]` on `device`.
+pub fn standard_normal<B: Backend>(rows: usize, cols: usize, device: &B::Device) -> Tensor<B, 2> {
+    let v = draw(rows, cols, |rng, row| {
+        for x in row {
+            *x = rng.sample(StandardNormal);
+        }
+    });
+    Tensor::from_data(TensorData::new(v, [rows, cols]), device)
+}
+
+/// Inverted dropout with probability `p`: each entry kept with probability 1 − p and scaled by
+/// 1/(1 − p), else zeroed. Active only on an autodiff backend (training), like burn's `Dropout`.
+pub fn dropout<B: Backend>(x: Tensor<B, 2>, p: f64) -> Tensor<B, 2> {
+    if p <= 0.0 || !B::ad_enabled(&x.device()) {
+        return x;
+    }
+    let [rows, cols] = x.dims();
+    let keep = 1.0 - p;
+    let scale = (1.0 / keep) as f32;
+    let mask = draw(rows, cols, |rng, row| {
+        for m in row {
+            *m = if rng.random::<f64>() < keep {
+                scale
+            } else {
+                0.0
+            };
+        }
+    });
+    let mask = Tensor::from_data(TensorData::new(mask, [rows, cols]), &x.device());
+    x * mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Autodiff;
+    type B = burn_flex::Flex;
+
+    fn host(t: Tensor<B, 2>) -> Vec<f32> {
+        t.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    #[test]
+    fn same_seed_same_draws_and_a_shard_draws_what_one_device_draws() {
+        let dev = Default::default();
+        reseed(42, 0);
+        let whole = host(standard_normal::<B>(10, 7, &dev));
+        let second = host(standard_normal::<B>(10, 7, &dev));
+        reseed(42, 0);
+        assert_eq!(host(standard_normal::<B>(10, 7, &dev)), whole);
+        assert_ne!(second, whole, "the second draw of a step is a new stream");
+        // Rows 4..10 drawn by a replica that holds only them.
+        reseed(42, 4);
+        assert_eq!(host(standard_normal::<B>(6, 7, &dev)), whole[4 * 7..]);
+        reseed(43, 0);
+        assert_ne!(host(standard_normal::<B>(10, 7, &dev)), whole);
+    }
+
+    #[test]
+    fn normal_draws_have_mean_zero_and_variance_one() {
+        reseed(7, 0);
+        let v = host(standard_normal::<B>(100, 2000, &Default::default()));
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        // 200,000 draws: the mean's standard error is 0.0022, the variance's 0.0032.
+        assert!(mean.abs() < 0.01, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.015, "variance {var}");
+        // Rows are independent streams: adjacent rows are uncorrelated.
+        let corr: f64 = v[..2000]
+            .iter()
+            .zip(&v[2000..4000])
+            .map(|(&a, &b)| a as f64 * b as f64)
+            .sum::<f64>()
+            / 2000.0;
+        assert!(corr.abs() < 0.1, "row correlation {corr}");
+    }
+
+    #[test]
+    fn dropout_keeps_one_minus_p_scaled_and_is_off_without_autodiff() {
+        type AB = Autodiff<B>;
+        let dev = Default::default();
+        reseed(3, 0);
+        let x = Tensor::<AB, 2>::ones([200, 500], &dev);
+        let y: Vec<f32> = dropout(x, 0.5)
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap();
+        let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / y.len() as f64;
+        assert!((kept - 0.5).abs() < 0.01, "kept {kept}");
+        assert!(y.iter().all(|&v| v == 0.0 || v == 2.0));
+        let plain = Tensor::<B, 2>::ones([3, 4], &dev);
+        assert_eq!(host(dropout(plain, 0.5)), vec![1.0; 12]);
+    }
+}
