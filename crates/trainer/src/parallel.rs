@@ -432,8 +432,9 @@ mod tests {
     type AB = Autodiff<burn_flex::Flex>;
     const ITEMS: usize = 12;
 
-    /// Nearly noise-free diffusion (x_t = x0 up to ~1e-5) and no dropout: a step depends on the
-    /// parameters and the batch only, whatever noise each replica draws.
+    /// Real noise, dropout and reparameterisation: every random draw is keyed by the row's
+    /// index in the whole batch (`diffrec_model::noise`), so a replica draws for its rows what
+    /// one device draws for them.
     fn spec(variant: Variant) -> RunSpec {
         RunSpec {
             run: "t".into(),
@@ -441,23 +442,20 @@ mod tests {
                 variant,
                 diffusion: DiffusionConfig {
                     steps: 5,
-                    noise_scale: 1e-5,
-                    noise_min: 1e-5,
-                    noise_max: 2e-5,
-                    reweight: false,
-                    // DiffRec's default β₀ = 1e-5 would add noise of std ~3e-3.
-                    beta_fixed: Some(false),
+                    noise_scale: 0.1,
+                    noise_min: 0.01,
+                    noise_max: 0.05,
                     ..DiffusionConfig::default()
                 },
                 denoiser: DenoiserConfig {
                     dims: vec![8],
-                    dropout: 0.0,
+                    dropout: 0.5,
                     ..DenoiserConfig::default()
                 },
                 autoencoder: AutoEncoderConfig {
                     dims: vec![6],
-                    dropout: 0.0,
-                    reparam: false,
+                    dropout: 0.1,
+                    reparam: true,
                     ..AutoEncoderConfig::default()
                 },
             },
@@ -580,10 +578,9 @@ mod tests {
     }
 
     /// Issue 5 (a): 2 and 4 replicas reach the parameters of one device on the same batches,
-    /// for DiffRec (one optimiser) and L-DiffRec (two). Tolerance: losses within 5e-5
-    /// relative, scores within 2e-4 (float summation order, and the ~1e-5 diffusion noise each
-    /// replica draws on its own). Shards are unequal (10 rows over 4 replicas), so a plain mean
-    /// of shard gradients would fail this.
+    /// for DiffRec (one optimiser) and L-DiffRec (two), with noise and dropout on. Tolerance:
+    /// losses within 5e-5 relative, scores within 2e-4 (float summation order). Shards are
+    /// unequal (10 rows over 4 replicas), so a plain mean of shard gradients would fail this.
     #[test]
     fn data_parallel_matches_one_device() {
         let spec = spec(Variant::Diffrec);
