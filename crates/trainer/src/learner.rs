@@ -42,6 +42,20 @@ pub(crate) struct Batch {
     pub seed: u64,
 }
 
+impl Batch {
+    /// Starts a step on this batch: seeds this thread's noise streams (at the shard's first row
+    /// within the whole batch) and returns x0 on `device`, the steps and their weights.
+    fn start<B: Backend>(
+        self,
+        shard: Option<&Shard>,
+        device: &B::Device,
+    ) -> (Tensor<B, 2>, Vec<usize>, Vec<f64>) {
+        noise::reseed(self.seed, shard.map_or(0, |s| s.offset));
+        let x0 = Tensor::from_data(TensorData::new(self.x0, [self.rows, self.cols]), device);
+        (x0, self.ts, self.pts)
+    }
+}
+
 /// One optimisation step's outcome.
 pub(crate) struct StepOut {
     /// The batch loss (what was differentiated).
@@ -154,16 +168,7 @@ impl<B: AutodiffBackend> Learner<B> for DenseLearner<B> {
         _at: StepAt,
         shard: Option<&Shard>,
     ) -> Result<(Self, StepOut), TrainError> {
-        let Batch {
-            x0,
-            rows,
-            cols,
-            ts,
-            pts,
-            seed,
-        } = batch;
-        noise::reseed(seed, shard.map_or(0, |s| s.offset));
-        let x0 = Tensor::from_data(TensorData::new(x0, [rows, cols]), &self.device);
+        let (x0, ts, pts) = batch.start(shard, &self.device);
         let out = diffusion.training_loss(&self.model, x0, &ts, &pts);
         let loss_t = scaled(out.loss, shard);
         let loss = loss_t.clone().into_scalar().elem::<f64>();
@@ -237,16 +242,7 @@ impl<B: AutodiffBackend> Learner<B> for LatentLearner<B> {
     ) -> Result<(Self, StepOut), TrainError> {
         let lambda = self.anneal.lambda_at(at.completed_epochs);
         let gamma = self.anneal.kl_weight_at(at.batches_before);
-        let Batch {
-            x0,
-            rows,
-            cols,
-            ts,
-            pts,
-            seed,
-        } = batch;
-        noise::reseed(seed, shard.map_or(0, |s| s.offset));
-        let x0 = Tensor::from_data(TensorData::new(x0, [rows, cols]), &self.device);
+        let (x0, ts, pts) = batch.start(shard, &self.device);
         let out = self.model.loss(diffusion, x0, &ts, &pts, lambda, gamma);
         let loss_t = scaled(out.loss, shard);
         let loss = loss_t.clone().into_scalar().elem::<f64>();
