@@ -14,7 +14,10 @@ cargo build --release --workspace
 bin=$CARGO_TARGET_DIR/release/diffrec
 name=$(sed -n 's/^name: *//p' "$pipeline")
 for seed in $seeds; do
-  "$bin" run "$pipeline" --workspace "$ws" --until train --force \
+  # Earlier stages (ingest, cluster) run once and are skipped when up to date; the run itself
+  # starts from scratch.
+  rm -rf "$ws/runs/$name-seed$seed"
+  "$bin" run "$pipeline" --workspace "$ws" --until train \
     --set "name=$name-seed$seed" --set "train.seed=$seed"
   python3 -c "import json,sys; s=json.load(open(sys.argv[1])); t=s['test']; print('seed', s['seed'], 'best_epoch', s['best_epoch'], 'epochs', s['epochs_run'], ' '.join(f'{k} {t[k]:.4f}' for k in ['recall@10','recall@20','ndcg@10','ndcg@20']), 'epoch_s', round(s['epoch_seconds_median'],2), 'eval_s', round(s['eval_seconds_median'],1), 'rss_GiB', round(s['peak_rss_bytes']/2**30,2))" "$ws/runs/$name-seed$seed/summary.json"
 done
