@@ -99,6 +99,7 @@ mod conv_common;
 pub mod conv;
 pub mod conv_transpose;
 pub mod cumulative;
+mod elementwise_par;
 pub mod deform_conv;
 pub mod expand;
 pub mod fft;
