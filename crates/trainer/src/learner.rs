@@ -5,7 +5,7 @@
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
@@ -16,6 +16,7 @@ use diffrec_model::{
 
 use crate::checkpoint::{frame, unframe};
 use crate::error::TrainError;
+use crate::optim::AdamW;
 use crate::parallel::{Shard, gather, sync};
 use crate::train::RunSpec;
 
@@ -113,14 +114,15 @@ fn stable_ids<B: Backend, M: Module<B>>(module: M) -> M {
     module.map(&mut StableIds(0))
 }
 
-/// AdamW with PyTorch's defaults (burn's differ: eps 1e-5, weight decay 1e-4).
+/// AdamW with PyTorch's defaults (burn's differ: eps 1e-5, weight decay 1e-4); fused on the
+/// CPU backend (`optim.rs`).
 fn adamw<B: AutodiffBackend, M: AutodiffModule<B>>(weight_decay: f64) -> AdamWOf<M, B> {
-    AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .with_weight_decay(weight_decay as f32)
-        .init::<B, M>()
+    OptimizerAdaptor::from(AdamW {
+        beta_1: 0.9,
+        beta_2: 0.999,
+        epsilon: 1e-8,
+        weight_decay: weight_decay as f32,
+    })
 }
 
 fn record_bytes<B: Backend, R: burn::record::Record<B>>(record: R) -> Result<Vec<u8>, TrainError> {

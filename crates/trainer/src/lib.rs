@@ -13,6 +13,7 @@ pub mod curves;
 pub mod error;
 pub mod infer;
 mod learner;
+mod optim;
 pub mod parallel;
 /// Ranking metrics live in `diffrec-data` (shared with the cluster stage's LightGCN).
 pub use diffrec_data::metrics;
