@@ -381,7 +381,25 @@ fn s3_workspace_gives_identical_artifacts() {
 /// extended with more epochs.
 #[test]
 fn killed_training_resumes_to_the_same_result() {
-    let dir = tmpdir("resume");
+    resumes_to_the_same_result("resume", &[]);
+}
+
+/// The same with a parameter average (`train.ema_decay`), which the latest checkpoint must
+/// carry; the averaged run's results differ from the plain run's (the average is really used).
+#[test]
+fn killed_training_with_a_parameter_average_resumes_to_the_same_result() {
+    let plain = resumes_to_the_same_result("resume-ema-plain", &["--set", "train.epochs=6"]);
+    let avg = resumes_to_the_same_result(
+        "resume-ema",
+        &["--set", "train.epochs=6", "--set", "train.ema_decay=0.9"],
+    );
+    assert_ne!(avg["test"], plain["test"]);
+}
+
+/// Trains the same small run uninterrupted, killed three times and resumed, and in two halves;
+/// asserts the three agree and returns the results.
+fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value {
+    let dir = tmpdir(tag);
     let csv = dir.join("log.csv");
     let out = diffrec()
         .args([
@@ -411,6 +429,7 @@ fn killed_training_resumes_to_the_same_result() {
             "--until",
             "train",
         ]);
+        c.args(settings);
         c.args(extra);
         c
     };
@@ -445,23 +464,28 @@ fn killed_training_resumes_to_the_same_result() {
         text(&out)
     );
 
-    // 6 epochs, then extended to 12: the same as 12 in one go.
+    // Half the epochs, then extended to all: the same as all in one go.
+    let epochs = reference["epochs"].as_u64().unwrap();
     let c = dir.join("c");
+    let half = format!("train.epochs={}", epochs / 2);
     assert!(
-        run(&c, &["--set", "train.epochs=6"])
+        run(&c, &["--set", &half])
             .output()
             .unwrap()
             .status
             .success()
     );
-    let out = run(&c, &[]).output().unwrap();
+    let out = run(&c, &["--set", &format!("train.epochs={epochs}")])
+        .output()
+        .unwrap();
     assert!(
-        text(&out).contains("resuming after epoch 6"),
+        text(&out).contains(&format!("resuming after epoch {}", epochs / 2)),
         "{}",
         text(&out)
     );
     assert_eq!(summary(&c), reference);
     std::fs::remove_dir_all(dir).unwrap();
+    reference
 }
 
 /// Reads a Parquet file's Arrow schema as "name:type" strings.

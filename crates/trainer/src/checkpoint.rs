@@ -3,8 +3,10 @@
 //! object, a checkpoint can never be half-written: a run killed during the write resumes from
 //! the previous complete one.
 //!
-//! Layout: `DRCK` magic, then three length-prefixed (u64 LE) sections: state JSON, model record,
-//! optimizer record (empty for `best`).
+//! Layout: `DRCK` magic, then three or four length-prefixed (u64 LE) sections: state JSON, model
+//! record, optimizer record (empty for `best`) and, when `train.ema_decay` is set, the parameter
+//! average's record (`latest` only; `best` holds the average as its model). Checkpoints written
+//! before the fourth section existed have three and still load.
 
 use serde::{Deserialize, Serialize};
 
@@ -70,27 +72,59 @@ pub fn unframe(bytes: &[u8], n: usize) -> Result<Vec<Vec<u8>>, TrainError> {
     Ok(parts)
 }
 
+/// A checkpoint's parts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub state: TrainState,
+    pub model: Vec<u8>,
+    /// Empty in `best`.
+    pub optim: Vec<u8>,
+    /// The parameter average (`train.ema_decay`); `None` without one.
+    pub ema: Option<Vec<u8>>,
+}
+
 /// Serialises a checkpoint.
-pub fn encode(state: &TrainState, model: &[u8], optim: &[u8]) -> Result<Vec<u8>, TrainError> {
+pub fn encode(
+    state: &TrainState,
+    model: &[u8],
+    optim: &[u8],
+    ema: Option<&[u8]>,
+) -> Result<Vec<u8>, TrainError> {
     let json = serde_json::to_vec(state).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
     let mut out = MAGIC.to_vec();
-    out.extend(frame(&[&json, model, optim]));
+    match ema {
+        Some(ema) => out.extend(frame(&[&json, model, optim, ema])),
+        None => out.extend(frame(&[&json, model, optim])),
+    }
     Ok(out)
 }
 
-/// Splits a checkpoint into (state, model bytes, optimizer bytes).
-pub fn decode(bytes: &[u8]) -> Result<(TrainState, Vec<u8>, Vec<u8>), TrainError> {
+/// Splits a checkpoint into its parts.
+pub fn decode(bytes: &[u8]) -> Result<Checkpoint, TrainError> {
     if bytes.len() < 4 || &bytes[..4] != MAGIC {
         return Err(TrainError::Checkpoint(
             "not a diffrec checkpoint".to_owned(),
         ));
     }
-    let mut parts = unframe(&bytes[4..], 3)?;
-    let optim = parts.pop().unwrap_or_default();
-    let model = parts.pop().unwrap_or_default();
-    let state =
-        serde_json::from_slice(&parts[0]).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-    Ok((state, model, optim))
+    let body = &bytes[4..];
+    let three = unframe(body, 3)?;
+    let used: usize = three.iter().map(|p| p.len() + 8).sum();
+    let ema = if used < body.len() {
+        Some(unframe(&body[used..], 1)?.remove(0))
+    } else {
+        None
+    };
+    let mut parts = three.into_iter();
+    let json = parts.next().unwrap_or_default();
+    let model = parts.next().unwrap_or_default();
+    let optim = parts.next().unwrap_or_default();
+    let state = serde_json::from_slice(&json).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    Ok(Checkpoint {
+        state,
+        model,
+        optim,
+        ema,
+    })
 }
 
 #[cfg(test)]
@@ -111,13 +145,20 @@ mod tests {
             fingerprint: "abc".into(),
             item_clusters: vec![0, 1, 1],
         };
-        let b = encode(&state, b"model", b"opt").unwrap();
-        let (s, m, o) = decode(&b).unwrap();
+        let b = encode(&state, b"model", b"opt", None).unwrap();
+        let c = decode(&b).unwrap();
         assert_eq!(
-            (s, m.as_slice(), o.as_slice()),
-            (state, &b"model"[..], &b"opt"[..])
+            (c.state, c.model.as_slice(), c.optim.as_slice(), c.ema),
+            (state.clone(), &b"model"[..], &b"opt"[..], None)
         );
         assert!(decode(&b[..b.len() - 1]).is_err());
         assert!(decode(b"nope").is_err());
+        let b = encode(&state, b"model", b"", Some(b"avg")).unwrap();
+        let c = decode(&b).unwrap();
+        assert_eq!(
+            (c.model.as_slice(), c.optim.as_slice(), c.ema.as_deref()),
+            (&b"model"[..], &b""[..], Some(&b"avg"[..]))
+        );
+        assert!(decode(&b[..b.len() - 1]).is_err());
     }
 }

@@ -8,7 +8,7 @@ use burn::record::Recorder;
 use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
 use diffrec_model::{Denoiser, InitScheme, LatentDiffRec, ModelConfig, Recommender};
 
-use crate::checkpoint::decode;
+use crate::checkpoint::{Checkpoint, decode};
 use crate::error::TrainError;
 use crate::learner::{ckpt_err, recorder};
 use crate::metrics::top_k;
@@ -33,7 +33,11 @@ pub async fn load_best<B: Backend>(
         )),
         e => e.into(),
     })?;
-    let (state, model_bytes, _) = decode(&bytes)?;
+    let Checkpoint {
+        state,
+        model: model_bytes,
+        ..
+    } = decode(&bytes)?;
     if !model.variant.is_latent() {
         let record = recorder().load(model_bytes, device).map_err(ckpt_err)?;
         let m = Denoiser::<B>::new(n_items, &model.denoiser, InitScheme::DiffRec, device);

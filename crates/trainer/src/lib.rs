@@ -10,6 +10,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod curves;
+mod ema;
 pub mod error;
 pub mod infer;
 mod learner;

@@ -238,7 +238,6 @@ fn fused_on_flex<B: Backend, const D: usize>(
 mod tests {
     use super::*;
     use burn::backend::Autodiff;
-    use burn::module::Module;
     use burn::nn::{Linear, LinearConfig};
     use burn::optim::adaptor::OptimizerAdaptor;
     use burn::optim::{AdamWConfig, GradientsParams, Optimizer};

@@ -16,10 +16,11 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Evaluation, TrainState, decode, encode};
+use crate::checkpoint::{Checkpoint, Evaluation, TrainState, decode, encode};
 use crate::config::Parallel;
 use crate::config::TrainConfig;
 use crate::curves::{CurvePoint, render_svg};
+use crate::ema::Ema;
 use crate::error::TrainError;
 use crate::learner::{Batch, DenseLearner, LatentLearner, Learner, StepAt};
 use crate::metrics::{MetricsTable, SplitEvaluator, median, round4};
@@ -256,8 +257,15 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
             Err(e) => return Err(e.into()),
         }
     };
+    // The parameter average starts at the initial parameters.
+    let mut ema = cfg.ema_decay.map(|d| Ema::new(d, learner.recommender()));
     if let Some(bytes) = latest {
-        let (st, model_bytes, optim_bytes) = decode(&bytes)?;
+        let Checkpoint {
+            state: st,
+            model: model_bytes,
+            optim: optim_bytes,
+            ema: ema_bytes,
+        } = decode(&bytes)?;
         if st.fingerprint != spec.fingerprint {
             return Err(TrainError::Input(format!(
                 "{} holds a run trained with another configuration or data; rerun with --force \
@@ -266,6 +274,18 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
             )));
         }
         learner = learner.load(model_bytes, Some(optim_bytes))?;
+        match (&mut ema, ema_bytes) {
+            (Some(avg), Some(bytes)) => avg.load(bytes, &device)?,
+            (None, None) => {}
+            // Same fingerprint means the same `train.ema_decay`, so only a damaged checkpoint
+            // gets here.
+            _ => {
+                return Err(TrainError::Checkpoint(format!(
+                    "{}: the parameter average does not match train.ema_decay",
+                    latest_key(&spec.run)
+                )));
+            }
+        }
         state = st;
         tracing::info!(epoch = state.epoch, "resuming from the latest checkpoint");
         progress(Progress::Resumed { epoch: state.epoch });
@@ -321,6 +341,9 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
             };
             let (next, out) = learner.step(&diffusion, batch, at, None)?;
             learner = next;
+            if let Some(avg) = &mut ema {
+                avg.update(&learner.recommender(), at.batches_before + 1);
+            }
             state.sampler.update(&ts, &out.weighted);
             epoch_loss += out.loss;
             progress(Progress::Batch);
@@ -338,8 +361,15 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
 
         if epoch % cfg.eval_every == 0 {
             let t = Instant::now();
-            let model = learner.recommender();
-            let (valid, test) = evaluate(&model, &diffusion, &input, data, &spec.ks, &device);
+            let live;
+            let model = match &ema {
+                Some(avg) => avg.model(),
+                None => {
+                    live = learner.recommender();
+                    &live
+                }
+            };
+            let (valid, test) = evaluate(model, &diffusion, &input, data, &spec.ks, &device);
             let eval_seconds = t.elapsed().as_secs_f64();
             let recall = round4(valid.get(&select_key).copied().unwrap_or(0.0));
             if recall > state.best_recall {
@@ -349,7 +379,8 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
             if writer && state.best_epoch == epoch {
                 ws.put_atomic(
                     &best_key(&spec.run),
-                    encode(&state, &learner.model_bytes()?, &[])?,
+                    // The model that was evaluated: the average when there is one.
+                    encode(&state, &evaluated_bytes(&learner, ema.as_ref())?, &[], None)?,
                 )
                 .await?;
             }
@@ -374,7 +405,12 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
         if writer {
             ws.put_atomic(
                 &latest_key(&spec.run),
-                encode(&state, &learner.model_bytes()?, &learner.optim_bytes()?)?,
+                encode(
+                    &state,
+                    &learner.model_bytes()?,
+                    &learner.optim_bytes()?,
+                    ema.as_ref().map(Ema::bytes).transpose()?.as_deref(),
+                )?,
             )
             .await?;
         }
@@ -386,6 +422,17 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
         ws.put_json(&summary_key(&spec.run), &summary).await?;
     }
     Ok(summary)
+}
+
+/// The record of the model that evaluation scores: the parameter average when there is one.
+fn evaluated_bytes<B: AutodiffBackend, L: Learner<B>>(
+    learner: &L,
+    ema: Option<&Ema<B::InnerBackend>>,
+) -> Result<Vec<u8>, TrainError> {
+    match ema {
+        Some(avg) => avg.bytes(),
+        None => learner.model_bytes(),
+    }
 }
 
 fn summarise(spec: &RunSpec, state: &TrainState, params: usize) -> Summary {
