@@ -12,6 +12,7 @@ pub mod config;
 pub mod curves;
 mod ema;
 pub mod error;
+mod flex;
 pub mod infer;
 mod learner;
 mod optim;

@@ -12,14 +12,15 @@
 //! results are bit-identical to it (tests below), and the state is burn's own [`AdamWState`]:
 //! checkpoints written before this module existed load unchanged.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 use std::cell::Cell;
 
 use burn::optim::{AdamWState, AdaptiveMomentumState, LearningRate, SimpleOptimizer};
 use burn::prelude::*;
-use burn::tensor::{DType, TensorPrimitive};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
+
+use crate::flex::{flat_f32, from_flex, to_flex};
 
 /// AdamW's hyper-parameters (no AMSGrad, no cautious decay: the spec uses neither).
 #[derive(Debug, Clone, Copy)]
@@ -102,34 +103,6 @@ thread_local! {
 #[cfg(test)]
 fn fused_steps() -> u64 {
     FUSED.with(Cell::get)
-}
-
-/// `Some` when `B`'s float tensors are burn-flex's.
-fn to_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<FlexTensor> {
-    match t.into_primitive() {
-        TensorPrimitive::Float(p) => {
-            let mut slot = Some(p);
-            (&mut slot as &mut dyn Any)
-                .downcast_mut::<Option<FlexTensor>>()
-                .and_then(Option::take)
-        }
-        TensorPrimitive::QFloat(_) => None,
-    }
-}
-
-fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
-    let mut slot = Some(t);
-    let p = (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<B::FloatTensorPrimitive>>()
-        .and_then(Option::take)
-        .expect("from_flex is only called when B's float tensors are FlexTensor");
-    Tensor::from_primitive(TensorPrimitive::Float(p))
-}
-
-/// Contiguous f32 from offset 0 (what the fused loop reads and writes as a flat slice).
-fn flat_f32(t: &FlexTensor) -> bool {
-    t.dtype() == DType::F32
-        && t.layout().contiguous_offsets() == Some((0, t.layout().num_elements()))
 }
 
 /// Elements per rayon task of the fused loop.
