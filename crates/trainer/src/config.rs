@@ -113,8 +113,10 @@ pub struct TrainConfig {
     pub patience: usize,
     /// `train.ema_decay`: keep an exponential moving average of the parameters, updated after
     /// every optimiser step (avg ← d·avg + (1 − d)·θ), and evaluate, select, checkpoint as best
-    /// and recommend with it. In (0, 1); 0.99 averages over roughly the last 100 steps.
-    /// Default: none (the authors' code evaluates the live parameters).
+    /// and recommend with it. In (0, 1). The n-th update uses min(d, (1 + n)/(10 + n)), so
+    /// for the first (10d − 1)/(1 − d) steps (890 for 0.99) the average spans roughly the
+    /// last n/9 steps, afterwards roughly the last 1/(1 − d). Default: none (the authors' code
+    /// evaluates the live parameters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema_decay: Option<f64>,
 }
