@@ -15,7 +15,6 @@ use std::collections::HashMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
-use burn::record::Recorder;
 use burn::tensor::TensorPrimitive;
 use burn_flex::FlexTensor;
 use diffrec_model::Recommender;
@@ -23,7 +22,7 @@ use rayon::prelude::*;
 
 use crate::error::TrainError;
 use crate::flex::{flat_f32, from_flex, to_flex};
-use crate::learner::{ckpt_err, recorder};
+use crate::learner::{load_recommender, recommender_bytes};
 
 /// The averaged model.
 pub(crate) struct Ema<B: Backend> {
@@ -64,26 +63,13 @@ impl<B: Backend> Ema<B> {
 
     /// The average's record (the same layout as the live model's).
     pub fn bytes(&self) -> Result<Vec<u8>, TrainError> {
-        let rec = recorder();
-        match self.model() {
-            Recommender::Dense(m) => rec.record(m.clone().into_record(), ()),
-            Recommender::Latent(m) => rec.record(m.clone().into_record(), ()),
-        }
-        .map_err(ckpt_err)
+        recommender_bytes(self.model())
     }
 
     /// Restores the average written by [`Ema::bytes`].
     pub fn load(&mut self, bytes: Vec<u8>, device: &B::Device) -> Result<(), TrainError> {
-        let rec = recorder();
         let avg = self.model.take().expect("the average is always present");
-        self.model = Some(match avg {
-            Recommender::Dense(m) => {
-                Recommender::Dense(m.load_record(rec.load(bytes, device).map_err(ckpt_err)?))
-            }
-            Recommender::Latent(m) => {
-                Recommender::Latent(m.load_record(rec.load(bytes, device).map_err(ckpt_err)?))
-            }
-        });
+        self.model = Some(load_recommender(avg, bytes, device)?);
         Ok(())
     }
 }

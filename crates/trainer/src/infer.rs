@@ -2,15 +2,13 @@
 //! every user, and scoring an arbitrary history (fold-in: DiffRec denoises any interaction
 //! vector, so a user unseen in training needs no retraining).
 
-use burn::module::Module;
 use burn::prelude::*;
-use burn::record::Recorder;
 use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
 use diffrec_model::{Denoiser, InitScheme, LatentDiffRec, ModelConfig, Recommender};
 
 use crate::checkpoint::{Checkpoint, decode};
 use crate::error::TrainError;
-use crate::learner::{ckpt_err, recorder};
+use crate::learner::load_recommender;
 use crate::metrics::top_k;
 use crate::train::{best_key, diffusion_of, score_rows};
 
@@ -39,9 +37,8 @@ pub async fn load_best<B: Backend>(
         ..
     } = decode(&bytes)?;
     if !model.variant.is_latent() {
-        let record = recorder().load(model_bytes, device).map_err(ckpt_err)?;
         let m = Denoiser::<B>::new(n_items, &model.denoiser, InitScheme::DiffRec, device);
-        return Ok(Recommender::Dense(m.load_record(record)));
+        return load_recommender(Recommender::Dense(m), model_bytes, device);
     }
     if state.item_clusters.len() != n_items {
         return Err(TrainError::Checkpoint(format!(
@@ -52,9 +49,8 @@ pub async fn load_best<B: Backend>(
             model.variant
         )));
     }
-    let record = recorder().load(model_bytes, device).map_err(ckpt_err)?;
     let m = LatentDiffRec::<B>::new(&state.item_clusters, model, device);
-    Ok(Recommender::Latent(m.load_record(record)))
+    load_recommender(Recommender::Latent(m), model_bytes, device)
 }
 
 /// Top-`k` (item_idx, score) per user, training items excluded, users in index order.

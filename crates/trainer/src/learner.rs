@@ -125,8 +125,35 @@ fn adamw<B: AutodiffBackend, M: AutodiffModule<B>>(weight_decay: f64) -> AdamWOf
     })
 }
 
-fn record_bytes<B: Backend, R: burn::record::Record<B>>(record: R) -> Result<Vec<u8>, TrainError> {
+pub(crate) fn record_bytes<B: Backend, R: burn::record::Record<B>>(
+    record: R,
+) -> Result<Vec<u8>, TrainError> {
     recorder().record(record, ()).map_err(ckpt_err)
+}
+
+/// The record of a model of any variant (what `best.ckpt` and the parameter average hold).
+pub(crate) fn recommender_bytes<B: Backend>(m: &Recommender<B>) -> Result<Vec<u8>, TrainError> {
+    match m {
+        Recommender::Dense(m) => record_bytes::<B, _>(m.clone().into_record()),
+        Recommender::Latent(m) => record_bytes::<B, _>(m.clone().into_record()),
+    }
+}
+
+/// `m` with the parameters of a record written by [`recommender_bytes`].
+pub(crate) fn load_recommender<B: Backend>(
+    m: Recommender<B>,
+    bytes: Vec<u8>,
+    device: &B::Device,
+) -> Result<Recommender<B>, TrainError> {
+    let rec = recorder();
+    Ok(match m {
+        Recommender::Dense(m) => {
+            Recommender::Dense(m.load_record(rec.load(bytes, device).map_err(ckpt_err)?))
+        }
+        Recommender::Latent(m) => {
+            Recommender::Latent(m.load_record(rec.load(bytes, device).map_err(ckpt_err)?))
+        }
+    })
 }
 
 /// The differentiated loss of a replica: scaled by its share of the batch, so that summing

@@ -359,6 +359,11 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
             seconds,
         });
 
+        // The average's record, serialised once for both checkpoints of this epoch.
+        let avg_bytes = match (&ema, writer) {
+            (Some(avg), true) => Some(avg.bytes()?),
+            _ => None,
+        };
         if epoch % cfg.eval_every == 0 {
             let t = Instant::now();
             let live;
@@ -377,12 +382,17 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
                 state.best_epoch = epoch;
             }
             if writer && state.best_epoch == epoch {
-                ws.put_atomic(
-                    &best_key(&spec.run),
-                    // The model that was evaluated: the average when there is one.
-                    encode(&state, &evaluated_bytes(&learner, ema.as_ref())?, &[], None)?,
-                )
-                .await?;
+                // The model that was evaluated: the average when there is one.
+                let live_bytes;
+                let evaluated: &[u8] = match &avg_bytes {
+                    Some(b) => b,
+                    None => {
+                        live_bytes = learner.model_bytes()?;
+                        &live_bytes
+                    }
+                };
+                ws.put_atomic(&best_key(&spec.run), encode(&state, evaluated, &[], None)?)
+                    .await?;
             }
             progress(Progress::Evaluated {
                 epoch,
@@ -409,7 +419,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
                     &state,
                     &learner.model_bytes()?,
                     &learner.optim_bytes()?,
-                    ema.as_ref().map(Ema::bytes).transpose()?.as_deref(),
+                    avg_bytes.as_deref(),
                 )?,
             )
             .await?;
@@ -422,17 +432,6 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
         ws.put_json(&summary_key(&spec.run), &summary).await?;
     }
     Ok(summary)
-}
-
-/// The record of the model that evaluation scores: the parameter average when there is one.
-fn evaluated_bytes<B: AutodiffBackend, L: Learner<B>>(
-    learner: &L,
-    ema: Option<&Ema<B::InnerBackend>>,
-) -> Result<Vec<u8>, TrainError> {
-    match ema {
-        Some(avg) => avg.bytes(),
-        None => learner.model_bytes(),
-    }
 }
 
 fn summarise(spec: &RunSpec, state: &TrainState, params: usize) -> Summary {
