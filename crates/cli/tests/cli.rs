@@ -384,16 +384,31 @@ fn killed_training_resumes_to_the_same_result() {
     resumes_to_the_same_result("resume", &[]);
 }
 
-/// The same with a parameter average (`train.ema_decay`), which the latest checkpoint must
-/// carry; the averaged run's results differ from the plain run's (the average is really used).
+/// The same with a parameter average (`train.ema_decay`, both `train.ema_warmup` schedules),
+/// which the latest checkpoint must carry; the three runs' results differ pairwise (the average
+/// and its warm-up setting are really used: ~190 steps, where 0.99 with the count warm-up spans
+/// ~20 steps and the bias-corrected one ~100).
 #[test]
 fn killed_training_with_a_parameter_average_resumes_to_the_same_result() {
     let plain = resumes_to_the_same_result("resume-ema-plain", &["--set", "train.epochs=6"]);
     let avg = resumes_to_the_same_result(
         "resume-ema",
-        &["--set", "train.epochs=6", "--set", "train.ema_decay=0.9"],
+        &["--set", "train.epochs=6", "--set", "train.ema_decay=0.99"],
+    );
+    let debiased = resumes_to_the_same_result(
+        "resume-ema-debias",
+        &[
+            "--set",
+            "train.epochs=6",
+            "--set",
+            "train.ema_decay=0.99",
+            "--set",
+            "train.ema_warmup=debias",
+        ],
     );
     assert_ne!(avg["test"], plain["test"]);
+    assert_ne!(debiased["test"], avg["test"]);
+    assert_ne!(debiased["test"], plain["test"]);
 }
 
 /// Trains the same small run uninterrupted, killed three times and resumed, and in two halves;

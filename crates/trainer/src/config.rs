@@ -44,6 +44,26 @@ pub enum Parallel {
     Model,
 }
 
+/// `train.ema_warmup`: how the parameter average starts (see `train.ema_decay`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmaWarmup {
+    /// The n-th update uses min(d, (1 + n)/(10 + n)) (TensorFlow's `ExponentialMovingAverage`
+    /// with `num_updates`): the average spans roughly the last n/9 steps until d takes over.
+    #[default]
+    Count,
+    /// The n-th update uses d·(1 − dⁿ⁻¹)/(1 − dⁿ), which makes the average exactly the
+    /// d-weighted mean of the parameters after steps 1..n (Adam's bias correction): it spans
+    /// roughly the last 1/(1 − d) steps from the start and never weighs the initialisation.
+    Debias,
+}
+
+impl EmaWarmup {
+    fn is_default(&self) -> bool {
+        *self == EmaWarmup::default()
+    }
+}
+
 /// `train`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +139,11 @@ pub struct TrainConfig {
     /// evaluates the live parameters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema_decay: Option<f64>,
+    /// `train.ema_warmup`: `count` (the schedule above) or `debias` (the average is the
+    /// d-weighted mean of all parameters after step 1, spanning roughly 1/(1 − d) steps from
+    /// the start). Only with `train.ema_decay`. Default `count`.
+    #[serde(default, skip_serializing_if = "EmaWarmup::is_default")]
+    pub ema_warmup: EmaWarmup,
 }
 
 /// `evaluate`.
@@ -160,6 +185,7 @@ impl Default for TrainConfig {
             eval_every: default_eval_every(),
             patience: default_patience(),
             ema_decay: None,
+            ema_warmup: EmaWarmup::default(),
         }
     }
 }
@@ -239,6 +265,12 @@ impl TrainConfig {
             return Err(err(
                 "train.ema_decay",
                 format!("must be in (0, 1), got {d} (leave it out for no average)"),
+            ));
+        }
+        if self.ema_decay.is_none() && !self.ema_warmup.is_default() {
+            return Err(err(
+                "train.ema_warmup",
+                "has no effect without train.ema_decay",
             ));
         }
         if self.max_batches == Some(0) {
@@ -353,6 +385,14 @@ mod tests {
         assert_eq!(t.validate().unwrap_err().key, "train.ema_decay");
         let t: TrainConfig = serde_json::from_str(r#"{"ema_decay": 0.99}"#).unwrap();
         t.validate().unwrap();
+        // The default warm-up is not serialised: fingerprints of earlier runs are unchanged.
+        assert!(!serde_json::to_string(&t).unwrap().contains("warmup"));
+        let t: TrainConfig =
+            serde_json::from_str(r#"{"ema_decay": 0.99, "ema_warmup": "debias"}"#).unwrap();
+        t.validate().unwrap();
+        let t: TrainConfig = serde_json::from_str(r#"{"ema_warmup": "debias"}"#).unwrap();
+        assert_eq!(t.validate().unwrap_err().key, "train.ema_warmup");
+        assert!(serde_json::from_str::<TrainConfig>(r#"{"ema_warmup": "debiased"}"#).is_err());
         // Unset, it is not serialised: fingerprints of runs without an average are unchanged.
         let t: TrainConfig = serde_json::from_str("{}").unwrap();
         assert!(!serde_json::to_string(&t).unwrap().contains("ema"));

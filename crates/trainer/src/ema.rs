@@ -3,9 +3,11 @@
 //! best checkpoint and recommendations use the average; the optimiser keeps training θ. The
 //! authors' code has no average, so it is off unless a pipeline sets it.
 //!
-//! Early on the decay is lowered to (1 + n)/(10 + n) after n updates (TensorFlow's
-//! `ExponentialMovingAverage` with `num_updates`), so the average follows the fast-moving
-//! parameters of the first steps instead of remembering the random initialisation.
+//! Early on the decay is lowered (`train.ema_warmup`), so the average follows the fast-moving
+//! parameters of the first steps instead of remembering the random initialisation: either to
+//! (1 + n)/(10 + n) after n updates (TensorFlow's `ExponentialMovingAverage` with
+//! `num_updates`), or to d·(1 − dⁿ⁻¹)/(1 − dⁿ), which keeps the average equal to the
+//! d-weighted mean of the parameters after steps 1..n (Adam's bias correction).
 //!
 //! The average lives on the inference backend (no autodiff graph) and is matched to the live
 //! parameters by parameter id, which `valid()` and the optimiser keep.
@@ -20,6 +22,7 @@ use burn_flex::FlexTensor;
 use diffrec_model::Recommender;
 use rayon::prelude::*;
 
+use crate::config::EmaWarmup;
 use crate::error::TrainError;
 use crate::flex::{flat_f32, from_flex, to_flex};
 use crate::learner::{load_recommender, recommender_bytes};
@@ -27,21 +30,31 @@ use crate::learner::{load_recommender, recommender_bytes};
 /// The averaged model.
 pub(crate) struct Ema<B: Backend> {
     decay: f64,
+    warmup: EmaWarmup,
     model: Option<Recommender<B>>,
 }
 
 impl<B: Backend> Ema<B> {
     /// Starts the average at `model` (the initial parameters).
-    pub fn new(decay: f64, model: Recommender<B>) -> Self {
+    pub fn new(decay: f64, warmup: EmaWarmup, model: Recommender<B>) -> Self {
         Ema {
             decay,
+            warmup,
             model: Some(model),
         }
     }
 
     /// The decay of the `n`-th update (1-based).
     pub fn decay_at(&self, n: usize) -> f64 {
-        self.decay.min((1.0 + n as f64) / (10.0 + n as f64))
+        let d = self.decay;
+        match self.warmup {
+            EmaWarmup::Count => d.min((1.0 + n as f64) / (10.0 + n as f64)),
+            // d(1 − dⁿ⁻¹)/(1 − dⁿ): 0 at n = 1 (the average becomes θ₁), → d as n grows.
+            EmaWarmup::Debias => {
+                let n = n.min(i32::MAX as usize) as i32;
+                d * (1.0 - d.powi(n - 1)) / (1.0 - d.powi(n))
+            }
+        }
     }
 
     /// The `n`-th update (1-based: optimiser steps so far) toward the live parameters `live`.
@@ -208,16 +221,8 @@ mod tests {
         assert_ne!(fused.to_vec::<f32>().unwrap(), avg);
     }
 
-    /// Two updates against different live models equal the hand-computed average, and the
-    /// average survives a record round trip.
-    #[test]
-    fn averages_by_parameter_and_round_trips() {
-        let a = denoiser(1);
-        // The same ids with other values: the live model after some steps.
-        let shift = |m: &Recommender<B>, by: f32| match m {
-            Recommender::Dense(d) => Recommender::Dense(d.clone().map(&mut Shift(by))),
-            Recommender::Latent(_) => unreachable!(),
-        };
+    /// The same ids with other values (every parameter + `by`): the live model after some steps.
+    fn shift(m: &Recommender<B>, by: f32) -> Recommender<B> {
         struct Shift(f32);
         impl ModuleMapper<B> for Shift {
             fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
@@ -225,10 +230,21 @@ mod tests {
                 Param::from_mapped_value(id, t.add_scalar(self.0), mapper)
             }
         }
+        match m {
+            Recommender::Dense(d) => Recommender::Dense(d.clone().map(&mut Shift(by))),
+            Recommender::Latent(_) => unreachable!(),
+        }
+    }
+
+    /// Two updates against different live models equal the hand-computed average, and the
+    /// average survives a record round trip.
+    #[test]
+    fn averages_by_parameter_and_round_trips() {
+        let a = denoiser(1);
         let l1 = shift(&a, 1.0);
         let l2 = shift(&a, -2.0);
         let p0 = params(&a);
-        let mut ema = Ema::new(0.9, a);
+        let mut ema = Ema::new(0.9, EmaWarmup::Count, a);
         // Warm-up: the first update uses (1 + 1)/(10 + 1) = 0.18 < 0.9.
         assert_eq!(ema.decay_at(1), 2.0 / 11.0);
         assert_eq!(ema.decay_at(1000), 0.9);
@@ -241,9 +257,35 @@ mod tests {
             assert!((g - (p - 0.11)).abs() < 1e-6, "{g} vs {}", p - 0.11);
         }
         let bytes = ema.bytes().unwrap();
-        let mut other = Ema::new(0.9, denoiser(2));
+        let mut other = Ema::new(0.9, EmaWarmup::Count, denoiser(2));
         assert_ne!(params(other.model()), got);
         other.load(bytes, &Default::default()).unwrap();
         assert_eq!(params(other.model()), got);
+    }
+
+    /// With `debias` the average after n updates is the d-weighted mean of the live parameters
+    /// after each update, whatever it started from: d = 0.5, live p+1, p−2, p+4 gives
+    /// (0.25·1 + 0.5·(−2) + 1·4)/1.75 = 13/7 over p (and −1 after two updates).
+    #[test]
+    fn debiased_average_is_the_weighted_mean_of_the_steps() {
+        let a = denoiser(1);
+        let p0 = params(&a);
+        // Starts far from p (same parameter ids): the first update must forget the start.
+        let mut ema = Ema::new(0.5, EmaWarmup::Debias, shift(&a, 100.0));
+        assert_eq!(ema.decay_at(1), 0.0);
+        assert!((ema.decay_at(2) - 1.0 / 3.0).abs() < 1e-15);
+        assert!((ema.decay_at(3) - 3.0 / 7.0).abs() < 1e-15);
+        assert!((ema.decay_at(200) - 0.5).abs() < 1e-15);
+        let close = |got: &[Vec<f32>], by: f32| {
+            for (g, p) in got.iter().flatten().zip(p0.iter().flatten()) {
+                assert!((g - (p + by)).abs() < 1e-5, "{g} vs {}", p + by);
+            }
+        };
+        ema.update(&shift(&a, 1.0), 1);
+        close(&params(ema.model()), 1.0);
+        ema.update(&shift(&a, -2.0), 2);
+        close(&params(ema.model()), -1.0);
+        ema.update(&shift(&a, 4.0), 3);
+        close(&params(ema.model()), 13.0 / 7.0);
     }
 }

@@ -22,6 +22,8 @@ pub use diffrec_data::metrics;
 pub mod train;
 
 pub use backend::train_on;
-pub use config::{Backend, ConfigError, EvaluateConfig, Parallel, RecommendConfig, TrainConfig};
+pub use config::{
+    Backend, ConfigError, EmaWarmup, EvaluateConfig, Parallel, RecommendConfig, TrainConfig,
+};
 pub use error::TrainError;
 pub use train::{Progress, RunSpec, Summary, train};

@@ -258,7 +258,9 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
         }
     };
     // The parameter average starts at the initial parameters.
-    let mut ema = cfg.ema_decay.map(|d| Ema::new(d, learner.recommender()));
+    let mut ema = cfg
+        .ema_decay
+        .map(|d| Ema::new(d, cfg.ema_warmup, learner.recommender()));
     if let Some(bytes) = latest {
         let Checkpoint {
             state: st,
