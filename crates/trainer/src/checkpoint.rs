@@ -56,20 +56,32 @@ pub fn frame(parts: &[&[u8]]) -> Vec<u8> {
 
 /// The `n` parts of a [`frame`]d buffer.
 pub fn unframe(bytes: &[u8], n: usize) -> Result<Vec<Vec<u8>>, TrainError> {
-    let bad = || TrainError::Checkpoint("truncated checkpoint".to_owned());
     let mut pos = 0;
-    let mut parts = Vec::with_capacity(n);
-    for _ in 0..n {
-        let len_bytes: [u8; 8] = bytes
-            .get(pos..pos + 8)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(bad)?;
-        let len = u64::from_le_bytes(len_bytes) as usize;
-        pos += 8;
-        parts.push(bytes.get(pos..pos + len).ok_or_else(bad)?.to_vec());
-        pos += len;
+    (0..n).map(|_| next_part(bytes, &mut pos)).collect()
+}
+
+/// Every part of a [`frame`]d buffer, up to its end.
+fn unframe_all(bytes: &[u8]) -> Result<Vec<Vec<u8>>, TrainError> {
+    let mut pos = 0;
+    let mut parts = Vec::new();
+    while pos < bytes.len() {
+        parts.push(next_part(bytes, &mut pos)?);
     }
     Ok(parts)
+}
+
+/// The part starting at `pos` (its length prefix, then its bytes); advances `pos` past it.
+fn next_part(bytes: &[u8], pos: &mut usize) -> Result<Vec<u8>, TrainError> {
+    let bad = || TrainError::Checkpoint("truncated checkpoint".to_owned());
+    let len_bytes: [u8; 8] = bytes
+        .get(*pos..*pos + 8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(bad)?;
+    let len = u64::from_le_bytes(len_bytes) as usize;
+    *pos += 8;
+    let part = bytes.get(*pos..*pos + len).ok_or_else(bad)?.to_vec();
+    *pos += len;
+    Ok(part)
 }
 
 /// A checkpoint's parts.
@@ -106,18 +118,18 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint, TrainError> {
             "not a diffrec checkpoint".to_owned(),
         ));
     }
-    let body = &bytes[4..];
-    let three = unframe(body, 3)?;
-    let used: usize = three.iter().map(|p| p.len() + 8).sum();
-    let ema = if used < body.len() {
-        Some(unframe(&body[used..], 1)?.remove(0))
-    } else {
-        None
+    let mut parts = unframe_all(&bytes[4..])?.into_iter();
+    let (Some(json), Some(model), Some(optim), ema, None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(TrainError::Checkpoint(
+            "a checkpoint has three or four sections".to_owned(),
+        ));
     };
-    let mut parts = three.into_iter();
-    let json = parts.next().unwrap_or_default();
-    let model = parts.next().unwrap_or_default();
-    let optim = parts.next().unwrap_or_default();
     let state = serde_json::from_slice(&json).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
     Ok(Checkpoint {
         state,
