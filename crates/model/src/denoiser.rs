@@ -6,6 +6,7 @@ use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 
 use crate::config::DenoiserConfig;
+use crate::embedding::timestep_embedding;
 
 /// How parameters are initialised (spec §3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +109,73 @@ impl<B: Backend> Denoiser<B> {
         }
         h
     }
+
+    /// The affine ends of this network, or `None` where the input does not enter affinely
+    /// (`norm`, the L2 normalisation) or there is no hidden layer. Dropout is not included:
+    /// callers use this only where dropout is inactive (no autodiff).
+    pub fn affine_ends(&self) -> Option<AffineEnds<B>> {
+        let (first, out) = (self.in_layers.first()?, self.out_layers.last()?);
+        if self.norm {
+            return None;
+        }
+        let w = first.weight.val();
+        let [rows, d_first] = w.dims();
+        let width = rows - self.time_emb;
+        let w_out = out.weight.val();
+        let b_out = match &out.bias {
+            Some(b) => b.val().unsqueeze::<2>(),
+            None => Tensor::zeros([1, w_out.dims()[1]], &w_out.device()),
+        };
+        Some(AffineEnds {
+            w_x: w.slice([0..width, 0..d_first]),
+            w_out,
+            b_out,
+        })
+    }
+
+    /// The first layer's contribution of step `t` (time embedding and bias): [1, d_first].
+    /// With [`AffineEnds::w_x`], the first layer's pre-activation is x·W_x + this row.
+    pub fn time_row(&self, t: usize, device: &B::Device) -> Tensor<B, 2> {
+        let first = &self.in_layers[0];
+        let w = first.weight.val();
+        let [rows, d_first] = w.dims();
+        let emb = Tensor::from_data(
+            TensorData::new(timestep_embedding(&[t], self.time_emb), [1, self.time_emb]),
+            device,
+        );
+        let w_e = w.slice([rows - self.time_emb..rows, 0..d_first]);
+        let row = self.emb.forward(emb).matmul(w_e);
+        match &first.bias {
+            Some(b) => row + b.val().unsqueeze::<2>(),
+            None => row,
+        }
+    }
+
+    /// From the first layer's pre-activation to the last hidden layer (the output layer's
+    /// input): every layer but the output one, each followed by tanh.
+    pub fn core(&self, pre: Tensor<B, 2>) -> Tensor<B, 2> {
+        let mut h = pre.tanh();
+        for layer in &self.in_layers[1..] {
+            h = layer.forward(h).tanh();
+        }
+        for layer in &self.out_layers[..self.out_layers.len() - 1] {
+            h = layer.forward(h).tanh();
+        }
+        h
+    }
+}
+
+/// The affine ends of the denoiser, for the deterministic reverse pass
+/// (`GaussianDiffusion::p_sample`): the first layer is affine in the input (x·W_x plus a row
+/// that depends only on the step) and the output is affine in the last hidden layer
+/// (h·W_out + b_out). Everything between them is [`Denoiser::core`].
+pub struct AffineEnds<B: Backend> {
+    /// The first layer's weights for the input part: [width, d_first].
+    pub w_x: Tensor<B, 2>,
+    /// The output layer's weights: [d_last, width].
+    pub w_out: Tensor<B, 2>,
+    /// The output layer's bias as a row: [1, width].
+    pub b_out: Tensor<B, 2>,
 }
 
 #[cfg(test)]
