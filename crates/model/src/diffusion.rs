@@ -244,8 +244,8 @@ impl GaussianDiffusion {
     /// The deterministic reverse pass on the first layer's pre-activations. With x_T the start,
     /// h_t the denoiser's last hidden layer and (a_t, b_t) = `step_affine(t)`:
     /// u_t = x_t·W_x is carried as u_{t−1} = a_t·u_t + b_t·(h_t·(W_out·W_x) + b_out·W_x), and the
-    /// result, x_{−1} = p·x_T + G·W_out + g·b_out, from the products p of the a's and the
-    /// running sums G = a_t·G + b_t·h_t, g = a_t·g + b_t (p = 0 and G = h_0 for `x0`).
+    /// result is p·x_T + (Σ κ_t·h_t)·W_out + (Σ κ_t)·b_out with κ_t = b_t·a_{t−1}···a_0 and
+    /// p = a_{T−1}···a_0 (for `x0`, a_0 = 0: only κ_0 = 1 is non-zero).
     pub(crate) fn p_sample_folded<B: Backend>(
         &self,
         model: &Denoiser<B>,
@@ -253,30 +253,38 @@ impl GaussianDiffusion {
         x0: Tensor<B, 2>,
     ) -> Tensor<B, 2> {
         let dev = x0.device();
+        let steps: Vec<(f64, f64)> = (0..self.steps()).map(|t| self.step_affine(t)).collect();
+        let mut p = 1.0f64;
+        let kappa: Vec<f64> = steps
+            .iter()
+            .map(|&(a, b)| {
+                let k = b * p;
+                p *= a;
+                k
+            })
+            .collect();
         let x_start = self.reverse_start(x0);
         let AffineEnds { w_x, w_out, b_out } = ends;
         let m = w_out.clone().matmul(w_x.clone());
         let v = b_out.clone().matmul(w_x.clone());
         let mut u = x_start.clone().matmul(w_x);
-        let (mut p, mut g) = (1.0f64, 0.0f64);
         let mut acc: Option<Tensor<B, 2>> = None;
-        for i in (0..self.steps()).rev() {
+        for (i, &(a, b)) in steps.iter().enumerate().rev() {
             let h = model.core(u.clone() + model.time_row(i, &dev));
-            let (a, b) = self.step_affine(i);
             if i > 0 {
                 let out_u = h.clone().matmul(m.clone()) + v.clone();
                 u = u * (a as f32) + out_u * (b as f32);
             }
-            p *= a;
-            g = a * g + b;
-            let hb = h * (b as f32);
-            acc = Some(match acc {
-                Some(sum) if a != 0.0 => sum * (a as f32) + hb,
-                _ => hb,
-            });
+            if kappa[i] != 0.0 {
+                let hk = h * (kappa[i] as f32);
+                acc = Some(match acc {
+                    Some(sum) => sum + hk,
+                    None => hk,
+                });
+            }
         }
-        let acc = acc.expect("at least one diffusion step");
-        let x = acc.matmul(w_out) + b_out * (g as f32);
+        let acc = acc.expect("κ_0 = b_0 is never zero");
+        let x = acc.matmul(w_out) + b_out * (kappa.iter().sum::<f64>() as f32);
         if p == 0.0 {
             x
         } else {
