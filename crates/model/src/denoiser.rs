@@ -95,7 +95,18 @@ impl<B: Backend> Denoiser<B> {
         } else {
             x
         };
-        let x = crate::noise::dropout(x, self.dropout.prob);
+        self.forward_dropped(crate::noise::dropout(x, self.dropout.prob), emb)
+    }
+
+    /// The input dropout's probability when the input reaches it unchanged (no `norm`): then a
+    /// caller may apply it on the host itself (`noise::noised_dropped`, training only) and call
+    /// [`Denoiser::forward_dropped`].
+    pub fn plain_input_dropout(&self) -> Option<f64> {
+        (!self.norm).then_some(self.dropout.prob)
+    }
+
+    /// [`Denoiser::forward`] from after the input normalisation and dropout.
+    pub fn forward_dropped(&self, x: Tensor<B, 2>, emb: Tensor<B, 2>) -> Tensor<B, 2> {
         let mut h = Tensor::cat(vec![x, self.emb.forward(emb)], 1);
         for layer in &self.in_layers {
             h = layer.forward(h).tanh();

@@ -89,18 +89,7 @@ impl GaussianDiffusion {
         let [n, width] = x0.dims();
         let noise = crate::noise::standard_normal::<B>(n, width, &dev);
         let x_t = self.q_sample(x0.clone(), ts, noise.clone());
-        let emb = Tensor::from_data(
-            TensorData::new(
-                timestep_embedding(ts, model.time_emb()),
-                [n, model.time_emb()],
-            ),
-            &dev,
-        );
-        let out = model.forward(x_t.clone(), emb);
-        let weights: Vec<f64> = ts
-            .iter()
-            .map(|&t| self.schedule.loss_weight(t, self.mean_type, self.reweight))
-            .collect();
+        let out = model.forward(x_t.clone(), Self::step_embedding(model, ts, &dev));
         // Per-sample mean squared error over items; for eps at t = 0 the x0 error halved.
         let (mse, pred_x0) = match self.mean_type {
             MeanType::X0 => ((x0 - out.clone()).square().mean_dim(1), out),
@@ -121,6 +110,71 @@ impl GaussianDiffusion {
                 (mse, x0_hat)
             }
         };
+        self.batch_loss(mse, pred_x0, ts, pts)
+    }
+
+    /// [`GaussianDiffusion::training_loss`] for data rows held on the host (DiffRec/T-DiffRec:
+    /// `x0` row-major, `cols` wide). With mean type x0 and an input that reaches the denoiser's
+    /// dropout unchanged, on an autodiff backend, x_t and the dropout are drawn in one host pass
+    /// (`noise::noised_dropped`) instead of four element-wise tensor passes: the same values
+    /// and the same loss as `training_loss` on the uploaded rows.
+    pub fn training_loss_rows<B: Backend>(
+        &self,
+        model: &Denoiser<B>,
+        x0: Vec<f32>,
+        cols: usize,
+        ts: &[usize],
+        pts: &[f64],
+        device: &B::Device,
+    ) -> BatchLoss<B> {
+        let rows = ts.len();
+        let upload =
+            |v: Vec<f32>| Tensor::<B, 2>::from_data(TensorData::new(v, [rows, cols]), device);
+        let p = match model.plain_input_dropout() {
+            Some(p) if self.mean_type == MeanType::X0 && B::ad_enabled(device) => p,
+            _ => return self.training_loss(model, upload(x0), ts, pts),
+        };
+        let s = &self.schedule;
+        let input = crate::noise::noised_dropped(
+            &x0,
+            cols,
+            &self.gather(&s.sqrt_alphas_cumprod, ts),
+            &self.gather(&s.sqrt_one_minus_alphas_cumprod, ts),
+            p,
+        );
+        let out = model.forward_dropped(upload(input), Self::step_embedding(model, ts, device));
+        let mse = (upload(x0) - out.clone()).square().mean_dim(1);
+        self.batch_loss(mse, out, ts, pts)
+    }
+
+    /// The sinusoidal embeddings of steps `ts`: [ts.len(), time_emb].
+    fn step_embedding<B: Backend>(
+        model: &Denoiser<B>,
+        ts: &[usize],
+        dev: &B::Device,
+    ) -> Tensor<B, 2> {
+        Tensor::from_data(
+            TensorData::new(
+                timestep_embedding(ts, model.time_emb()),
+                [ts.len(), model.time_emb()],
+            ),
+            dev,
+        )
+    }
+
+    /// The batch loss from the per-sample mse: weights, the sampler's history, 1/(p_t·T).
+    fn batch_loss<B: Backend>(
+        &self,
+        mse: Tensor<B, 2>,
+        pred_x0: Tensor<B, 2>,
+        ts: &[usize],
+        pts: &[f64],
+    ) -> BatchLoss<B> {
+        let dev = mse.device();
+        let weights: Vec<f64> = ts
+            .iter()
+            .map(|&t| self.schedule.loss_weight(t, self.mean_type, self.reweight))
+            .collect();
         let mse_host: Vec<f32> = mse
             .clone()
             .into_data()
@@ -157,11 +211,12 @@ impl GaussianDiffusion {
     /// float rounding with ~5× fewer flops on ML-1M.
     pub fn p_sample<B: Backend>(&self, model: &Denoiser<B>, x0: Tensor<B, 2>) -> Tensor<B, 2> {
         let foldable = !self.sampling_noise && !B::ad_enabled(&x0.device());
+        let x_start = self.reverse_start(x0);
         match model.affine_ends().filter(|_| foldable) {
-            Some(ends) if self.folding_pays(&ends, x0.dims()[0]) => {
-                self.p_sample_folded(model, ends, x0)
+            Some(ends) if self.folding_pays(&ends, x_start.dims()[0]) => {
+                self.p_sample_folded(model, ends, x_start)
             }
-            _ => self.p_sample_direct(model, x0),
+            _ => self.p_sample_direct(model, x_start),
         }
     }
 
@@ -208,16 +263,17 @@ impl GaussianDiffusion {
         self.q_sample(x0, &t, noise)
     }
 
-    /// The reverse pass step by step on full-width rows (the reference computation).
+    /// The reverse pass step by step on full-width rows (the reference computation), from
+    /// x_T = `x_start` ([`GaussianDiffusion::reverse_start`]).
     pub(crate) fn p_sample_direct<B: Backend>(
         &self,
         model: &Denoiser<B>,
-        x0: Tensor<B, 2>,
+        x_start: Tensor<B, 2>,
     ) -> Tensor<B, 2> {
-        let dev = x0.device();
-        let n = x0.dims()[0];
+        let dev = x_start.device();
+        let n = x_start.dims()[0];
         let s = &self.schedule;
-        let mut x = self.reverse_start(x0);
+        let mut x = x_start;
         for i in (0..self.steps()).rev() {
             let emb = Tensor::from_data(
                 TensorData::new(
@@ -250,9 +306,9 @@ impl GaussianDiffusion {
         &self,
         model: &Denoiser<B>,
         ends: AffineEnds<B>,
-        x0: Tensor<B, 2>,
+        x_start: Tensor<B, 2>,
     ) -> Tensor<B, 2> {
-        let dev = x0.device();
+        let dev = x_start.device();
         let steps: Vec<(f64, f64)> = (0..self.steps()).map(|t| self.step_affine(t)).collect();
         let mut p = 1.0f64;
         let kappa: Vec<f64> = steps
@@ -263,7 +319,6 @@ impl GaussianDiffusion {
                 k
             })
             .collect();
-        let x_start = self.reverse_start(x0);
         let AffineEnds { w_x, w_out, b_out } = ends;
         let m = w_out.clone().matmul(w_x.clone());
         let v = b_out.clone().matmul(w_x.clone());
@@ -375,6 +430,61 @@ mod tests {
     }
 
     #[test]
+    fn host_rows_give_the_loss_and_gradients_of_the_tensor_path() {
+        // training_loss_rows draws x_t and the dropout on the host; training_loss does it with
+        // tensor ops. Same seed: the same loss, sampler history and gradients, bit for bit.
+        type AB = Autodiff<B>;
+        let dev = Default::default();
+        let (rows, cols) = (5, 9);
+        let x0: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7) % 3 == 0) as u8 as f32)
+            .collect();
+        let ts = [0usize, 1, 4, 2, 4];
+        let pts = [0.5, 2.0, 1.0, 0.8, 1.3];
+        for (mean_type, dropout) in [
+            (MeanType::X0, 0.5),
+            (MeanType::X0, 0.0),
+            (MeanType::Eps, 0.5),
+        ] {
+            let d = diffusion(mean_type);
+            let cfg = DenoiserConfig {
+                dims: vec![4],
+                dropout,
+                ..DenoiserConfig::default()
+            };
+            let m = Denoiser::<AB>::new(cols, &cfg, InitScheme::DiffRec, &dev);
+            let run = |host: bool| {
+                crate::noise::reseed(77, 0);
+                let out = if host {
+                    d.training_loss_rows(&m, x0.clone(), cols, &ts, &pts, &dev)
+                } else {
+                    let t =
+                        Tensor::<AB, 2>::from_data(TensorData::new(x0.clone(), [rows, cols]), &dev);
+                    d.training_loss(&m, t, &ts, &pts)
+                };
+                let loss = out.loss.clone().into_scalar().elem::<f32>().to_bits();
+                let grads = out.loss.backward();
+                let w = m.affine_ends().unwrap().w_out;
+                let g: Vec<u32> = w
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect();
+                (loss, out.weighted, g)
+            };
+            let (tensor, host) = (run(false), run(true));
+            assert_eq!(tensor, host, "{mean_type:?}, dropout {dropout}");
+            crate::noise::reseed(78, 0);
+            let other = d.training_loss_rows(&m, x0.clone(), cols, &ts, &pts, &dev);
+            assert_ne!(other.weighted, host.1, "another seed draws other noise");
+        }
+    }
+
+    #[test]
     fn reverse_pass_with_an_identity_like_model_returns_its_last_output() {
         // p_sample returns the model's x̂0 at t = 0: check shape and that it is deterministic.
         let d = diffusion(MeanType::X0);
@@ -428,10 +538,11 @@ mod tests {
             };
             let m = Denoiser::<B>::new(12, &cfg, InitScheme::DiffRec, &dev);
             let x0 = Tensor::<B, 2>::random([6, 12], Distribution::Uniform(0.0, 1.0), &dev);
-            B::seed(&dev, 4);
-            let want = host(d.p_sample_direct(&m, x0.clone()));
-            B::seed(&dev, 4);
-            let got = host(d.p_sample_folded(&m, m.affine_ends().unwrap(), x0));
+            // One start for both (for T' > 0 it is noised: reseeding the backend's global
+            // generator between the two runs raced with other tests drawing from it).
+            let x_start = d.reverse_start(x0);
+            let want = host(d.p_sample_direct(&m, x_start.clone()));
+            let got = host(d.p_sample_folded(&m, m.affine_ends().unwrap(), x_start));
             let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
             assert!(scale > 1e-3, "{mean_type:?}: degenerate output");
             for (k, (g, w)) in got.iter().zip(&want).enumerate() {

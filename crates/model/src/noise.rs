@@ -57,52 +57,63 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `rows × cols` values, row `r` filled by `fill` from its own generator.
-fn draw(rows: usize, cols: usize, fill: impl Fn(&mut SmallRng, &mut [f32]) + Sync) -> Vec<f32> {
+/// The generator seeds of this thread's next `N` draws (advancing its draw counter by `N`) and
+/// the index of its first row: draw `k` gives row `r` the generator `seed_of(bases[k], first, r)`.
+fn next_draws<const N: usize>() -> ([u64; N], u64) {
     let s = STREAM.with(|s| {
         let cur = s.get();
         s.set(Stream {
-            draws: cur.draws + 1,
+            draws: cur.draws + N as u64,
             ..cur
         });
         cur
     });
-    let base = mix(mix(s.seed) ^ s.draws);
+    let base = mix(s.seed);
+    (
+        std::array::from_fn(|k| mix(base ^ (s.draws + k as u64))),
+        s.first_row,
+    )
+}
+
+fn row_rng(base: u64, first_row: u64, r: usize) -> SmallRng {
+    SmallRng::seed_from_u64(mix(base ^ (first_row + r as u64)))
+}
+
+/// `rows × cols` values, row `r` filled by `fill` from its own generator.
+fn draw(rows: usize, cols: usize, fill: impl Fn(&mut SmallRng, &mut [f32]) + Sync) -> Vec<f32> {
+    let ([base], first_row) = next_draws::<1>();
     let mut out = vec![0f32; rows * cols];
     if cols == 0 {
         return out;
     }
     out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
-        let mut rng = SmallRng::seed_from_u64(mix(base ^ (s.first_row + r as u64)));
-        fill(&mut rng, row);
+        fill(&mut row_rng(base, first_row, r), row);
     });
     out
 }
 
+fn fill_normal(rng: &mut SmallRng, row: &mut [f32]) {
+    for x in row {
+        *x = rng.sample(StandardNormal);
+    }
+}
+
 /// Standard normal noise shaped `[rows, cols]` on `device`.
 pub fn standard_normal<B: Backend>(rows: usize, cols: usize, device: &B::Device) -> Tensor<B, 2> {
-    let v = draw(rows, cols, |rng, row| {
-        for x in row {
-            *x = rng.sample(StandardNormal);
-        }
-    });
+    let v = draw(rows, cols, fill_normal);
     Tensor::from_data(TensorData::new(v, [rows, cols]), device)
 }
 
-/// Inverted dropout with probability `p`: each entry kept with probability 1 − p and scaled by
-/// 1/(1 − p), else zeroed. Active only on an autodiff backend (training), like burn's `Dropout`.
-pub fn dropout<B: Backend>(x: Tensor<B, 2>, p: f64) -> Tensor<B, 2> {
-    if p <= 0.0 || !B::ad_enabled(&x.device()) {
-        return x;
-    }
-    let [rows, cols] = x.dims();
+/// An inverted-dropout mask with probability `p`: each entry 1/(1 − p) with probability 1 − p,
+/// else 0. An entry is kept when a uniform 32-bit draw is below (1 − p)·2³² (exact for the
+/// usual p); each 64-bit output serves two entries. Drawing an f64 per entry cost 6 % of an
+/// epoch.
+fn mask_filler(p: f64) -> impl Fn(&mut SmallRng, &mut [f32]) + Sync + Copy {
     let keep = 1.0 - p;
     let scale = (1.0 / keep) as f32;
-    // An entry is kept when a uniform 32-bit draw is below keep·2³² (exact for the usual p);
-    // each 64-bit output serves two entries. Drawing an f64 per entry cost 6 % of an epoch.
     let threshold = (keep * 4_294_967_296.0).round() as u64;
     let pick = move |bits: u64| if bits < threshold { scale } else { 0.0 };
-    let mask = draw(rows, cols, |rng, row| {
+    move |rng: &mut SmallRng, row: &mut [f32]| {
         let mut pairs = row.chunks_exact_mut(2);
         for pair in &mut pairs {
             let b = rng.next_u64();
@@ -112,9 +123,64 @@ pub fn dropout<B: Backend>(x: Tensor<B, 2>, p: f64) -> Tensor<B, 2> {
         for m in pairs.into_remainder() {
             *m = pick(rng.next_u64() >> 32);
         }
-    });
+    }
+}
+
+/// Inverted dropout with probability `p`: each entry kept with probability 1 − p and scaled by
+/// 1/(1 − p), else zeroed. Active only on an autodiff backend (training), like burn's `Dropout`.
+pub fn dropout<B: Backend>(x: Tensor<B, 2>, p: f64) -> Tensor<B, 2> {
+    if p <= 0.0 || !B::ad_enabled(&x.device()) {
+        return x;
+    }
+    let [rows, cols] = x.dims();
+    let mask = draw(rows, cols, mask_filler(p));
     let mask = Tensor::from_data(TensorData::new(mask, [rows, cols]), &x.device());
     x * mask
+}
+
+/// A training input in one host pass: x_t = a_r·x0 + b_r·ε (the forward process with row `r`'s
+/// scales, ε this step's next normal draw as [`standard_normal`] draws it), then inverted
+/// dropout with probability `p` (the draw after it, as [`dropout`] draws it; none when
+/// `p` ≤ 0). The same f32 values, rounded the same way, as drawing ε, computing
+/// `x0 * a + ε * b` with tensor ops and calling [`dropout`] on an autodiff backend — without
+/// materialising ε or the mask or making four element-wise passes over the batch.
+/// `x0`: row-major `[a.len(), cols]`.
+pub fn noised_dropped(x0: &[f32], cols: usize, a: &[f32], b: &[f32], p: f64) -> Vec<f32> {
+    let rows = a.len();
+    assert_eq!(x0.len(), rows * cols, "x0 is [rows, cols]");
+    assert_eq!(b.len(), rows, "one scale per row");
+    let mut out = vec![0f32; rows * cols];
+    if cols == 0 {
+        return out;
+    }
+    let dropping = p > 0.0;
+    let (bases, first_row) = if dropping {
+        next_draws::<2>()
+    } else {
+        let ([noise], first_row) = next_draws::<1>();
+        ([noise, 0], first_row)
+    };
+    let fill_mask = mask_filler(p);
+    out.par_chunks_mut(cols)
+        .zip(x0.par_chunks(cols))
+        .enumerate()
+        .for_each_init(
+            || vec![0f32; cols],
+            |mask, (r, (row, x0))| {
+                fill_normal(&mut row_rng(bases[0], first_row, r), row);
+                let (ar, br) = (a[r], b[r]);
+                for (o, &x) in row.iter_mut().zip(x0) {
+                    *o = x * ar + *o * br;
+                }
+                if dropping {
+                    fill_mask(&mut row_rng(bases[1], first_row, r), mask);
+                    for (o, &m) in row.iter_mut().zip(mask.iter()) {
+                        *o *= m;
+                    }
+                }
+            },
+        );
+    out
 }
 
 #[cfg(test)]
@@ -161,6 +227,48 @@ mod tests {
             .sum::<f64>()
             / 2000.0;
         assert!(corr.abs() < 0.1, "row correlation {corr}");
+    }
+
+    #[test]
+    fn noised_dropped_is_the_forward_process_then_dropout_drawn_in_one_pass() {
+        type AB = Autodiff<B>;
+        let dev = Default::default();
+        let (rows, cols) = (6, 11); // odd width: the mask's last entry of a row uses its own draw
+        let x0: Vec<f32> = (0..rows * cols)
+            .map(|i| (i % 4 == 1) as u8 as f32)
+            .collect();
+        let a: Vec<f32> = (0..rows).map(|r| 0.9 - 0.1 * r as f32).collect();
+        let b: Vec<f32> = a.iter().map(|a| (1.0 - a * a).sqrt()).collect();
+        let column =
+            |v: &[f32]| Tensor::<AB, 2>::from_data(TensorData::new(v.to_vec(), [rows, 1]), &dev);
+        let by_ops = |p: f64| {
+            reseed(11, 0);
+            let x = Tensor::<AB, 2>::from_data(TensorData::new(x0.clone(), [rows, cols]), &dev);
+            let eps = standard_normal::<AB>(rows, cols, &dev);
+            let x_t = x * column(&a) + eps * column(&b);
+            let y = dropout(x_t, p).into_data().to_vec::<f32>().unwrap();
+            let next = host(standard_normal::<B>(1, 3, &dev)); // the step's following draw
+            (y, next)
+        };
+        for p in [0.5, 0.2, 0.0] {
+            let (want, want_next) = by_ops(p);
+            reseed(11, 0);
+            let got = noised_dropped(&x0, cols, &a, &b, p);
+            let next = host(standard_normal::<B>(1, 3, &dev));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "p = {p}");
+            assert_eq!(next, want_next, "p = {p}: the same number of draws taken");
+            if p > 0.0 {
+                assert!(
+                    got.iter().any(|&v| v == 0.0),
+                    "p = {p}: some entries dropped"
+                );
+            }
+            // A replica holding rows 2.. draws what one device draws for them.
+            reseed(11, 2);
+            let shard = noised_dropped(&x0[2 * cols..], cols, &a[2..], &b[2..], p);
+            assert_eq!(bits(&shard), bits(&got[2 * cols..]), "p = {p}");
+        }
     }
 
     #[test]

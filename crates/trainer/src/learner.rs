@@ -51,9 +51,16 @@ impl Batch {
         shard: Option<&Shard>,
         device: &B::Device,
     ) -> (Tensor<B, 2>, Vec<usize>, Vec<f64>) {
+        let (rows, cols) = (self.rows, self.cols);
+        let (x0, ts, pts) = self.start_on_host(shard);
+        let x0 = Tensor::from_data(TensorData::new(x0, [rows, cols]), device);
+        (x0, ts, pts)
+    }
+
+    /// [`Batch::start`] keeping x0 on the host (row-major, `cols` wide).
+    fn start_on_host(self, shard: Option<&Shard>) -> (Vec<f32>, Vec<usize>, Vec<f64>) {
         noise::reseed(self.seed, shard.map_or(0, |s| s.offset));
-        let x0 = Tensor::from_data(TensorData::new(self.x0, [self.rows, self.cols]), device);
-        (x0, self.ts, self.pts)
+        (self.x0, self.ts, self.pts)
     }
 }
 
@@ -197,8 +204,9 @@ impl<B: AutodiffBackend> Learner<B> for DenseLearner<B> {
         _at: StepAt,
         shard: Option<&Shard>,
     ) -> Result<(Self, StepOut), TrainError> {
-        let (x0, ts, pts) = batch.start(shard, &self.device);
-        let out = diffusion.training_loss(&self.model, x0, &ts, &pts);
+        let cols = batch.cols;
+        let (x0, ts, pts) = batch.start_on_host(shard);
+        let out = diffusion.training_loss_rows(&self.model, x0, cols, &ts, &pts, &self.device);
         let loss_t = scaled(out.loss, shard);
         let loss = loss_t.clone().into_scalar().elem::<f64>();
         let grads = GradientsParams::from_grads(loss_t.backward(), &self.model);
