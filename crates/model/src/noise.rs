@@ -58,7 +58,7 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// The generator seeds of this thread's next `N` draws (advancing its draw counter by `N`) and
-/// the index of its first row: draw `k` gives row `r` the generator `seed_of(bases[k], first, r)`.
+/// the index of its first row: draw `k` gives row `r` the generator `row_rng(bases[k], first_row, r)`.
 fn next_draws<const N: usize>() -> ([u64; N], u64) {
     let s = STREAM.with(|s| {
         let cur = s.get();
