@@ -453,9 +453,9 @@ mod tests {
                 ..DenoiserConfig::default()
             };
             let m = Denoiser::<AB>::new(cols, &cfg, InitScheme::DiffRec, &dev);
-            let run = |host: bool| {
+            let run = |on_host: bool| {
                 crate::noise::reseed(77, 0);
-                let out = if host {
+                let out = if on_host {
                     d.training_loss_rows(&m, x0.clone(), cols, &ts, &pts, &dev)
                 } else {
                     let t =
@@ -465,12 +465,7 @@ mod tests {
                 let loss = out.loss.clone().into_scalar().elem::<f32>().to_bits();
                 let grads = out.loss.backward();
                 let w = m.affine_ends().unwrap().w_out;
-                let g: Vec<u32> = w
-                    .grad(&grads)
-                    .unwrap()
-                    .into_data()
-                    .to_vec::<f32>()
-                    .unwrap()
+                let g: Vec<u32> = host(w.grad(&grads).unwrap())
                     .iter()
                     .map(|x| x.to_bits())
                     .collect();
