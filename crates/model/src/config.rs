@@ -83,6 +83,8 @@ pub enum DecoderKind {
     /// One linear layer from the whole latent to every item (the authors' published configs).
     Shared,
     /// One decoder per cluster from its latent chunk to its items (the paper's description).
+    /// `per_cluster`, the issue's spelling, is accepted too.
+    #[serde(alias = "per_cluster")]
     PerCluster,
 }
 
@@ -95,7 +97,8 @@ pub struct AutoEncoderConfig {
     /// count (floor, at least 1; the last cluster takes the remainder). Default `[300]`.
     #[serde(default = "default_ae_dims")]
     pub dims: Vec<usize>,
-    /// `model.autoencoder.decoder`: `shared` or `per-cluster`. Default `shared`.
+    /// `model.autoencoder.decoder`: `shared` or `per-cluster` (also `per_cluster`). Default
+    /// `shared`.
     #[serde(default = "default_decoder")]
     pub decoder: DecoderKind,
     /// `model.autoencoder.dropout`: dropout on the encoder's input. Default 0.1.
@@ -418,6 +421,15 @@ mod tests {
         c.validate().unwrap();
         let l: ModelConfig = serde_json::from_str(r#"{"variant": "l-diffrec"}"#).unwrap();
         assert!(!l.beta_fixed());
+        assert_eq!(l.autoencoder.decoder, DecoderKind::Shared);
+        for spelling in ["per-cluster", "per_cluster"] {
+            let json = format!(r#"{{"autoencoder": {{"decoder": "{spelling}"}}}}"#);
+            let c: ModelConfig = serde_json::from_str(&json).unwrap();
+            assert_eq!(c.autoencoder.decoder, DecoderKind::PerCluster, "{spelling}");
+        }
+        assert!(
+            serde_json::from_str::<ModelConfig>(r#"{"autoencoder": {"decoder": "per"}}"#).is_err()
+        );
     }
 
     #[test]
