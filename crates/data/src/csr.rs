@@ -47,6 +47,15 @@ impl CsrMatrix {
         self.indices.len()
     }
 
+    /// Stored entries per column (with users as rows: each item's interactions).
+    pub fn col_counts(&self) -> Vec<u64> {
+        let mut counts = vec![0u64; self.n_cols];
+        for &c in &self.indices {
+            counts[c as usize] += 1;
+        }
+        counts
+    }
+
     /// Column indices and values of row `r`.
     pub fn row(&self, r: usize) -> (&[u32], &[f32]) {
         let (a, b) = (self.indptr[r], self.indptr[r + 1]);
@@ -88,5 +97,7 @@ mod tests {
         let mut out = vec![9.0; 8];
         m.densify_rows(&[2, 0], &mut out);
         assert_eq!(out, vec![0., 0., 0., 3., 0., 1., 0.5, 0.]);
+        // Entries, not values: the duplicate (2, 3) is one entry.
+        assert_eq!(m.col_counts(), vec![0, 1, 1, 1]);
     }
 }

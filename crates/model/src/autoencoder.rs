@@ -13,29 +13,83 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
-use crate::config::{AutoEncoderConfig, DecoderKind};
+use crate::config::{AutoEncoderConfig, DecoderKind, LatentShare};
 use crate::denoiser::{InitScheme, linear};
 
 /// Per-cluster widths of every encoder layer: for layer j, cluster c < C−1 gets
-/// `floor(len_c / n_items · dims[j])` (at least 1) and the last cluster the remainder, so the
-/// widths sum to `dims[j]` (spec §4.2). Returns `[cluster][layer]`.
-pub fn latent_dims(cluster_sizes: &[usize], dims: &[usize]) -> Vec<Vec<usize>> {
-    let n_items: usize = cluster_sizes.iter().sum();
-    let c = cluster_sizes.len();
+/// `floor(w_c / Σw · dims[j])` (at least 1) and the last cluster the remainder, so the widths
+/// sum to `dims[j]`. With item counts as the weights `w` this is spec §4.2. Returns
+/// `[cluster][layer]`.
+pub fn latent_dims(weights: &[u64], dims: &[usize]) -> Vec<Vec<usize>> {
+    let total = weights.iter().sum::<u64>().max(1) as f64;
+    let c = weights.len();
     let mut out = vec![Vec::with_capacity(dims.len()); c];
     for &d in dims {
         let mut used = 0;
-        for (k, &len) in cluster_sizes.iter().enumerate() {
-            let w = if k + 1 < c {
-                ((len as f64 / n_items as f64 * d as f64).floor() as usize).max(1)
+        for (k, &w) in weights.iter().enumerate() {
+            let width = if k + 1 < c {
+                ((w as f64 / total * d as f64).floor() as usize).max(1)
             } else {
                 d.saturating_sub(used).max(1)
             };
-            used += w;
-            out[k].push(w);
+            used += width;
+            out[k].push(width);
         }
     }
     out
+}
+
+/// Each item's cluster, and each cluster's weight in dividing the latent width among the
+/// clusters (`model.autoencoder.latent_share`): its item count or its training interactions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemClusters {
+    labels: Vec<u32>,
+    weights: Vec<u64>,
+}
+
+impl ItemClusters {
+    /// `labels[i]` is item i's cluster (0..k, every cluster non-empty; k = 1: no clustering);
+    /// weights by `share`, where `interactions[i]` is item i's count of training interactions
+    /// (unused for [`LatentShare::Items`]).
+    pub fn new(labels: &[u32], share: LatentShare, interactions: &[u64]) -> Self {
+        let k = labels.iter().map(|&c| c as usize + 1).max().unwrap_or(1);
+        let mut weights = vec![0u64; k];
+        match share {
+            LatentShare::Items => labels.iter().for_each(|&c| weights[c as usize] += 1),
+            LatentShare::Interactions => {
+                assert_eq!(labels.len(), interactions.len(), "one count per item");
+                for (&c, &n) in labels.iter().zip(interactions) {
+                    weights[c as usize] += n;
+                }
+            }
+        }
+        ItemClusters {
+            labels: labels.to_vec(),
+            weights,
+        }
+    }
+
+    /// Weighted by item count (spec §4.2).
+    pub fn by_items(labels: &[u32]) -> Self {
+        Self::new(labels, LatentShare::Items, &[])
+    }
+
+    /// Given weights (one per cluster, as a checkpoint stores them); `None` when their number
+    /// is not the number of clusters.
+    pub fn with_weights(labels: Vec<u32>, weights: Vec<u64>) -> Option<Self> {
+        let k = labels.iter().map(|&c| c as usize + 1).max().unwrap_or(1);
+        (weights.len() == k).then_some(ItemClusters { labels, weights })
+    }
+
+    /// Item i's cluster.
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
+    /// Each cluster's weight.
+    pub fn weights(&self) -> &[u64] {
+        &self.weights
+    }
 }
 
 /// Device index of each cluster: largest encoder first, each to the device with the fewest
@@ -103,32 +157,33 @@ pub struct ClusteredAutoEncoder<B: Backend> {
 }
 
 impl<B: Backend> ClusteredAutoEncoder<B> {
-    /// `labels[i]` is item i's cluster (0..k, every cluster non-empty; k = 1: no clustering).
+    /// One encoder per cluster of `clusters`, its latent width from the cluster's weight.
     /// Xavier-normal weights, zero biases (spec §3.3).
-    pub fn new(labels: &[u32], cfg: &AutoEncoderConfig, device: &B::Device) -> Self {
-        Self::placed(labels, cfg, std::slice::from_ref(device))
+    pub fn new(clusters: &ItemClusters, cfg: &AutoEncoderConfig, device: &B::Device) -> Self {
+        Self::placed(clusters, cfg, std::slice::from_ref(device))
     }
 
     /// Like [`Self::new`], with the cluster encoders (and per-cluster decoders) spread over
     /// `devices` (model parallelism): largest cluster first, each to the device with the fewest
     /// encoder parameters so far. The shared decoder and the outputs live on `devices[0]`.
-    pub fn placed(labels: &[u32], cfg: &AutoEncoderConfig, devices: &[B::Device]) -> Self {
+    pub fn placed(clusters: &ItemClusters, cfg: &AutoEncoderConfig, devices: &[B::Device]) -> Self {
         let device = &devices[0];
-        let k = labels.iter().map(|&c| c as usize + 1).max().unwrap_or(1);
-        let mut clusters = vec![Vec::new(); k];
+        let labels = clusters.labels();
+        let k = clusters.weights().len();
+        let mut members = vec![Vec::new(); k];
         for (i, &c) in labels.iter().enumerate() {
-            clusters[c as usize].push(i as i64);
+            members[c as usize].push(i as i64);
         }
         assert!(
-            clusters.iter().all(|c| !c.is_empty()),
+            members.iter().all(|c| !c.is_empty()),
             "every cluster needs an item (the cluster stage guarantees it)"
         );
         let mut position_of = vec![0i64; labels.len()];
-        for (p, &i) in clusters.iter().flatten().enumerate() {
+        for (p, &i) in members.iter().flatten().enumerate() {
             position_of[i as usize] = p as i64;
         }
-        let sizes: Vec<usize> = clusters.iter().map(Vec::len).collect();
-        let dims = latent_dims(&sizes, &cfg.dims);
+        let sizes: Vec<usize> = members.iter().map(Vec::len).collect();
+        let dims = latent_dims(clusters.weights(), &cfg.dims);
         let place = placement(&sizes, &dims, devices.len());
         let init = InitScheme::Xavier;
         let encoders = sizes
@@ -168,7 +223,7 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
             encoders,
             decoders,
             dropout: DropoutConfig::new(cfg.dropout).init(),
-            clusters,
+            clusters: members,
             position_of,
             widths: dims.iter().map(|d| d[d.len() - 1]).collect(),
             spread: devices.len() > 1,
@@ -345,11 +400,46 @@ mod tests {
     }
 
     #[test]
+    fn latent_widths_can_follow_interactions() {
+        // Items 0, 2 in cluster 0 with 9 + 6 interactions; items 1, 3 in cluster 1 with 3 + 2.
+        let labels = [0u32, 1, 0, 1];
+        let counts = [9u64, 3, 6, 2];
+        let by_items = ItemClusters::by_items(&labels);
+        assert_eq!(by_items.weights(), &[2, 2]);
+        let by_use = ItemClusters::new(&labels, LatentShare::Interactions, &counts);
+        assert_eq!(by_use.weights(), &[15, 5]);
+        // floor(15/20 · 10) = 7, the last cluster the remainder; per layer.
+        assert_eq!(
+            latent_dims(by_use.weights(), &[20, 10]),
+            vec![vec![15, 7], vec![5, 3]]
+        );
+        let cfg = AutoEncoderConfig {
+            dims: vec![10],
+            latent_share: LatentShare::Interactions,
+            ..AutoEncoderConfig::default()
+        };
+        let m = ClusteredAutoEncoder::<B>::new(&by_use, &cfg, &Default::default());
+        assert_eq!(m.cluster_widths(), &[7, 3]);
+        // Our ML-1M clusters (885 items with 330,293 interactions, 1,925 with 72,984): the
+        // popular cluster gets 245 of 300 latent dimensions instead of 94.
+        assert_eq!(
+            latent_dims(&[330_293, 72_984], &[300]),
+            vec![vec![245], vec![55]]
+        );
+        assert_eq!(latent_dims(&[885, 1925], &[300]), vec![vec![94], vec![206]]);
+        assert!(ItemClusters::with_weights(labels.to_vec(), vec![1]).is_none());
+        assert_eq!(
+            ItemClusters::with_weights(labels.to_vec(), vec![15, 5]),
+            Some(by_use)
+        );
+    }
+
+    #[test]
     fn ml1m_parameter_count_matches_the_reference() {
         // Spec §4.7: encoders 1850→394 and 960→206, decoder 300→2810: 1,773,070 parameters.
         let labels: Vec<u32> = (0..2810).map(|i| (i >= 1850) as u32).collect();
         let m = ClusteredAutoEncoder::<B>::new(
-            &labels,
+            &ItemClusters::by_items(&labels),
             &AutoEncoderConfig::default(),
             &Default::default(),
         );
@@ -370,7 +460,7 @@ mod tests {
             ..AutoEncoderConfig::default()
         };
         B::seed(&dev, 5);
-        let m = ClusteredAutoEncoder::<B>::new(&labels, &cfg, &dev);
+        let m = ClusteredAutoEncoder::<B>::new(&ItemClusters::by_items(&labels), &cfg, &dev);
         assert_eq!(m.cluster_widths(), &[1, 3]);
         let x = Tensor::<B, 2>::from_floats(
             [[1.0, 0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0, 0.0]],

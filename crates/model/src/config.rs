@@ -88,15 +88,32 @@ pub enum DecoderKind {
     PerCluster,
 }
 
+/// `model.autoencoder.latent_share`: how the latent width is divided among the clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LatentShare {
+    /// In proportion to each cluster's item count (spec §4.2, the authors' code).
+    Items,
+    /// In proportion to each cluster's training interactions, so that a cluster of popular
+    /// items gets the width its share of the data calls for.
+    Interactions,
+}
+
 /// `model.autoencoder` (spec §4.2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AutoEncoderConfig {
     /// `model.autoencoder.dims`: encoder layer sizes summed over clusters; the last is the
-    /// latent size the diffusion runs in. Each cluster gets a share proportional to its item
-    /// count (floor, at least 1; the last cluster takes the remainder). Default `[300]`.
+    /// latent size the diffusion runs in. Each cluster gets a share of every layer proportional
+    /// to its weight, see `latent_share` (floor, at least 1; the last cluster takes the
+    /// remainder). Default `[300]`.
     #[serde(default = "default_ae_dims")]
     pub dims: Vec<usize>,
+    /// `model.autoencoder.latent_share`: `items` (each cluster's share of every layer's width
+    /// follows its item count, spec §4.2) or `interactions` (its count of training
+    /// interactions). Default `items`.
+    #[serde(default = "default_latent_share")]
+    pub latent_share: LatentShare,
     /// `model.autoencoder.decoder`: `shared` or `per-cluster` (also `per_cluster`). Default
     /// `shared`.
     #[serde(default = "default_decoder")]
@@ -152,6 +169,7 @@ impl Default for AutoEncoderConfig {
     fn default() -> Self {
         AutoEncoderConfig {
             dims: default_ae_dims(),
+            latent_share: default_latent_share(),
             decoder: default_decoder(),
             dropout: default_ae_dropout(),
             reparam: true,
@@ -166,6 +184,9 @@ impl Default for AutoEncoderConfig {
 
 fn default_ae_dims() -> Vec<usize> {
     vec![300]
+}
+fn default_latent_share() -> LatentShare {
+    LatentShare::Items
 }
 fn default_decoder() -> DecoderKind {
     DecoderKind::Shared
@@ -422,6 +443,14 @@ mod tests {
         let l: ModelConfig = serde_json::from_str(r#"{"variant": "l-diffrec"}"#).unwrap();
         assert!(!l.beta_fixed());
         assert_eq!(l.autoencoder.decoder, DecoderKind::Shared);
+        assert_eq!(l.autoencoder.latent_share, LatentShare::Items);
+        let c: ModelConfig =
+            serde_json::from_str(r#"{"autoencoder": {"latent_share": "interactions"}}"#).unwrap();
+        assert_eq!(c.autoencoder.latent_share, LatentShare::Interactions);
+        assert!(
+            serde_json::from_str::<ModelConfig>(r#"{"autoencoder": {"latent_share": "users"}}"#)
+                .is_err()
+        );
         for spelling in ["per-cluster", "per_cluster"] {
             let json = format!(r#"{{"autoencoder": {{"decoder": "{spelling}"}}}}"#);
             let c: ModelConfig = serde_json::from_str(&json).unwrap();

@@ -5,7 +5,7 @@
 use burn::module::Module;
 use burn::prelude::*;
 
-use crate::autoencoder::{ClusteredAutoEncoder, multinomial_nll};
+use crate::autoencoder::{ClusteredAutoEncoder, ItemClusters, multinomial_nll};
 use crate::config::ModelConfig;
 use crate::denoiser::{Denoiser, InitScheme};
 use crate::diffusion::GaussianDiffusion;
@@ -33,16 +33,17 @@ pub struct LatentLoss<B: Backend> {
 }
 
 impl<B: Backend> LatentDiffRec<B> {
-    /// `labels[i]`: item i's cluster. Xavier-normal weights and zero biases throughout (spec §3.3).
-    pub fn new(labels: &[u32], cfg: &ModelConfig, device: &B::Device) -> Self {
-        Self::placed(labels, cfg, std::slice::from_ref(device))
+    /// The items' clusters and their latent weights. Xavier-normal weights and zero biases
+    /// throughout (spec §3.3).
+    pub fn new(clusters: &ItemClusters, cfg: &ModelConfig, device: &B::Device) -> Self {
+        Self::placed(clusters, cfg, std::slice::from_ref(device))
     }
 
     /// Model parallelism: the cluster encoders spread over `devices`
     /// ([`ClusteredAutoEncoder::placed`]); the denoiser and decoder on `devices[0]`.
-    pub fn placed(labels: &[u32], cfg: &ModelConfig, devices: &[B::Device]) -> Self {
+    pub fn placed(clusters: &ItemClusters, cfg: &ModelConfig, devices: &[B::Device]) -> Self {
         let device = &devices[0];
-        let autoencoder = ClusteredAutoEncoder::placed(labels, &cfg.autoencoder, devices);
+        let autoencoder = ClusteredAutoEncoder::placed(clusters, &cfg.autoencoder, devices);
         let denoiser = Denoiser::new(
             autoencoder.latent_width(),
             &cfg.denoiser,
@@ -164,7 +165,8 @@ mod tests {
             },
             ..ModelConfig::default()
         };
-        let m = LatentDiffRec::<B>::new(&labels, &cfg, &Default::default());
+        let m =
+            LatentDiffRec::<B>::new(&ItemClusters::by_items(&labels), &cfg, &Default::default());
         assert_eq!(m.denoiser.num_params(), 183_710);
         assert_eq!(m.num_params(), 1_773_070 + 183_710);
     }
@@ -176,7 +178,7 @@ mod tests {
         let cfg = config();
         let d = GaussianDiffusion::new(&cfg.diffusion, cfg.beta_fixed()).unwrap();
         let labels = [0u32, 1, 0, 1, 1, 0, 1];
-        let m = LatentDiffRec::<AB>::new(&labels, &cfg, &dev);
+        let m = LatentDiffRec::<AB>::new(&ItemClusters::by_items(&labels), &cfg, &dev);
         let x = Tensor::<AB, 2>::from_floats(
             [[1.0, 0., 1., 0., 0., 1., 0.], [0., 1., 0., 1., 1., 0., 0.]],
             &dev,
@@ -219,9 +221,9 @@ mod tests {
             [1.0f32, 0., 1., 0., 0., 1., 0., 1., 0.],
             [0., 1., 0., 1., 1., 0., 0., 0., 1.],
         ];
-        let base = LatentDiffRec::<AB>::new(&labels, &cfg, &dev);
+        let base = LatentDiffRec::<AB>::new(&ItemClusters::by_items(&labels), &cfg, &dev);
         let run = |devices: &[burn_flex::FlexDevice]| {
-            let m = LatentDiffRec::<AB>::placed(&labels, &cfg, devices)
+            let m = LatentDiffRec::<AB>::placed(&ItemClusters::by_items(&labels), &cfg, devices)
                 .load_record(base.clone().into_record());
             let out = m.loss(
                 &d,
@@ -261,7 +263,7 @@ mod tests {
         use crate::autoencoder::{latent_dims, placement};
         // Three clusters on two devices: the largest alone, the two others together.
         let sizes = [1000, 600, 500];
-        let dims = latent_dims(&sizes, &[30]);
+        let dims = latent_dims(&[1000, 600, 500], &[30]);
         assert_eq!(placement(&sizes, &dims, 2), vec![0, 1, 1]);
         assert_eq!(placement(&sizes, &dims, 1), vec![0, 0, 0]);
     }
@@ -273,7 +275,7 @@ mod tests {
         let cfg = config();
         let d = GaussianDiffusion::new(&cfg.diffusion, cfg.beta_fixed()).unwrap();
         let labels = [0u32, 1, 0, 1, 1, 0, 1];
-        let m = LatentDiffRec::<B>::new(&labels, &cfg, &dev);
+        let m = LatentDiffRec::<B>::new(&ItemClusters::by_items(&labels), &cfg, &dev);
         let x = Tensor::<B, 2>::from_floats([[1.0, 0., 1., 0., 0., 1., 0.]], &dev);
         let host = |t: Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
         let want = host(

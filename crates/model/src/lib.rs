@@ -17,10 +17,10 @@ pub mod noise;
 pub mod sampler;
 pub mod schedule;
 
-pub use autoencoder::{ClusteredAutoEncoder, Encoded, latent_dims, multinomial_nll};
+pub use autoencoder::{ClusteredAutoEncoder, Encoded, ItemClusters, latent_dims, multinomial_nll};
 pub use config::{
-    AutoEncoderConfig, ConfigError, DecoderKind, DenoiserConfig, DiffusionConfig, MeanType,
-    ModelConfig, Schedule, Variant,
+    AutoEncoderConfig, ConfigError, DecoderKind, DenoiserConfig, DiffusionConfig, LatentShare,
+    MeanType, ModelConfig, Schedule, Variant,
 };
 pub use denoiser::{Denoiser, InitScheme};
 pub use diffusion::{BatchLoss, GaussianDiffusion};

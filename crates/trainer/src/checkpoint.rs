@@ -42,6 +42,11 @@ pub struct TrainState {
     /// checkpoint was trained with. Empty for the other variants.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub item_clusters: Vec<u32>,
+    /// L-DiffRec/LT-DiffRec: each cluster's weight in dividing the latent
+    /// (`model.autoencoder.latent_share`). Empty in checkpoints written before the key existed:
+    /// those divided it by item count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_weights: Vec<u64>,
 }
 
 /// Length-prefixed (u64 LE) concatenation of `parts`.
@@ -156,6 +161,7 @@ mod tests {
             train_seconds: 3.0,
             fingerprint: "abc".into(),
             item_clusters: vec![0, 1, 1],
+            cluster_weights: vec![1, 2],
         };
         let b = encode(&state, b"model", b"opt", None).unwrap();
         let c = decode(&b).unwrap();

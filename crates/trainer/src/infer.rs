@@ -4,7 +4,7 @@
 
 use burn::prelude::*;
 use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
-use diffrec_model::{Denoiser, InitScheme, LatentDiffRec, ModelConfig, Recommender};
+use diffrec_model::{Denoiser, InitScheme, ItemClusters, LatentDiffRec, ModelConfig, Recommender};
 
 use crate::checkpoint::{Checkpoint, decode};
 use crate::error::TrainError;
@@ -49,7 +49,18 @@ pub async fn load_best<B: Backend>(
             model.variant
         )));
     }
-    let m = LatentDiffRec::<B>::new(&state.item_clusters, model, device);
+    let clusters = if state.cluster_weights.is_empty() {
+        ItemClusters::by_items(&state.item_clusters)
+    } else {
+        let k = state.cluster_weights.len();
+        ItemClusters::with_weights(state.item_clusters, state.cluster_weights).ok_or_else(|| {
+            TrainError::Checkpoint(format!(
+                "{} holds {k} cluster weights, not one per cluster",
+                best_key(run)
+            ))
+        })?
+    };
+    let m = LatentDiffRec::<B>::new(&clusters, model, device);
     load_recommender(Recommender::Latent(m), model_bytes, device)
 }
 

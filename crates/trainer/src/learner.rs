@@ -10,7 +10,7 @@ use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use diffrec_model::{
-    AutoEncoderConfig, ClusteredAutoEncoder, Denoiser, GaussianDiffusion, InitScheme,
+    AutoEncoderConfig, ClusteredAutoEncoder, Denoiser, GaussianDiffusion, InitScheme, ItemClusters,
     LatentDiffRec, Recommender, noise,
 };
 
@@ -253,12 +253,13 @@ pub(crate) struct LatentLearner<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> LatentLearner<B> {
-    /// `labels[i]`: item i's cluster (from the cluster stage). Several `devices`: model
-    /// parallelism over the cluster encoders; the batch and the denoiser on `devices[0]`.
-    pub fn new(labels: &[u32], spec: &RunSpec, devices: &[B::Device]) -> Self {
+    /// `clusters`: the items' clusters (from the cluster stage) and their latent weights.
+    /// Several `devices`: model parallelism over the cluster encoders; the batch and the
+    /// denoiser on `devices[0]`.
+    pub fn new(clusters: &ItemClusters, spec: &RunSpec, devices: &[B::Device]) -> Self {
         let device = &devices[0];
         LatentLearner {
-            model: stable_ids(LatentDiffRec::placed(labels, &spec.model, devices)),
+            model: stable_ids(LatentDiffRec::placed(clusters, &spec.model, devices)),
             ae_optim: adamw(spec.train.ae_weight_decay),
             dn_optim: adamw(spec.train.weight_decay),
             ae_lr: spec.train.ae_lr,

@@ -427,7 +427,9 @@ mod tests {
     use crate::learner::{DenseLearner, LatentLearner};
     use crate::train::RunSpec;
     use burn::backend::Autodiff;
-    use diffrec_model::{AutoEncoderConfig, DenoiserConfig, DiffusionConfig, ModelConfig, Variant};
+    use diffrec_model::{
+        AutoEncoderConfig, DenoiserConfig, DiffusionConfig, ItemClusters, ModelConfig, Variant,
+    };
 
     type AB = Autodiff<burn_flex::Flex>;
     const ITEMS: usize = 12;
@@ -596,7 +598,8 @@ mod tests {
         let diffusion = crate::train::diffusion_of(&spec.model).unwrap();
         let labels: Vec<u32> = (0..ITEMS as u32).map(|i| i % 2).collect();
         for replicas in [2, 4] {
-            let make = || LatentLearner::<AB>::new(&labels, &spec, std::slice::from_ref(&dev));
+            let clusters = ItemClusters::by_items(&labels);
+            let make = || LatentLearner::<AB>::new(&clusters, &spec, std::slice::from_ref(&dev));
             let what = format!("l-diffrec, {replicas} replicas");
             assert_close(&what, one_vs_many(make, &diffusion, replicas));
         }

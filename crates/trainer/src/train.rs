@@ -11,7 +11,9 @@ use std::time::Instant;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
-use diffrec_model::{GaussianDiffusion, ModelConfig, Recommender, StepSampler, Variant};
+use diffrec_model::{
+    GaussianDiffusion, ItemClusters, ModelConfig, Recommender, StepSampler, Variant,
+};
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
@@ -172,23 +174,28 @@ where
                 data.n_items
             )));
         }
-        let clusters = labels.to_vec();
+        let clusters = ItemClusters::new(
+            labels,
+            spec.model.autoencoder.latent_share,
+            &data.train.col_counts(),
+        );
+        tracing::info!(weights = ?clusters.weights(), "train: latent shared by cluster weight");
         if data_parallel {
             let make =
-                |d: &B::Device| LatentLearner::<B>::new(labels, spec, std::slice::from_ref(d));
+                |d: &B::Device| LatentLearner::<B>::new(&clusters, spec, std::slice::from_ref(d));
             let learner = replicate(make, &devices, &diffusion, spec)?;
-            run_loop(ws, data, spec, learner, clusters, device, progress).await
+            run_loop(ws, data, spec, learner, Some(clusters), device, progress).await
         } else {
-            let learner = LatentLearner::<B>::new(labels, spec, &devices);
-            run_loop(ws, data, spec, learner, clusters, device, progress).await
+            let learner = LatentLearner::<B>::new(&clusters, spec, &devices);
+            run_loop(ws, data, spec, learner, Some(clusters), device, progress).await
         }
     } else if data_parallel {
         let make = |d: &B::Device| DenseLearner::<B>::new(data.n_items, spec, d);
         let learner = replicate(make, &devices, &diffusion, spec)?;
-        run_loop(ws, data, spec, learner, Vec::new(), device, progress).await
+        run_loop(ws, data, spec, learner, None, device, progress).await
     } else {
         let learner = DenseLearner::<B>::new(data.n_items, spec, &device);
-        run_loop(ws, data, spec, learner, Vec::new(), device, progress).await
+        run_loop(ws, data, spec, learner, None, device, progress).await
     }
 }
 
@@ -224,7 +231,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
     data: &SplitMatrices,
     spec: &RunSpec,
     mut learner: L,
-    item_clusters: Vec<u32>,
+    clusters: Option<ItemClusters>,
     device: B::Device,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, TrainError> {
@@ -246,7 +253,11 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
         sampler: StepSampler::new(diffusion.steps()),
         train_seconds: 0.0,
         fingerprint: spec.fingerprint.clone(),
-        item_clusters,
+        item_clusters: clusters
+            .as_ref()
+            .map(|c| c.labels().to_vec())
+            .unwrap_or_default(),
+        cluster_weights: clusters.map(|c| c.weights().to_vec()).unwrap_or_default(),
     };
     let latest = if spec.fresh {
         None
