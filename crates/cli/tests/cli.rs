@@ -883,5 +883,44 @@ fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
+
+    // The latent divided by training interactions: other widths, so other parameter counts,
+    // and the checkpoint carries the weights, so re-evaluating the best checkpoint (a model
+    // rebuilt from it) gives the metrics the trained model had.
+    let li = [
+        "--set",
+        "name=li",
+        "--set",
+        "model.autoencoder.latent_share=interactions",
+    ];
+    let summary = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(ws.join("runs/li/summary.json")).unwrap()).unwrap()
+    };
+    for stage in ["train", "evaluate"] {
+        let out = diffrec()
+            .args(["stage", stage, p.to_str().unwrap(), "--workspace"])
+            .arg(&ws)
+            .args(li)
+            .args(["--set", "train.epochs=10"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{stage}: {}", text(&out));
+        if stage == "train" {
+            let trained = summary();
+            assert_ne!(trained["params"], s["params"], "{trained}");
+            std::fs::write(dir.join("trained.json"), trained.to_string()).unwrap();
+        }
+    }
+    let trained: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("trained.json")).unwrap()).unwrap();
+    let evaluated = summary();
+    for split in ["valid", "test"] {
+        let (a, b) = (&trained[split]["recall@20"], &evaluated[split]["recall@20"]);
+        let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+        assert!(
+            (a - b).abs() < 1e-6,
+            "{split}: trained {a}, re-evaluated {b}"
+        );
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
