@@ -99,6 +99,12 @@ pub enum LatentShare {
     Interactions,
 }
 
+impl LatentShare {
+    fn is_items(&self) -> bool {
+        *self == LatentShare::Items
+    }
+}
+
 /// `model.autoencoder` (spec §4.2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,8 +117,13 @@ pub struct AutoEncoderConfig {
     pub dims: Vec<usize>,
     /// `model.autoencoder.latent_share`: `items` (each cluster's share of every layer's width
     /// follows its item count, spec §4.2) or `interactions` (its count of training
-    /// interactions). Default `items`.
-    #[serde(default = "default_latent_share")]
+    /// interactions). Default `items`, left out when serialised, so that the resolved config of
+    /// a pipeline without the key, and so the fingerprints of runs trained before the key
+    /// existed, stay the same.
+    #[serde(
+        default = "default_latent_share",
+        skip_serializing_if = "LatentShare::is_items"
+    )]
     pub latent_share: LatentShare,
     /// `model.autoencoder.decoder`: `shared` or `per-cluster` (also `per_cluster`). Default
     /// `shared`.
@@ -447,6 +458,9 @@ mod tests {
         let c: ModelConfig =
             serde_json::from_str(r#"{"autoencoder": {"latent_share": "interactions"}}"#).unwrap();
         assert_eq!(c.autoencoder.latent_share, LatentShare::Interactions);
+        let shown = |c: &ModelConfig| serde_json::to_value(c).unwrap()["autoencoder"].clone();
+        assert_eq!(shown(&c)["latent_share"], "interactions");
+        assert!(shown(&l).get("latent_share").is_none(), "{}", shown(&l));
         assert!(
             serde_json::from_str::<ModelConfig>(r#"{"autoencoder": {"latent_share": "users"}}"#)
                 .is_err()
