@@ -39,6 +39,11 @@ pub fn latent_dims(weights: &[u64], dims: &[usize]) -> Vec<Vec<usize>> {
     out
 }
 
+/// Number of clusters `labels` names (0..k; at least 1).
+fn cluster_count(labels: &[u32]) -> usize {
+    labels.iter().map(|&c| c as usize + 1).max().unwrap_or(1)
+}
+
 /// Each item's cluster, and each cluster's weight in dividing the latent width among the
 /// clusters (`model.autoencoder.latent_share`): its item count or its training interactions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +57,7 @@ impl ItemClusters {
     /// weights by `share`, where `interactions[i]` is item i's count of training interactions
     /// (unused for [`LatentShare::Items`]).
     pub fn new(labels: &[u32], share: LatentShare, interactions: &[u64]) -> Self {
-        let k = labels.iter().map(|&c| c as usize + 1).max().unwrap_or(1);
-        let mut weights = vec![0u64; k];
+        let mut weights = vec![0u64; cluster_count(labels)];
         match share {
             LatentShare::Items => labels.iter().for_each(|&c| weights[c as usize] += 1),
             LatentShare::Interactions => {
@@ -77,8 +81,7 @@ impl ItemClusters {
     /// Given weights (one per cluster, as a checkpoint stores them); `None` when their number
     /// is not the number of clusters.
     pub fn with_weights(labels: Vec<u32>, weights: Vec<u64>) -> Option<Self> {
-        let k = labels.iter().map(|&c| c as usize + 1).max().unwrap_or(1);
-        (weights.len() == k).then_some(ItemClusters { labels, weights })
+        (weights.len() == cluster_count(&labels)).then_some(ItemClusters { labels, weights })
     }
 
     /// Item i's cluster.

@@ -597,8 +597,8 @@ mod tests {
         spec.model.variant = Variant::LDiffrec;
         let diffusion = crate::train::diffusion_of(&spec.model).unwrap();
         let labels: Vec<u32> = (0..ITEMS as u32).map(|i| i % 2).collect();
+        let clusters = ItemClusters::by_items(&labels);
         for replicas in [2, 4] {
-            let clusters = ItemClusters::by_items(&labels);
             let make = || LatentLearner::<AB>::new(&clusters, &spec, std::slice::from_ref(&dev));
             let what = format!("l-diffrec, {replicas} replicas");
             assert_close(&what, one_vs_many(make, &diffusion, replicas));
