@@ -922,5 +922,37 @@ fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
             "{split}: trained {a}, re-evaluated {b}"
         );
     }
+
+    // Evaluating with a model configuration other than the trained one is a user error (exit
+    // code 2) that names the checkpoint and the first parameter that does not fit: another
+    // latent size, and another number of denoiser layers, which burn itself would have met
+    // with a panic. (The clusters and their latent share come from the checkpoint, so
+    // `latent_share` cannot mismatch.)
+    for (set, param) in [
+        (
+            "model.autoencoder.dims=[32]",
+            "`autoencoder.encoders.0.0.weight`",
+        ),
+        (
+            "model.denoiser.dims=[64, 64]",
+            "`denoiser.in_layers.1.weight`",
+        ),
+    ] {
+        let out = diffrec()
+            .args(["stage", "evaluate", p.to_str().unwrap(), "--workspace"])
+            .arg(&ws)
+            .args(["--set", "name=li", "--set", set])
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{set}: {t}");
+        assert!(
+            t.contains(
+                "runs/li/checkpoints/best.ckpt was trained with another model configuration"
+            ) && t.contains(param)
+                && !t.contains("panicked"),
+            "{set}: {t}"
+        );
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }

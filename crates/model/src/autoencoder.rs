@@ -15,6 +15,7 @@ use burn::tensor::activation::log_softmax;
 
 use crate::config::{AutoEncoderConfig, DecoderKind, LatentShare};
 use crate::denoiser::{InitScheme, linear};
+use crate::shapes::{ParamShape, ParamShapes, join};
 
 /// Per-cluster widths of every encoder layer: for layer j, cluster c < C−1 gets
 /// `floor(w_c / Σw · dims[j])` (at least 1) and the last cluster the remainder, so the widths
@@ -157,6 +158,13 @@ pub struct ClusteredAutoEncoder<B: Backend> {
     /// Whether `encode(_, true)` samples (`model.autoencoder.reparam`).
     #[module(skip)]
     reparam: bool,
+}
+
+impl<B: Backend> ParamShapes for ClusteredAutoEncoderRecord<B> {
+    fn param_shapes(&self, path: &str, out: &mut Vec<ParamShape>) {
+        self.encoders.param_shapes(&join(path, "encoders"), out);
+        self.decoders.param_shapes(&join(path, "decoders"), out);
+    }
 }
 
 impl<B: Backend> ClusteredAutoEncoder<B> {

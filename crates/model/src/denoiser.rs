@@ -7,6 +7,7 @@ use burn::prelude::*;
 
 use crate::config::DenoiserConfig;
 use crate::embedding::timestep_embedding;
+use crate::shapes::{ParamShape, ParamShapes, join};
 
 /// How parameters are initialised (spec §3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,14 @@ pub(crate) fn linear<B: Backend>(
         InitScheme::Xavier => Initializer::Zeros.init([d_out], device),
     });
     l
+}
+
+impl<B: Backend> ParamShapes for DenoiserRecord<B> {
+    fn param_shapes(&self, path: &str, out: &mut Vec<ParamShape>) {
+        self.emb.param_shapes(&join(path, "emb"), out);
+        self.in_layers.param_shapes(&join(path, "in_layers"), out);
+        self.out_layers.param_shapes(&join(path, "out_layers"), out);
+    }
 }
 
 impl<B: Backend> Denoiser<B> {

@@ -9,6 +9,7 @@ use crate::autoencoder::{ClusteredAutoEncoder, ItemClusters, multinomial_nll};
 use crate::config::ModelConfig;
 use crate::denoiser::{Denoiser, InitScheme};
 use crate::diffusion::GaussianDiffusion;
+use crate::shapes::{ParamShape, ParamShapes, join};
 
 /// The latent diffusion recommender.
 #[derive(Module, Debug)]
@@ -30,6 +31,14 @@ pub struct LatentLoss<B: Backend> {
     pub kl: Tensor<B, 1>,
     /// weight_t · mse per sample (the step sampler's history).
     pub weighted: Vec<f64>,
+}
+
+impl<B: Backend> ParamShapes for LatentDiffRecRecord<B> {
+    fn param_shapes(&self, path: &str, out: &mut Vec<ParamShape>) {
+        self.autoencoder
+            .param_shapes(&join(path, "autoencoder"), out);
+        self.denoiser.param_shapes(&join(path, "denoiser"), out);
+    }
 }
 
 impl<B: Backend> LatentDiffRec<B> {

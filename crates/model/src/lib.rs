@@ -16,6 +16,7 @@ pub mod latent;
 pub mod noise;
 pub mod sampler;
 pub mod schedule;
+pub mod shapes;
 
 pub use autoencoder::{ClusteredAutoEncoder, Encoded, ItemClusters, latent_dims, multinomial_nll};
 pub use config::{
@@ -27,3 +28,4 @@ pub use diffusion::{BatchLoss, GaussianDiffusion};
 pub use latent::{LatentDiffRec, LatentLoss, Recommender};
 pub use sampler::StepSampler;
 pub use schedule::DiffusionSchedule;
+pub use shapes::{ParamShape, ParamShapes, shape_mismatch};

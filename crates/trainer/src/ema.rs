@@ -82,7 +82,12 @@ impl<B: Backend> Ema<B> {
     /// Restores the average written by [`Ema::bytes`].
     pub fn load(&mut self, bytes: Vec<u8>, device: &B::Device) -> Result<(), TrainError> {
         let avg = self.model.take().expect("the average is always present");
-        self.model = Some(load_recommender(avg, bytes, device)?);
+        self.model = Some(load_recommender(
+            avg,
+            bytes,
+            "the latest checkpoint's parameter average",
+            device,
+        )?);
         Ok(())
     }
 }

@@ -9,6 +9,16 @@ pub enum TrainError {
     Model(String),
     #[error("checkpoint error: {0}")]
     Checkpoint(String),
+    /// A checkpoint's parameters do not have the shapes the configured model has.
+    #[error(
+        "{checkpoint} was trained with another model configuration: {why}. Use the model \
+         settings (`model.variant`, `model.denoiser`, `model.autoencoder`) it was trained with"
+    )]
+    ModelMismatch {
+        /// Which checkpoint (its key, or which part of it).
+        checkpoint: String,
+        why: String,
+    },
     #[error("backend `{0}` is not compiled into this binary; rebuild with `--features {0}`")]
     BackendMissing(&'static str),
     #[error("{0}")]
@@ -23,7 +33,10 @@ impl TrainError {
     pub fn is_input(&self) -> bool {
         match self {
             TrainError::Data(d) => d.is_input(),
-            TrainError::Model(_) | TrainError::BackendMissing(_) | TrainError::Input(_) => true,
+            TrainError::Model(_)
+            | TrainError::ModelMismatch { .. }
+            | TrainError::BackendMissing(_)
+            | TrainError::Input(_) => true,
             TrainError::Checkpoint(_) | TrainError::Collective(_) => false,
         }
     }

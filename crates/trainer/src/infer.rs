@@ -38,7 +38,7 @@ pub async fn load_best<B: Backend>(
     } = decode(&bytes)?;
     if !model.variant.is_latent() {
         let m = Denoiser::<B>::new(n_items, &model.denoiser, InitScheme::DiffRec, device);
-        return load_recommender(Recommender::Dense(m), model_bytes, device);
+        return load_recommender(Recommender::Dense(m), model_bytes, &best_key(run), device);
     }
     if state.item_clusters.len() != n_items {
         return Err(TrainError::Checkpoint(format!(
@@ -61,7 +61,7 @@ pub async fn load_best<B: Backend>(
         })?
     };
     let m = LatentDiffRec::<B>::new(&clusters, model, device);
-    load_recommender(Recommender::Latent(m), model_bytes, device)
+    load_recommender(Recommender::Latent(m), model_bytes, &best_key(run), device)
 }
 
 /// Top-`k` (item_idx, score) per user, training items excluded, users in index order.

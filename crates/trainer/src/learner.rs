@@ -11,7 +11,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use diffrec_model::{
     AutoEncoderConfig, ClusteredAutoEncoder, Denoiser, GaussianDiffusion, InitScheme, ItemClusters,
-    LatentDiffRec, Recommender, noise,
+    LatentDiffRec, ParamShapes, Recommender, noise, shape_mismatch,
 };
 
 use crate::checkpoint::{frame, unframe};
@@ -105,6 +105,9 @@ pub(crate) fn ckpt_err(e: impl std::fmt::Display) -> TrainError {
 
 type AdamWOf<M, B> = OptimizerAdaptor<AdamW, M, B>;
 
+/// How errors name the checkpoint a learner resumes from.
+const LATEST: &str = "the latest checkpoint";
+
 /// Replaces every parameter id by its visiting order. Burn draws ids at random in each process;
 /// data parallelism across nodes all-reduces gradients in id order, so every node must agree.
 struct StableIds(u64);
@@ -146,21 +149,41 @@ pub(crate) fn recommender_bytes<B: Backend>(m: &Recommender<B>) -> Result<Vec<u8
     }
 }
 
-/// `m` with the parameters of a record written by [`recommender_bytes`].
+/// `m` with the parameters of a record written by [`recommender_bytes`]; `what` names the
+/// checkpoint in errors.
 pub(crate) fn load_recommender<B: Backend>(
     m: Recommender<B>,
     bytes: Vec<u8>,
+    what: &str,
     device: &B::Device,
 ) -> Result<Recommender<B>, TrainError> {
-    let rec = recorder();
     Ok(match m {
-        Recommender::Dense(m) => {
-            Recommender::Dense(m.load_record(rec.load(bytes, device).map_err(ckpt_err)?))
-        }
-        Recommender::Latent(m) => {
-            Recommender::Latent(m.load_record(rec.load(bytes, device).map_err(ckpt_err)?))
-        }
+        Recommender::Dense(m) => Recommender::Dense(load_checked(m, bytes, what, device)?),
+        Recommender::Latent(m) => Recommender::Latent(load_checked(m, bytes, what, device)?),
     })
+}
+
+/// `model` with the parameters of `bytes` (a record of the same module type), after checking
+/// every parameter's path and shape against `model`: burn would load another configuration's
+/// record without a word and fail later inside a matrix product. `what` names the checkpoint
+/// in errors.
+pub(crate) fn load_checked<B: Backend, M: Module<B>>(
+    model: M,
+    bytes: Vec<u8>,
+    what: &str,
+    device: &B::Device,
+) -> Result<M, TrainError>
+where
+    M::Record: ParamShapes,
+{
+    let record: M::Record = recorder().load(bytes, device).map_err(ckpt_err)?;
+    match shape_mismatch(&model.clone().into_record().shapes(), &record.shapes()) {
+        Some(why) => Err(TrainError::ModelMismatch {
+            checkpoint: what.to_owned(),
+            why,
+        }),
+        None => Ok(model.load_record(record)),
+    }
 }
 
 /// The differentiated loss of a replica: scaled by its share of the batch, so that summing
@@ -229,9 +252,7 @@ impl<B: AutodiffBackend> Learner<B> for DenseLearner<B> {
     }
     fn load(mut self, model: Vec<u8>, optim: Option<Vec<u8>>) -> Result<Self, TrainError> {
         let device = &self.device;
-        self.model = self
-            .model
-            .load_record(recorder().load(model, device).map_err(ckpt_err)?);
+        self.model = load_checked(self.model, model, LATEST, device)?;
         if let Some(optim) = optim {
             self.optim = self
                 .optim
@@ -321,9 +342,7 @@ impl<B: AutodiffBackend> Learner<B> for LatentLearner<B> {
     }
     fn load(mut self, model: Vec<u8>, optim: Option<Vec<u8>>) -> Result<Self, TrainError> {
         let device = &self.device;
-        self.model = self
-            .model
-            .load_record(recorder().load(model, device).map_err(ckpt_err)?);
+        self.model = load_checked(self.model, model, LATEST, device)?;
         let Some(optim) = optim else {
             return Ok(self);
         };
