@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use arrow_array::{Float32Array, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema};
 use diffrec_data::artifacts::load_ids;
@@ -120,6 +120,11 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     Ok(())
 }
 
+/// A `diffrec recommend` argument that names nothing in the workspace (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// `diffrec recommend`: top-K for one known user, or for a history of item ids.
 pub async fn recommend_one(
     ws_url: &str,
@@ -132,10 +137,10 @@ pub async fn recommend_one(
     let manifest: StageManifest = ws
         .get_json(&manifest_key(&run_dir(run)))
         .await?
-        .with_context(|| {
-            format!(
+        .ok_or_else(|| {
+            UsageError(format!(
                 "run `{run}` has not finished training in {ws_url} (no runs/{run}/_manifest.json)"
-            )
+            ))
         })?;
     let model_cfg: ModelConfig = serde_json::from_value(manifest.config["model"].clone())
         .context("the run manifest holds no model configuration")?;
@@ -145,8 +150,10 @@ pub async fn recommend_one(
     let recs = match (user, history) {
         (Some(id), None) => {
             let users = load_ids(&ws, "user").await?;
-            let u = users.iter().position(|x| x == id).with_context(|| {
-                format!("user {id:?} is not in the training data; pass --history instead")
+            let u = users.iter().position(|x| x == id).ok_or_else(|| {
+                UsageError(format!(
+                    "user {id:?} is not in the training data; pass --history instead"
+                ))
             })?;
             let data = load_splits(&ws).await?;
             let input = model_input(&data.train, model_cfg.variant);
@@ -163,11 +170,11 @@ pub async fn recommend_one(
                 }
             }
             if hist.is_empty() {
-                bail!("--history names no item known to the model");
+                return Err(UsageError("--history names no item known to the model".into()).into());
             }
             recommend_history(&model, &model_cfg, items.len(), &hist, k, &dev)?
         }
-        _ => bail!("pass exactly one of --user or --history"),
+        _ => return Err(UsageError("pass exactly one of --user or --history".into()).into()),
     };
     println!("rank\titem_id\tscore");
     for (r, (i, s)) in recs.iter().enumerate() {

@@ -14,11 +14,12 @@ mod progress;
 mod stages;
 mod train_stage;
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 use diffrec_data::synthetic::{SyntheticSpec, write_csv};
 use diffrec_data::{DataError, Workspace};
 
@@ -114,7 +115,9 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
-    /// Print top-K items for one user from a trained run.
+    /// Print top-K items from a trained run's best checkpoint, for one user of the training
+    /// data (`--user`) or for any list of items (`--history`, no retraining needed).
+    #[command(group(ArgGroup::new("who").required(true).args(["user", "history"])))]
     Recommend {
         /// Workspace URL holding the run.
         #[arg(long)]
@@ -122,15 +125,15 @@ enum Command {
         /// Run (pipeline) name.
         #[arg(long)]
         run: String,
-        /// Original user id.
+        /// Original user id (a user of the training data).
         #[arg(long)]
         user: Option<String>,
         /// Comma-separated original item ids: score a user not seen in training (fold-in).
         #[arg(long)]
         history: Option<String>,
-        /// How many items.
-        #[arg(long, default_value_t = 20)]
-        k: usize,
+        /// How many items (at least 1).
+        #[arg(long, default_value_t = NonZeroUsize::new(20).expect("20 > 0"))]
+        k: NonZeroUsize,
     },
     /// Run burn-collective's global orchestrator for multi-node data-parallel training: each
     /// node's trainer (`train.nodes`, `train.node_rank`, `train.orchestrator: HOST:PORT`,
@@ -187,7 +190,9 @@ fn render(e: &anyhow::Error) -> String {
 /// 2 for errors the user fixes in their config or input, 1 otherwise.
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if cause.downcast_ref::<PipelineError>().is_some() {
+        if cause.downcast_ref::<PipelineError>().is_some()
+            || cause.downcast_ref::<infer_stage::UsageError>().is_some()
+        {
             return 2;
         }
         if let Some(d) = cause.downcast_ref::<DataError>() {
@@ -261,8 +266,14 @@ async fn dispatch(command: Command) -> Result<()> {
             history,
             k,
         } => {
-            infer_stage::recommend_one(&workspace, &run, user.as_deref(), history.as_deref(), k)
-                .await
+            infer_stage::recommend_one(
+                &workspace,
+                &run,
+                user.as_deref(),
+                history.as_deref(),
+                k.get(),
+            )
+            .await
         }
         Command::Orchestrator { bind } => {
             let port = diffrec_trainer::config::host_port(&bind)

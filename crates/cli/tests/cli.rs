@@ -135,6 +135,62 @@ fn demo_runs_every_stage_and_beats_popularity() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
+
+    // Mistakes in the arguments exit with 2 and say what is wrong.
+    let recommend = ["recommend", "--workspace", ws.to_str().unwrap()];
+    for (args, says) in [
+        (
+            &["--run", "quickstart", "--user", "nosuch"][..],
+            "user \"nosuch\" is not in the training data",
+        ),
+        (
+            &["--run", "nosuch", "--user", "u5"],
+            "run `nosuch` has not finished training",
+        ),
+        (&["--run", "quickstart", "--user", "u5", "--k", "0"], "--k"),
+        (
+            &["--run", "quickstart", "--user", "u5", "--history", "1"],
+            "cannot be used with",
+        ),
+        (
+            &["--run", "quickstart", "--history", "nosuch"],
+            "--history names no item",
+        ),
+    ] {
+        let out = diffrec().args(recommend).args(args).output().unwrap();
+        let t = text(&out);
+        assert!(
+            out.status.code() == Some(2) && t.contains(says),
+            "{args:?}: {t}"
+        );
+    }
+    // Evaluating the DiffRec run as another model: exit 2, naming the checkpoint and what
+    // differs (burn itself would load the other shapes and panic in a matrix product).
+    let pipeline = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../pipelines/quickstart.yaml"
+    );
+    for (set, says) in [
+        ("model.denoiser.dims=[50]", "`in_layers.0.weight`"),
+        ("model.variant=l-diffrec", "it holds no item clusters"),
+    ] {
+        let out = diffrec()
+            .args(["stage", "evaluate", pipeline, "--workspace"])
+            .arg(&ws)
+            .args(["--set", set])
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert!(
+            out.status.code() == Some(2)
+                && t.contains(
+                    "runs/quickstart/checkpoints/best.ckpt was trained with another model \
+                     configuration"
+                )
+                && t.contains(says),
+            "{set}: {t}"
+        );
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 

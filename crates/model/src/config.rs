@@ -37,6 +37,15 @@ impl Variant {
     pub fn is_latent(self) -> bool {
         matches!(self, Variant::LDiffrec | Variant::LtDiffrec)
     }
+    /// The name pipelines give it (`l-diffrec`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Diffrec => "diffrec",
+            Variant::TDiffrec => "t-diffrec",
+            Variant::LDiffrec => "l-diffrec",
+            Variant::LtDiffrec => "lt-diffrec",
+        }
+    }
 }
 
 /// `model.diffusion.schedule`.
@@ -442,6 +451,19 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variant_names_are_the_pipeline_spelling() {
+        for (v, name) in [
+            (Variant::Diffrec, "diffrec"),
+            (Variant::TDiffrec, "t-diffrec"),
+            (Variant::LDiffrec, "l-diffrec"),
+            (Variant::LtDiffrec, "lt-diffrec"),
+        ] {
+            assert_eq!(v.name(), name);
+            assert_eq!(serde_json::to_value(v).unwrap(), name);
+        }
+    }
 
     #[test]
     fn defaults_are_the_ml1m_setting() {

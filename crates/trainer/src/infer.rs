@@ -36,18 +36,35 @@ pub async fn load_best<B: Backend>(
         model: model_bytes,
         ..
     } = decode(&bytes)?;
-    if !model.variant.is_latent() {
-        let m = Denoiser::<B>::new(n_items, &model.denoiser, InitScheme::DiffRec, device);
-        return load_recommender(Recommender::Dense(m), model_bytes, &best_key(run), device);
-    }
-    if state.item_clusters.len() != n_items {
-        return Err(TrainError::Checkpoint(format!(
-            "{} holds {} item clusters for {} items: it was not trained as {:?} on this data",
-            best_key(run),
-            state.item_clusters.len(),
-            n_items,
-            model.variant
-        )));
+    let mismatch = |why: String| TrainError::ModelMismatch {
+        checkpoint: best_key(run),
+        why,
+    };
+    match (model.variant.is_latent(), state.item_clusters.len()) {
+        (false, 0) => {
+            let m = Denoiser::<B>::new(n_items, &model.denoiser, InitScheme::DiffRec, device);
+            return load_recommender(Recommender::Dense(m), model_bytes, &best_key(run), device);
+        }
+        (false, _) => {
+            return Err(mismatch(format!(
+                "it holds item clusters (an L-DiffRec or LT-DiffRec model), the configuration \
+                 says `model.variant: {}`",
+                model.variant.name()
+            )));
+        }
+        (true, 0) => {
+            return Err(mismatch(format!(
+                "it holds no item clusters (a DiffRec or T-DiffRec model), the configuration \
+                 says `model.variant: {}`",
+                model.variant.name()
+            )));
+        }
+        (true, n) if n != n_items => {
+            return Err(mismatch(format!(
+                "it clusters {n} items, this workspace's data has {n_items}"
+            )));
+        }
+        (true, _) => {}
     }
     let clusters = if state.cluster_weights.is_empty() {
         ItemClusters::by_items(&state.item_clusters)
