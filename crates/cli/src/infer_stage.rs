@@ -15,6 +15,7 @@ use diffrec_trainer::infer::{load_best, recommend_all, recommend_history};
 use diffrec_trainer::train::{Summary, diffusion_of, evaluate, model_input, run_dir, summary_key};
 
 use crate::pipeline::Loaded;
+use crate::usage::UsageError;
 
 type Cpu = burn_flex::Flex;
 
@@ -119,11 +120,6 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     );
     Ok(())
 }
-
-/// A `diffrec recommend` argument that names nothing in the workspace (exit code 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
 
 /// `diffrec recommend`: top-K for one known user, or for a history of item ids.
 pub async fn recommend_one(

@@ -13,6 +13,7 @@ mod pipeline;
 mod progress;
 mod stages;
 mod train_stage;
+mod usage;
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -191,7 +192,7 @@ fn render(e: &anyhow::Error) -> String {
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.downcast_ref::<PipelineError>().is_some()
-            || cause.downcast_ref::<infer_stage::UsageError>().is_some()
+            || cause.downcast_ref::<usage::UsageError>().is_some()
         {
             return 2;
         }

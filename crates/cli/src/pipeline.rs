@@ -186,8 +186,8 @@ fn validate(p: &Pipeline) -> Result<(), (String, String)> {
         return Err((
             "model.variant".into(),
             format!(
-                "{:?} reads time-weighted interactions: add a data.temporal section",
-                p.model.variant
+                "{} reads time-weighted interactions: add a data.temporal section",
+                p.model.variant.name()
             ),
         ));
     }

@@ -38,8 +38,8 @@ pub async fn run_stages(loaded: &Loaded, stages: &[Stage], force: bool) -> Resul
     for &stage in stages {
         if stage == Stage::Cluster && !loaded.pipeline.model.variant.is_latent() {
             tracing::info!(
-                "cluster: not needed for {:?}, skipping",
-                loaded.pipeline.model.variant
+                "cluster: not needed for {}, skipping",
+                loaded.pipeline.model.variant.name()
             );
             continue;
         }

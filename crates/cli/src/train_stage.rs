@@ -15,13 +15,14 @@ use diffrec_trainer::{Progress, RunSpec, train_on};
 
 use crate::pipeline::Loaded;
 use crate::progress::EpochBar;
+use crate::usage::UsageError;
 
 pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     let p = &loaded.pipeline;
     let dir = run_dir(&p.name);
     let mut inputs = upstream_hashes(ws, diffrec_data::ingest::STAGE_DIR)
         .await?
-        .context("the ingest stage has not completed in this workspace (no data/_manifest.json): run it first")?;
+        .ok_or_else(|| UsageError("the ingest stage has not completed in this workspace (no data/_manifest.json): run it first".into()))?;
     // L-DiffRec reads the item clusters: their hash (not the cluster stage's timings) decides
     // whether training is stale.
     let latent = p.model.variant.is_latent();
@@ -30,10 +31,10 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         let hash = upstream_hashes(ws, STAGE_DIR)
             .await?
             .and_then(|mut h| h.remove(ITEM_CLUSTERS))
-            .with_context(|| format!(
-                "model.variant {:?} needs {ITEM_CLUSTERS}, and the cluster stage has not completed in this workspace: run it first",
-                p.model.variant
-            ))?;
+            .ok_or_else(|| UsageError(format!(
+                "model.variant {} needs {ITEM_CLUSTERS}, and the cluster stage has not completed in this workspace: run it first",
+                p.model.variant.name()
+            )))?;
         inputs.insert(ITEM_CLUSTERS.to_owned(), hash);
     }
     // Where this process sits among several nodes is no part of the run's identity: every

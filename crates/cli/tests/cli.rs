@@ -191,6 +191,29 @@ fn demo_runs_every_stage_and_beats_popularity() {
             "{set}: {t}"
         );
     }
+    // A stage started before the stage it reads from: exit 2, saying which to run.
+    let empty = dir.join("empty");
+    for (ws, set, says) in [
+        (
+            &ws,
+            "model.variant=l-diffrec",
+            "model.variant l-diffrec needs cluster/item_clusters.parquet, and the cluster stage \
+             has not completed",
+        ),
+        (&empty, "name=q", "the ingest stage has not completed"),
+    ] {
+        let out = diffrec()
+            .args(["stage", "train", pipeline, "--workspace"])
+            .arg(ws)
+            .args(["--set", "name=other", "--set", set])
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert!(
+            out.status.code() == Some(2) && t.contains(says),
+            "{set}: {t}"
+        );
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 

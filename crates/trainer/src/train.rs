@@ -159,17 +159,17 @@ where
     if cfg.parallel == Parallel::Model && !spec.model.variant.is_latent() {
         return Err(TrainError::Input(format!(
             "train.parallel: model spreads L-DiffRec's cluster encoders over the devices; \
-             {:?} has none (use train.parallel: data)",
-            spec.model.variant
+             {} has none (use train.parallel: data)",
+            spec.model.variant.name()
         )));
     }
     if spec.model.variant.is_latent() {
         let labels = spec.item_clusters.as_deref().unwrap_or_default();
         if labels.len() != data.n_items {
             return Err(TrainError::Input(format!(
-                "model.variant {:?} needs every item's cluster (cluster/item_clusters.parquet): \
+                "model.variant {} needs every item's cluster (cluster/item_clusters.parquet): \
                  got {} labels for {} items; run the cluster stage",
-                spec.model.variant,
+                spec.model.variant.name(),
                 labels.len(),
                 data.n_items
             )));
