@@ -60,11 +60,13 @@ indptr = np.concatenate([[0], np.cumsum(lengths)])
 indices = np.concatenate([rng.choice(N_ITEMS, n, replace=False) for n in lengths])
 
 model = Denoiser().train()
-opt = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-8, weight_decay=0.0)
+# fused=True: one kernel over all parameters, like diffrec's fused AdamW (on the CPU PyTorch
+# otherwise updates tensor by tensor).
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-8, weight_decay=0.0, fused=True)
 params = list(model.parameters())
 avg = [p.detach().clone() for p in params]
-history = torch.zeros(T, 10)
-count = torch.zeros(T, dtype=torch.long)
+history = np.zeros((T, 10))  # the last 10 losses per step, a ring per step
+count = np.zeros(T, dtype=np.int64)
 steps = 0
 times = []
 for ep in range(epochs + 1):
@@ -78,9 +80,9 @@ for ep in range(epochs + 1):
         cols = np.concatenate([indices[indptr[u]:indptr[u + 1]] for u in users])
         x0 = torch.zeros(n, N_ITEMS)
         x0[torch.from_numpy(rows), torch.from_numpy(cols)] = 1.0
-        if bool((count == 10).all()):
-            w = torch.sqrt((history ** 2).mean(dim=1))
-            pt = 0.999 * w / w.sum() + 0.001 / T
+        if (count >= 10).all():
+            w = np.sqrt((history ** 2).mean(axis=1))
+            pt = torch.tensor(0.999 * w / w.sum() + 0.001 / T, dtype=torch.float32)
         else:
             pt = torch.full((T,), 1.0 / T)
         ts = torch.multinomial(pt, n, replacement=True)
@@ -90,12 +92,9 @@ for ep in range(epochs + 1):
         mse = ((x0 - out) ** 2).mean(dim=1)
         weight = torch.where(ts == 0, torch.ones(()), snr_t[(ts - 1).clamp(min=0)] - snr_t[ts])
         loss_rows = weight * mse
-        with torch.no_grad():
-            for t in torch.unique(ts).tolist():
-                new = loss_rows[ts == t].detach()[-10:]
-                k = len(new)
-                history[t] = torch.cat([history[t], new])[-10:] if k < 10 else new
-                count[t] = min(10, int(count[t]) + k)
+        for t, v in zip(ts.tolist(), loss_rows.detach().tolist()):
+            history[t, count[t] % 10] = v
+            count[t] += 1
         loss = (loss_rows / (pt[ts] * T)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

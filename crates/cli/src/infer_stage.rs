@@ -31,6 +31,7 @@ struct RunModel {
 impl RunModel {
     async fn load(ws: &Workspace, loaded: &Loaded) -> Result<Self> {
         let p = &loaded.pipeline;
+        check_trained_settings(ws, &p.name, &p.model).await?;
         let data = load_splits(ws).await?;
         let dev = Default::default();
         let model = load_best::<Cpu>(ws, &p.name, &p.model, data.n_items, &dev).await?;
@@ -41,6 +42,68 @@ impl RunModel {
             input,
             dev,
         })
+    }
+}
+
+/// Refuses to evaluate or recommend a finished run with model settings other than those it was
+/// trained with (its manifest's `config.model`), naming the keys: a changed diffusion or input
+/// would score with another model than the trained one, and shapes alone do not show it. The
+/// reverse pass's own settings (`sampling_steps`, `sampling_noise`) may change, and the
+/// autoencoder's do not matter to DiffRec/T-DiffRec. A run without a manifest (still training,
+/// or killed) is left to the checkpoint's shape check.
+async fn check_trained_settings(ws: &Workspace, run: &str, model: &ModelConfig) -> Result<()> {
+    let Some(manifest) = ws
+        .get_json::<StageManifest>(&manifest_key(&run_dir(run)))
+        .await?
+    else {
+        return Ok(());
+    };
+    let trained: ModelConfig = serde_json::from_value(manifest.config["model"].clone())
+        .context("the run manifest holds no readable model configuration")?;
+    let latent = trained.variant.is_latent() || model.variant.is_latent();
+    let comparable = |m: &ModelConfig| -> Result<serde_json::Value> {
+        let mut v = serde_json::to_value(m)?;
+        if let Some(d) = v["diffusion"].as_object_mut() {
+            d.remove("sampling_steps");
+            d.remove("sampling_noise");
+        }
+        if let (false, Some(o)) = (latent, v.as_object_mut()) {
+            o.remove("autoencoder");
+        }
+        Ok(v)
+    };
+    let mut differences = Vec::new();
+    differing_keys(
+        "model",
+        &comparable(&trained)?,
+        &comparable(model)?,
+        &mut differences,
+    );
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "run `{run}` was trained with other model settings: {}. Use the settings it was trained \
+         with (`config.model` in runs/{run}/_manifest.json), or retrain it with `--force`",
+        differences.join("; ")
+    ))
+    .into())
+}
+
+/// Appends `path: a (trained) vs b (now)` for every leaf where `a` and `b` differ.
+fn differing_keys(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let null = Value::Null;
+                let (u, v) = (x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null));
+                differing_keys(&format!("{path}.{k}"), u, v, out);
+            }
+        }
+        _ if a != b => out.push(format!("`{path}` {a} (trained) vs {b} (now)")),
+        _ => {}
     }
 }
 

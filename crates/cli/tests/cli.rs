@@ -164,16 +164,44 @@ fn demo_runs_every_stage_and_beats_popularity() {
             "{args:?}: {t}"
         );
     }
-    // Evaluating the DiffRec run as another model: exit 2, naming the checkpoint and what
-    // differs (burn itself would load the other shapes and panic in a matrix product).
+    // Evaluating the DiffRec run as another model: exit 2. With the run's manifest, the
+    // settings that differ from the trained ones are named; without it (a run killed before
+    // it finished), the checkpoint's own check names what does not fit (burn itself would load
+    // the other shapes and panic in a matrix product).
     let pipeline = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../pipelines/quickstart.yaml"
     );
-    for (set, says) in [
-        ("model.denoiser.dims=[50]", "`in_layers.0.weight`"),
-        ("model.variant=l-diffrec", "it holds no item clusters"),
+    let manifest = ws.join("runs/quickstart/_manifest.json");
+    let kept = std::fs::read(&manifest).unwrap();
+    for (with_manifest, set, says) in [
+        (
+            true,
+            "model.denoiser.dims=[50]",
+            "run `quickstart` was trained with other model settings: `model.denoiser.dims` \
+             [200] (trained) vs [50] (now)",
+        ),
+        (
+            true,
+            "model.variant=l-diffrec",
+            "`model.variant` \"diffrec\" (trained) vs \"l-diffrec\" (now)",
+        ),
+        (
+            false,
+            "model.denoiser.dims=[50]",
+            "runs/quickstart/checkpoints/best.ckpt does not fit the configured model: \
+             `in_layers.0.weight` is [1010, 200] in the checkpoint but [1010, 50]",
+        ),
+        (
+            false,
+            "model.variant=l-diffrec",
+            "runs/quickstart/checkpoints/best.ckpt does not fit the configured model: it holds \
+             no item clusters",
+        ),
     ] {
+        if !with_manifest {
+            std::fs::remove_file(&manifest).ok();
+        }
         let out = diffrec()
             .args(["stage", "evaluate", pipeline, "--workspace"])
             .arg(&ws)
@@ -182,15 +210,19 @@ fn demo_runs_every_stage_and_beats_popularity() {
             .unwrap();
         let t = text(&out);
         assert!(
-            out.status.code() == Some(2)
-                && t.contains(
-                    "runs/quickstart/checkpoints/best.ckpt was trained with another model \
-                     configuration"
-                )
-                && t.contains(says),
+            out.status.code() == Some(2) && t.contains(says),
             "{set}: {t}"
         );
     }
+    std::fs::write(&manifest, kept).unwrap();
+    // The reverse pass's own settings may change at evaluation.
+    let out = diffrec()
+        .args(["stage", "evaluate", pipeline, "--workspace"])
+        .arg(&ws)
+        .args(["--set", "model.diffusion.sampling_steps=5"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
     // A stage started before the stage it reads from: exit 2, saying which to run.
     let empty = dir.join("empty");
     for (ws, set, says) in [
@@ -1003,35 +1035,40 @@ fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
     }
 
     // Evaluating with a model configuration other than the trained one is a user error (exit
-    // code 2) that names the checkpoint and the first parameter that does not fit: another
-    // latent size, and another number of denoiser layers, which burn itself would have met
-    // with a panic. (The clusters and their latent share come from the checkpoint, so
-    // `latent_share` cannot mismatch.)
-    for (set, param) in [
+    // code 2): the run's manifest names the settings that differ; without the manifest, the
+    // checkpoint's check names the first parameter that does not fit. Another latent size,
+    // and another number of denoiser layers (burn itself would have panicked).
+    let manifest = ws.join("runs/li/_manifest.json");
+    for (set, trained, checked) in [
         (
             "model.autoencoder.dims=[32]",
-            "`autoencoder.encoders.0.0.weight`",
+            "`model.autoencoder.dims` [48] (trained) vs [32] (now)",
+            "`autoencoder.encoders.0.0.weight` is",
         ),
         (
             "model.denoiser.dims=[64, 64]",
-            "`denoiser.in_layers.1.weight`",
+            "`model.denoiser.dims` [64] (trained) vs [64,64] (now)",
+            "only in the configured model `denoiser.in_layers.1.weight`",
         ),
     ] {
-        let out = diffrec()
-            .args(["stage", "evaluate", p.to_str().unwrap(), "--workspace"])
-            .arg(&ws)
-            .args(["--set", "name=li", "--set", set])
-            .output()
-            .unwrap();
-        let t = text(&out);
-        assert_eq!(out.status.code(), Some(2), "{set}: {t}");
-        assert!(
-            t.contains(
-                "runs/li/checkpoints/best.ckpt was trained with another model configuration"
-            ) && t.contains(param)
-                && !t.contains("panicked"),
-            "{set}: {t}"
-        );
+        let kept = std::fs::read(&manifest).unwrap();
+        for says in [trained, checked] {
+            let out = diffrec()
+                .args(["stage", "evaluate", p.to_str().unwrap(), "--workspace"])
+                .arg(&ws)
+                .args(li)
+                .args(["--set", set])
+                .output()
+                .unwrap();
+            let t = text(&out);
+            assert!(
+                out.status.code() == Some(2) && t.contains(says) && !t.contains("panicked"),
+                "{set}: {t}"
+            );
+            // The second check runs without the manifest.
+            std::fs::remove_file(&manifest).ok();
+        }
+        std::fs::write(&manifest, kept).unwrap();
     }
     std::fs::remove_dir_all(dir).unwrap();
 }

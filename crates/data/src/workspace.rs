@@ -44,6 +44,17 @@ impl std::fmt::Debug for Workspace {
     }
 }
 
+/// Environment variables through which `AmazonS3Builder::from_env` finds credentials without
+/// the instance metadata service (keys, a web identity token, container credentials), or the
+/// switch that makes it send unsigned requests.
+const S3_CREDENTIAL_VARS: [&str; 5] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SKIP_SIGNATURE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+];
+
 impl Workspace {
     /// Opens a workspace URL. A plain path or `file://` URL names a local directory (created if
     /// missing); `memory://` is an in-process store (tests); `s3://bucket/prefix` uses the standard
@@ -77,6 +88,16 @@ impl Workspace {
                 let bucket = parsed.host_str().filter(|b| !b.is_empty()).ok_or_else(|| {
                     bad("an S3 workspace needs a bucket: s3://bucket/prefix".into())
                 })?;
+                if !S3_CREDENTIAL_VARS
+                    .iter()
+                    .any(|v| std::env::var_os(v).is_some())
+                {
+                    tracing::warn!(
+                        "no AWS credentials in the environment ({}): the S3 client will ask the \
+                         instance metadata service at 169.254.169.254, which only cloud machines have",
+                        S3_CREDENTIAL_VARS.join(", ")
+                    );
+                }
                 let s3 = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .build()

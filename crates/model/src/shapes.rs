@@ -58,21 +58,33 @@ impl<T: ParamShapes> ParamShapes for Vec<T> {
 }
 
 /// How `found` (a checkpoint's record) differs from `expected` (the configured model's), or
-/// `None` when every parameter has the same path and shape.
+/// `None` when every parameter has the same path and shape. Parameters present on one side
+/// only (another number of layers or clusters) are named first; otherwise the first parameter
+/// whose shape differs.
 pub fn shape_mismatch(expected: &[ParamShape], found: &[ParamShape]) -> Option<String> {
-    let show = |p: Option<&ParamShape>| match p {
-        Some((path, shape)) => format!("`{path}` {shape:?}"),
-        None => "nothing".to_owned(),
+    let only_in = |side: &[ParamShape], other: &[ParamShape]| -> Vec<String> {
+        side.iter()
+            .filter(|(p, _)| !other.iter().any(|(q, _)| q == p))
+            .map(|(p, _)| format!("`{p}`"))
+            .collect()
     };
-    let first = (0..expected.len().max(found.len())).find(|&i| expected.get(i) != found.get(i))?;
+    let (in_found, in_expected) = (only_in(found, expected), only_in(expected, found));
+    if !in_found.is_empty() || !in_expected.is_empty() {
+        let list = |v: &[String]| match v.len() {
+            0 => "none".to_owned(),
+            1..=4 => v.join(", "),
+            n => format!("{}, … ({n} in all)", v[..4].join(", ")),
+        };
+        return Some(format!(
+            "other layers: only in the checkpoint {}; only in the configured model {}",
+            list(&in_found),
+            list(&in_expected)
+        ));
+    }
+    let ((path, want), (_, got)) = expected.iter().zip(found).find(|(e, f)| e != f)?;
     Some(format!(
-        "parameter {} is {} in the checkpoint but {} in the configured model \
-         ({} parameter tensors against {})",
-        first + 1,
-        show(found.get(first)),
-        show(expected.get(first)),
-        found.len(),
-        expected.len()
+        "`{path}` is {got:?} in the checkpoint but {want:?} in the configured model (weights \
+         are [in, out])"
     ))
 }
 
@@ -113,28 +125,61 @@ mod tests {
         assert_eq!(denoiser(vec![5]), want);
     }
 
+    /// Every parameter is listed: the shapes account for every trainable value, for each
+    /// model and decoder kind (a field added to a module without its `ParamShapes` would
+    /// fail here).
     #[test]
-    fn names_the_first_parameter_that_differs() {
+    fn shapes_cover_every_parameter() {
+        use crate::autoencoder::{ClusteredAutoEncoder, ItemClusters};
+        use crate::config::{AutoEncoderConfig, DecoderKind, ModelConfig, Variant};
+        use crate::latent::LatentDiffRec;
+        let count = |s: Vec<ParamShape>| -> usize {
+            s.iter().map(|(_, d)| d.iter().product::<usize>()).sum()
+        };
+        let dev = Default::default();
+        let d = Denoiser::<B>::new(12, &DenoiserConfig::default(), InitScheme::DiffRec, &dev);
+        assert_eq!(count(d.clone().into_record().shapes()), d.num_params());
+        let clusters = ItemClusters::by_items(&[0, 1, 2, 1, 0, 2, 2, 1, 0, 0]);
+        for decoder in [DecoderKind::Shared, DecoderKind::PerCluster] {
+            let ae_cfg = AutoEncoderConfig {
+                dims: vec![8, 6],
+                decoder,
+                ..AutoEncoderConfig::default()
+            };
+            let ae = ClusteredAutoEncoder::<B>::new(&clusters, &ae_cfg, &dev);
+            assert_eq!(count(ae.clone().into_record().shapes()), ae.num_params());
+            let cfg = ModelConfig {
+                variant: Variant::LDiffrec,
+                autoencoder: ae_cfg,
+                ..ModelConfig::default()
+            };
+            let m = LatentDiffRec::<B>::new(&clusters, &cfg, &dev);
+            let shapes = m.clone().into_record().shapes();
+            assert!(shapes.iter().any(|(p, _)| p.starts_with("denoiser.")));
+            assert_eq!(count(shapes), m.num_params());
+        }
+    }
+
+    #[test]
+    fn names_what_differs() {
         let five = denoiser(vec![5]);
         assert_eq!(shape_mismatch(&five, &five), None);
         assert_eq!(
             shape_mismatch(&five, &denoiser(vec![6])).unwrap(),
-            "parameter 3 is `in_layers.0.weight` [16, 6] in the checkpoint but \
-             `in_layers.0.weight` [16, 5] in the configured model (6 parameter tensors against 6)"
+            "`in_layers.0.weight` is [16, 6] in the checkpoint but [16, 5] in the configured \
+             model (weights are [in, out])"
         );
-        // Another number of layers: [5, 5] has in_layers.1 where [5] has out_layers.0.
+        // Another number of layers: [5, 5] has in_layers.1 and out_layers.1, [5] has not.
         assert_eq!(
             shape_mismatch(&five, &denoiser(vec![5, 5])).unwrap(),
-            "parameter 5 is `in_layers.1.weight` [5, 5] in the checkpoint but \
-             `out_layers.0.weight` [5, 12] in the configured model (10 parameter tensors against 6)"
+            "other layers: only in the checkpoint `in_layers.1.weight`, `in_layers.1.bias`, \
+             `out_layers.1.weight`, `out_layers.1.bias`; only in the configured model none"
         );
-        // A prefix: everything present matches, one side has more.
-        let mut short = five.clone();
-        short.pop();
         assert_eq!(
-            shape_mismatch(&five, &short).unwrap(),
-            "parameter 6 is nothing in the checkpoint but `out_layers.0.bias` [12] in the \
-             configured model (5 parameter tensors against 6)"
+            shape_mismatch(&denoiser(vec![5, 5, 5]), &five).unwrap(),
+            "other layers: only in the checkpoint none; only in the configured model \
+             `in_layers.1.weight`, `in_layers.1.bias`, `in_layers.2.weight`, \
+             `in_layers.2.bias`, … (8 in all)"
         );
     }
 }

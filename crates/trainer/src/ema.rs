@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use crate::config::EmaWarmup;
 use crate::error::TrainError;
 use crate::flex::{flat_f32, from_flex, to_flex};
-use crate::learner::{load_recommender, recommender_bytes};
+use crate::learner::{Origin, RESUMED, load_recommender, recommender_bytes};
 
 /// The averaged model.
 pub(crate) struct Ema<B: Backend> {
@@ -85,7 +85,10 @@ impl<B: Backend> Ema<B> {
         self.model = Some(load_recommender(
             avg,
             bytes,
-            "the latest checkpoint's parameter average",
+            Origin {
+                checkpoint: "the latest checkpoint's parameter average",
+                ..RESUMED
+            },
             device,
         )?);
         Ok(())

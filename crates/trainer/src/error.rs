@@ -9,15 +9,15 @@ pub enum TrainError {
     Model(String),
     #[error("checkpoint error: {0}")]
     Checkpoint(String),
-    /// A checkpoint's parameters do not have the shapes the configured model has.
-    #[error(
-        "{checkpoint} was trained with another model configuration: {why}. Use the model \
-         settings (`model.variant`, `model.denoiser`, `model.autoencoder`) it was trained with"
-    )]
+    /// A checkpoint does not fit the configured model (its parameters' shapes, its variant or
+    /// its items differ).
+    #[error("{checkpoint} does not fit the configured model: {why}. {hint}")]
     ModelMismatch {
         /// Which checkpoint (its key, or which part of it).
         checkpoint: String,
         why: String,
+        /// What to do about it.
+        hint: String,
     },
     #[error("backend `{0}` is not compiled into this binary; rebuild with `--features {0}`")]
     BackendMissing(&'static str),

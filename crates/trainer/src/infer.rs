@@ -8,7 +8,7 @@ use diffrec_model::{Denoiser, InitScheme, ItemClusters, LatentDiffRec, ModelConf
 
 use crate::checkpoint::{Checkpoint, decode};
 use crate::error::TrainError;
-use crate::learner::load_recommender;
+use crate::learner::{Origin, load_recommender};
 use crate::metrics::top_k;
 use crate::train::{best_key, diffusion_of, score_rows};
 
@@ -36,14 +36,20 @@ pub async fn load_best<B: Backend>(
         model: model_bytes,
         ..
     } = decode(&bytes)?;
-    let mismatch = |why: String| TrainError::ModelMismatch {
-        checkpoint: best_key(run),
-        why,
+    let key = best_key(run);
+    let hint = format!(
+        "Evaluate and recommend with the model settings the run was trained with (`config.model` \
+         in runs/{run}/_manifest.json); if the data changed since, retrain it with `--force`"
+    );
+    let origin = Origin {
+        checkpoint: &key,
+        hint: &hint,
     };
+    let mismatch = |why: String| origin.mismatch(why);
     match (model.variant.is_latent(), state.item_clusters.len()) {
         (false, 0) => {
             let m = Denoiser::<B>::new(n_items, &model.denoiser, InitScheme::DiffRec, device);
-            return load_recommender(Recommender::Dense(m), model_bytes, &best_key(run), device);
+            return load_recommender(Recommender::Dense(m), model_bytes, origin, device);
         }
         (false, _) => {
             return Err(mismatch(format!(
@@ -78,7 +84,7 @@ pub async fn load_best<B: Backend>(
         })?
     };
     let m = LatentDiffRec::<B>::new(&clusters, model, device);
-    load_recommender(Recommender::Latent(m), model_bytes, &best_key(run), device)
+    load_recommender(Recommender::Latent(m), model_bytes, origin, device)
 }
 
 /// Top-`k` (item_idx, score) per user, training items excluded, users in index order.

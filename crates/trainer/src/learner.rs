@@ -105,9 +105,6 @@ pub(crate) fn ckpt_err(e: impl std::fmt::Display) -> TrainError {
 
 type AdamWOf<M, B> = OptimizerAdaptor<AdamW, M, B>;
 
-/// How errors name the checkpoint a learner resumes from.
-const LATEST: &str = "the latest checkpoint";
-
 /// Replaces every parameter id by its visiting order. Burn draws ids at random in each process;
 /// data parallelism across nodes all-reduces gradients in id order, so every node must agree.
 struct StableIds(u64);
@@ -149,28 +146,51 @@ pub(crate) fn recommender_bytes<B: Backend>(m: &Recommender<B>) -> Result<Vec<u8
     }
 }
 
-/// `m` with the parameters of a record written by [`recommender_bytes`]; `what` names the
-/// checkpoint in errors.
+/// Where a record comes from, and what the user can do when it does not fit (for errors).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin<'a> {
+    pub checkpoint: &'a str,
+    pub hint: &'a str,
+}
+
+impl Origin<'_> {
+    pub fn mismatch(&self, why: String) -> TrainError {
+        TrainError::ModelMismatch {
+            checkpoint: self.checkpoint.to_owned(),
+            why,
+            hint: self.hint.to_owned(),
+        }
+    }
+}
+
+/// A resumed run's records: the fingerprint check before loading has ruled out another
+/// configuration, so a mismatch means a damaged or foreign checkpoint.
+pub(crate) const RESUMED: Origin<'static> = Origin {
+    checkpoint: "the latest checkpoint",
+    hint: "It is damaged or was written by another diffrec version: start the run over with \
+           `--force`",
+};
+
+/// `m` with the parameters of a record written by [`recommender_bytes`].
 pub(crate) fn load_recommender<B: Backend>(
     m: Recommender<B>,
     bytes: Vec<u8>,
-    what: &str,
+    origin: Origin,
     device: &B::Device,
 ) -> Result<Recommender<B>, TrainError> {
     Ok(match m {
-        Recommender::Dense(m) => Recommender::Dense(load_checked(m, bytes, what, device)?),
-        Recommender::Latent(m) => Recommender::Latent(load_checked(m, bytes, what, device)?),
+        Recommender::Dense(m) => Recommender::Dense(load_checked(m, bytes, origin, device)?),
+        Recommender::Latent(m) => Recommender::Latent(load_checked(m, bytes, origin, device)?),
     })
 }
 
 /// `model` with the parameters of `bytes` (a record of the same module type), after checking
 /// every parameter's path and shape against `model`: burn would load another configuration's
-/// record without a word and fail later inside a matrix product. `what` names the checkpoint
-/// in errors.
+/// record without a word and fail later inside a matrix product.
 pub(crate) fn load_checked<B: Backend, M: Module<B>>(
     model: M,
     bytes: Vec<u8>,
-    what: &str,
+    origin: Origin,
     device: &B::Device,
 ) -> Result<M, TrainError>
 where
@@ -178,10 +198,7 @@ where
 {
     let record: M::Record = recorder().load(bytes, device).map_err(ckpt_err)?;
     match shape_mismatch(&model.clone().into_record().shapes(), &record.shapes()) {
-        Some(why) => Err(TrainError::ModelMismatch {
-            checkpoint: what.to_owned(),
-            why,
-        }),
+        Some(why) => Err(origin.mismatch(why)),
         None => Ok(model.load_record(record)),
     }
 }
@@ -252,7 +269,7 @@ impl<B: AutodiffBackend> Learner<B> for DenseLearner<B> {
     }
     fn load(mut self, model: Vec<u8>, optim: Option<Vec<u8>>) -> Result<Self, TrainError> {
         let device = &self.device;
-        self.model = load_checked(self.model, model, LATEST, device)?;
+        self.model = load_checked(self.model, model, RESUMED, device)?;
         if let Some(optim) = optim {
             self.optim = self
                 .optim
@@ -342,7 +359,7 @@ impl<B: AutodiffBackend> Learner<B> for LatentLearner<B> {
     }
     fn load(mut self, model: Vec<u8>, optim: Option<Vec<u8>>) -> Result<Self, TrainError> {
         let device = &self.device;
-        self.model = load_checked(self.model, model, LATEST, device)?;
+        self.model = load_checked(self.model, model, RESUMED, device)?;
         let Some(optim) = optim else {
             return Ok(self);
         };
