@@ -41,6 +41,22 @@ fn write_pipeline(dir: &Path, body: &str) -> PathBuf {
     p
 }
 
+/// Runs `diffrec stage STAGE PIPELINE --workspace WS --set …` and checks that it refuses: exit
+/// code 2, `says` in the output, no panic.
+fn assert_stage_refuses(stage: &str, pipeline: &str, ws: &Path, sets: &[&str], says: &str) {
+    let mut c = diffrec();
+    c.args(["stage", stage, pipeline, "--workspace"]).arg(ws);
+    for set in sets {
+        c.args(["--set", set]);
+    }
+    let out = c.output().unwrap();
+    let t = text(&out);
+    assert!(
+        out.status.code() == Some(2) && t.contains(says) && !t.contains("panicked"),
+        "{stage} {sets:?}: {t}"
+    );
+}
+
 const PIPE: &str = "name: t\ndata:\n  source: {format: csv, path: log.csv}\n  min_rating: 3\n";
 
 #[test]
@@ -202,17 +218,7 @@ fn demo_runs_every_stage_and_beats_popularity() {
         if !with_manifest {
             std::fs::remove_file(&manifest).ok();
         }
-        let out = diffrec()
-            .args(["stage", "evaluate", pipeline, "--workspace"])
-            .arg(&ws)
-            .args(["--set", set])
-            .output()
-            .unwrap();
-        let t = text(&out);
-        assert!(
-            out.status.code() == Some(2) && t.contains(says),
-            "{set}: {t}"
-        );
+        assert_stage_refuses("evaluate", pipeline, &ws, &[set], says);
     }
     std::fs::write(&manifest, kept).unwrap();
     // The reverse pass's own settings may change at evaluation.
@@ -234,17 +240,7 @@ fn demo_runs_every_stage_and_beats_popularity() {
         ),
         (&empty, "name=q", "the ingest stage has not completed"),
     ] {
-        let out = diffrec()
-            .args(["stage", "train", pipeline, "--workspace"])
-            .arg(ws)
-            .args(["--set", "name=other", "--set", set])
-            .output()
-            .unwrap();
-        let t = text(&out);
-        assert!(
-            out.status.code() == Some(2) && t.contains(says),
-            "{set}: {t}"
-        );
+        assert_stage_refuses("train", pipeline, ws, &["name=other", set], says);
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -1053,18 +1049,12 @@ fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
     ] {
         let kept = std::fs::read(&manifest).unwrap();
         for says in [trained, checked] {
-            let out = diffrec()
-                .args(["stage", "evaluate", p.to_str().unwrap(), "--workspace"])
-                .arg(&ws)
-                .args(li)
-                .args(["--set", set])
-                .output()
-                .unwrap();
-            let t = text(&out);
-            assert!(
-                out.status.code() == Some(2) && t.contains(says) && !t.contains("panicked"),
-                "{set}: {t}"
-            );
+            let sets = [
+                "name=li",
+                "model.autoencoder.latent_share=interactions",
+                set,
+            ];
+            assert_stage_refuses("evaluate", p.to_str().unwrap(), &ws, &sets, says);
             // The second check runs without the manifest.
             std::fs::remove_file(&manifest).ok();
         }
