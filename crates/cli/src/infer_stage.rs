@@ -52,14 +52,9 @@ impl RunModel {
 /// autoencoder's do not matter to DiffRec/T-DiffRec. A run without a manifest (still training,
 /// or killed) is left to the checkpoint's shape check.
 async fn check_trained_settings(ws: &Workspace, run: &str, model: &ModelConfig) -> Result<()> {
-    let Some(manifest) = ws
-        .get_json::<StageManifest>(&manifest_key(&run_dir(run)))
-        .await?
-    else {
+    let Some(trained) = trained_model(ws, run).await? else {
         return Ok(());
     };
-    let trained: ModelConfig = serde_json::from_value(manifest.config["model"].clone())
-        .context("the run manifest holds no readable model configuration")?;
     let latent = trained.variant.is_latent() || model.variant.is_latent();
     let comparable = |m: &ModelConfig| -> Result<serde_json::Value> {
         let mut v = serde_json::to_value(m)?;
@@ -88,6 +83,20 @@ async fn check_trained_settings(ws: &Workspace, run: &str, model: &ModelConfig) 
         differences.join("; ")
     ))
     .into())
+}
+
+/// The model settings a finished run was trained with (its manifest's `config.model`); `None`
+/// when the run has no manifest.
+async fn trained_model(ws: &Workspace, run: &str) -> Result<Option<ModelConfig>> {
+    let Some(manifest) = ws
+        .get_json::<StageManifest>(&manifest_key(&run_dir(run)))
+        .await?
+    else {
+        return Ok(None);
+    };
+    serde_json::from_value(manifest.config["model"].clone())
+        .map(Some)
+        .context("the run manifest holds no readable model configuration")
 }
 
 /// Appends `path: a (trained) vs b (now)` for every leaf where `a` and `b` differ.
@@ -193,16 +202,11 @@ pub async fn recommend_one(
     k: usize,
 ) -> Result<()> {
     let ws = Workspace::open(ws_url)?;
-    let manifest: StageManifest = ws
-        .get_json(&manifest_key(&run_dir(run)))
-        .await?
-        .ok_or_else(|| {
-            UsageError(format!(
-                "run `{run}` has not finished training in {ws_url} (no runs/{run}/_manifest.json)"
-            ))
-        })?;
-    let model_cfg: ModelConfig = serde_json::from_value(manifest.config["model"].clone())
-        .context("the run manifest holds no model configuration")?;
+    let model_cfg = trained_model(&ws, run).await?.ok_or_else(|| {
+        UsageError(format!(
+            "run `{run}` has not finished training in {ws_url} (no runs/{run}/_manifest.json)"
+        ))
+    })?;
     let items = load_ids(&ws, "item").await?;
     let dev = Default::default();
     let model = load_best::<Cpu>(&ws, run, &model_cfg, items.len(), &dev).await?;

@@ -272,7 +272,7 @@ mod tests {
         use crate::autoencoder::{latent_dims, placement};
         // Three clusters on two devices: the largest alone, the two others together.
         let sizes = [1000, 600, 500];
-        let dims = latent_dims(&[1000, 600, 500], &[30]);
+        let dims = latent_dims(&sizes.map(|s| s as u64), &[30]);
         assert_eq!(placement(&sizes, &dims, 2), vec![0, 1, 1]);
         assert_eq!(placement(&sizes, &dims, 1), vec![0, 0, 0]);
     }

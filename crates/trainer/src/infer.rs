@@ -45,28 +45,27 @@ pub async fn load_best<B: Backend>(
         checkpoint: &key,
         hint: &hint,
     };
-    let mismatch = |why: String| origin.mismatch(why);
     match (model.variant.is_latent(), state.item_clusters.len()) {
         (false, 0) => {
             let m = Denoiser::<B>::new(n_items, &model.denoiser, InitScheme::DiffRec, device);
             return load_recommender(Recommender::Dense(m), model_bytes, origin, device);
         }
         (false, _) => {
-            return Err(mismatch(format!(
+            return Err(origin.mismatch(format!(
                 "it holds item clusters (an L-DiffRec or LT-DiffRec model), the configuration \
                  says `model.variant: {}`",
                 model.variant.name()
             )));
         }
         (true, 0) => {
-            return Err(mismatch(format!(
+            return Err(origin.mismatch(format!(
                 "it holds no item clusters (a DiffRec or T-DiffRec model), the configuration \
                  says `model.variant: {}`",
                 model.variant.name()
             )));
         }
         (true, n) if n != n_items => {
-            return Err(mismatch(format!(
+            return Err(origin.mismatch(format!(
                 "it clusters {n} items, this workspace's data has {n_items}"
             )));
         }
@@ -78,8 +77,7 @@ pub async fn load_best<B: Backend>(
         let k = state.cluster_weights.len();
         ItemClusters::with_weights(state.item_clusters, state.cluster_weights).ok_or_else(|| {
             TrainError::Checkpoint(format!(
-                "{} holds {k} cluster weights, not one per cluster",
-                best_key(run)
+                "{key} holds {k} cluster weights, not one per cluster"
             ))
         })?
     };
