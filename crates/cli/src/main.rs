@@ -9,6 +9,7 @@
 
 mod cluster_stage;
 mod infer_stage;
+mod malloc;
 mod pipeline;
 mod progress;
 mod stages;
@@ -152,8 +153,10 @@ enum Command {
 const QUICKSTART: &str = include_str!("../../../pipelines/quickstart.yaml");
 
 fn main() -> ExitCode {
+    let kept = malloc::keep_freed_memory();
     let cli = Cli::parse();
     progress::init_logging(cli.verbose);
+    tracing::debug!(kept, "allocator keeps freed memory (mallopt)");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -309,6 +309,39 @@ fn help_explains_every_flag() {
     }
 }
 
+/// glibc is told to keep freed memory between training steps (src/malloc.rs), unless the
+/// operator set `GLIBC_TUNABLES`, whose settings then stand.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn allocator_keeps_freed_memory_unless_the_operator_tuned_it() {
+    let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/quickstart.yaml");
+    let kept = |tunables: Option<&str>| {
+        let mut c = diffrec();
+        c.env("RUST_LOG", "debug").env_remove("GLIBC_TUNABLES");
+        if let Some(t) = tunables {
+            c.env("GLIBC_TUNABLES", t);
+        }
+        let out = c
+            .args([
+                "validate",
+                pipeline.to_str().unwrap(),
+                "--workspace",
+                "memory://x",
+            ])
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert!(out.status.success(), "{t}");
+        let line = t
+            .lines()
+            .find(|l| l.contains("allocator keeps freed memory"))
+            .unwrap_or_else(|| panic!("no allocator line in:\n{t}"));
+        line.contains("kept=true")
+    };
+    assert!(kept(None));
+    assert!(!kept(Some("glibc.malloc.trim_threshold=131072")));
+}
+
 /// Kills the ingest stage at several points with SIGKILL; after each kill, every file that is
 /// not a temporary is complete and readable, and a manifest only vouches for complete outputs.
 /// The run afterwards completes.
