@@ -551,6 +551,95 @@ fn killed_training_with_a_parameter_average_resumes_to_the_same_result() {
     assert_ne!(debiased["test"], plain["test"]);
 }
 
+/// A latest checkpoint whose model does not fit the run's configuration (the fingerprint
+/// matches, so it can only be damaged or foreign) stops the resume with exit code 2, naming the
+/// checkpoint and the first layer that differs, and says to start over with `--force`; `--force`
+/// then trains from scratch.
+#[test]
+fn resume_from_a_checkpoint_of_another_shape_is_refused() {
+    let dir = tmpdir("resume-shape");
+    let csv = dir.join("log.csv");
+    let out = diffrec()
+        .args([
+            "generate",
+            "--out",
+            csv.to_str().unwrap(),
+            "--users",
+            "300",
+            "--items",
+            "120",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let pipeline = |name: &str, dims: usize| {
+        let p = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &p,
+            format!(
+                "name: {name}\ndata:\n  source: {{format: csv, path: log.csv}}\nmodel:\n  \
+                 diffusion: {{steps: 5}}\n  denoiser: {{dims: [{dims}]}}\ntrain: {{epochs: 1, \
+                 eval_every: 1, batch_size: 64}}\nevaluate: {{ks: [10]}}\n"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let (ours, other) = (pipeline("r", 32), pipeline("other", 16));
+    let ws = dir.join("ws");
+    let train = |p: &Path, extra: &[&str]| {
+        diffrec()
+            .args([
+                "run",
+                p.to_str().unwrap(),
+                "--workspace",
+                ws.to_str().unwrap(),
+            ])
+            .args(["--until", "train"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for p in [&ours, &other] {
+        let out = train(p, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    // Checkpoint layout (crates/trainer/src/checkpoint.rs): magic, then length-prefixed
+    // sections: state, model, optimizer. Put the other run's model into ours.
+    let sections = |bytes: &[u8]| -> Vec<Vec<u8>> {
+        assert_eq!(&bytes[..4], b"DRCK");
+        let (mut rest, mut out) = (&bytes[4..], Vec::new());
+        while !rest.is_empty() {
+            let n = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            out.push(rest[8..8 + n].to_vec());
+            rest = &rest[8 + n..];
+        }
+        out
+    };
+    let latest = |run: &str| ws.join(format!("runs/{run}/checkpoints/latest.ckpt"));
+    let mut ckpt = sections(&std::fs::read(latest("r")).unwrap());
+    ckpt[1] = sections(&std::fs::read(latest("other")).unwrap())[1].clone();
+    let mut bytes = b"DRCK".to_vec();
+    for s in &ckpt {
+        bytes.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(s);
+    }
+    std::fs::write(latest("r"), bytes).unwrap();
+
+    let out = train(&ours, &["--set", "train.epochs=2"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    for says in [
+        "the latest checkpoint does not fit",
+        "`in_layers.0.weight` is [130, 16] in the checkpoint but [130, 32]",
+        "start the run over with `--force`",
+    ] {
+        assert!(t.contains(says), "no `{says}` in:\n{t}");
+    }
+    let out = train(&ours, &["--set", "train.epochs=2", "--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 /// Trains the same small run uninterrupted, killed three times and resumed, and in two halves;
 /// asserts the three agree and returns the results.
 fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value {
