@@ -630,7 +630,7 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
     for says in [
-        "the latest checkpoint does not fit",
+        "the model record in runs/r/checkpoints/latest.ckpt does not fit the configured model",
         "`in_layers.0.weight` is [130, 16] in the checkpoint but [130, 32]",
         "start the run over with `--force`",
     ] {

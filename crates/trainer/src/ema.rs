@@ -86,7 +86,7 @@ impl<B: Backend> Ema<B> {
             avg,
             bytes,
             Origin {
-                checkpoint: "the latest checkpoint's parameter average",
+                checkpoint: "the parameter average's record",
                 ..RESUMED
             },
             device,

@@ -29,6 +29,24 @@ pub enum TrainError {
 }
 
 impl TrainError {
+    /// The same error with the checkpoint file it concerns named, where it is a
+    /// [`TrainError::ModelMismatch`] about a record (e.g. "the model record in
+    /// runs/r/checkpoints/latest.ckpt").
+    pub fn within(self, key: &str) -> Self {
+        match self {
+            TrainError::ModelMismatch {
+                checkpoint,
+                why,
+                hint,
+            } => TrainError::ModelMismatch {
+                checkpoint: format!("{checkpoint} in {key}"),
+                why,
+                hint,
+            },
+            other => other,
+        }
+    }
+
     /// True when the user can fix it (CLI exit code 2).
     pub fn is_input(&self) -> bool {
         match self {

@@ -165,8 +165,9 @@ impl Origin<'_> {
 
 /// A resumed run's records: the fingerprint check before loading has ruled out another
 /// configuration, so a mismatch means a damaged or foreign checkpoint.
+/// The caller names the file ([`TrainError::within`]).
 pub(crate) const RESUMED: Origin<'static> = Origin {
-    checkpoint: "the latest checkpoint",
+    checkpoint: "the model record",
     hint: "It is damaged or was written by another diffrec version: start the run over with \
            `--force`",
 };

@@ -286,9 +286,12 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
                 latest_key(&spec.run)
             )));
         }
-        learner = learner.load(model_bytes, Some(optim_bytes))?;
+        let within = |e: TrainError| e.within(&latest_key(&spec.run));
+        learner = learner
+            .load(model_bytes, Some(optim_bytes))
+            .map_err(within)?;
         match (&mut ema, ema_bytes) {
-            (Some(avg), Some(bytes)) => avg.load(bytes, &device)?,
+            (Some(avg), Some(bytes)) => avg.load(bytes, &device).map_err(within)?,
             (None, None) => {}
             // Same fingerprint means the same `train.ema_decay`, so only a damaged checkpoint
             // gets here.
