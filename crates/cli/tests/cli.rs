@@ -35,6 +35,16 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// `diffrec generate --out csv` with `args` (sizes, clusters); asserts it succeeded.
+fn generate(csv: &Path, args: &[&str]) {
+    let out = diffrec()
+        .args(["generate", "--out", csv.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 fn write_pipeline(dir: &Path, body: &str) -> PathBuf {
     let p = dir.join("p.yaml");
     std::fs::write(&p, body).unwrap();
@@ -349,21 +359,17 @@ fn allocator_keeps_freed_memory_unless_the_operator_tuned_it() {
 fn killed_ingest_leaves_no_partial_artifact() {
     let dir = tmpdir("kill");
     let csv = dir.join("log.csv");
-    let out = diffrec()
-        .args([
-            "generate",
-            "--out",
-            csv.to_str().unwrap(),
+    generate(
+        &csv,
+        &[
             "--users",
             "30000",
             "--items",
             "5000",
             "--mean-interactions",
             "60",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+        ],
+    );
     let p = write_pipeline(
         &dir,
         "name: k\ndata:\n  source: {format: csv, path: log.csv}\n",
@@ -455,13 +461,7 @@ fn s3_workspace_gives_identical_artifacts() {
     let s3 = format!("{}/{}", s3.trim_end_matches('/'), nonce());
     let dir = tmpdir("s3");
     let csv = dir.join("log.csv");
-    assert!(
-        diffrec()
-            .args(["generate", "--out", csv.to_str().unwrap(), "--users", "300"])
-            .status()
-            .unwrap()
-            .success()
-    );
+    generate(&csv, &["--users", "300"]);
     let p = write_pipeline(
         &dir,
         "name: s\ndata:\n  source: {format: csv, path: log.csv}\n  temporal: {w_min: 0.2}\n",
@@ -559,19 +559,7 @@ fn killed_training_with_a_parameter_average_resumes_to_the_same_result() {
 fn resume_from_a_checkpoint_of_another_shape_is_refused() {
     let dir = tmpdir("resume-shape");
     let csv = dir.join("log.csv");
-    let out = diffrec()
-        .args([
-            "generate",
-            "--out",
-            csv.to_str().unwrap(),
-            "--users",
-            "300",
-            "--items",
-            "120",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    generate(&csv, &["--users", "300", "--items", "120"]);
     let pipeline = |name: &str, dims: usize| {
         let p = dir.join(format!("{name}.yaml"));
         std::fs::write(
@@ -645,19 +633,7 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
 fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value {
     let dir = tmpdir(tag);
     let csv = dir.join("log.csv");
-    let out = diffrec()
-        .args([
-            "generate",
-            "--out",
-            csv.to_str().unwrap(),
-            "--users",
-            "2000",
-            "--items",
-            "800",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    generate(&csv, &["--users", "2000", "--items", "800"]);
     let p = write_pipeline(
         &dir,
         "name: r\ndata:\n  source: {format: csv, path: log.csv}\nmodel:\n  diffusion: {steps: 5}\n  denoiser: {dims: [64]}\n\
@@ -750,19 +726,7 @@ fn parquet_columns(path: &Path) -> (Vec<String>, usize) {
 fn cluster_stage_writes_its_artifacts_and_takes_given_embeddings() {
     let dir = tmpdir("cluster");
     let log = dir.join("log.csv");
-    let out = diffrec()
-        .args([
-            "generate",
-            "--out",
-            log.to_str().unwrap(),
-            "--users",
-            "300",
-            "--items",
-            "120",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    generate(&log, &["--users", "300", "--items", "120"]);
     let p = write_pipeline(
         &dir,
         &format!(
@@ -886,19 +850,7 @@ fn wgpu_backend_trains_like_the_cpu_backend() {
     }
     let dir = tmpdir("wgpu");
     let csv = dir.join("log.csv");
-    let out = diffrec()
-        .args([
-            "generate",
-            "--out",
-            csv.to_str().unwrap(),
-            "--users",
-            "600",
-            "--items",
-            "300",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    generate(&csv, &["--users", "600", "--items", "300"]);
     let p = write_pipeline(
         &dir,
         "name: g\ndata:\n  source: {format: csv, path: log.csv}\nmodel:\n  diffusion: {steps: 5}\n  denoiser: {dims: [64]}\n\
@@ -965,12 +917,7 @@ impl Drop for Reaped {
 fn two_nodes_through_the_orchestrator_train_like_one_process() {
     let dir = tmpdir("nodes");
     let csv = dir.join("log.csv");
-    let out = diffrec()
-        .args(["generate", "--out", csv.to_str().unwrap()])
-        .args(["--users", "300", "--items", "120"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    generate(&csv, &["--users", "300", "--items", "120"]);
     let p = write_pipeline(
         &dir,
         "name: g\ndata:\n  source: {format: csv, path: log.csv}\nmodel:\n  diffusion: {steps: 5}\n  denoiser: {dims: [32]}\n\
@@ -1069,12 +1016,10 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
 fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
     let dir = tmpdir("ldiffrec");
     let csv = dir.join("log.csv");
-    let out = diffrec()
-        .args(["generate", "--out", csv.to_str().unwrap()])
-        .args(["--users", "600", "--items", "300", "--clusters", "4"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    generate(
+        &csv,
+        &["--users", "600", "--items", "300", "--clusters", "4"],
+    );
     let p = write_pipeline(
         &dir,
         "name: l\ndata:\n  source: {format: csv, path: log.csv}\n\
