@@ -592,26 +592,19 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
         let out = train(p, &[]);
         assert!(out.status.success(), "{}", text(&out));
     }
-    // Checkpoint layout (crates/trainer/src/checkpoint.rs): magic, then length-prefixed
-    // sections: state, model, optimizer. Put the other run's model into ours.
-    let sections = |bytes: &[u8]| -> Vec<Vec<u8>> {
-        assert_eq!(&bytes[..4], b"DRCK");
-        let (mut rest, mut out) = (&bytes[4..], Vec::new());
-        while !rest.is_empty() {
-            let n = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
-            out.push(rest[8..8 + n].to_vec());
-            rest = &rest[8 + n..];
-        }
-        out
-    };
+    // Put the other run's model record into our latest checkpoint, keeping our state (and so
+    // our fingerprint) and optimizer.
+    use diffrec_trainer::checkpoint::{decode, encode};
     let latest = |run: &str| ws.join(format!("runs/{run}/checkpoints/latest.ckpt"));
-    let mut ckpt = sections(&std::fs::read(latest("r")).unwrap());
-    ckpt[1] = sections(&std::fs::read(latest("other")).unwrap())[1].clone();
-    let mut bytes = b"DRCK".to_vec();
-    for s in &ckpt {
-        bytes.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(s);
-    }
+    let ckpt = decode(&std::fs::read(latest("r")).unwrap()).unwrap();
+    let foreign = decode(&std::fs::read(latest("other")).unwrap()).unwrap();
+    let bytes = encode(
+        &ckpt.state,
+        &foreign.model,
+        &ckpt.optim,
+        ckpt.ema.as_deref(),
+    )
+    .unwrap();
     std::fs::write(latest("r"), bytes).unwrap();
 
     let out = train(&ours, &["--set", "train.epochs=2"]);
