@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use diffrec_cluster::ClusterConfig;
 use diffrec_data::DataConfig;
 use diffrec_model::ModelConfig;
-use diffrec_trainer::{EvaluateConfig, RecommendConfig, TrainConfig};
+use diffrec_trainer::{EvaluateConfig, Parallel, RecommendConfig, TrainConfig};
 use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 
@@ -182,6 +182,16 @@ fn validate(p: &Pipeline) -> Result<(), (String, String)> {
     p.train.validate().map_err(|e| (e.key, e.message))?;
     p.evaluate.validate().map_err(|e| (e.key, e.message))?;
     p.recommend.validate().map_err(|e| (e.key, e.message))?;
+    if p.train.parallel == Parallel::Model && !p.model.variant.is_latent() {
+        return Err((
+            "train.parallel".into(),
+            format!(
+                "model spreads L-DiffRec's cluster encoders over the devices; {} has none \
+                 (use train.parallel: data)",
+                p.model.variant.name()
+            ),
+        ));
+    }
     if p.model.variant.is_temporal() && p.data.temporal.is_none() {
         return Err((
             "model.variant".into(),
@@ -281,6 +291,54 @@ mod tests {
         assert!(e.contains("`name`"), "{e}");
     }
 
+    /// Settings that only the train stage used to reject (after ingest had run) fail at load.
+    #[test]
+    fn train_settings_that_cannot_run_fail_at_load() {
+        let e = load_str(MINI, &["train.parallel=model"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`train.parallel`") && e.contains("diffrec"),
+            "{e}"
+        );
+        let e = load_str(MINI, &["train.devices=[cpu, gpu:0]"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`train.devices`") && e.contains("\"gpu:0\" is not a cpu device"),
+            "{e}"
+        );
+        let e = load_str(MINI, &["train.backend=ndarray"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ndarray"), "{e}");
+        let cuda = load_str(
+            MINI,
+            &["train.backend=cuda", "train.devices=[cuda:0, gpu:1]"],
+        );
+        if cfg!(feature = "cuda") {
+            assert!(cuda.is_ok(), "{:?}", cuda.err());
+        } else {
+            let e = cuda.unwrap_err().to_string();
+            assert!(
+                e.contains("`train.backend`") && e.contains("--features cuda"),
+                "{e}"
+            );
+        }
+        assert!(load_str(MINI, &["train.devices=[cpu, \"cpu:1\"]"]).is_ok());
+        assert!(
+            load_str(
+                MINI,
+                &[
+                    "model.variant=l-diffrec",
+                    "train.parallel=model",
+                    "train.devices=[cpu, cpu]"
+                ]
+            )
+            .is_ok()
+        );
+    }
+
     #[test]
     fn workspace_is_required_somewhere() {
         let text = MINI.replace("workspace: memory://x\n", "");
@@ -341,7 +399,9 @@ mod doc_sync {
     fn docs_list_every_key() {
         let text = "name: t\nworkspace: w\ndata:\n  source: {format: csv, path: a.csv, columns: {rating: r}}\n  \
                     min_rating: 1\n  k_core: 1\n  temporal: {}\n  noise: {kind: random}\n  split: {method: per_user_ratio}\n\
-                    cluster: {embeddings: e.npy}\nmodel: {diffusion: {beta_fixed: true}}\n";
+                    cluster: {embeddings: e.npy}\nmodel: {diffusion: {beta_fixed: true}, \
+                    autoencoder: {latent_share: interactions}}\n\
+                    train: {ema_decay: 0.999, ema_warmup: debias}\n";
         let l = from_yaml(text, "p", ".".into(), &[], None).unwrap();
         let mut keys = Vec::new();
         leaf_keys("", &serde_json::to_value(&l.pipeline).unwrap(), &mut keys);

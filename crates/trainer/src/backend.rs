@@ -23,20 +23,16 @@ fn devices_of<D>(
 /// `cpu` or `cpu:N`: the CPU (each entry a further logical device, one thread each).
 fn cpu_device(d: Option<&str>) -> Result<burn_flex::FlexDevice, TrainError> {
     match d {
-        Some(d) if !d.starts_with("cpu") => Err(wrong_device("cpu", d)),
+        Some(d) if !Backend::Cpu.accepts_device(d) => Err(wrong_device(Backend::Cpu, d)),
         _ => Ok(Default::default()),
     }
 }
 
-fn wrong_device(backend: &str, d: &str) -> TrainError {
+fn wrong_device(backend: Backend, d: &str) -> TrainError {
     TrainError::Input(format!(
-        "train.devices: {d:?} is not a {backend} device (use {})",
-        match backend {
-            "cpu" => "cpu",
-            "wgpu" =>
-                "wgpu:N for the N-th discrete GPU, wgpu:cpu for a CPU Vulkan driver such as lavapipe",
-            _ => "cuda:N",
-        }
+        "train.devices: {d:?} is not a {} device (use {})",
+        backend.name(),
+        backend.device_hint()
     ))
 }
 
@@ -51,7 +47,7 @@ fn wgpu_device(d: Option<&str>) -> Result<burn::backend::wgpu::WgpuDevice, Train
         Some(("wgpu", n)) if n.parse::<usize>().is_ok() => {
             Ok(WgpuDevice::DiscreteGpu(n.parse().unwrap_or(0)))
         }
-        _ => Err(wrong_device("wgpu", d.unwrap_or_default())),
+        _ => Err(wrong_device(Backend::Wgpu, d.unwrap_or_default())),
     }
 }
 
@@ -64,7 +60,7 @@ fn cuda_device(d: Option<&str>) -> Result<burn::backend::cuda::CudaDevice, Train
                 index: n.parse().unwrap_or(0),
             })
         }
-        _ => Err(wrong_device("cuda", d.unwrap_or_default())),
+        _ => Err(wrong_device(Backend::Cuda, d.unwrap_or_default())),
     }
 }
 
@@ -82,7 +78,6 @@ pub async fn train_on(
             let devices = devices_of(devices, cpu_device)?;
             train::<Autodiff<burn_flex::Flex>>(ws, data, spec, devices, progress).await
         }
-        Backend::Ndarray => Err(TrainError::BackendMissing("ndarray")),
         #[cfg(feature = "wgpu")]
         Backend::Wgpu => {
             let devices = devices_of(devices, wgpu_device)?;

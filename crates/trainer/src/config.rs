@@ -24,14 +24,56 @@ fn err(key: &str, message: impl Into<String>) -> ConfigError {
 pub enum Backend {
     /// The fastest CPU backend measured on this workload (see docs/benchmarks.md).
     Cpu,
-    /// burn-ndarray.
-    Ndarray,
-    /// burn-flex.
+    /// burn-flex (what `cpu` is today).
     Flex,
     /// burn-wgpu (cargo feature `wgpu`).
     Wgpu,
     /// burn-cuda (cargo feature `cuda`).
     Cuda,
+}
+
+impl Backend {
+    /// The name a pipeline spells it with.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Flex => "flex",
+            Backend::Wgpu => "wgpu",
+            Backend::Cuda => "cuda",
+        }
+    }
+
+    /// Whether this binary was built with the backend (cargo features `wgpu`, `cuda`).
+    pub fn built_in(self) -> bool {
+        match self {
+            Backend::Cpu | Backend::Flex => true,
+            Backend::Wgpu => cfg!(feature = "wgpu"),
+            Backend::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+
+    /// Whether `device` is a `train.devices` entry of this backend: `cpu` or `cpu:N`;
+    /// `wgpu:N` or `wgpu:cpu`; `cuda:N` or `gpu:N`.
+    pub fn accepts_device(self, device: &str) -> bool {
+        let (kind, rest) = device.split_once(':').unwrap_or((device, ""));
+        let index = rest.parse::<usize>().is_ok();
+        match self {
+            Backend::Cpu | Backend::Flex => kind == "cpu" && (rest.is_empty() || index),
+            Backend::Wgpu => kind == "wgpu" && (index || rest == "cpu"),
+            Backend::Cuda => matches!(kind, "cuda" | "gpu") && index,
+        }
+    }
+
+    /// What to write instead of a device this backend does not accept.
+    pub fn device_hint(self) -> &'static str {
+        match self {
+            Backend::Cpu | Backend::Flex => "cpu, or cpu:N for a further logical CPU device",
+            Backend::Wgpu => {
+                "wgpu:N for the N-th discrete GPU, wgpu:cpu for a CPU Vulkan driver such as lavapipe"
+            }
+            Backend::Cuda => "cuda:N (or gpu:N)",
+        }
+    }
 }
 
 /// `train.parallel`: how several devices share the work.
@@ -74,7 +116,8 @@ pub struct TrainConfig {
     /// `train.epochs`: maximum epochs. Default 1000.
     #[serde(default = "default_epochs")]
     pub epochs: usize,
-    /// `train.backend`: `cpu`, `ndarray`, `flex`, `wgpu` or `cuda`. Default `cpu`.
+    /// `train.backend`: `cpu`, `flex`, `wgpu` or `cuda` (the last two only in a binary built
+    /// with that cargo feature). Default `cpu`.
     #[serde(default = "default_backend")]
     pub backend: Backend,
     /// `train.devices`: device names: `cpu` (or `cpu:N`, the same CPU as a further logical
@@ -277,6 +320,27 @@ impl TrainConfig {
             return Err(err(
                 "train.max_batches",
                 "must be ≥ 1 (leave it out for whole epochs)",
+            ));
+        }
+        let backend = self.backend;
+        if !backend.built_in() {
+            return Err(err(
+                "train.backend",
+                format!(
+                    "{} is not compiled into this binary; rebuild with `--features {}`",
+                    backend.name(),
+                    backend.name()
+                ),
+            ));
+        }
+        if let Some(d) = self.devices.iter().find(|d| !backend.accepts_device(d)) {
+            return Err(err(
+                "train.devices",
+                format!(
+                    "{d:?} is not a {} device (use {})",
+                    backend.name(),
+                    backend.device_hint()
+                ),
             ));
         }
         if self.nodes == 0 {
