@@ -135,6 +135,7 @@ pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
         .context("no runs/<name>/summary.json: run the train stage first")?;
     summary.valid = valid;
     summary.test = test;
+    ws.clean_temporaries_of(&summary_key(&p.name)).await?;
     ws.put_json(&summary_key(&p.name), &summary).await?;
     let g = |k: &str| summary.test.get(k).copied().unwrap_or(f64::NAN);
     println!(
@@ -185,6 +186,7 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
         ],
     )?;
     let key = format!("{}/recommendations.parquet", run_dir(&p.name));
+    ws.clean_temporaries_of(&key).await?;
     ws.write_parquet(&key, schema, [batch]).await?;
     println!(
         "recommend: {rows} recommendations for {} users in {key}",

@@ -10,12 +10,36 @@ use diffrec_data::manifest::{
 };
 use diffrec_data::workspace::sha256_hex;
 use diffrec_data::{Workspace, load_splits};
-use diffrec_trainer::train::{best_key, curves_key, run_dir, summary_key};
+use diffrec_trainer::train::{best_key, curves_key, metrics_key, run_dir, summary_key};
 use diffrec_trainer::{Progress, RunSpec, train_on};
 
 use crate::pipeline::Loaded;
 use crate::progress::EpochBar;
 use crate::usage::UsageError;
+
+/// Removes what an interrupted run of `name` was writing (checkpoints, metrics, curves, summary,
+/// manifest: temporaries are never read, and the complete files beside them are what a resume
+/// starts from), also when the run is complete and the stage is skipped. The recommend stage's
+/// temporaries are left to it: it may be writing now.
+async fn clean_temporaries(ws: &Workspace, name: &str) -> Result<()> {
+    let dir = run_dir(name);
+    let mut cleaned = ws.clean_temporaries(&format!("{dir}/checkpoints")).await?;
+    for key in [
+        metrics_key(name),
+        curves_key(name),
+        summary_key(name),
+        manifest_key(&dir),
+    ] {
+        cleaned += ws.clean_temporaries_of(&key).await?;
+    }
+    if cleaned > 0 {
+        tracing::info!(
+            cleaned,
+            "train: removed the temporaries of an interrupted run"
+        );
+    }
+    Ok(())
+}
 
 pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     let p = &loaded.pipeline;
@@ -47,6 +71,9 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         }
     }
     let writer = p.train.node_rank == 0;
+    if writer {
+        clean_temporaries(ws, &p.name).await?;
+    }
     if !force {
         match freshness(ws, &dir, &config, &inputs).await? {
             Freshness::UpToDate => {

@@ -668,6 +668,15 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
         let _ = child.kill();
         let _ = child.wait();
     }
+    // What a kill in the middle of a write leaves (a temporary, never read) is removed when
+    // the stage next runs.
+    let checkpoints = b.join("runs/r/checkpoints");
+    std::fs::create_dir_all(&checkpoints).unwrap();
+    std::fs::write(
+        checkpoints.join("latest.ckpt.tmp-1-00000000000000ff"),
+        b"half",
+    )
+    .unwrap();
     let out = run(&b, &[]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
@@ -676,6 +685,11 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
         "resumed run differs; output:\n{}",
         text(&out)
     );
+    let left: Vec<_> = walk(&b.join("runs"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "temporaries left: {left:?}");
 
     // Half the epochs, then extended to all: the same as all in one go.
     let epochs = reference["epochs"].as_u64().unwrap();
@@ -699,6 +713,20 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
     assert_eq!(summary(&c), reference);
     std::fs::remove_dir_all(dir).unwrap();
     reference
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 /// Reads a Parquet file's Arrow schema as "name:type" strings.

@@ -288,6 +288,22 @@ impl Workspace {
         }
         Ok(n)
     }
+
+    /// Removes the temporaries that interrupted writes of `key` left beside it (and no other
+    /// key's, so a stage can clean up after itself while another writes the same folder);
+    /// returns how many.
+    pub async fn clean_temporaries_of(&self, key: &str) -> Result<usize> {
+        let parent = key.rsplit_once('/').map_or("", |(parent, _)| parent);
+        let stem = format!("{key}{TMP_MARKER}");
+        let mut n = 0;
+        for k in self.list(parent).await? {
+            if k.starts_with(&stem) {
+                self.delete(&k).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
 }
 
 /// Whether a key is a temporary (incomplete) write.
@@ -328,6 +344,15 @@ mod tests {
         ws.put_atomic("data/x", &b"whole"[..]).await.unwrap();
         assert_eq!(ws.clean_temporaries("data").await.unwrap(), 1);
         assert_eq!(ws.list("data").await.unwrap(), vec!["data/x"]);
+        // Only `data/x`'s own temporaries: not another key's, not a key that merely starts
+        // with the same letters.
+        for k in ["data/x.tmp-3-4", "data/xy.tmp-5-6", "data/y.tmp-7-8"] {
+            ws.put_atomic(k, &b"half"[..]).await.unwrap();
+        }
+        assert_eq!(ws.clean_temporaries_of("data/x").await.unwrap(), 1);
+        let mut left = ws.list("data").await.unwrap();
+        left.sort();
+        assert_eq!(left, vec!["data/x", "data/xy.tmp-5-6", "data/y.tmp-7-8"]);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -116,7 +116,7 @@ pub fn summary_key(run: &str) -> String {
 pub fn curves_key(run: &str) -> String {
     format!("runs/{run}/curves.svg")
 }
-fn metrics_key(run: &str) -> String {
+pub fn metrics_key(run: &str) -> String {
     format!("runs/{run}/metrics.parquet")
 }
 
