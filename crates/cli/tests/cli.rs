@@ -1,7 +1,7 @@
 //! Tests of the `diffrec` binary as a scheduler or a person would use it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 fn diffrec() -> Command {
@@ -391,8 +391,8 @@ fn killed_ingest_leaves_no_partial_artifact() {
     };
     for delay_ms in [150u64, 400, 700, 1000, 1400, 1900, 2500] {
         let mut child = run(true)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
@@ -660,8 +660,8 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
     let b = dir.join("b");
     for delay in [600u64, 1200, 2000] {
         let mut child = run(&b, &[])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay));
@@ -711,6 +711,45 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
         text(&out)
     );
     assert_eq!(summary(&c), reference);
+
+    // Two processes training the same run at once (a scheduler's retry while the first attempt
+    // still runs): one stops, naming the conflict, before it overwrites the other's
+    // checkpoints; the other finishes the run as if it had been alone.
+    let d = dir.join("d");
+    let ingest = diffrec()
+        .args(["stage", "ingest", p.to_str().unwrap(), "--workspace"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert!(ingest.status.success(), "{}", text(&ingest));
+    let both: Vec<_> = (0..2)
+        .map(|_| {
+            run(&d, &[])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = both
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let failed: Vec<&Output> = outs.iter().filter(|o| !o.status.success()).collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "exactly one of two concurrent trainings must stop:\n{}\n---\n{}",
+        text(&outs[0]),
+        text(&outs[1])
+    );
+    assert_eq!(failed[0].status.code(), Some(1));
+    assert!(
+        text(failed[0]).contains("another process is training run `r`"),
+        "{}",
+        text(failed[0])
+    );
+    assert_eq!(summary(&d), reference);
     std::fs::remove_dir_all(dir).unwrap();
     reference
 }
@@ -968,7 +1007,7 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     let _orchestrator = Reaped(
         diffrec()
             .args(["orchestrator", "--bind", &orch])
-            .stdout(std::process::Stdio::null())
+            .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     );

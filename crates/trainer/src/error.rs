@@ -23,6 +23,9 @@ pub enum TrainError {
     BackendMissing(&'static str),
     #[error("{0}")]
     Input(String),
+    /// Another process is training the same run.
+    #[error("{0}")]
+    Concurrent(String),
     /// burn-collective failed (a replica, the orchestrator or another node).
     #[error("multi-device training: {0}")]
     Collective(String),
@@ -55,7 +58,9 @@ impl TrainError {
             | TrainError::ModelMismatch { .. }
             | TrainError::BackendMissing(_)
             | TrainError::Input(_) => true,
-            TrainError::Checkpoint(_) | TrainError::Collective(_) => false,
+            TrainError::Checkpoint(_) | TrainError::Collective(_) | TrainError::Concurrent(_) => {
+                false
+            }
         }
     }
 }

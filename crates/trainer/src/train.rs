@@ -120,6 +120,26 @@ pub fn metrics_key(run: &str) -> String {
     format!("runs/{run}/metrics.parquet")
 }
 
+/// Fails when the run's latest checkpoint is no longer `expected` (the version this process
+/// last wrote or resumed from): another process is training the same run, and the two would
+/// overwrite each other's checkpoints, metrics and summary.
+async fn ensure_sole_writer(
+    ws: &Workspace,
+    run: &str,
+    expected: &Option<String>,
+) -> Result<(), TrainError> {
+    if ws.version(&latest_key(run)).await? == *expected {
+        return Ok(());
+    }
+    Err(TrainError::Concurrent(format!(
+        "{} changed while this process was training: another process is training run `{run}` \
+         (a second `diffrec run` of the pipeline, or a scheduler's retry while the first \
+         attempt still runs). Stopped before writing anything more; let the other process \
+         finish, or stop it and run again (the run resumes from its latest checkpoint)",
+        latest_key(run)
+    )))
+}
+
 /// The model input of a variant: time-weighted rows for T-DiffRec, binary rows otherwise.
 pub fn model_input(train: &CsrMatrix, variant: Variant) -> CsrMatrix {
     let mut m = train.clone();
@@ -259,6 +279,13 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
             .unwrap_or_default(),
         cluster_weights: clusters.map(|c| c.weights().to_vec()).unwrap_or_default(),
     };
+    // The latest checkpoint as this process found it: each epoch's writes first check that it
+    // is still the one this process last wrote (`ensure_sole_writer`).
+    let mut written = if writer {
+        ws.version(&latest_key(&spec.run)).await?
+    } else {
+        None
+    };
     let latest = if spec.fresh {
         None
     } else {
@@ -375,6 +402,9 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
             seconds,
         });
 
+        if writer {
+            ensure_sole_writer(ws, &spec.run, &written).await?;
+        }
         // The average's record, serialised once for both checkpoints of this epoch.
         let avg_bytes = match (&ema, writer) {
             (Some(avg), true) => Some(avg.bytes()?),
@@ -439,12 +469,14 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
                 )?,
             )
             .await?;
+            written = ws.version(&latest_key(&spec.run)).await?;
         }
         epoch += 1;
     }
 
     let summary = summarise(spec, &state, params);
     if writer {
+        ensure_sole_writer(ws, &spec.run, &written).await?;
         ws.put_json(&summary_key(&spec.run), &summary).await?;
     }
     Ok(summary)
