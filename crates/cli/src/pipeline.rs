@@ -294,24 +294,17 @@ mod tests {
     /// Settings that only the train stage used to reject (after ingest had run) fail at load.
     #[test]
     fn train_settings_that_cannot_run_fail_at_load() {
-        let e = load_str(MINI, &["train.parallel=model"])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("`train.parallel`") && e.contains("diffrec"),
-            "{e}"
-        );
-        let e = load_str(MINI, &["train.devices=[cpu, gpu:0]"])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("`train.devices`") && e.contains("\"gpu:0\" is not a cpu device"),
-            "{e}"
-        );
-        let e = load_str(MINI, &["train.backend=ndarray"])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("ndarray"), "{e}");
+        let refusal = |sets: &[&str]| load_str(MINI, sets).unwrap_err().to_string();
+        for (sets, says) in [
+            (&["train.parallel=model"][..], "`train.parallel`"),
+            (&["train.devices=[cpu, gpu:0]"], "`train.devices`"),
+            (&["train.backend=ndarray"], "ndarray"),
+        ] {
+            let e = refusal(sets);
+            assert!(e.contains(says), "{sets:?}: {e}");
+        }
+        assert!(refusal(&["train.parallel=model"]).contains("diffrec has none"));
+        assert!(refusal(&["train.devices=[cpu, gpu:0]"]).contains("\"gpu:0\" is not a cpu device"));
         let cuda = load_str(
             MINI,
             &["train.backend=cuda", "train.devices=[cuda:0, gpu:1]"],
