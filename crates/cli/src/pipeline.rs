@@ -309,7 +309,7 @@ mod tests {
             MINI,
             &["train.backend=cuda", "train.devices=[cuda:0, gpu:1]"],
         );
-        if cfg!(feature = "cuda") {
+        if diffrec_trainer::Backend::Cuda.built_in() {
             assert!(cuda.is_ok(), "{:?}", cuda.err());
         } else {
             let e = cuda.unwrap_err().to_string();

@@ -687,7 +687,12 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
     );
     let left: Vec<_> = walk(&b.join("runs"))
         .into_iter()
-        .filter(|p| p.to_string_lossy().contains(".tmp-"))
+        .filter(|p| {
+            let name = p.to_string_lossy();
+            // `…#N`: object_store's own staging file, which a kill in mid-write leaves and its
+            // listing hides (docs/decisions.md, "Atomic artifacts").
+            name.contains(".tmp-") && !name.contains('#')
+        })
         .collect();
     assert!(left.is_empty(), "temporaries left: {left:?}");
 
@@ -745,7 +750,7 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
     );
     assert_eq!(failed[0].status.code(), Some(1));
     assert!(
-        text(failed[0]).contains("another process is training run `r`"),
+        text(failed[0]).contains("another process started training run `r`"),
         "{}",
         text(failed[0])
     );

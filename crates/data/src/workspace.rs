@@ -162,24 +162,6 @@ impl Workspace {
         }
     }
 
-    /// A token that changes whenever `key` is written (the store's ETag, modification time and
-    /// size); `None` when the key is absent. A process that wrote a key can tell from it whether
-    /// another process has written the key since.
-    pub async fn version(&self, key: &str) -> Result<Option<String>> {
-        match self.store.head(&self.path(key)).await {
-            Ok(m) => Ok(Some(format!(
-                "{}|{}|{}",
-                m.e_tag.unwrap_or_default(),
-                m.last_modified
-                    .timestamp_nanos_opt()
-                    .unwrap_or(m.last_modified.timestamp()),
-                m.size
-            ))),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(Self::store_err(key)(e)),
-        }
-    }
-
     /// Deletes an artifact if present.
     pub async fn delete(&self, key: &str) -> Result<()> {
         match self.store.delete(&self.path(key)).await {
@@ -352,23 +334,6 @@ mod tests {
         assert!(!ws.exists("nope").await.unwrap());
         let e = ws.get("nope").await.unwrap_err();
         assert!(matches!(e, DataError::MissingArtifact { .. }));
-    }
-
-    #[tokio::test]
-    async fn version_changes_with_every_write() {
-        let dir = std::env::temp_dir().join(format!("diffrec-ws-{}", rand::random::<u32>()));
-        for url in ["memory://v", dir.to_str().unwrap()] {
-            let ws = Workspace::open(url).unwrap();
-            assert_eq!(ws.version("runs/a/x").await.unwrap(), None);
-            ws.put_atomic("runs/a/x", &b"same"[..]).await.unwrap();
-            let first = ws.version("runs/a/x").await.unwrap().expect("written");
-            assert_eq!(ws.version("runs/a/x").await.unwrap().as_ref(), Some(&first));
-            // The same bytes written again (as a second process would) are a new version.
-            ws.put_atomic("runs/a/x", &b"same"[..]).await.unwrap();
-            let second = ws.version("runs/a/x").await.unwrap().expect("written");
-            assert_ne!(first, second, "{url}");
-        }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]

@@ -58,7 +58,7 @@ impl Backend {
         let (kind, rest) = device.split_once(':').unwrap_or((device, ""));
         let index = rest.parse::<usize>().is_ok();
         match self {
-            Backend::Cpu | Backend::Flex => kind == "cpu" && (rest.is_empty() || index),
+            Backend::Cpu | Backend::Flex => device == "cpu" || (kind == "cpu" && index),
             Backend::Wgpu => kind == "wgpu" && (index || rest == "cpu"),
             Backend::Cuda => matches!(kind, "cuda" | "gpu") && index,
         }
@@ -372,19 +372,6 @@ impl TrainConfig {
                 if host_port(v).is_none() {
                     return Err(err(key, format!("expected HOST:PORT, got {v:?}")));
                 }
-            }
-        }
-        for d in &self.devices {
-            let ok = d == "cpu"
-                || d.split_once(':').is_some_and(|(kind, idx)| {
-                    matches!(kind, "cpu" | "cuda" | "wgpu" | "gpu") && idx.parse::<usize>().is_ok()
-                })
-                || d == "wgpu:cpu";
-            if !ok {
-                return Err(err(
-                    "train.devices",
-                    format!("unknown device {d:?}; use cpu, cpu:N, cuda:N, wgpu:N or wgpu:cpu"),
-                ));
             }
         }
         Ok(())

@@ -120,23 +120,36 @@ pub fn metrics_key(run: &str) -> String {
     format!("runs/{run}/metrics.parquet")
 }
 
-/// Fails when the run's latest checkpoint is no longer `expected` (the version this process
-/// last wrote or resumed from): another process is training the same run, and the two would
-/// overwrite each other's checkpoints, metrics and summary.
-async fn ensure_sole_writer(
-    ws: &Workspace,
-    run: &str,
-    expected: &Option<String>,
-) -> Result<(), TrainError> {
-    if ws.version(&latest_key(run)).await? == *expected {
+/// Who is writing the run: the token of the process that started training it last.
+fn owner_key(run: &str) -> String {
+    format!("runs/{run}/checkpoints/_owner")
+}
+
+/// Claims the run for this process (the last process to start owns it) and returns its token.
+async fn claim_run(ws: &Workspace, run: &str) -> Result<String, TrainError> {
+    let token = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
+    ws.put_atomic(&owner_key(run), token.clone().into_bytes())
+        .await?;
+    Ok(token)
+}
+
+/// Fails when another process has claimed the run since this one did (`claim_run`): both
+/// would write its checkpoints, metrics and summary.
+async fn ensure_sole_writer(ws: &Workspace, run: &str, token: &str) -> Result<(), TrainError> {
+    let owner = match ws.get(&owner_key(run)).await {
+        Ok(bytes) => bytes,
+        Err(diffrec_data::DataError::MissingArtifact { .. }) => Default::default(),
+        Err(e) => return Err(e.into()),
+    };
+    if owner == token.as_bytes() {
         return Ok(());
     }
     Err(TrainError::Concurrent(format!(
-        "{} changed while this process was training: another process is training run `{run}` \
-         (a second `diffrec run` of the pipeline, or a scheduler's retry while the first \
-         attempt still runs). Stopped before writing anything more; let the other process \
-         finish, or stop it and run again (the run resumes from its latest checkpoint)",
-        latest_key(run)
+        "another process started training run `{run}` after this one ({} changed): a second \
+         `diffrec run` of the pipeline, or a scheduler's retry while the first attempt still \
+         ran. This process stopped before writing anything more and leaves the run to the \
+         other one",
+        owner_key(run)
     )))
 }
 
@@ -279,10 +292,10 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
             .unwrap_or_default(),
         cluster_weights: clusters.map(|c| c.weights().to_vec()).unwrap_or_default(),
     };
-    // The latest checkpoint as this process found it: each epoch's writes first check that it
-    // is still the one this process last wrote (`ensure_sole_writer`).
-    let mut written = if writer {
-        ws.version(&latest_key(&spec.run)).await?
+    // The run is claimed before its latest checkpoint is read, and each epoch's writes first
+    // check that no other process has claimed it since (`ensure_sole_writer`).
+    let token = if writer {
+        Some(claim_run(ws, &spec.run).await?)
     } else {
         None
     };
@@ -402,8 +415,8 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
             seconds,
         });
 
-        if writer {
-            ensure_sole_writer(ws, &spec.run, &written).await?;
+        if let Some(token) = &token {
+            ensure_sole_writer(ws, &spec.run, token).await?;
         }
         // The average's record, serialised once for both checkpoints of this epoch.
         let avg_bytes = match (&ema, writer) {
@@ -469,14 +482,13 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
                 )?,
             )
             .await?;
-            written = ws.version(&latest_key(&spec.run)).await?;
         }
         epoch += 1;
     }
 
     let summary = summarise(spec, &state, params);
-    if writer {
-        ensure_sole_writer(ws, &spec.run, &written).await?;
+    if let Some(token) = &token {
+        ensure_sole_writer(ws, &spec.run, token).await?;
         ws.put_json(&summary_key(&spec.run), &summary).await?;
     }
     Ok(summary)
