@@ -256,20 +256,26 @@ impl Workspace {
         self.put_atomic(key, text).await
     }
 
-    /// Reads a JSON artifact; `Ok(None)` when it does not exist.
-    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+    /// Reads a whole artifact; `Ok(None)` when it does not exist.
+    pub async fn get_if_present(&self, key: &str) -> Result<Option<Bytes>> {
         match self.get(key).await {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(|source| DataError::Json {
-                        key: key.to_owned(),
-                        source,
-                    })
-            }
+            Ok(bytes) => Ok(Some(bytes)),
             Err(DataError::MissingArtifact { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Reads a JSON artifact; `Ok(None)` when it does not exist.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let Some(bytes) = self.get_if_present(key).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| DataError::Json {
+                key: key.to_owned(),
+                source,
+            })
     }
 
     /// SHA-256 of an artifact, hex.
@@ -279,9 +285,15 @@ impl Workspace {
 
     /// Removes temporary keys left under `prefix` by an interrupted write; returns how many.
     pub async fn clean_temporaries(&self, prefix: &str) -> Result<usize> {
+        self.delete_where(prefix, |key| key.contains(TMP_MARKER))
+            .await
+    }
+
+    /// Deletes the keys under `prefix` that `pick` selects; returns how many.
+    async fn delete_where(&self, prefix: &str, pick: impl Fn(&str) -> bool) -> Result<usize> {
         let mut n = 0;
         for key in self.list(prefix).await? {
-            if key.contains(TMP_MARKER) {
+            if pick(&key) {
                 self.delete(&key).await?;
                 n += 1;
             }
@@ -295,14 +307,7 @@ impl Workspace {
     pub async fn clean_temporaries_of(&self, key: &str) -> Result<usize> {
         let parent = key.rsplit_once('/').map_or("", |(parent, _)| parent);
         let stem = format!("{key}{TMP_MARKER}");
-        let mut n = 0;
-        for k in self.list(parent).await? {
-            if k.starts_with(&stem) {
-                self.delete(&k).await?;
-                n += 1;
-            }
-        }
-        Ok(n)
+        self.delete_where(parent, |k| k.starts_with(&stem)).await
     }
 }
 

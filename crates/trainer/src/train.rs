@@ -136,12 +136,8 @@ async fn claim_run(ws: &Workspace, run: &str) -> Result<String, TrainError> {
 /// Fails when another process has claimed the run since this one did (`claim_run`): both
 /// would write its checkpoints, metrics and summary.
 async fn ensure_sole_writer(ws: &Workspace, run: &str, token: &str) -> Result<(), TrainError> {
-    let owner = match ws.get(&owner_key(run)).await {
-        Ok(bytes) => bytes,
-        Err(diffrec_data::DataError::MissingArtifact { .. }) => Default::default(),
-        Err(e) => return Err(e.into()),
-    };
-    if owner == token.as_bytes() {
+    let owner = ws.get_if_present(&owner_key(run)).await?;
+    if owner.as_deref() == Some(token.as_bytes()) {
         return Ok(());
     }
     Err(TrainError::Concurrent(format!(
@@ -302,11 +298,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
     let latest = if spec.fresh {
         None
     } else {
-        match ws.get(&latest_key(&spec.run)).await {
-            Ok(bytes) => Some(bytes),
-            Err(diffrec_data::DataError::MissingArtifact { .. }) => None,
-            Err(e) => return Err(e.into()),
-        }
+        ws.get_if_present(&latest_key(&spec.run)).await?
     };
     // The parameter average starts at the initial parameters.
     let mut ema = cfg
