@@ -8,10 +8,9 @@
 # Usage: scripts/bench_speed.sh AUTHORS_CHECKOUT [EPOCHS]     (EPOCHS default 10, a multiple of 5)
 #   PYTHON: a Python with torch, numpy, scipy and bottleneck (default: python3).
 #   DATA:   the ML-1M clean split (default: ../shared/data/ml-1m_clean).
-# The authors' script is copied to a temporary folder and instrumented there (never in this
-# repository): SciPy's removed `.A` becomes `.toarray()`, and each epoch prints its training
-# seconds and its evaluation seconds (valid + test) with sub-second resolution; peak memory
-# comes from /usr/bin/time. Prints one line per contender and the ratios.
+# The authors' script is copied to a temporary folder and instrumented there by
+# scripts/instrument_authors.py (never in this repository); peak memory comes from /usr/bin/time.
+# Prints one line per contender and the ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 authors=${1:?usage: scripts/bench_speed.sh AUTHORS_CHECKOUT [EPOCHS]}
@@ -26,20 +25,7 @@ trap 'rm -rf "$tmp"' EXIT
 
 # 1. The authors' code, instrumented in a copy.
 cp -r "$authors/DiffRec" "$tmp/authors"
-"$py" - "$tmp/authors/main.py" <<'PY'
-import re, sys
-p = sys.argv[1]
-s = open(p).read().replace(".A)", ".toarray())")
-s = s.replace("    if epoch % 5 == 0:\n",
-              "    train_s = time.time() - start_time\n    eval_start = time.time()\n"
-              "    if epoch % 5 == 0:\n", 1)
-s = s.replace("    print(\"Runing Epoch",
-              "    print(f\"TIMING epoch={epoch} train_s={train_s:.3f} \"\n"
-              "          f\"eval_s={time.time() - eval_start if epoch % 5 == 0 else 0:.3f}\")\n"
-              "    print(\"Runing Epoch", 1)
-assert s.count("TIMING") == 1 and s.count("eval_start = time.time()") == 1, "main.py changed upstream"
-open(p, "w").write(s)
-PY
+"$py" scripts/instrument_authors.py "$tmp/authors/main.py"
 (cd "$tmp/authors" && /usr/bin/time -f "PEAK_KB %M" "$py" main.py --dataset=ml-1m_clean \
   --data_path="$data/" --lr=0.001 --weight_decay=0.0 --batch_size=400 --dims=[200,600] \
   --emb_size=10 --mean_type=x0 --steps=40 --noise_scale=0.005 --noise_min=0.005 \
