@@ -955,6 +955,47 @@ fn wgpu_backend_trains_like_the_cpu_backend() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A wgpu device that this machine does not have stops the train stage before its first batch
+/// with an error naming the device and the adapters there are (exit code 1; 2 where discrete
+/// GPUs exist and the index is past the last), not with panics from burn's device thread (exit
+/// code 101). Needs no Vulkan: without it the list is empty.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_missing_gpu_device_fails_naming_the_adapters_there_are() {
+    let dir = tmpdir("nogpu");
+    let csv = dir.join("log.csv");
+    generate(&csv, &["--users", "60", "--items", "40"]);
+    let p = write_pipeline(
+        &dir,
+        "name: g\ndata:\n  source: {format: csv, path: log.csv}\nmodel:\n  diffusion: {steps: 5}\n  denoiser: {dims: [16]}\n\
+         train: {epochs: 2, backend: wgpu, devices: [\"wgpu:7\"]}\nevaluate: {ks: [20]}\n",
+    );
+    let ws = dir.join("ws");
+    let out = diffrec()
+        .args([
+            "run",
+            p.to_str().unwrap(),
+            "--until",
+            "train",
+            "--workspace",
+        ])
+        .arg(&ws)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    // No discrete GPU here (CI): exit 1 and the adapters listed. Fewer than 8 discrete GPUs:
+    // exit 2, an index past the last one.
+    let none = out.status.code() == Some(1)
+        && t.contains("train.devices: wgpu:7 needs discrete GPU 7 (counting from 0), and")
+        && t.contains("(adapters: ");
+    let past_last = out.status.code() == Some(2)
+        && t.contains("train.devices: wgpu:7 does not exist: this machine has");
+    assert!(none || past_last, "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+    assert!(!ws.join("runs/g/checkpoints/latest.ckpt").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// The training state (JSON) at the head of a checkpoint: magic, u64 length, JSON.
 fn checkpoint_state(path: &Path) -> serde_json::Value {
     let b = std::fs::read(path).unwrap();

@@ -82,6 +82,7 @@ pub async fn train_on(
         Backend::Wgpu => {
             let devices = devices_of(devices, wgpu_device)?;
             tracing::info!(?devices, "train: wgpu devices");
+            crate::probe::wgpu(&devices).await?;
             train::<Autodiff<burn::backend::Wgpu>>(ws, data, spec, devices, progress).await
         }
         #[cfg(not(feature = "wgpu"))]
@@ -89,6 +90,7 @@ pub async fn train_on(
         #[cfg(feature = "cuda")]
         Backend::Cuda => {
             let devices = devices_of(devices, cuda_device)?;
+            crate::probe::cuda(&devices)?;
             train::<Autodiff<burn::backend::Cuda>>(ws, data, spec, devices, progress).await
         }
         #[cfg(not(feature = "cuda"))]

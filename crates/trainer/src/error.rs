@@ -26,6 +26,9 @@ pub enum TrainError {
     /// Another process is training the same run.
     #[error("{0}")]
     Concurrent(String),
+    /// A GPU device of `train.devices` cannot be opened here (no driver, no such adapter).
+    #[error("{0}")]
+    Device(String),
     /// burn-collective failed (a replica, the orchestrator or another node).
     #[error("multi-device training: {0}")]
     Collective(String),
@@ -58,9 +61,10 @@ impl TrainError {
             | TrainError::ModelMismatch { .. }
             | TrainError::BackendMissing(_)
             | TrainError::Input(_) => true,
-            TrainError::Checkpoint(_) | TrainError::Collective(_) | TrainError::Concurrent(_) => {
-                false
-            }
+            TrainError::Checkpoint(_)
+            | TrainError::Collective(_)
+            | TrainError::Concurrent(_)
+            | TrainError::Device(_) => false,
         }
     }
 }
