@@ -200,6 +200,16 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         finished_at: Utc::now(),
     };
     ws.put_json(&manifest_key(&dir), &manifest).await?;
+    if summary.best_epoch == 0 {
+        // No evaluation ran (any evaluation becomes the best): say so instead of NaNs.
+        println!(
+            "train: {} epochs and no evaluation (train.eval_every {} is more than the epochs \
+             run): no best checkpoint was written, so evaluate and recommend have no model to \
+             use; {:.2} s/epoch",
+            summary.epochs_run, p.train.eval_every, summary.epoch_seconds_median
+        );
+        return Ok(());
+    }
     let get = |m: &BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(f64::NAN);
     println!(
         "train: best epoch {} of {}; test recall@10 {:.4} recall@20 {:.4} ndcg@10 {:.4} ndcg@20 {:.4}; {:.2} s/epoch, {:.1} s/eval",

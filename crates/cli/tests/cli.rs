@@ -996,6 +996,53 @@ fn a_missing_gpu_device_fails_naming_the_adapters_there_are() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A run shorter than `train.eval_every` evaluates nothing: the train stage says so (no NaN
+/// metrics), and the evaluate stage's missing-checkpoint error names the reason.
+#[test]
+fn a_run_that_evaluates_nothing_says_so() {
+    let dir = tmpdir("noeval");
+    let csv = dir.join("log.csv");
+    generate(&csv, &["--users", "60", "--items", "40"]);
+    let p = write_pipeline(
+        &dir,
+        "name: g\ndata:\n  source: {format: csv, path: log.csv}\nmodel:\n  diffusion: {steps: 5}\n  denoiser: {dims: [16]}\n\
+         train: {epochs: 2, eval_every: 5}\nevaluate: {ks: [20]}\n",
+    );
+    let ws = dir.join("ws");
+    let out = diffrec()
+        .args([
+            "run",
+            p.to_str().unwrap(),
+            "--until",
+            "train",
+            "--workspace",
+        ])
+        .arg(&ws)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains(
+            "train: 2 epochs and no evaluation (train.eval_every 5 is more than the epochs run)"
+        ),
+        "{t}"
+    );
+    assert!(!t.contains("NaN"), "{t}");
+    let out = diffrec()
+        .args(["stage", "evaluate", p.to_str().unwrap(), "--workspace"])
+        .arg(&ws)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("train.epochs must reach train.eval_every"),
+        "{t}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// The training state (JSON) at the head of a checkpoint: magic, u64 length, JSON.
 fn checkpoint_state(path: &Path) -> serde_json::Value {
     let b = std::fs::read(path).unwrap();

@@ -26,7 +26,8 @@ pub async fn load_best<B: Backend>(
 ) -> Result<Recommender<B>, TrainError> {
     let bytes = ws.get(&best_key(run)).await.map_err(|e| match e {
         diffrec_data::DataError::MissingArtifact { .. } => TrainError::Input(format!(
-            "run `{run}` has no best checkpoint ({}): run the train stage first",
+            "run `{run}` has no best checkpoint ({}): run the train stage first (it writes \
+             one at its first evaluation, so train.epochs must reach train.eval_every)",
             best_key(run)
         )),
         e => e.into(),

@@ -350,6 +350,14 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
         .div_ceil(bs)
         .min(cfg.max_batches.unwrap_or(usize::MAX));
 
+    if cfg.eval_every > cfg.epochs {
+        tracing::warn!(
+            eval_every = cfg.eval_every,
+            epochs = cfg.epochs,
+            "train.eval_every is more than train.epochs: this run evaluates nothing and writes \
+             no best checkpoint (fine for timing the training alone)"
+        );
+    }
     let mut epoch = state.epoch + 1;
     while epoch <= cfg.epochs {
         if epoch - state.best_epoch >= cfg.patience {
