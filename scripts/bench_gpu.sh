@@ -19,46 +19,57 @@
 # GPU memory is the peak of `nvidia-smi`'s memory.used while a contender runs, less the idle
 # figure before it (whole device, so run nothing else).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+# Paths are taken relative to the caller's folder, before moving to the repository root.
 bin=$(realpath "${1:?usage: scripts/bench_gpu.sh BIN DATA L_WORKSPACE OUT [AUTHORS [TORCH_BENCH]]}")
 data=$(realpath "${2:?DATA}")
 lws_src=$(realpath "${3:?L_WORKSPACE}")
-out=${4:?OUT}
-authors=${5:-}
-torch_bench=${6:-}
+mkdir -p "${4:?OUT}"
+out=$(realpath "$4")
+authors=${5:+$(realpath "$5")}
+torch_bench=${6:+$(realpath "$6")}
+cd "$(dirname "$0")/.."
 epochs=${EPOCHS:-20}
 cuda_dev=${CUDA_DEV:-cuda:0}
 wgpu_dev=${WGPU_DEV:-wgpu:0}
+gpu_index=${cuda_dev#*:}
 step_seconds=${STEP_SECONDS:-150}
-mkdir -p "$out"
-out=$(realpath "$out")
+: >"$out/runs.txt"
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+sampler=
+trap '[ -n "$sampler" ] && kill "$sampler" 2>/dev/null; rm -rf "$tmp"' EXIT
 cp -r "$lws_src" "$tmp/lws"
 rm -rf "$tmp/lws/runs"
 
 have_smi=0
 command -v nvidia-smi >/dev/null && have_smi=1
-# run NAME CMD…: runs one contender with its log at $out/NAME.log, its wall time and GPU memory.
+# run NAME CMD…: runs one contender with its log at $out/NAME.log, its wall time and GPU memory
+# (of the GPU of CUDA_DEV).
 run() {
   local name=$1
   shift
-  local idle=0 pid=
+  local idle=0 peak=0
   if [ $have_smi = 1 ]; then
-    idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$tmp/$name.mem" &
-    pid=$!
+    idle=$(nvidia-smi -i "$gpu_index" --query-gpu=memory.used --format=csv,noheader,nounits)
+    nvidia-smi -i "$gpu_index" --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 \
+      >"$tmp/$name.mem" &
+    sampler=$!
   fi
   local t0=$SECONDS
-  timeout "$step_seconds" "$@" >"$out/$name.log" 2>&1
+  timeout -k 10 "$step_seconds" "$@" >"$out/$name.log" 2>&1
   local rc=$?
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null
-  local peak=$(sort -n "$tmp/$name.mem" 2>/dev/null | tail -1)
-  echo "$name rc=$rc wall_s=$((SECONDS - t0)) gpu_mib=$(( ${peak:-0} - idle ))" | tee -a "$out/runs.txt"
+  if [ -n "$sampler" ]; then
+    kill "$sampler" 2>/dev/null
+    wait "$sampler" 2>/dev/null
+    sampler=
+    peak=$(grep -E '^[0-9]+$' "$tmp/$name.mem" | sort -n | tail -1)
+    [[ $idle =~ ^[0-9]+$ ]] || idle=0
+  fi
+  echo "$name rc=$rc wall_s=$((SECONDS - t0)) gpu_mib=$((${peak:-0} - idle))" | tee -a "$out/runs.txt"
 }
 
 # keep NAME WORKSPACE: copies the run's summary and metrics next to its log.
 keep() {
+  rm -f "$out/$1.summary.json" "$out/$1.metrics.parquet"
   cp "$2/runs/$1/summary.json" "$out/$1.summary.json" 2>/dev/null
   cp "$2/runs/$1/metrics.parquet" "$out/$1.metrics.parquet" 2>/dev/null
 }
@@ -89,8 +100,9 @@ done
 
 if [ -n "$authors" ] && [ -f "$authors/main.py" ]; then
   cp -r "$authors" "$tmp/authors"
-  python3 scripts/instrument_authors.py "$tmp/authors/main.py"
-  run authors-cuda bash -c "cd '$tmp/authors' && python3 main.py --cuda --dataset=ml-1m_clean \
+  python3 scripts/instrument_authors.py "$tmp/authors/main.py" ||
+    echo "authors' main.py could not be instrumented: its timings will be missing" >&2
+  run authors-cuda bash -c "cd '$tmp/authors' && python3 main.py --cuda --gpu=$gpu_index --dataset=ml-1m_clean \
     --data_path='$data/' --lr=0.001 --weight_decay=0.0 --batch_size=400 --dims=[200,600] \
     --emb_size=10 --mean_type=x0 --steps=40 --noise_scale=0.005 --noise_min=0.005 \
     --noise_max=0.01 --sampling_steps=0 --reweight=1 --log_name=log --round=1 \
