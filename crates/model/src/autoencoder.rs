@@ -13,6 +13,8 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
+use rayon::prelude::*;
+
 use crate::config::{AutoEncoderConfig, DecoderKind, LatentShare};
 use crate::denoiser::{InitScheme, linear};
 use crate::shapes::{ParamShape, ParamShapes, join};
@@ -300,17 +302,12 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
             h.to_device(&device)
         };
         let outs: Vec<Tensor<B, 2>> = if self.is_spread() {
-            // One thread per encoder, so that devices work at the same time.
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = self
-                    .encoders
-                    .iter()
+            // The encoders on threads of their own, so that devices work at the same time.
+            encoder_threads(self.encoders.len()).install(|| {
+                self.encoders
+                    .par_iter()
                     .zip(slices)
-                    .map(|(layers, h)| scope.spawn(move || run(layers, h)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("an encoder thread panicked"))
+                    .map(|(layers, h)| run(layers, h))
                     .collect()
             })
         } else {
@@ -391,6 +388,22 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
 /// −mean over the batch of Σ_items log_softmax(scores) · target.
 pub fn multinomial_nll<B: Backend>(scores: Tensor<B, 2>, target: Tensor<B, 2>) -> Tensor<B, 1> {
     -(log_softmax(scores, 1) * target).sum_dim(1).mean()
+}
+
+/// The threads that run a spread model's cluster encoders: one per encoder of the first spread
+/// model of the process (at least 2), created once and kept. Earlier a thread was spawned per
+/// encoder and forward pass; GPU backends keep per-thread state (cubecl 0.10 gives each new
+/// thread its own stream, up to 128 per device, each with buffers of its own), so fresh threads
+/// every batch kept adding streams. A later model with more encoders shares these threads.
+fn encoder_threads(encoders: usize) -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(encoders.max(2))
+            .thread_name(|i| format!("diffrec-encoder-{i}"))
+            .build()
+            .expect("the encoder threads start")
+    })
 }
 
 #[cfg(test)]
