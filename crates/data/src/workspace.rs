@@ -36,6 +36,9 @@ pub struct Workspace {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     url: String,
+    /// The directory of a local workspace: object_store stages its writes there as
+    /// `<key>#<n>` files, which its listing hides ([`Workspace::delete_where`] removes them).
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -69,6 +72,7 @@ impl Workspace {
             return Err(bad("empty workspace URL".into()));
         }
         let scheme = url.split_once("://").map(|(s, _)| s);
+        let mut local_root = None;
         let (store, prefix): (Arc<dyn ObjectStore>, Path) = match scheme {
             None | Some("file") => {
                 let dir = url.strip_prefix("file://").unwrap_or(url);
@@ -77,6 +81,7 @@ impl Workspace {
                     source: e,
                 })?;
                 let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?;
+                local_root = Some(std::path::PathBuf::from(dir));
                 (Arc::new(fs), Path::default())
             }
             Some("memory") => {
@@ -117,6 +122,7 @@ impl Workspace {
             store,
             prefix,
             url: url.to_owned(),
+            local_root,
         })
     }
 
@@ -289,13 +295,31 @@ impl Workspace {
             .await
     }
 
-    /// Deletes the keys under `prefix` that `pick` selects; returns how many.
+    /// Deletes the keys under `prefix` that `pick` selects; returns how many. In a local
+    /// workspace this includes object_store's staging files of such keys (`<key>#<n>`, left by
+    /// a process killed in mid-write; hidden from listings and unreachable through the store).
     async fn delete_where(&self, prefix: &str, pick: impl Fn(&str) -> bool) -> Result<usize> {
         let mut n = 0;
         for key in self.list(prefix).await? {
             if pick(&key) {
                 self.delete(&key).await?;
                 n += 1;
+            }
+        }
+        if let Some(root) = &self.local_root {
+            for (key, file) in staging_files(root, prefix)? {
+                if pick(&key) {
+                    match std::fs::remove_file(&file) {
+                        Ok(()) => n += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(source) => {
+                            return Err(DataError::Io {
+                                path: file.display().to_string(),
+                                source,
+                            });
+                        }
+                    }
+                }
             }
         }
         Ok(n)
@@ -309,6 +333,50 @@ impl Workspace {
         let stem = format!("{key}{TMP_MARKER}");
         self.delete_where(parent, |k| k.starts_with(&stem)).await
     }
+}
+
+/// object_store's staging files under `root/prefix` (any depth): a file named `<name>#<digits>`
+/// is the staged write of key `<prefix…>/<name>`. Returns (that key, the file).
+fn staging_files(
+    root: &std::path::Path,
+    prefix: &str,
+) -> Result<Vec<(String, std::path::PathBuf)>> {
+    let mut found = Vec::new();
+    let prefix = prefix.trim_matches('/');
+    let mut dirs = vec![(root.join(prefix), prefix.to_owned())];
+    while let Some((dir, key_dir)) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(DataError::Io {
+                    path: dir.display().to_string(),
+                    source,
+                });
+            }
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let key = if key_dir.is_empty() {
+                name.clone()
+            } else {
+                format!("{key_dir}/{name}")
+            };
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => dirs.push((entry.path(), key)),
+                Ok(t) if t.is_file() => {
+                    if let Some((stem, n)) = key.rsplit_once('#')
+                        && !n.is_empty()
+                        && n.bytes().all(|b| b.is_ascii_digit())
+                    {
+                        found.push((stem.to_owned(), entry.path()));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Whether a key is a temporary (incomplete) write.
@@ -358,6 +426,58 @@ mod tests {
         let mut left = ws.list("data").await.unwrap();
         left.sort();
         assert_eq!(left, vec!["data/x", "data/xy.tmp-5-6", "data/y.tmp-7-8"]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// What object_store's local store leaves when a process is killed in mid-write: a staging
+    /// file `<key>#<n>` that its listing hides. Cleaning removes those of temporary keys (ours
+    /// always write to a temporary key first), at any depth, and leaves every other file.
+    #[tokio::test]
+    async fn staging_files_of_temporaries_are_cleaned() {
+        let dir = std::env::temp_dir().join(format!("diffrec-ws-{}", rand::random::<u32>()));
+        let ws = Workspace::open(dir.to_str().unwrap()).unwrap();
+        ws.put_atomic("runs/r/checkpoints/latest.ckpt", &b"whole"[..])
+            .await
+            .unwrap();
+        let ckpt = dir.join("runs/r/checkpoints");
+        let files = [
+            "latest.ckpt.tmp-11-ab#1", // a killed write of latest.ckpt
+            "latest.ckpt.tmp-12-cd#2", // another one
+            "best.ckpt.tmp-13-ef#1",   // another key's
+            "notes#1",                 // not a temporary's: kept
+        ];
+        for f in files {
+            std::fs::write(ckpt.join(f), b"half").unwrap();
+        }
+        std::fs::create_dir_all(dir.join("runs/other")).unwrap();
+        std::fs::write(dir.join("runs/other/m.json.tmp-1-2#1"), b"half").unwrap();
+        let on_disk = |d: &std::path::Path| {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        // One key's: only its own staging files.
+        assert_eq!(
+            ws.clean_temporaries_of("runs/r/checkpoints/latest.ckpt")
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            on_disk(&ckpt),
+            vec!["best.ckpt.tmp-13-ef#1", "latest.ckpt", "notes#1"]
+        );
+        // A folder's: every temporary's below it, not outside it.
+        assert_eq!(ws.clean_temporaries("runs/r").await.unwrap(), 1);
+        assert_eq!(on_disk(&ckpt), vec!["latest.ckpt", "notes#1"]);
+        assert_eq!(on_disk(&dir.join("runs/other")), vec!["m.json.tmp-1-2#1"]);
+        assert_eq!(
+            &ws.get("runs/r/checkpoints/latest.ckpt").await.unwrap()[..],
+            b"whole"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
