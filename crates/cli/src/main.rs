@@ -234,6 +234,9 @@ async fn dispatch(command: Command) -> Result<()> {
             let loaded = pipeline::load(&args.pipeline, &args.sets, args.workspace.as_deref())?;
             print!("{}", serde_norway::to_string(&loaded.pipeline)?);
             eprintln!("{}: valid", args.pipeline.display());
+            if let Err(e) = loaded.check_can_train() {
+                eprintln!("note: this binary cannot run the train stage: {e}");
+            }
             Ok(())
         }
         Command::Demo { workspace, force } => demo(&workspace, force).await,

@@ -71,6 +71,24 @@ pub struct Loaded {
     pub pipeline: Pipeline,
     pub base_dir: PathBuf,
     pub workspace: String,
+    /// The pipeline file as errors name it.
+    pub source: String,
+}
+
+impl Loaded {
+    /// What only the train stage needs of this binary (its `train.backend` compiled in), as a
+    /// keyed error: checked before the first of a run's stages when the run trains, and only then,
+    /// so a CPU-only binary still ingests, clusters and evaluates a `cuda` pipeline.
+    pub fn check_can_train(&self) -> Result<(), PipelineError> {
+        self.pipeline
+            .train
+            .check_backend_built()
+            .map_err(|e| PipelineError::Key {
+                path: self.source.clone(),
+                key: e.key,
+                message: e.message,
+            })
+    }
 }
 
 /// Loads `path`, applies `--set` overrides and `--workspace`, types and validates it.
@@ -154,6 +172,7 @@ pub fn from_yaml(
         pipeline,
         base_dir,
         workspace,
+        source: shown.to_owned(),
     })
 }
 
@@ -305,19 +324,23 @@ mod tests {
         }
         assert!(refusal(&["train.parallel=model"]).contains("diffrec has none"));
         assert!(refusal(&["train.devices=[cpu, gpu:0]"]).contains("\"gpu:0\" is not a cpu device"));
+        // A backend this binary lacks loads (ingest, cluster and evaluate do not need it);
+        // only a run that trains is refused, before its first stage.
         let cuda = load_str(
             MINI,
             &["train.backend=cuda", "train.devices=[cuda:0, gpu:1]"],
-        );
+        )
+        .unwrap();
         if diffrec_trainer::Backend::Cuda.built_in() {
-            assert!(cuda.is_ok(), "{:?}", cuda.err());
+            assert!(cuda.check_can_train().is_ok());
         } else {
-            let e = cuda.unwrap_err().to_string();
+            let e = cuda.check_can_train().unwrap_err().to_string();
             assert!(
                 e.contains("`train.backend`") && e.contains("--features cuda"),
                 "{e}"
             );
         }
+        assert!(load_str(MINI, &[]).unwrap().check_can_train().is_ok());
         assert!(load_str(MINI, &["train.devices=[cpu, \"cpu:1\"]"]).is_ok());
         assert!(
             load_str(

@@ -33,6 +33,9 @@ pub const ALL: [Stage; 5] = [
 
 /// Runs `stages` in order.
 pub async fn run_stages(loaded: &Loaded, stages: &[Stage], force: bool) -> Result<()> {
+    if stages.contains(&Stage::Train) {
+        loaded.check_can_train()?;
+    }
     let ws = Workspace::open(&loaded.workspace)?;
     tracing::info!(workspace = %ws.url(), pipeline = %loaded.pipeline.name, "opened workspace");
     for &stage in stages {

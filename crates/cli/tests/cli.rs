@@ -1008,6 +1008,50 @@ fn a_missing_gpu_device_fails_naming_the_adapters_there_are() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A pipeline for a backend this binary was built without is refused only by a run that trains,
+/// before its first stage (nothing ingested, exit code 2); the stages that do not need the
+/// backend run, and `validate` accepts it with a note. A scheduler validates and ingests on a
+/// CPU-only machine and trains on a GPU one.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_backend_left_out_of_the_build_stops_only_training() {
+    let (dir, p, ws, out) = tiny_train_run("nocuda", "{epochs: 2, backend: cuda}");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains(
+            "`train.backend`: cuda is not compiled into this binary; rebuild with `--features cuda`"
+        ),
+        "{t}"
+    );
+    assert!(
+        !ws.join("data").exists(),
+        "ingest ran before the refusal: {t}"
+    );
+    let p = p.to_str().unwrap();
+    let out = diffrec()
+        .args(["stage", "ingest", p, "--workspace"])
+        .arg(&ws)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(ws.join("data/_manifest.json").exists());
+    let out = diffrec()
+        .args(["validate", p])
+        .arg("--workspace")
+        .arg(&ws)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("note: this binary cannot run the train stage: ")
+            && t.contains("--features cuda"),
+        "{t}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// A run shorter than `train.eval_every` evaluates nothing: the train stage says so (no NaN
 /// metrics), and the evaluate stage's missing-checkpoint error names the reason.
 #[test]

@@ -279,6 +279,25 @@ fn default_k() -> usize {
 
 impl TrainConfig {
     /// Checks every value once.
+    /// Whether this binary can train on `train.backend`. Not part of [`Self::validate`]: only
+    /// the train stage needs the backend (evaluation and recommendation run on the CPU), so a
+    /// CPU-only binary may still ingest, cluster, evaluate and validate a `cuda` pipeline.
+    pub fn check_backend_built(&self) -> Result<(), ConfigError> {
+        let backend = self.backend;
+        if backend.built_in() {
+            return Ok(());
+        }
+        Err(err(
+            "train.backend",
+            format!(
+                "{} is not compiled into this binary; rebuild with `--features {}` \
+                 (only the train stage needs it)",
+                backend.name(),
+                backend.name()
+            ),
+        ))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (key, v) in [
             ("train.epochs", self.epochs),
@@ -323,16 +342,6 @@ impl TrainConfig {
             ));
         }
         let backend = self.backend;
-        if !backend.built_in() {
-            return Err(err(
-                "train.backend",
-                format!(
-                    "{} is not compiled into this binary; rebuild with `--features {}`",
-                    backend.name(),
-                    backend.name()
-                ),
-            ));
-        }
         if let Some(d) = self.devices.iter().find(|d| !backend.accepts_device(d)) {
             return Err(err(
                 "train.devices",
