@@ -1,7 +1,10 @@
 //! # diffrec-trainer
 //!
 //! Owns training and evaluation: the training loop, backends and devices, checkpoints and
-//! resume, evaluation, and the `runs/<name>/…` artifacts.
+//! resume, evaluation and inference (loading the best checkpoint, scoring, top-K), and the
+//! training artifacts of `runs/<name>/` (checkpoints, `metrics.parquet`, `curves.svg`,
+//! `summary.json`). The run's manifest, the evaluate stage's summary rewrite and
+//! `recommendations.parquet` are written by the CLI.
 //!
 //! It must not: parse pipelines or command lines (the CLI does), or print (it logs through
 //! `tracing` and reports progress through a callback).
