@@ -203,7 +203,8 @@ pub async fn recommend_one(
     history: Option<&str>,
     k: usize,
 ) -> Result<()> {
-    let ws = Workspace::open(ws_url)?;
+    let ws = Workspace::open_existing(ws_url)
+        .map_err(|e| UsageError(format!("{e}: no run to recommend from; check --workspace")))?;
     let model_cfg = trained_model(&ws, run).await?.ok_or_else(|| {
         UsageError(format!(
             "run `{run}` has not finished training in {ws_url} (no runs/{run}/_manifest.json)"

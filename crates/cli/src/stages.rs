@@ -36,7 +36,17 @@ pub async fn run_stages(loaded: &Loaded, stages: &[Stage], force: bool) -> Resul
     if stages.contains(&Stage::Train) {
         loaded.check_can_train()?;
     }
-    let ws = Workspace::open(&loaded.workspace)?;
+    // Only ingest starts a workspace; every later stage reads one, so a mistyped path is an
+    // error rather than a new empty directory.
+    let ws = if stages.first() == Some(&Stage::Ingest) {
+        Workspace::open(&loaded.workspace)?
+    } else {
+        Workspace::open_existing(&loaded.workspace).map_err(|e| {
+            crate::usage::UsageError(format!(
+                "{e}; only the ingest stage starts a workspace: check the path, or run ingest first"
+            ))
+        })?
+    };
     tracing::info!(workspace = %ws.url(), pipeline = %loaded.pipeline.name, "opened workspace");
     for &stage in stages {
         if stage == Stage::Cluster && !loaded.pipeline.model.variant.is_latent() {

@@ -241,6 +241,7 @@ fn demo_runs_every_stage_and_beats_popularity() {
     assert!(out.status.success(), "{}", text(&out));
     // A stage started before the stage it reads from: exit 2, saying which to run.
     let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap(); // a workspace where nothing ran yet
     for (ws, set, says) in [
         (
             &ws,
@@ -1049,6 +1050,35 @@ fn a_backend_left_out_of_the_build_stops_only_training() {
             && t.contains("--features cuda"),
         "{t}"
     );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Only ingest starts a workspace: the commands that read one name a mistyped path (exit code
+/// 2) instead of creating an empty directory there.
+#[test]
+fn a_mistyped_workspace_is_named_not_created() {
+    let dir = tmpdir("typo");
+    let p = write_pipeline(
+        &dir,
+        "name: t\ndata:\n  source: {format: csv, path: log.csv}\n",
+    );
+    let p = p.to_str().unwrap();
+    let ws = dir.join("no-such-ws");
+    let w = ws.to_str().unwrap();
+    for args in [
+        vec!["stage", "train", p, "--workspace", w],
+        vec!["stage", "evaluate", p, "--workspace", w],
+        vec!["recommend", "--workspace", w, "--run", "t", "--user", "1"],
+    ] {
+        let out = diffrec().args(&args).output().unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {t}");
+        assert!(
+            t.contains(&format!("workspace `{w}`: no such directory")),
+            "{args:?}: {t}"
+        );
+        assert!(!ws.exists(), "{args:?} created the workspace");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 

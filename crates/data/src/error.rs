@@ -42,7 +42,7 @@ pub enum DataError {
     Config { key: String, message: String },
 
     /// A workspace URL could not be understood.
-    #[error("invalid workspace URL `{url}`: {message}")]
+    #[error("workspace `{url}`: {message}")]
     WorkspaceUrl { url: String, message: String },
 
     /// An artifact a stage needs is not in the workspace.

@@ -108,7 +108,16 @@ impl SourceLocation {
                 let (dir, name) = u.rsplit_once('/').ok_or_else(|| {
                     DataError::bad_input(u.clone(), None, None, "URL names no file")
                 })?;
-                Workspace::open(dir)?.get(name).await
+                let folder = Workspace::open_existing(dir).map_err(|e| match e {
+                    DataError::WorkspaceUrl { message, .. } => DataError::bad_input(
+                        u.clone(),
+                        None,
+                        None,
+                        format!("its folder: {message}"),
+                    ),
+                    e => e,
+                })?;
+                folder.get(name).await
             }
         }
     }

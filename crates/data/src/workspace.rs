@@ -64,6 +64,17 @@ impl Workspace {
     /// AWS environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, and
     /// `AWS_ENDPOINT` / `AWS_ALLOW_HTTP` for S3-compatible servers).
     pub fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, true)
+    }
+
+    /// Like [`Self::open`], for commands that only read or add to an existing workspace: a
+    /// local directory that does not exist is an error naming it, and nothing is created (a
+    /// mistyped path would otherwise leave an empty directory behind).
+    pub fn open_existing(url: &str) -> Result<Self> {
+        Self::open_with(url, false)
+    }
+
+    fn open_with(url: &str, create: bool) -> Result<Self> {
         let bad = |message: String| DataError::WorkspaceUrl {
             url: url.to_owned(),
             message,
@@ -76,10 +87,14 @@ impl Workspace {
         let (store, prefix): (Arc<dyn ObjectStore>, Path) = match scheme {
             None | Some("file") => {
                 let dir = url.strip_prefix("file://").unwrap_or(url);
-                std::fs::create_dir_all(dir).map_err(|e| DataError::Io {
-                    path: dir.to_owned(),
-                    source: e,
-                })?;
+                if create {
+                    std::fs::create_dir_all(dir).map_err(|e| DataError::Io {
+                        path: dir.to_owned(),
+                        source: e,
+                    })?;
+                } else if !std::path::Path::new(dir).is_dir() {
+                    return Err(bad("no such directory".into()));
+                }
                 let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?;
                 local_root = Some(std::path::PathBuf::from(dir));
                 (Arc::new(fs), Path::default())
@@ -478,6 +493,23 @@ mod tests {
             &ws.get("runs/r/checkpoints/latest.ckpt").await.unwrap()[..],
             b"whole"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn opening_for_reading_creates_nothing() {
+        let dir = std::env::temp_dir().join(format!("diffrec-ws-{}", rand::random::<u32>()));
+        let url = dir.join("typo").to_str().unwrap().to_owned();
+        let e = Workspace::open_existing(&url).unwrap_err();
+        assert!(e.is_input(), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&url) && text.contains("no such directory"),
+            "{text}"
+        );
+        assert!(!dir.exists());
+        Workspace::open(&url).unwrap();
+        assert!(Workspace::open_existing(&url).is_ok());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
