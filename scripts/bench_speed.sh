@@ -8,9 +8,12 @@
 # Usage: scripts/bench_speed.sh AUTHORS_CHECKOUT [EPOCHS]     (EPOCHS default 10, a multiple of 5)
 #   PYTHON: a Python with torch, numpy, scipy and bottleneck (default: python3).
 #   DATA:   the ML-1M clean split (default: ../shared/data/ml-1m_clean).
+#   ROUNDS: run the four contenders in turn this many times (default 1). This host's speed
+#           drifts by ±15 % between minutes, so ratios are taken within each round (contenders
+#           minutes apart), then their median over the rounds is printed.
 # The authors' script is copied to a temporary folder and instrumented there by
 # scripts/instrument_authors.py (never in this repository); peak memory comes from /usr/bin/time.
-# Prints one line per contender and the ratios.
+# Prints, per round, one line per contender and the ratios; with ROUNDS > 1 also the medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 authors=${1:?usage: scripts/bench_speed.sh AUTHORS_CHECKOUT [EPOCHS]}
@@ -23,48 +26,69 @@ bin=$CARGO_TARGET_DIR/release/diffrec
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
+rounds=${ROUNDS:-1}
 # 1. The authors' code, instrumented in a copy.
 cp -r "$authors/DiffRec" "$tmp/authors"
 "$py" scripts/instrument_authors.py "$tmp/authors/main.py"
-(cd "$tmp/authors" && /usr/bin/time -f "PEAK_KB %M" "$py" main.py --dataset=ml-1m_clean \
-  --data_path="$data/" --lr=0.001 --weight_decay=0.0 --batch_size=400 --dims=[200,600] \
-  --emb_size=10 --mean_type=x0 --steps=40 --noise_scale=0.005 --noise_min=0.005 \
-  --noise_max=0.01 --sampling_steps=0 --reweight=1 --log_name=log --round=1 \
-  --epochs="$epochs" --save_path="$tmp/authors/saved/") >"$tmp/authors.log" 2>&1
+for r in $(seq 1 "$rounds"); do
+  [ "$rounds" -gt 1 ] && echo "round $r of $rounds" >&2
+  rm -rf "$tmp/authors/saved"
+  (cd "$tmp/authors" && /usr/bin/time -f "PEAK_KB %M" "$py" main.py --dataset=ml-1m_clean \
+    --data_path="$data/" --lr=0.001 --weight_decay=0.0 --batch_size=400 --dims=[200,600] \
+    --emb_size=10 --mean_type=x0 --steps=40 --noise_scale=0.005 --noise_min=0.005 \
+    --noise_max=0.01 --sampling_steps=0 --reweight=1 --log_name=log --round=1 \
+    --epochs="$epochs" --save_path="$tmp/authors/saved/") >"$tmp/authors.$r.log" 2>&1
 
-# 2. The plain PyTorch loop (prints a RESULT line on stdout).
-"$py" ../shared/bench/torch_denoiser_bench.py "$epochs" >"$tmp/torch.log" 2>"$tmp/torch.err"
-"$py" scripts/torch_same_work_bench.py "$epochs" >"$tmp/same.log" 2>"$tmp/same.err"
+  # 2. The plain PyTorch loops (each prints a RESULT line on stdout).
+  "$py" ../shared/bench/torch_denoiser_bench.py "$epochs" >"$tmp/torch.$r.log" 2>"$tmp/torch.$r.err"
+  "$py" scripts/torch_same_work_bench.py "$epochs" >"$tmp/same.$r.log" 2>"$tmp/same.$r.err"
 
-# 3. diffrec, the shipped pipeline, evaluating every 5 epochs like the authors' script.
-ws=$tmp/ws
-/usr/bin/time -f "PEAK_KB %M" "$bin" run pipelines/ml-1m-diffrec.yaml --workspace "$ws" \
-  --until train --set name=speed --set "train.epochs=$epochs" --set train.eval_every=5 \
-  --set train.patience=1000 >"$tmp/ours.log" 2>&1
+  # 3. diffrec, the shipped pipeline, evaluating every 5 epochs like the authors' script.
+  ws=$tmp/ws.$r
+  /usr/bin/time -f "PEAK_KB %M" "$bin" run pipelines/ml-1m-diffrec.yaml --workspace "$ws" \
+    --until train --set name=speed --set "train.epochs=$epochs" --set train.eval_every=5 \
+    --set train.patience=1000 >"$tmp/ours.$r.log" 2>&1
+done
 
-"$py" - "$tmp" "$ws/runs/speed/summary.json" <<'PY'
+"$py" - "$tmp" "$rounds" <<'PY'
 import json, re, statistics, sys
-tmp, summary = sys.argv[1], sys.argv[2]
-a = open(f"{tmp}/authors.log").read()
-rows = [dict(kv.split("=") for kv in l.split()[1:]) for l in a.splitlines() if l.startswith("TIMING")]
-a_train = statistics.median(float(r["train_s"]) for r in rows)
-a_eval = statistics.median(float(r["eval_s"]) for r in rows if float(r["eval_s"]) > 0)
-a_peak = int(re.findall(r"PEAK_KB (\d+)", a)[-1]) * 1024
-t = dict(kv.split("=", 1) for kv in open(f"{tmp}/torch.log").read().split("RESULT", 1)[1].split()
-         if "=" in kv and not kv.startswith("epoch_times"))
-t_train, t_eval = float(t["median_epoch_s"]), float(t["eval_s"])
-w_train = float(re.findall(r"median_epoch_s=([0-9.]+)", open(f"{tmp}/same.log").read())[-1])
-s = json.load(open(summary))
-o_train, o_eval = s["epoch_seconds_median"], s["eval_seconds_median"]
-o_peak = int(re.findall(r"PEAK_KB (\d+)", open(f"{tmp}/ours.log").read())[-1]) * 1024
+tmp, rounds = sys.argv[1], int(sys.argv[2])
 gib = lambda b: b / 2**30
-print(f"authors' code : epoch {a_train:.2f} s, evaluation {a_eval:.1f} s, peak {gib(a_peak):.2f} GiB")
-print(f"plain PyTorch : epoch {t_train:.2f} s, evaluation {t_eval:.1f} s (bare MLP, random data)")
-print(f"PyTorch, same work: epoch {w_train:.2f} s (noise, dropout, steps, SNR loss, average)")
-print(f"diffrec       : epoch {o_train:.2f} s, evaluation {o_eval:.1f} s, peak {gib(o_peak):.2f} GiB "
-      f"(whole process: ingest + train + evaluations)")
-print(f"ratios diffrec/authors : epoch {o_train/a_train:.2f} (target <= 0.5), "
-      f"evaluation {o_eval/a_eval:.2f} (target <= 0.3), peak {o_peak/a_peak:.2f} (target < 1)")
-print(f"ratios diffrec/PyTorch : epoch {o_train/t_train:.2f}, evaluation {o_eval/t_eval:.2f} (target <= 1.0)")
-print(f"ratio diffrec/PyTorch doing the same work : epoch {o_train/w_train:.2f}")
+med = statistics.median
+ratios = []
+for r in range(1, rounds + 1):
+    a = open(f"{tmp}/authors.{r}.log").read()
+    rows = [dict(kv.split("=") for kv in l.split()[1:]) for l in a.splitlines() if l.startswith("TIMING")]
+    a_train = med(float(x["train_s"]) for x in rows)
+    a_eval = med(float(x["eval_s"]) for x in rows if float(x["eval_s"]) > 0)
+    a_peak = int(re.findall(r"PEAK_KB (\d+)", a)[-1]) * 1024
+    t = dict(kv.split("=", 1) for kv in open(f"{tmp}/torch.{r}.log").read().split("RESULT", 1)[1].split()
+             if "=" in kv and not kv.startswith("epoch_times"))
+    t_train, t_eval = float(t["median_epoch_s"]), float(t["eval_s"])
+    w_train = float(re.findall(r"median_epoch_s=([0-9.]+)", open(f"{tmp}/same.{r}.log").read())[-1])
+    s = json.load(open(f"{tmp}/ws.{r}/runs/speed/summary.json"))
+    o_train, o_eval = s["epoch_seconds_median"], s["eval_seconds_median"]
+    o_peak = int(re.findall(r"PEAK_KB (\d+)", open(f"{tmp}/ours.{r}.log").read())[-1]) * 1024
+    if rounds > 1:
+        print(f"round {r}")
+    print(f"authors' code : epoch {a_train:.2f} s, evaluation {a_eval:.1f} s, peak {gib(a_peak):.2f} GiB")
+    print(f"plain PyTorch : epoch {t_train:.2f} s, evaluation {t_eval:.1f} s (bare MLP, random data)")
+    print(f"PyTorch, same work: epoch {w_train:.2f} s (noise, dropout, steps, SNR loss, average)")
+    print(f"diffrec       : epoch {o_train:.2f} s, evaluation {o_eval:.1f} s, peak {gib(o_peak):.2f} GiB "
+          f"(whole process: ingest + train + evaluations)")
+    q = dict(ae=o_train / a_train, av=o_eval / a_eval, am=o_peak / a_peak,
+             te=o_train / t_train, tv=o_eval / t_eval, we=o_train / w_train)
+    ratios.append(q)
+    print(f"ratios diffrec/authors : epoch {q['ae']:.2f} (target <= 0.5), "
+          f"evaluation {q['av']:.2f} (target <= 0.3), peak {q['am']:.2f} (target < 1)")
+    print(f"ratios diffrec/PyTorch : epoch {q['te']:.2f}, evaluation {q['tv']:.2f} (target <= 1.0)")
+    print(f"ratio diffrec/PyTorch doing the same work : epoch {q['we']:.2f}")
+if rounds > 1:
+    m = {k: med(q[k] for q in ratios) for k in ratios[0]}
+    span = lambda k: f"{min(q[k] for q in ratios):.2f}-{max(q[k] for q in ratios):.2f}"
+    print(f"median of {rounds} rounds (range)")
+    print(f"ratios diffrec/authors : epoch {m['ae']:.2f} ({span('ae')}), "
+          f"evaluation {m['av']:.2f} ({span('av')}), peak {m['am']:.2f} ({span('am')})")
+    print(f"ratios diffrec/PyTorch : epoch {m['te']:.2f} ({span('te')}), evaluation {m['tv']:.2f} ({span('tv')})")
+    print(f"ratio diffrec/PyTorch doing the same work : epoch {m['we']:.2f} ({span('we')})")
 PY
