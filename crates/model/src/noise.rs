@@ -156,10 +156,12 @@ pub fn noised_dropped(x0: &[f32], cols: usize, a: &[f32], b: &[f32], p: f64) -> 
     let rows = a.len();
     assert_eq!(x0.len(), rows * cols, "x0 is [rows, cols]");
     assert_eq!(b.len(), rows, "one scale per row");
-    let mut out = vec![0f32; rows * cols];
     if cols == 0 {
-        return out;
+        return vec![0f32; rows * cols];
     }
+    // Every element is written below (x_t first, then scaled in place by the mask), so the
+    // buffer is not zero-filled first (a 4.5 MB memset a DiffRec ML-1M batch).
+    let mut out: Vec<f32> = Vec::with_capacity(rows * cols);
     let dropping = p > 0.0;
     let (bases, first_row) = if dropping {
         next_draws::<2>()
@@ -168,17 +170,21 @@ pub fn noised_dropped(x0: &[f32], cols: usize, a: &[f32], b: &[f32], p: f64) -> 
         ([noise, 0], first_row)
     };
     let fill_mask = mask_filler(p);
-    out.par_chunks_mut(cols)
+    out.spare_capacity_mut()[..rows * cols]
+        .par_chunks_mut(cols)
         .zip(x0.par_chunks(cols))
         .enumerate()
         .for_each_init(
             || vec![0f32; cols],
             |mask, (r, (row, x0))| {
-                fill_normal(&mut row_rng(bases[0], first_row, r), row);
+                let rng = &mut row_rng(bases[0], first_row, r);
                 let (ar, br) = (a[r], b[r]);
                 for (o, &x) in row.iter_mut().zip(x0) {
-                    *o = x * ar + *o * br;
+                    let e: f32 = rng.sample(StandardNormal);
+                    o.write(x * ar + e * br);
                 }
+                // SAFETY: the loop above wrote every element of the row.
+                let row = unsafe { &mut *(row as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
                 if dropping {
                     fill_mask(&mut row_rng(bases[1], first_row, r), mask);
                     for (o, &m) in row.iter_mut().zip(mask.iter()) {
@@ -187,6 +193,8 @@ pub fn noised_dropped(x0: &[f32], cols: usize, a: &[f32], b: &[f32], p: f64) -> 
                 }
             },
         );
+    // SAFETY: every row of the first rows·cols elements was written above.
+    unsafe { out.set_len(rows * cols) };
     out
 }
 

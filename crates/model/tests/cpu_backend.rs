@@ -1,6 +1,7 @@
-//! The CPU backend's element-wise kernels that the models lean on, checked against plain Rust
-//! reference computations. burn-flex is patched in `vendor/burn-flex` (parallel element-wise
-//! loops, a libm-free f32 `tanh`): these tests pin what the patch must preserve.
+//! The CPU backend's kernels that the models lean on, checked against plain Rust reference
+//! computations. burn-flex is patched in `vendor/burn-flex` (parallel element-wise loops, a
+//! libm-free f32 `tanh`, matmul outputs not zero-filled): these tests pin what the patch must
+//! preserve.
 
 use burn::tensor::{Tensor, TensorData, activation};
 use burn_flex::{Flex, FlexDevice};
@@ -100,5 +101,51 @@ fn element_wise_ops_agree_with_a_plain_loop_at_every_size() {
         check("shared * 3", shared.clone() * 3.0, &|i| a[i] * 3.0);
         check("exp(shared)", shared.clone().exp(), &|i| a[i].exp());
         drop(shared);
+    }
+}
+
+/// 2-D products write their whole output without reading it (the patch allocates it without
+/// zeroing): checked against an f64 reference after the heap has held NaNs of the same size, with
+/// row-major and transposed operands, shapes that leave partial tiles, and k = 0 (all zeros).
+#[test]
+fn matmul_overwrites_its_output_and_matches_a_reference() {
+    let dev = device();
+    for (m, k, n) in [(37, 53, 29), (400, 61, 300), (5, 0, 7), (1, 1, 1)] {
+        // Put NaNs where the output is likely to be allocated next.
+        drop(std::hint::black_box(vec![f32::NAN; m * n]));
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0)
+            .collect();
+        let bt: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0)
+            .collect();
+        let lhs = Tensor::<B, 2>::from_data(TensorData::new(a.clone(), [m, k]), &dev);
+        // The right operand as the transpose of a row-major [n, k] (a strided view), and as a
+        // row-major copy.
+        let rhs_t =
+            Tensor::<B, 2>::from_data(TensorData::new(bt.clone(), [n, k]), &dev).transpose();
+        let rhs: Vec<f32> = (0..k * n).map(|i| bt[(i % n) * k + i / n]).collect();
+        let rhs = Tensor::<B, 2>::from_data(TensorData::new(rhs, [k, n]), &dev);
+        for (what, r) in [("strided", rhs_t), ("row-major", rhs)] {
+            let got = lhs
+                .clone()
+                .matmul(r)
+                .into_data()
+                .to_vec::<f32>()
+                .expect("f32 tensor");
+            assert_eq!(got.len(), m * n);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|p| a[i * k + p] as f64 * bt[j * k + p] as f64)
+                        .sum();
+                    let g = got[i * n + j];
+                    assert!(
+                        (g as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{what} {m}x{k}x{n} at ({i}, {j}): {g} vs {want}"
+                    );
+                }
+            }
+        }
     }
 }
