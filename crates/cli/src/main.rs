@@ -2,9 +2,9 @@
 //!
 //! The `diffrec` binary: runs pipelines and single stages over a workspace, validates
 //! pipelines, runs the embedded demo, generates synthetic data, recommends for one user or
-//! history, and serves burn-collective's orchestrator for multi-node training. Owns command-line parsing,
-//! pipeline loading (`pipeline.rs`), stage ordering (`stages.rs`), progress display and exit
-//! codes: 0 success, 2 bad config or input, 1 any other failure.
+//! history, and serves burn-collective's orchestrator for multi-node training. Owns
+//! command-line parsing, pipeline loading (`pipeline.rs`), stage ordering (`stages.rs`),
+//! progress display and exit codes: 0 success, 2 bad config or input, 1 any other failure.
 //!
 //! It must not: hold algorithms (those live in the library crates).
 

@@ -278,7 +278,6 @@ fn default_k() -> usize {
 }
 
 impl TrainConfig {
-    /// Checks every value once.
     /// Whether this binary can train on `train.backend`. Not part of [`Self::validate`]: only
     /// the train stage needs the backend (evaluation and recommendation run on the CPU), so a
     /// CPU-only binary may still ingest, cluster, evaluate and validate a `cuda` pipeline.
@@ -298,6 +297,7 @@ impl TrainConfig {
         ))
     }
 
+    /// Checks every value once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (key, v) in [
             ("train.epochs", self.epochs),
