@@ -12,11 +12,14 @@ pub mod config;
 pub mod denoiser;
 pub mod diffusion;
 pub mod embedding;
+mod lanes;
 pub mod latent;
 pub mod noise;
+mod rowrng;
 pub mod sampler;
 pub mod schedule;
 pub mod shapes;
+mod ziggurat;
 
 pub use autoencoder::{ClusteredAutoEncoder, Encoded, ItemClusters, latent_dims, multinomial_nll};
 pub use config::{

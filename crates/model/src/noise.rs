@@ -5,9 +5,11 @@
 //! one ChaCha stream on one thread (f64 normals converted to f32), which took about 18 % of a
 //! DiffRec ML-1M training epoch's CPU time (docs/benchmarks.md, "Where the epoch goes"); a
 //! dropout mask then costs two more element-wise passes. Here each row gets its own small
-//! generator (rand's `SmallRng`, f32 ziggurat normals), rows are filled in parallel with rayon, and a
-//! dropout mask is drawn already scaled (one multiply). On a GPU backend the drawn values are
-//! uploaded like the batch itself.
+//! generator (rand's `SmallRng` stream as `RowRng`; rand_distr's f64 ziggurat normals rounded to
+//! f32, through `ziggurat::normal`), rows are filled in parallel with rayon, and a dropout mask is
+//! drawn already scaled (one multiply). `noised_dropped` draws eight rows at once where the CPU has
+//! AVX-512 (`lanes`), with the same values. On a GPU backend the drawn values are uploaded like the
+//! batch itself.
 //!
 //! Streams are per thread and per batch row: [`reseed`] sets the batch seed and the index of the
 //! thread's first row in the whole batch, and the k-th draw of the step gives row `r` the stream
@@ -16,13 +18,14 @@
 //! the number of threads.
 
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 
 use burn::prelude::*;
-use rand::rngs::SmallRng;
-use rand::{Rng, RngExt, SeedableRng};
-use rand_distr::StandardNormal;
-
 use rayon::prelude::*;
+
+use crate::lanes::{self, Keep, LANES};
+use crate::rowrng::RowRng;
+use crate::ziggurat::{self, Ziggurat};
 
 #[derive(Clone, Copy)]
 struct Stream {
@@ -75,12 +78,14 @@ fn next_draws<const N: usize>() -> ([u64; N], u64) {
     )
 }
 
-fn row_rng(base: u64, first_row: u64, r: usize) -> SmallRng {
-    SmallRng::seed_from_u64(mix(base ^ (first_row + r as u64)))
+/// Row `r`'s generator for a draw: rand's `SmallRng` seeded from (draw, row) (`RowRng` is the
+/// same stream).
+fn row_rng(base: u64, first_row: u64, r: usize) -> RowRng {
+    RowRng::seed_from_u64(mix(base ^ (first_row + r as u64)))
 }
 
 /// `rows × cols` values, row `r` filled by `fill` from its own generator.
-fn draw(rows: usize, cols: usize, fill: impl Fn(&mut SmallRng, &mut [f32]) + Sync) -> Vec<f32> {
+fn draw(rows: usize, cols: usize, fill: impl Fn(&mut RowRng, &mut [f32]) + Sync) -> Vec<f32> {
     let ([base], first_row) = next_draws::<1>();
     let mut out = vec![0f32; rows * cols];
     if cols == 0 {
@@ -92,45 +97,63 @@ fn draw(rows: usize, cols: usize, fill: impl Fn(&mut SmallRng, &mut [f32]) + Syn
     out
 }
 
-fn fill_normal(rng: &mut SmallRng, row: &mut [f32]) {
-    for x in row {
-        *x = rng.sample(StandardNormal);
-    }
-}
-
-/// Standard normal noise shaped `[rows, cols]` on `device`.
+/// Standard normal noise shaped `[rows, cols]` on `device`: rand_distr's `StandardNormal` as
+/// f32, drawn through `ziggurat::normal`.
 pub fn standard_normal<B: Backend>(rows: usize, cols: usize, device: &B::Device) -> Tensor<B, 2> {
-    let v = draw(rows, cols, fill_normal);
+    let z = ziggurat::table();
+    let v = draw(rows, cols, |rng, row| {
+        for x in row {
+            *x = ziggurat::normal(rng, z);
+        }
+    });
     Tensor::from_data(TensorData::new(v, [rows, cols]), device)
 }
 
-/// An inverted-dropout mask with probability `p`: each entry 1/(1 − p) with probability 1 − p,
+/// Inverted dropout's rule with probability `p`: each entry 1/(1 − p) with probability 1 − p,
 /// else 0. An entry is kept when a uniform 32-bit draw is below (1 − p)·2³² (exact for the
-/// usual p); each 64-bit output serves two entries. Drawing an f64 per entry cost 6 % of an
-/// epoch. The choice is made without a branch: at p = 0.5 a branch mispredicts on every other
-/// entry, and that made the mask cost about as much as the Gaussian noise beside it.
-fn mask_filler(p: f64) -> impl Fn(&mut SmallRng, &mut [f32]) + Sync + Copy {
+/// usual p); each 64-bit output serves two entries, low half first, and an odd last entry of a
+/// row takes a fresh draw's high half. Drawing an f64 per entry cost 6 % of an epoch.
+fn keep_rule(p: f64) -> Keep {
     let keep = 1.0 - p;
-    let scale = ((1.0 / keep) as f32).to_bits();
-    let threshold = (keep * 4_294_967_296.0).round() as u64;
-    // `scale` when kept, +0.0 when dropped: the bits of `scale` under an all-ones or all-zeros
-    // mask. Both `half` < 2³² and `threshold` ≤ 2³², so `half − threshold` wraps (top bit set)
-    // exactly when `half < threshold`. Written as arithmetic because a comparison is turned back
-    // into a branch by the compiler.
-    let pick = move |half: u64| {
-        f32::from_bits(scale & ((half.wrapping_sub(threshold) >> 63) as u32).wrapping_neg())
-    };
-    move |rng: &mut SmallRng, row: &mut [f32]| {
+    Keep {
+        scale: ((1.0 / keep) as f32).to_bits(),
+        threshold: (keep * 4_294_967_296.0).round() as u64,
+    }
+}
+
+impl Keep {
+    /// The mask entry for one 32-bit half, without a branch: at p = 0.5 a branch mispredicts
+    /// on every other entry, and that made the mask cost about as much as the Gaussian noise
+    /// beside it. `scale` when kept, +0.0 when dropped: the bits of `scale` under an all-ones
+    /// or all-zeros mask. Both `half` < 2³² and `threshold` ≤ 2³², so `half − threshold` wraps
+    /// (top bit set) exactly when `half < threshold`. Written as arithmetic because a
+    /// comparison is turned back into a branch by the compiler.
+    #[inline(always)]
+    fn pick(self, half: u64) -> f32 {
+        f32::from_bits(
+            self.scale & ((half.wrapping_sub(self.threshold) >> 63) as u32).wrapping_neg(),
+        )
+    }
+
+    /// Applies `f(entry, mask value)` along a row, drawing the mask from `rng`.
+    #[inline(always)]
+    fn each(self, rng: &mut RowRng, row: &mut [f32], f: impl Fn(&mut f32, f32)) {
         let mut pairs = row.chunks_exact_mut(2);
         for pair in &mut pairs {
-            let b = rng.next_u64();
-            pair[0] = pick(b & 0xFFFF_FFFF);
-            pair[1] = pick(b >> 32);
+            let b = rng.next();
+            f(&mut pair[0], self.pick(b & 0xFFFF_FFFF));
+            f(&mut pair[1], self.pick(b >> 32));
         }
         for m in pairs.into_remainder() {
-            *m = pick(rng.next_u64() >> 32);
+            f(m, self.pick(rng.next() >> 32));
         }
     }
+}
+
+/// A row filler writing the dropout mask of probability `p`.
+fn mask_filler(p: f64) -> impl Fn(&mut RowRng, &mut [f32]) + Sync + Copy {
+    let keep = keep_rule(p);
+    move |rng: &mut RowRng, row: &mut [f32]| keep.each(rng, row, |m, v| *m = v)
 }
 
 /// Inverted dropout with probability `p`: each entry kept with probability 1 − p and scaled by
@@ -162,46 +185,71 @@ pub fn noised_dropped(x0: &[f32], cols: usize, a: &[f32], b: &[f32], p: f64) -> 
     // Every element is written below (x_t first, then scaled in place by the mask), so the
     // buffer is not zero-filled first (a 4.5 MB memset a DiffRec ML-1M batch).
     let mut out: Vec<f32> = Vec::with_capacity(rows * cols);
-    let dropping = p > 0.0;
-    let (bases, first_row) = if dropping {
+    let keep = (p > 0.0).then(|| keep_rule(p));
+    let (bases, first_row) = if keep.is_some() {
         next_draws::<2>()
     } else {
         let ([noise], first_row) = next_draws::<1>();
         ([noise, 0], first_row)
     };
-    let fill_mask = mask_filler(p);
+    let z = ziggurat::table();
+    // Groups of LANES rows: `lanes` draws a full group's columns eight at a time where the CPU
+    // allows, and the rows finish here (all of them otherwise) with the same streams.
     out.spare_capacity_mut()[..rows * cols]
-        .par_chunks_mut(cols)
-        .zip(x0.par_chunks(cols))
+        .par_chunks_mut(LANES * cols)
+        .zip(x0.par_chunks(LANES * cols))
         .enumerate()
-        .for_each_init(
-            || vec![0f32; cols],
-            |mask, (r, (row, x0))| {
-                let rng = &mut row_rng(bases[0], first_row, r);
-                let (ar, br) = (a[r], b[r]);
-                for (o, &x) in row.iter_mut().zip(x0) {
-                    let e: f32 = rng.sample(StandardNormal);
-                    o.write(x * ar + e * br);
+        .for_each(|(g, (out, x0))| {
+            let r0 = g * LANES;
+            let n = x0.len() / cols;
+            let mut noise: [RowRng; LANES] =
+                std::array::from_fn(|l| row_rng(bases[0], first_row, r0 + l));
+            let mut masks: [RowRng; LANES] =
+                std::array::from_fn(|l| row_rng(bases[1], first_row, r0 + l));
+            let done = if n == LANES {
+                let (a, b) = (&a[r0..r0 + LANES], &b[r0..r0 + LANES]);
+                let mask = keep.map(|k| (&mut masks, k));
+                lanes::noised_dropped(&mut noise, mask, x0, out, cols, a, b, z)
+            } else {
+                0
+            };
+            for l in 0..n {
+                let row = &mut out[l * cols..(l + 1) * cols][done..];
+                let x0 = &x0[l * cols..(l + 1) * cols][done..];
+                noised_row(&mut noise[l], x0, row, a[r0 + l], b[r0 + l], z);
+                // SAFETY: `noised_row` wrote every element of the row.
+                let row = unsafe { &mut *(row as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                if let Some(k) = keep {
+                    k.each(&mut masks[l], row, |o, m| *o *= m);
                 }
-                // SAFETY: the loop above wrote every element of the row.
-                let row = unsafe { &mut *(row as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
-                if dropping {
-                    fill_mask(&mut row_rng(bases[1], first_row, r), mask);
-                    for (o, &m) in row.iter_mut().zip(mask.iter()) {
-                        *o *= m;
-                    }
-                }
-            },
-        );
+            }
+        });
     // SAFETY: every row of the first rows·cols elements was written above.
     unsafe { out.set_len(rows * cols) };
     out
+}
+
+/// One row of x_t = a·x0 + b·ε, a column at a time.
+fn noised_row(
+    rng: &mut RowRng,
+    x0: &[f32],
+    out: &mut [MaybeUninit<f32>],
+    a: f32,
+    b: f32,
+    z: &Ziggurat,
+) {
+    for (o, &x) in out.iter_mut().zip(x0) {
+        o.write(x * a + ziggurat::normal(rng, z) * b);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::backend::Autodiff;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, RngExt, SeedableRng};
+    use rand_distr::StandardNormal;
     type B = burn_flex::Flex;
 
     fn host(t: Tensor<B, 2>) -> Vec<f32> {
@@ -283,6 +331,71 @@ mod tests {
             reseed(11, 2);
             let shard = noised_dropped(&x0[2 * cols..], cols, &a[2..], &b[2..], p);
             assert_eq!(bits(&shard), bits(&got[2 * cols..]), "p = {p}");
+        }
+    }
+
+    /// `noised_dropped` against the rule written out with rand's `SmallRng`, rand_distr's
+    /// `StandardNormal` and a branch per mask entry, row by row: shapes that take the
+    /// eight-row AVX-512 path (full groups, a partial group, a column tail of odd length) and
+    /// ones that do not, with and without dropout, on a replica's rows too.
+    #[test]
+    fn noised_dropped_draws_what_small_rng_and_rand_distr_draw_row_by_row() {
+        let want =
+            |seed: u64, first_row: u64, x0: &[f32], cols: usize, a: &[f32], b: &[f32], p: f64| {
+                let base = mix(seed);
+                let (noise, mask) = (mix(base), mix(base ^ 1));
+                let rng = |base: u64, r: usize| {
+                    SmallRng::seed_from_u64(mix(base ^ (first_row + r as u64)))
+                };
+                let keep = 1.0 - p;
+                let (scale, threshold) =
+                    ((1.0 / keep) as f32, (keep * 4_294_967_296.0).round() as u64);
+                let rule = |half: u64| if half < threshold { scale } else { 0.0 };
+                let mut out = Vec::new();
+                for r in 0..a.len() {
+                    let mut e = rng(noise, r);
+                    let mut row: Vec<f32> = x0[r * cols..(r + 1) * cols]
+                        .iter()
+                        .map(|&x| x * a[r] + e.sample::<f32, _>(StandardNormal) * b[r])
+                        .collect();
+                    if p > 0.0 {
+                        let mut m = rng(mask, r);
+                        let mut c = 0;
+                        while c + 2 <= cols {
+                            let w = m.next_u64();
+                            row[c] *= rule(w & 0xFFFF_FFFF);
+                            row[c + 1] *= rule(w >> 32);
+                            c += 2;
+                        }
+                        if c < cols {
+                            row[c] *= rule(m.next_u64() >> 32);
+                        }
+                    }
+                    out.extend(row);
+                }
+                out
+            };
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (rows, cols) in [(8, 8), (19, 37), (16, 64), (5, 40), (9, 7), (12, 1)] {
+            let x0: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 7) % 5 == 1) as u8 as f32)
+                .collect();
+            let a: Vec<f32> = (0..rows).map(|r| 0.99 - 0.03 * r as f32).collect();
+            let b: Vec<f32> = a.iter().map(|a| (1.0 - a * a).sqrt()).collect();
+            for p in [0.5, 0.1, 0.0] {
+                reseed(5, 0);
+                let got = noised_dropped(&x0, cols, &a, &b, p);
+                let expected = want(5, 0, &x0, cols, &a, &b, p);
+                assert_eq!(bits(&got), bits(&expected), "{rows} × {cols}, p = {p}");
+                // A replica holding rows 3.. (so its groups of eight start elsewhere).
+                reseed(5, 3);
+                let shard = noised_dropped(&x0[3 * cols..], cols, &a[3..], &b[3..], p);
+                assert_eq!(
+                    bits(&shard),
+                    bits(&expected[3 * cols..]),
+                    "{rows} × {cols}, p = {p}, shard"
+                );
+            }
         }
     }
 
