@@ -8,6 +8,8 @@
 # Usage: scripts/bench_speed.sh AUTHORS_CHECKOUT [EPOCHS]     (EPOCHS default 10, a multiple of 5)
 #   PYTHON: a Python with torch, numpy, scipy and bottleneck (default: python3).
 #   DATA:   the ML-1M clean split (default: ../shared/data/ml-1m_clean).
+#   DIFFREC_BIN: a diffrec binary to time instead of building this checkout (e.g. an earlier
+#           commit's, for a before/after comparison on the same host).
 #   ROUNDS: run the four contenders in turn this many times (default 1). This host's speed
 #           drifts by ±15 % between minutes, so ratios are taken within each round (contenders
 #           minutes apart), then their median over the rounds is printed.
@@ -21,8 +23,12 @@ epochs=${2:-10}
 py=${PYTHON:-python3}
 data=$(realpath "${DATA:-../shared/data/ml-1m_clean}")
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/diffrec-target}
-cargo build --release --workspace --offline
-bin=$CARGO_TARGET_DIR/release/diffrec
+if [ -n "${DIFFREC_BIN:-}" ]; then
+  bin=$DIFFREC_BIN
+else
+  cargo build --release --workspace --offline
+  bin=$CARGO_TARGET_DIR/release/diffrec
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
