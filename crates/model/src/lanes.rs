@@ -28,32 +28,46 @@ pub(crate) struct Keep {
     pub(crate) threshold: u64,
 }
 
-/// Writes `out` = (a·x0 + b·ε) · mask for the first `cols − cols % 8` columns of `LANES` rows
-/// (row-major, `cols` wide) when the CPU has AVX-512, advancing the rows' generators exactly
-/// as the row-at-a-time path would for those columns. Returns the number of columns written
-/// per row (0 without AVX-512: the caller draws everything).
+/// One group of `LANES` rows, row-major and `cols` wide: the clean input `x0`, the output, and
+/// each row's forward-process scales `a` and `b`.
+pub(crate) struct Group<'a> {
+    pub(crate) x0: &'a [f32],
+    pub(crate) out: &'a mut [MaybeUninit<f32>],
+    pub(crate) cols: usize,
+    pub(crate) a: &'a [f32],
+    pub(crate) b: &'a [f32],
+}
+
+/// Whether the CPU has what the kernel needs: AVX-512 F, VL and DQ.
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Writes `out` = (a·x0 + b·ε) · mask for the first `cols − cols % 8` columns of the group
+/// when the CPU has AVX-512, advancing the rows' generators exactly as the row-at-a-time path
+/// would for those columns. Returns the number of columns written per row (0 without AVX-512:
+/// the caller draws everything).
 pub(crate) fn noised_dropped(
     noise: &mut [RowRng; LANES],
     mask: Option<(&mut [RowRng; LANES], Keep)>,
-    x0: &[f32],
-    out: &mut [MaybeUninit<f32>],
-    cols: usize,
-    a: &[f32],
-    b: &[f32],
+    g: Group<'_>,
     z: &Ziggurat,
 ) -> usize {
-    assert!(x0.len() == LANES * cols && out.len() == LANES * cols);
-    assert!(a.len() == LANES && b.len() == LANES);
+    assert!(g.x0.len() == LANES * g.cols && g.out.len() == LANES * g.cols);
+    assert!(g.a.len() == LANES && g.b.len() == LANES);
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-        && std::arch::is_x86_feature_detected!("avx512dq")
-    {
-        // SAFETY: the CPU has the kernel's features (checked above); the slices' lengths were
-        // checked above.
-        return unsafe { avx512::kernel(noise, mask, x0, out, cols, a, b, z) };
+    if available() {
+        // SAFETY: the CPU has the kernel's features and the slices' lengths were checked above.
+        return unsafe { avx512::kernel(noise, mask, g, z) };
     }
-    let _ = (noise, mask, x0, out, cols, a, b, z);
+    let _ = (noise, mask, g, z);
     0
 }
 
@@ -220,13 +234,16 @@ mod avx512 {
     pub(super) unsafe fn kernel(
         noise: &mut [RowRng; LANES],
         mask: Option<(&mut [RowRng; LANES], Keep)>,
-        x0: &[f32],
-        out: &mut [MaybeUninit<f32>],
-        cols: usize,
-        a: &[f32],
-        b: &[f32],
+        g: Group<'_>,
         z: &Ziggurat,
     ) -> usize {
+        let Group {
+            x0,
+            out,
+            cols,
+            a,
+            b,
+        } = g;
         let full = cols - cols % 8;
         let mut s = load(&to_lanes(noise));
         let (mut ms, keep) = match &mask {
@@ -277,12 +294,15 @@ mod tests {
         let mut noise = seeds;
         let mut out = vec![MaybeUninit::new(f32::NAN); LANES * cols];
         let z = ziggurat::table();
-        let done = noised_dropped(&mut noise, None, &x0, &mut out, cols, &a, &b, z);
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-        {
+        let group = Group {
+            x0: &x0,
+            out: &mut out,
+            cols,
+            a: &a,
+            b: &b,
+        };
+        let done = noised_dropped(&mut noise, None, group, z);
+        if available() {
             assert_eq!(done, 16, "full blocks of eight columns");
         }
         for l in 0..LANES {

@@ -207,9 +207,15 @@ pub fn noised_dropped(x0: &[f32], cols: usize, a: &[f32], b: &[f32], p: f64) -> 
             let mut masks: [RowRng; LANES] =
                 std::array::from_fn(|l| row_rng(bases[1], first_row, r0 + l));
             let done = if n == LANES {
-                let (a, b) = (&a[r0..r0 + LANES], &b[r0..r0 + LANES]);
+                let group = lanes::Group {
+                    x0,
+                    out: &mut *out,
+                    cols,
+                    a: &a[r0..r0 + LANES],
+                    b: &b[r0..r0 + LANES],
+                };
                 let mask = keep.map(|k| (&mut masks, k));
-                lanes::noised_dropped(&mut noise, mask, x0, out, cols, a, b, z)
+                lanes::noised_dropped(&mut noise, mask, group, z)
             } else {
                 0
             };
