@@ -62,9 +62,9 @@ pub(crate) fn noised_dropped(
 ) -> usize {
     assert!(g.x0.len() == LANES * g.cols && g.out.len() == LANES * g.cols);
     assert!(g.a.len() == LANES && g.b.len() == LANES);
-    #[cfg(target_arch = "x86_64")]
     if available() {
         // SAFETY: the CPU has the kernel's features and the slices' lengths were checked above.
+        #[cfg(target_arch = "x86_64")]
         return unsafe { avx512::kernel(noise, mask, g, z) };
     }
     let _ = (noise, mask, g, z);
