@@ -37,6 +37,22 @@ where
     map_chunk(xs, &f);
 }
 
+/// `f` on consecutive chunks of `xs` (each whole chunk at once, for kernels that work on
+/// slices); the same chunks as [`map_inplace`].
+#[inline]
+pub(crate) fn map_inplace_slices<E, F>(xs: &mut [E], f: F)
+where
+    E: Copy + Send + Sync,
+    F: Fn(&mut [E]) + Sync,
+{
+    #[cfg(feature = "rayon")]
+    if xs.len() >= MIN_PARALLEL {
+        xs.par_chunks_mut(CHUNK).for_each(&f);
+        return;
+    }
+    f(xs);
+}
+
 #[inline(always)]
 fn map_chunk<E: Copy, F: Fn(E) -> E>(xs: &mut [E], f: &F) {
     for x in xs.iter_mut() {

@@ -100,6 +100,7 @@ pub mod conv;
 pub mod conv_transpose;
 pub mod cumulative;
 mod elementwise_par;
+mod expf;
 pub mod deform_conv;
 pub mod expand;
 pub mod fft;
