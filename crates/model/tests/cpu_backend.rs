@@ -1,9 +1,10 @@
 //! The CPU backend's kernels that the models lean on, checked against plain Rust reference
 //! computations. burn-flex is patched in `vendor/burn-flex` (parallel element-wise loops, a
-//! libm-free f32 `tanh`, an AVX-512 f32 `exp` with libm's bits, matmul outputs not
-//! zero-filled): these tests pin what the patch must preserve.
+//! libm-free f32 `tanh`, element-wise loops compiled for AVX2 as well, an AVX-512 f32 `exp`
+//! with libm's bits, matmul outputs not zero-filled): these tests pin what the patch must preserve.
 
 use burn::tensor::{Tensor, TensorData, activation};
+use burn_flex::ops::unary::tanh_f32;
 use burn_flex::{Flex, FlexDevice};
 
 type B = Flex;
@@ -94,13 +95,37 @@ fn element_wise_ops_agree_with_a_plain_loop_at_every_size() {
         check("a * 0.3", ta() * 0.3, &|i| a[i] * 0.3);
         check("a - 2", ta() - 2.0, &|i| a[i] - 2.0);
         check("exp(a)", ta().exp(), &|i| a[i].exp());
+        check("tanh(a)", activation::tanh(ta()), &|i| tanh_f32(a[i]));
         check("sqrt(b)", tb().sqrt(), &|i| b[i].sqrt());
         // A shared input takes the allocating paths (the in-place ones need a unique buffer).
         let shared = ta();
         check("shared + b", shared.clone() + tb(), &|i| a[i] + b[i]);
         check("shared * 3", shared.clone() * 3.0, &|i| a[i] * 3.0);
         check("exp(shared)", shared.clone().exp(), &|i| a[i].exp());
+        check("tanh(shared)", activation::tanh(shared.clone()), &|i| {
+            tanh_f32(a[i])
+        });
         drop(shared);
+    }
+}
+
+/// The element-wise loops run in a copy compiled for AVX2 where the CPU has it: f32 `tanh`
+/// (the longest closure they inline) must still give the bits of the scalar function, called
+/// here from code built for baseline x86-64, on a sample of about 4.3 M bit patterns.
+#[test]
+fn tanh_in_wide_loops_is_the_scalar_functions_bit_for_bit() {
+    let xs = exp_inputs(777, 1009);
+    let n = xs.len();
+    let t = Tensor::<B, 1>::from_data(TensorData::new(xs.clone(), [n]), &device());
+    let got = values(activation::tanh(t));
+    for (x, g) in xs.iter().zip(&got) {
+        let want = tanh_f32(*x);
+        assert_eq!(
+            g.to_bits(),
+            want.to_bits(),
+            "tanh({x:e}) [bits {:#010x}] is {g:e}, the scalar function gives {want:e}",
+            x.to_bits()
+        );
     }
 }
 

@@ -8,8 +8,15 @@
 //! split a loop into fixed chunks above [`MIN_PARALLEL`] elements. Each element is computed by
 //! the same closure on the same inputs as before, so results are bit-identical; only the
 //! thread that computes them changes.
+//!
+//! The crate is built for baseline x86-64, so these loops vectorised to SSE's 4 lanes. On CPUs
+//! with AVX2 and FMA each chunk's loop runs in a copy compiled for them (`v3`), 8 lanes wide.
+//! Rust never fuses a multiply and an add on its own, so every element is the same IEEE
+//! computation and the results stay bit-identical (diffrec's tests compare them with plain
+//! loops, and its f32 `tanh` over all 2^32 inputs).
 
 use alloc::vec::Vec;
+use core::mem::MaybeUninit;
 
 #[cfg(feature = "rayon")]
 use rayon::prelude::*;
@@ -55,6 +62,11 @@ where
 
 #[inline(always)]
 fn map_chunk<E: Copy, F: Fn(E) -> E>(xs: &mut [E], f: &F) {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if v3::available() {
+        // SAFETY: the CPU has the features `v3` is compiled for (checked just above).
+        return unsafe { v3::map_chunk(xs, f) };
+    }
     for x in xs.iter_mut() {
         *x = f(*x);
     }
@@ -80,8 +92,97 @@ where
 
 #[inline(always)]
 fn zip_chunk<E: Copy, F: Fn(E, E) -> E>(xs: &mut [E], ys: &[E], f: &F) {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if v3::available() {
+        // SAFETY: as in `map_chunk`.
+        return unsafe { v3::zip_chunk(xs, ys, f) };
+    }
     for (x, &y) in xs.iter_mut().zip(ys) {
         *x = f(*x, y);
+    }
+}
+
+/// `out[i] = f(xs[i])`; equal lengths.
+#[inline(always)]
+fn write_chunk<E: Copy, F: Fn(E) -> E>(out: &mut [MaybeUninit<E>], xs: &[E], f: &F) {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if v3::available() {
+        // SAFETY: as in `map_chunk`.
+        return unsafe { v3::write_chunk(out, xs, f) };
+    }
+    for (o, &x) in out.iter_mut().zip(xs) {
+        o.write(f(x));
+    }
+}
+
+/// `out[i] = f(xs[i], ys[i])`; equal lengths.
+#[inline(always)]
+fn zip_write_chunk<E: Copy, F: Fn(E, E) -> E>(
+    out: &mut [MaybeUninit<E>],
+    xs: &[E],
+    ys: &[E],
+    f: &F,
+) {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if v3::available() {
+        // SAFETY: as in `map_chunk`.
+        return unsafe { v3::zip_write_chunk(out, xs, ys, f) };
+    }
+    for ((o, &a), &b) in out.iter_mut().zip(xs).zip(ys) {
+        o.write(f(a, b));
+    }
+}
+
+/// The chunk loops again, compiled for x86-64-v3 (AVX2, FMA, BMI): the same closures, inlined
+/// into a wider vector loop.
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+mod v3 {
+    use core::mem::MaybeUninit;
+
+    pub(super) fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("bmi1")
+            && std::arch::is_x86_feature_detected!("bmi2")
+            && std::arch::is_x86_feature_detected!("lzcnt")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+
+    #[target_feature(enable = "avx2,fma,bmi1,bmi2,lzcnt,f16c")]
+    pub(super) fn map_chunk<E: Copy, F: Fn(E) -> E>(xs: &mut [E], f: &F) {
+        for x in xs.iter_mut() {
+            *x = f(*x);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,bmi1,bmi2,lzcnt,f16c")]
+    pub(super) fn zip_chunk<E: Copy, F: Fn(E, E) -> E>(xs: &mut [E], ys: &[E], f: &F) {
+        for (x, &y) in xs.iter_mut().zip(ys) {
+            *x = f(*x, y);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,bmi1,bmi2,lzcnt,f16c")]
+    pub(super) fn write_chunk<E: Copy, F: Fn(E) -> E>(
+        out: &mut [MaybeUninit<E>],
+        xs: &[E],
+        f: &F,
+    ) {
+        for (o, &x) in out.iter_mut().zip(xs) {
+            o.write(f(x));
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,bmi1,bmi2,lzcnt,f16c")]
+    pub(super) fn zip_write_chunk<E: Copy, F: Fn(E, E) -> E>(
+        out: &mut [MaybeUninit<E>],
+        xs: &[E],
+        ys: &[E],
+        f: &F,
+    ) {
+        for ((o, &a), &b) in out.iter_mut().zip(xs).zip(ys) {
+            o.write(f(a, b));
+        }
     }
 }
 
@@ -92,24 +193,24 @@ where
     E: Copy + Send + Sync,
     F: Fn(E) -> E + Sync,
 {
+    // Written through the spare capacity: zero-filling first (`vec![0; n]`) cost a memset
+    // pass over every fresh buffer (glibc's calloc reuses freed memory).
+    let mut out = Vec::with_capacity(xs.len());
+    let spare = &mut out.spare_capacity_mut()[..xs.len()];
     #[cfg(feature = "rayon")]
     if xs.len() >= MIN_PARALLEL {
-        // Written through the spare capacity: zero-filling first (`vec![0; n]`) cost a
-        // memset pass over every fresh buffer (glibc's calloc reuses freed memory).
-        let mut out = Vec::with_capacity(xs.len());
-        out.spare_capacity_mut()[..xs.len()]
+        spare
             .par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK))
-            .for_each(|(o, i)| {
-                for (o, &i) in o.iter_mut().zip(i) {
-                    o.write(f(i));
-                }
-            });
+            .for_each(|(o, i)| write_chunk(o, i, &f));
         // SAFETY: the loop above initialised all `xs.len()` elements.
         unsafe { out.set_len(xs.len()) };
         return out;
     }
-    xs.iter().map(|&x| f(x)).collect()
+    write_chunk(spare, xs, &f);
+    // SAFETY: `write_chunk` initialised all `xs.len()` elements.
+    unsafe { out.set_len(xs.len()) };
+    out
 }
 
 /// A new vector with `f(xs[i], ys[i])`; the slices have equal lengths.
@@ -120,20 +221,21 @@ where
     F: Fn(E, E) -> E + Sync,
 {
     debug_assert_eq!(xs.len(), ys.len());
+    let ys = &ys[..xs.len()];
+    let mut out = Vec::with_capacity(xs.len());
+    let spare = &mut out.spare_capacity_mut()[..xs.len()];
     #[cfg(feature = "rayon")]
     if xs.len() >= MIN_PARALLEL {
-        let mut out = Vec::with_capacity(xs.len());
-        out.spare_capacity_mut()[..xs.len()]
+        spare
             .par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK).zip(ys.par_chunks(CHUNK)))
-            .for_each(|(o, (a, b))| {
-                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                    o.write(f(a, b));
-                }
-            });
+            .for_each(|(o, (a, b))| zip_write_chunk(o, a, b, &f));
         // SAFETY: the loop above initialised all `xs.len()` elements.
         unsafe { out.set_len(xs.len()) };
         return out;
     }
-    xs.iter().zip(ys).map(|(&a, &b)| f(a, b)).collect()
+    zip_write_chunk(spare, xs, ys, &f);
+    // SAFETY: `zip_write_chunk` initialised all `xs.len()` elements.
+    unsafe { out.set_len(xs.len()) };
+    out
 }
