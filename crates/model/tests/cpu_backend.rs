@@ -114,6 +114,7 @@ fn element_wise_ops_agree_with_a_plain_loop_at_every_size() {
 /// here from code built for baseline x86-64, on a sample of about 4.3 M bit patterns.
 #[test]
 fn tanh_in_wide_loops_is_the_scalar_functions_bit_for_bit() {
+    report_kernels();
     let xs = exp_inputs(777, 1009);
     let n = xs.len();
     let t = Tensor::<B, 1>::from_data(TensorData::new(xs.clone(), [n]), &device());
@@ -129,13 +130,11 @@ fn tanh_in_wide_loops_is_the_scalar_functions_bit_for_bit() {
     }
 }
 
-/// Every `step`-th f32 bit pattern from `first`, both signs, then the edges of glibc's fast
-/// path (|x| < 88), its overflow and underflow limits, and the special values.
+/// The edges of glibc's fast path (|x| < 88), its overflow and underflow limits and the
+/// special values first (so they land in the vector kernel's lanes, not a slice's scalar
+/// tail), then every `step`-th f32 bit pattern from `first`, both signs.
 fn exp_inputs(first: u64, step: u64) -> Vec<f32> {
-    let mut xs: Vec<f32> = (first..1u64 << 32)
-        .step_by(step as usize)
-        .map(|b| f32::from_bits(b as u32))
-        .collect();
+    let mut xs = Vec::new();
     for x in [
         88.0f32, 87.999_99, 88.72, 88.722_84, 89.0, -88.0, -87.999_99, -103.9, -104.0,
     ] {
@@ -160,7 +159,24 @@ fn exp_inputs(first: u64, step: u64) -> Vec<f32> {
         f32::from_bits(0x7fa0_0001),
         f32::from_bits(0xffc0_0000),
     ]);
+    xs.extend(
+        (first..1u64 << 32)
+            .step_by(step as usize)
+            .map(|b| f32::from_bits(b as u32)),
+    );
     xs
+}
+
+/// Which kernels this CPU runs, printed so a run on a CPU without them is visible as such.
+fn report_kernels() {
+    #[cfg(target_arch = "x86_64")]
+    eprintln!(
+        "CPU: avx512f {}, avx2 {}, fma {} (the vector exp needs all three, the wide \
+         element-wise loops avx2 and fma; otherwise both sides of these checks are the scalar code)",
+        std::arch::is_x86_feature_detected!("avx512f"),
+        std::arch::is_x86_feature_detected!("avx2"),
+        std::arch::is_x86_feature_detected!("fma"),
+    );
 }
 
 /// `got` is libm's `expf` of `xs`, bit for bit (NaNs as libm returns them).
@@ -179,10 +195,12 @@ fn assert_libm_exp(what: &str, xs: &[f32], got: &[f32]) {
 
 /// The patched f32 `exp` follows glibc's `expf` step by step with AVX-512, so it must give
 /// libm's bits on every input, on each of the paths a tensor can take (unique buffer, shared
-/// buffer, a transposed view, a view with an offset). A sample of about 4.3 M bit patterns
-/// here; `exp_is_libms_on_every_f32` (ignored, ~1 min) covers all 2^32.
+/// buffer, a transposed view, a view with an offset, a flipped view, a column slice). A sample
+/// of about 4.3 M bit patterns here; `exp_is_libms_on_every_f32` (ignored, ~1 min) covers all
+/// 2^32.
 #[test]
 fn exp_is_libms_bit_for_bit() {
+    report_kernels();
     let xs = exp_inputs(12_345, 1009);
     let n = xs.len();
     let tensor = || Tensor::<B, 1>::from_data(TensorData::new(xs.clone(), [n]), &device());
@@ -191,27 +209,44 @@ fn exp_is_libms_bit_for_bit() {
     assert_libm_exp("shared", &xs, &values(shared.clone().exp()));
     drop(shared);
 
-    // A transposed 2-D view keeps its layout: compare element (i, j) with x[j][i].
+    // Views: values whose exponentials all differ (|x| < 80), so a wrong element order fails.
     let (rows, cols) = (1000, 37);
-    let grid: Vec<f32> = xs[..rows * cols].to_vec();
-    let t = Tensor::<B, 2>::from_data(TensorData::new(grid.clone(), [rows, cols]), &device());
-    let got = t
-        .transpose()
-        .exp()
-        .into_data()
-        .to_vec::<f32>()
-        .expect("f32 tensor");
+    let grid: Vec<f32> = (0..rows * cols)
+        .map(|k| (k as f32 * 0.37).sin() * 80.0)
+        .collect();
+    let at = |i: usize, j: usize| grid[i * cols + j];
+    let t = || Tensor::<B, 2>::from_data(TensorData::new(grid.clone(), [rows, cols]), &device());
+    let host = |t: Tensor<B, 2>| t.into_data().to_vec::<f32>().expect("f32 tensor");
+
+    // A transposed view keeps its layout: element (j, i) of the result is exp(x[i][j]).
     let want: Vec<f32> = (0..cols)
         .flat_map(|j| (0..rows).map(move |i| (i, j)))
-        .map(|(i, j)| grid[i * cols + j])
+        .map(|(i, j)| at(i, j))
         .collect();
-    assert_libm_exp("transposed", &want, &got);
-
-    // Rows 3.. of a 2-D tensor: a contiguous view that starts at an offset.
-    let t = Tensor::<B, 2>::from_data(TensorData::new(grid.clone(), [rows, cols]), &device());
-    let got = t.slice([3..rows, 0..cols]).exp().into_data();
-    let got = got.to_vec::<f32>().expect("f32 tensor");
-    assert_libm_exp("offset view", &grid[3 * cols..], &got);
+    assert_libm_exp("transposed", &want, &host(t().transpose().exp()));
+    // Rows 3.. : a contiguous view that starts at an offset.
+    assert_libm_exp(
+        "offset view",
+        &grid[3 * cols..],
+        &host(t().slice([3..rows, 0..cols]).exp()),
+    );
+    // Rows in reverse order: negative strides.
+    let want: Vec<f32> = (0..rows)
+        .rev()
+        .flat_map(|i| (0..cols).map(move |j| (i, j)))
+        .map(|(i, j)| at(i, j))
+        .collect();
+    assert_libm_exp("flipped", &want, &host(t().flip([0]).exp()));
+    // Columns 5..29 of every row: many separate blocks.
+    let want: Vec<f32> = (0..rows)
+        .flat_map(|i| (5..29).map(move |j| (i, j)))
+        .map(|(i, j)| at(i, j))
+        .collect();
+    assert_libm_exp(
+        "column slice",
+        &want,
+        &host(t().slice([0..rows, 5..29]).exp()),
+    );
 }
 
 /// All 2^32 inputs, in slices of 2^24 (run with `--ignored`; about a minute on two cores).

@@ -13,8 +13,11 @@
 //! equals libm's to the bit; a check over all 2^32 inputs found no difference (the test in
 //! `crates/model/tests/cpu_backend.rs` repeats it on a sample). Inputs where glibc leaves that
 //! path (|x| ≥ 88, infinities, NaN) and the tail of a slice shorter than 16 are handed to
-//! libm itself. CPUs without AVX-512 F, or without FMA (where glibc picks its non-FMA build,
-//! which rounds differently), use libm for every element.
+//! libm itself. CPUs without AVX-512 F, or without FMA and AVX2 (glibc picks its FMA build only
+//! with both; the other builds round differently), and C libraries other than glibc use libm
+//! for every element. One way to break the promise remains: `GLIBC_TUNABLES` that mask FMA or
+//! AVX2 from glibc (`glibc.cpu.hwcaps=-AVX2_Usable`) make libm round differently while this
+//! kernel still runs.
 
 use super::elementwise_par::map_inplace_slices;
 #[allow(unused_imports)] // `exp` without std
@@ -27,7 +30,12 @@ pub(crate) fn exp_inplace(xs: &mut [f32]) {
 
 /// One chunk on the calling thread.
 fn exp_chunk(xs: &mut [f32]) {
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    #[cfg(all(
+        feature = "std",
+        target_arch = "x86_64",
+        target_os = "linux",
+        target_env = "gnu"
+    ))]
     if avx512::available() {
         // SAFETY: the CPU has AVX-512 F and FMA (checked just above).
         unsafe { avx512::exp_slice(xs) };
@@ -38,12 +46,17 @@ fn exp_chunk(xs: &mut [f32]) {
     }
 }
 
-#[cfg(all(feature = "std", target_arch = "x86_64"))]
+#[cfg(all(
+    feature = "std",
+    target_arch = "x86_64",
+    target_os = "linux",
+    target_env = "gnu"
+))]
 mod avx512 {
     use core::arch::x86_64::*;
 
     /// glibc's `__exp2f_data.tab`: `bits(2^(i/32)) − (i << 47)`.
-    const TAB: [u64; 32] = [
+    static TAB: [u64; 32] = [
         0x3ff0000000000000,
         0x3fefd9b0d3158574,
         0x3fefb5586cf9890f,
@@ -88,8 +101,11 @@ mod avx512 {
     /// glibc's fast path takes `(bits(x) >> 20) & 0x7ff` up to this (|x| below 88).
     const FAST_TOP: i32 = 0x42a;
 
+    /// AVX-512 F for the kernel; FMA and AVX2, which glibc needs to pick `__expf_fma`.
     pub(super) fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("avx2")
     }
 
     /// Eight lanes of glibc's fast path; lanes outside its domain give garbage.
