@@ -67,9 +67,7 @@ fn map_chunk<E: Copy, F: Fn(E) -> E>(xs: &mut [E], f: &F) {
         // SAFETY: the CPU has the features `v3` is compiled for (checked just above).
         return unsafe { v3::map_chunk(xs, f) };
     }
-    for x in xs.iter_mut() {
-        *x = f(*x);
-    }
+    map_loop(xs, f)
 }
 
 /// `xs[i] = f(xs[i], ys[i])` for every element; `ys` at least as long as `xs`.
@@ -97,9 +95,7 @@ fn zip_chunk<E: Copy, F: Fn(E, E) -> E>(xs: &mut [E], ys: &[E], f: &F) {
         // SAFETY: as in `map_chunk`.
         return unsafe { v3::zip_chunk(xs, ys, f) };
     }
-    for (x, &y) in xs.iter_mut().zip(ys) {
-        *x = f(*x, y);
-    }
+    zip_loop(xs, ys, f)
 }
 
 /// `out[i] = f(xs[i])`; equal lengths.
@@ -110,9 +106,7 @@ fn write_chunk<E: Copy, F: Fn(E) -> E>(out: &mut [MaybeUninit<E>], xs: &[E], f: 
         // SAFETY: as in `map_chunk`.
         return unsafe { v3::write_chunk(out, xs, f) };
     }
-    for (o, &x) in out.iter_mut().zip(xs) {
-        o.write(f(x));
-    }
+    write_loop(out, xs, f)
 }
 
 /// `out[i] = f(xs[i], ys[i])`; equal lengths.
@@ -128,13 +122,46 @@ fn zip_write_chunk<E: Copy, F: Fn(E, E) -> E>(
         // SAFETY: as in `map_chunk`.
         return unsafe { v3::zip_write_chunk(out, xs, ys, f) };
     }
+    zip_write_loop(out, xs, ys, f)
+}
+
+// The loops themselves, written once: inlined into the dispatchers above and into `v3`'s copies.
+
+#[inline(always)]
+fn map_loop<E: Copy, F: Fn(E) -> E>(xs: &mut [E], f: &F) {
+    for x in xs.iter_mut() {
+        *x = f(*x);
+    }
+}
+
+#[inline(always)]
+fn zip_loop<E: Copy, F: Fn(E, E) -> E>(xs: &mut [E], ys: &[E], f: &F) {
+    for (x, &y) in xs.iter_mut().zip(ys) {
+        *x = f(*x, y);
+    }
+}
+
+#[inline(always)]
+fn write_loop<E: Copy, F: Fn(E) -> E>(out: &mut [MaybeUninit<E>], xs: &[E], f: &F) {
+    for (o, &x) in out.iter_mut().zip(xs) {
+        o.write(f(x));
+    }
+}
+
+#[inline(always)]
+fn zip_write_loop<E: Copy, F: Fn(E, E) -> E>(
+    out: &mut [MaybeUninit<E>],
+    xs: &[E],
+    ys: &[E],
+    f: &F,
+) {
     for ((o, &a), &b) in out.iter_mut().zip(xs).zip(ys) {
         o.write(f(a, b));
     }
 }
 
-/// The chunk loops again, compiled for x86-64-v3 (AVX2, FMA, BMI): the same closures, inlined
-/// into a wider vector loop.
+/// The loops compiled for x86-64-v3 (AVX2, FMA, BMI): the same closures, inlined into a wider
+/// vector loop.
 #[cfg(all(feature = "std", target_arch = "x86_64"))]
 mod v3 {
     use core::mem::MaybeUninit;
@@ -150,27 +177,17 @@ mod v3 {
 
     #[target_feature(enable = "avx2,fma,bmi1,bmi2,lzcnt,f16c")]
     pub(super) fn map_chunk<E: Copy, F: Fn(E) -> E>(xs: &mut [E], f: &F) {
-        for x in xs.iter_mut() {
-            *x = f(*x);
-        }
+        super::map_loop(xs, f)
     }
 
     #[target_feature(enable = "avx2,fma,bmi1,bmi2,lzcnt,f16c")]
     pub(super) fn zip_chunk<E: Copy, F: Fn(E, E) -> E>(xs: &mut [E], ys: &[E], f: &F) {
-        for (x, &y) in xs.iter_mut().zip(ys) {
-            *x = f(*x, y);
-        }
+        super::zip_loop(xs, ys, f)
     }
 
     #[target_feature(enable = "avx2,fma,bmi1,bmi2,lzcnt,f16c")]
-    pub(super) fn write_chunk<E: Copy, F: Fn(E) -> E>(
-        out: &mut [MaybeUninit<E>],
-        xs: &[E],
-        f: &F,
-    ) {
-        for (o, &x) in out.iter_mut().zip(xs) {
-            o.write(f(x));
-        }
+    pub(super) fn write_chunk<E: Copy, F: Fn(E) -> E>(out: &mut [MaybeUninit<E>], xs: &[E], f: &F) {
+        super::write_loop(out, xs, f)
     }
 
     #[target_feature(enable = "avx2,fma,bmi1,bmi2,lzcnt,f16c")]
@@ -180,9 +197,7 @@ mod v3 {
         ys: &[E],
         f: &F,
     ) {
-        for ((o, &a), &b) in out.iter_mut().zip(xs).zip(ys) {
-            o.write(f(a, b));
-        }
+        super::zip_write_loop(out, xs, ys, f)
     }
 }
 

@@ -165,17 +165,15 @@ mod avx512 {
                 _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),
                 &table,
             );
-            let mut inputs = [0f32; 16];
-            if slow != 0 {
-                // SAFETY: 16 f32 into a 16-element array.
-                unsafe { _mm512_storeu_ps(inputs.as_mut_ptr(), v) };
-            }
             // SAFETY: two stores of 8 f32 into the 16 of `c`.
             unsafe {
                 _mm256_storeu_ps(p, a);
                 _mm256_storeu_ps(p.add(8), b);
             }
             if slow != 0 {
+                let mut inputs = [0f32; 16];
+                // SAFETY: 16 f32 into a 16-element array.
+                unsafe { _mm512_storeu_ps(inputs.as_mut_ptr(), v) };
                 for (i, x) in inputs.iter().enumerate() {
                     if slow & (1 << i) != 0 {
                         c[i] = x.exp();

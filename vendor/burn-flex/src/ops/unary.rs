@@ -167,36 +167,15 @@ pub fn exp(tensor: FlexTensor) -> FlexTensor {
     unary_op(tensor, |x| x.exp(), |x| x.exp())
 }
 
-/// f32 `exp` through the slice kernel of `expf.rs` (diffrec patch): libm's values, the
-/// layouts of [`unary_op_typed`]'s paths. Views it cannot take as one slice go through
-/// `unary_op` element by element (the same values).
-fn exp_f32(mut tensor: FlexTensor) -> FlexTensor {
+/// f32 `exp` through the slice kernel of `expf.rs` (diffrec patch): libm's values, in a
+/// contiguous buffer. `to_contiguous` copies views (transposed, sliced, flipped) and keeps a
+/// plain tensor's buffer; `storage_mut` then copies it only if something else shares it.
+fn exp_f32(tensor: FlexTensor) -> FlexTensor {
     let n = tensor.layout().num_elements();
-    let layout = tensor.layout().clone();
-    if tensor.is_unique() && layout.is_contiguous() && layout.start_offset() == 0 {
-        let storage: &mut [f32] = tensor.storage_mut();
-        super::expf::exp_inplace(&mut storage[..n]);
-        return tensor;
-    }
-    let src: &[f32] = tensor.storage();
-    let has_negative_strides = layout.strides().iter().any(|&s| s < 0);
-    // Storage order, original layout (as `unary_op_typed`'s transposed fast path).
-    if !has_negative_strides && layout.start_offset() == 0 && src.len() == n {
-        let mut result = src.to_vec();
-        super::expf::exp_inplace(&mut result);
-        return FlexTensor::new(Bytes::from_elems(result), layout, DType::F32);
-    }
-    if layout.is_contiguous() {
-        let start = layout.start_offset();
-        let mut result = src[start..start + n].to_vec();
-        super::expf::exp_inplace(&mut result);
-        return FlexTensor::new(
-            Bytes::from_elems(result),
-            Layout::contiguous(layout.shape().clone()),
-            DType::F32,
-        );
-    }
-    unary_op(tensor, |x| x.exp(), |x| x.exp())
+    let mut out = tensor.to_contiguous();
+    drop(tensor); // so a buffer the input held alone is updated in place
+    super::expf::exp_inplace(&mut out.storage_mut::<f32>()[..n]);
+    out
 }
 
 /// Natural logarithm: ln(x)
