@@ -13,6 +13,10 @@
 #   ROUNDS: run the four contenders in turn this many times (default 1). This host's speed
 #           drifts by ±15 % between minutes, so ratios are taken within each round (contenders
 #           minutes apart), then their median over the rounds is printed.
+#   TORCH_MKL_INTEL_PATH: auto (default), on or off. On an AMD CPU, oneMKL runs its generic
+#           sgemm path, not its AVX-512 kernels; "on" preloads scripts/mkl_intel_path.c (built
+#           here with $CC, default cc) into every PyTorch process so MKL takes its Intel path.
+#           auto = on where /proc/cpuinfo says AuthenticAMD. The report says which it was.
 # The authors' script is copied to a temporary folder and instrumented there by
 # scripts/instrument_authors.py (never in this repository); peak memory comes from /usr/bin/time.
 # Prints, per round, one line per contender and the ratios; with ROUNDS > 1 also the medians.
@@ -32,6 +36,17 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
+# PyTorch's MKL at its best on this CPU (see TORCH_MKL_INTEL_PATH above).
+mkl_path=${TORCH_MKL_INTEL_PATH:-auto}
+if [ "$mkl_path" = auto ]; then
+  grep -q AuthenticAMD /proc/cpuinfo && mkl_path=on || mkl_path=off
+fi
+torch_env=()
+if [ "$mkl_path" = on ]; then
+  "${CC:-cc}" -shared -fPIC -O2 -o "$tmp/libmkl_intel_path.so" scripts/mkl_intel_path.c
+  torch_env=(env "LD_PRELOAD=$tmp/libmkl_intel_path.so")
+fi
+
 rounds=${ROUNDS:-1}
 # 1. The authors' code, instrumented in a copy.
 cp -r "$authors/DiffRec" "$tmp/authors"
@@ -39,15 +54,15 @@ cp -r "$authors/DiffRec" "$tmp/authors"
 for r in $(seq 1 "$rounds"); do
   [ "$rounds" -gt 1 ] && echo "round $r of $rounds" >&2
   rm -rf "$tmp/authors/saved"
-  (cd "$tmp/authors" && /usr/bin/time -f "PEAK_KB %M" "$py" main.py --dataset=ml-1m_clean \
+  (cd "$tmp/authors" && /usr/bin/time -f "PEAK_KB %M" "${torch_env[@]}" "$py" main.py --dataset=ml-1m_clean \
     --data_path="$data/" --lr=0.001 --weight_decay=0.0 --batch_size=400 --dims=[200,600] \
     --emb_size=10 --mean_type=x0 --steps=40 --noise_scale=0.005 --noise_min=0.005 \
     --noise_max=0.01 --sampling_steps=0 --reweight=1 --log_name=log --round=1 \
     --epochs="$epochs" --save_path="$tmp/authors/saved/") >"$tmp/authors.$r.log" 2>&1
 
   # 2. The plain PyTorch loops (each prints a RESULT line on stdout).
-  "$py" ../shared/bench/torch_denoiser_bench.py "$epochs" >"$tmp/torch.$r.log" 2>"$tmp/torch.$r.err"
-  "$py" scripts/torch_same_work_bench.py "$epochs" >"$tmp/same.$r.log" 2>"$tmp/same.$r.err"
+  "${torch_env[@]}" "$py" ../shared/bench/torch_denoiser_bench.py "$epochs" >"$tmp/torch.$r.log" 2>"$tmp/torch.$r.err"
+  "${torch_env[@]}" "$py" scripts/torch_same_work_bench.py "$epochs" >"$tmp/same.$r.log" 2>"$tmp/same.$r.err"
 
   # 3. diffrec, the shipped pipeline, evaluating every 5 epochs like the authors' script.
   ws=$tmp/ws.$r
@@ -56,9 +71,18 @@ for r in $(seq 1 "$rounds"); do
     --set train.patience=1000 >"$tmp/ours.$r.log" 2>&1
 done
 
-"$py" - "$tmp" "$rounds" <<'PY'
+"$py" - "$tmp" "$rounds" "$mkl_path" <<'PY'
 import json, re, statistics, sys
-tmp, rounds = sys.argv[1], int(sys.argv[2])
+tmp, rounds, mkl_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if mkl_path == "on":
+    logs = [f"{tmp}/{n}.{r}.{e}" for r in range(1, rounds + 1)
+            for n, e in (("authors", "log"), ("torch", "err"), ("same", "err"))]
+    calls = [int(c) for f in logs for c in re.findall(r"MKL_INTEL_PATH calls=(\d+)", open(f).read())]
+    taken = len(calls) == len(logs) and all(c > 0 for c in calls)
+    print(f"PyTorch's MKL: Intel path forced (scripts/mkl_intel_path.c), "
+          f"{'taken in every PyTorch run' if taken else 'NOT taken in every run: ' + str(calls)}")
+else:
+    print("PyTorch's MKL: its own CPU dispatch")
 gib = lambda b: b / 2**30
 med = statistics.median
 ratios = []

@@ -8,6 +8,13 @@
 //! maximum (32 MiB) and raising the trim threshold keeps those pages mapped for the next step;
 //! blocks above 32 MiB are still mapped and unmapped one by one.
 //!
+//! One arena for all threads: the training step runs on a rayon pool thread (diffrec-trainer's
+//! `pool.rs`) while the stages start on async runtime threads, and glibc gives each thread
+//! that allocates its own arena, each keeping its freed memory by the setting above. With one
+//! arena the DiffRec training process peaked at 0.35–0.38 GB instead of 0.45–0.50 GB, at the
+//! same speed (docs/benchmarks.md, twelfth session); the allocations are few and large, so the
+//! shared lock costs nothing measurable.
+//!
 //! Set once at start, before any thread exists. Skipped when `GLIBC_TUNABLES` is set: the
 //! operator's allocator settings win. Other platforms and C libraries: nothing to do.
 
@@ -30,6 +37,7 @@ pub fn keep_freed_memory() -> bool {
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+                && libc::mallopt(libc::M_ARENA_MAX, 1) == 1
         }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

@@ -20,6 +20,7 @@ pub mod infer;
 mod learner;
 mod optim;
 pub mod parallel;
+pub mod pool;
 mod probe;
 /// Ranking metrics live in `diffrec-data` (shared with the cluster stage's LightGCN).
 pub use diffrec_data::metrics;

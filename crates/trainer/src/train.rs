@@ -27,6 +27,7 @@ use crate::error::TrainError;
 use crate::learner::{Batch, DenseLearner, LatentLearner, Learner, StepAt};
 use crate::metrics::{MetricsTable, SplitEvaluator, median, round4};
 use crate::parallel::{DataParallel, topology};
+use crate::pool::on_cpu_pool;
 
 /// Users per evaluation block.
 const EVAL_BLOCK: usize = 2048;
@@ -255,7 +256,7 @@ where
 }
 
 /// The loop of spec §5 over any [`Learner`].
-async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
+async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
     ws: &Workspace,
     data: &SplitMatrices,
     spec: &RunSpec,
@@ -395,11 +396,14 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
                 pts,
                 seed: rng.random(),
             };
-            let (next, out) = learner.step(&diffusion, batch, at, None)?;
+            let (next, out) = on_cpu_pool(cfg.backend, || {
+                let (next, out) = learner.step(&diffusion, batch, at, None)?;
+                if let Some(avg) = ema.as_mut() {
+                    avg.update(&next.recommender(), at.batches_before + 1);
+                }
+                Ok::<_, TrainError>((next, out))
+            })?;
             learner = next;
-            if let Some(avg) = &mut ema {
-                avg.update(&learner.recommender(), at.batches_before + 1);
-            }
             state.sampler.update(&ts, &out.weighted);
             epoch_loss += out.loss;
             progress(Progress::Batch);
@@ -433,7 +437,9 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B>>(
                     &live
                 }
             };
-            let (valid, test) = evaluate(model, &diffusion, &input, data, &spec.ks, &device);
+            let (valid, test) = on_cpu_pool(cfg.backend, || {
+                evaluate(model, &diffusion, &input, data, &spec.ks, &device)
+            });
             let eval_seconds = t.elapsed().as_secs_f64();
             let recall = round4(valid.get(&select_key).copied().unwrap_or(0.0));
             if recall > state.best_recall {
