@@ -11,9 +11,9 @@
 //! One arena for all threads: the training step runs on a rayon pool thread (diffrec-trainer's
 //! `pool.rs`) while the stages start on async runtime threads, and glibc gives each thread
 //! that allocates its own arena, each keeping its freed memory by the setting above. With one
-//! arena the DiffRec training process peaked at 0.35–0.38 GB instead of 0.45–0.50 GB, at the
-//! same speed (docs/benchmarks.md, twelfth session); the allocations are few and large, so the
-//! shared lock costs nothing measurable.
+//! arena the DiffRec training process peaked at 0.33–0.36 GiB instead of 0.43–0.48 GiB, and
+//! L-DiffRec's at 0.15 GiB instead of 0.23 GiB, at the same speed (docs/benchmarks.md, twelfth
+//! session); the allocations are few and large, so the shared lock costs nothing measurable.
 //!
 //! Set once at start, before any thread exists. Skipped when `GLIBC_TUNABLES` is set: the
 //! operator's allocator settings win. Other platforms and C libraries: nothing to do.
