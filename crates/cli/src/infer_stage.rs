@@ -11,9 +11,8 @@ use diffrec_data::artifacts::load_ids;
 use diffrec_data::manifest::{StageManifest, manifest_key};
 use diffrec_data::{Workspace, load_splits};
 use diffrec_model::ModelConfig;
-use diffrec_trainer::config::Backend;
 use diffrec_trainer::infer::{load_best, recommend_all, recommend_history};
-use diffrec_trainer::pool::on_cpu_pool;
+use diffrec_trainer::pool::on_pool_thread;
 use diffrec_trainer::train::{Summary, diffusion_of, evaluate, model_input, run_dir, summary_key};
 
 use crate::pipeline::Loaded;
@@ -129,8 +128,8 @@ pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     } = RunModel::load(ws, loaded).await?;
     let diffusion = diffusion_of(&p.model)?;
     let t = Instant::now();
-    // Inference runs on the CPU backend whatever `train.backend` says.
-    let (valid, test) = on_cpu_pool(Backend::Cpu, || {
+    // Inference runs on the CPU backend (its pool) whatever `train.backend` says.
+    let (valid, test) = on_pool_thread(true, || {
         evaluate(&model, &diffusion, &input, &data, &p.evaluate.ks, &dev)
     });
     let secs = t.elapsed().as_secs_f64();
@@ -162,7 +161,7 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
         input,
         dev,
     } = RunModel::load(ws, loaded).await?;
-    let recs = on_cpu_pool(Backend::Cpu, || {
+    let recs = on_pool_thread(true, || {
         recommend_all(&model, &p.model, &input, &data, p.recommend.k, &dev)
     })?;
     let users = load_ids(ws, "user").await?;

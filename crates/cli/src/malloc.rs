@@ -9,11 +9,12 @@
 //! blocks above 32 MiB are still mapped and unmapped one by one.
 //!
 //! One arena for all threads: the training step runs on a rayon pool thread (diffrec-trainer's
-//! `pool.rs`) while the stages start on async runtime threads, and glibc gives each thread
-//! that allocates its own arena, each keeping its freed memory by the setting above. With one
-//! arena the DiffRec training process peaked at 0.33–0.36 GiB instead of 0.43–0.48 GiB, and
-//! L-DiffRec's at 0.15 GiB instead of 0.23 GiB, at the same speed (docs/benchmarks.md, twelfth
-//! session); the allocations are few and large, so the shared lock costs nothing measurable.
+//! `pool.rs`) while the stages start on the main thread, and glibc gives each thread that
+//! allocates its own arena, each keeping its freed memory by the setting above. With one arena
+//! the DiffRec training process peaked at 0.33–0.36 GiB instead of 0.43–0.48 GiB, and
+//! L-DiffRec's at 0.15 GiB instead of 0.23 GiB, about their peaks before steps moved to the
+//! pool, at the same training speed (docs/benchmarks.md, twelfth session): a step's allocations
+//! are few and large, so the shared lock is not contended.
 //!
 //! Set once at start, before any thread exists. Skipped when `GLIBC_TUNABLES` is set: the
 //! operator's allocator settings win. Other platforms and C libraries: nothing to do.

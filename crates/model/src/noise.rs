@@ -52,6 +52,23 @@ pub fn reseed(seed: u64, first_row: usize) {
     });
 }
 
+/// Runs `f` and then puts this thread's stream back as it was before, also when `f` panics.
+///
+/// For work that may run nested on a thread that is in the middle of another step: a rayon
+/// worker waiting inside one step's parallel operation can pick up another top-level job (a
+/// second training's step in the same process), which reseeds the thread's stream. Wrapped in
+/// this, the nested step leaves the outer one's stream untouched.
+pub fn own_stream<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(Stream);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            STREAM.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(STREAM.with(Cell::get));
+    f()
+}
+
 /// SplitMix64's finaliser: a bijective mix of 64 bits.
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -276,6 +293,31 @@ mod tests {
         assert_eq!(host(standard_normal::<B>(6, 7, &dev)), whole[4 * 7..]);
         reseed(43, 0);
         assert_ne!(host(standard_normal::<B>(10, 7, &dev)), whole);
+    }
+
+    #[test]
+    fn a_nested_step_in_own_stream_leaves_the_outer_draws_unchanged() {
+        let dev = Default::default();
+        let draw = || host(standard_normal::<B>(3, 5, &dev));
+        reseed(7, 0);
+        let (first, second, third) = (draw(), draw(), draw());
+        reseed(7, 0);
+        assert_eq!(draw(), first);
+        let nested = own_stream(|| {
+            reseed(8, 0);
+            draw()
+        });
+        assert_ne!(nested, second, "the nested step drew from its own seed");
+        assert_eq!(draw(), second);
+        // Put back after a panic as well.
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            own_stream(|| {
+                reseed(9, 0);
+                panic!("a failing nested step")
+            })
+        }));
+        assert!(caught.is_err());
+        assert_eq!(draw(), third);
     }
 
     #[test]

@@ -93,6 +93,12 @@ pub(crate) trait Learner<B: AutodiffBackend>: Sized {
     /// Restores the model and, when given, the optimiser state written by
     /// `model_bytes`/`optim_bytes`.
     fn load(self, model: Vec<u8>, optim: Option<Vec<u8>>) -> Result<Self, TrainError>;
+    /// Whether a step waits for other threads of this learner (data-parallel replicas). Such a
+    /// step must not hold one of rayon's pool threads (`pool.rs`): the replicas' own parallel
+    /// operations need the pool, and with one pool thread they would never run.
+    fn waits_on_other_threads(&self) -> bool {
+        false
+    }
 }
 
 pub(crate) fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {

@@ -314,6 +314,10 @@ impl<B: AutodiffBackend> Learner<B> for DataParallel<B>
 where
     B::Device: Send + 'static,
 {
+    fn waits_on_other_threads(&self) -> bool {
+        true
+    }
+
     fn step(
         self,
         _diffusion: &GaussianDiffusion,

@@ -27,7 +27,7 @@ use crate::error::TrainError;
 use crate::learner::{Batch, DenseLearner, LatentLearner, Learner, StepAt};
 use crate::metrics::{MetricsTable, SplitEvaluator, median, round4};
 use crate::parallel::{DataParallel, topology};
-use crate::pool::on_cpu_pool;
+use crate::pool::{computes_on_pool, on_pool_thread};
 
 /// Users per evaluation block.
 const EVAL_BLOCK: usize = 2048;
@@ -359,6 +359,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
              no best checkpoint (fine for timing the training alone)"
         );
     }
+    let step_on_pool = computes_on_pool(cfg.backend) && !learner.waits_on_other_threads();
     let mut epoch = state.epoch + 1;
     while epoch <= cfg.epochs {
         if epoch - state.best_epoch >= cfg.patience {
@@ -396,7 +397,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
                 pts,
                 seed: rng.random(),
             };
-            let (next, out) = on_cpu_pool(cfg.backend, || {
+            let (next, out) = on_pool_thread(step_on_pool, || {
                 let (next, out) = learner.step(&diffusion, batch, at, None)?;
                 if let Some(avg) = ema.as_mut() {
                     avg.update(&next.recommender(), at.batches_before + 1);
@@ -437,7 +438,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
                     &live
                 }
             };
-            let (valid, test) = on_cpu_pool(cfg.backend, || {
+            let (valid, test) = on_pool_thread(computes_on_pool(cfg.backend), || {
                 evaluate(model, &diffusion, &input, data, &spec.ks, &device)
             });
             let eval_seconds = t.elapsed().as_secs_f64();
