@@ -14,6 +14,7 @@ mod malloc;
 mod pipeline;
 mod progress;
 mod stages;
+mod threads;
 mod train_stage;
 mod usage;
 
@@ -155,9 +156,11 @@ const QUICKSTART: &str = include_str!("../../../pipelines/quickstart.yaml");
 
 fn main() -> ExitCode {
     let kept = malloc::keep_freed_memory();
+    let pool = threads::build_global_pool();
     let cli = Cli::parse();
     progress::init_logging(cli.verbose);
     tracing::debug!(kept, "allocator keeps freed memory (mallopt)");
+    tracing::debug!(threads = ?pool, "rayon pool with 8 MiB stacks");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

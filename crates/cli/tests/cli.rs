@@ -353,6 +353,33 @@ fn allocator_keeps_freed_memory_unless_the_operator_tuned_it() {
     assert!(!kept(Some("glibc.malloc.trim_threshold=131072")));
 }
 
+/// The binary builds rayon's global pool itself (src/threads.rs, 8 MiB stacks for the training
+/// steps that run there) and keeps rayon's thread count: `RAYON_NUM_THREADS` when set.
+#[test]
+fn rayon_pool_is_built_at_start_with_rayons_thread_count() {
+    let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/quickstart.yaml");
+    for n in ["1", "3"] {
+        let out = diffrec()
+            .env("RUST_LOG", "debug")
+            .env("RAYON_NUM_THREADS", n)
+            .args([
+                "validate",
+                pipeline.to_str().unwrap(),
+                "--workspace",
+                "memory://x",
+            ])
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert!(out.status.success(), "{t}");
+        let line = t
+            .lines()
+            .find(|l| l.contains("rayon pool with 8 MiB stacks"))
+            .unwrap_or_else(|| panic!("no pool line in:\n{t}"));
+        assert!(line.contains(&format!("threads=Some({n})")), "{line}");
+    }
+}
+
 /// Kills the ingest stage at several points with SIGKILL; after each kill, every file that is
 /// not a temporary is complete and readable, and a manifest only vouches for complete outputs.
 /// The run afterwards completes.
