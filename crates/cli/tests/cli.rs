@@ -320,34 +320,46 @@ fn help_explains_every_flag() {
     }
 }
 
+/// The first debug log line of `diffrec validate` (the quickstart pipeline) that contains
+/// `needle`, with the environment variables `env` set (`None`: removed).
+fn startup_debug_line(env: &[(&str, Option<&str>)], needle: &str) -> String {
+    let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/quickstart.yaml");
+    let mut c = diffrec();
+    c.env("RUST_LOG", "debug");
+    for &(k, v) in env {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let out = c
+        .args([
+            "validate",
+            pipeline.to_str().unwrap(),
+            "--workspace",
+            "memory://x",
+        ])
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    t.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{t}"))
+        .to_owned()
+}
+
 /// glibc is told to keep freed memory between training steps (src/malloc.rs), unless the
 /// operator set `GLIBC_TUNABLES`, whose settings then stand.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn allocator_keeps_freed_memory_unless_the_operator_tuned_it() {
-    let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/quickstart.yaml");
     let kept = |tunables: Option<&str>| {
-        let mut c = diffrec();
-        c.env("RUST_LOG", "debug").env_remove("GLIBC_TUNABLES");
-        if let Some(t) = tunables {
-            c.env("GLIBC_TUNABLES", t);
-        }
-        let out = c
-            .args([
-                "validate",
-                pipeline.to_str().unwrap(),
-                "--workspace",
-                "memory://x",
-            ])
-            .output()
-            .unwrap();
-        let t = text(&out);
-        assert!(out.status.success(), "{t}");
-        let line = t
-            .lines()
-            .find(|l| l.contains("allocator keeps freed memory"))
-            .unwrap_or_else(|| panic!("no allocator line in:\n{t}"));
-        line.contains("kept=true")
+        startup_debug_line(
+            &[("GLIBC_TUNABLES", tunables)],
+            "allocator keeps freed memory",
+        )
+        .contains("kept=true")
     };
     assert!(kept(None));
     assert!(!kept(Some("glibc.malloc.trim_threshold=131072")));
@@ -357,25 +369,11 @@ fn allocator_keeps_freed_memory_unless_the_operator_tuned_it() {
 /// steps that run there) and keeps rayon's thread count: `RAYON_NUM_THREADS` when set.
 #[test]
 fn rayon_pool_is_built_at_start_with_rayons_thread_count() {
-    let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/quickstart.yaml");
     for n in ["1", "3"] {
-        let out = diffrec()
-            .env("RUST_LOG", "debug")
-            .env("RAYON_NUM_THREADS", n)
-            .args([
-                "validate",
-                pipeline.to_str().unwrap(),
-                "--workspace",
-                "memory://x",
-            ])
-            .output()
-            .unwrap();
-        let t = text(&out);
-        assert!(out.status.success(), "{t}");
-        let line = t
-            .lines()
-            .find(|l| l.contains("rayon pool with 8 MiB stacks"))
-            .unwrap_or_else(|| panic!("no pool line in:\n{t}"));
+        let line = startup_debug_line(
+            &[("RAYON_NUM_THREADS", Some(n))],
+            "rayon pool with 8 MiB stacks",
+        );
         assert!(line.contains(&format!("threads=Some({n})")), "{line}");
     }
 }
