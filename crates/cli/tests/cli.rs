@@ -10,14 +10,41 @@ fn diffrec() -> Command {
     c
 }
 
-fn tmpdir(tag: &str) -> PathBuf {
+/// A test's own folder under the system's temporary directory. It is removed when the test
+/// ends, and kept, for a look, when the test fails.
+struct TestDir(PathBuf);
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept the failed test's folder {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn tmpdir(tag: &str) -> TestDir {
     let d = std::env::temp_dir().join(format!(
         "diffrec-cli-{tag}-{}-{}",
         std::process::id(),
         nonce()
     ));
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TestDir(d)
 }
 
 fn nonce() -> u64 {
@@ -253,7 +280,6 @@ fn demo_runs_every_stage_and_beats_popularity() {
     ] {
         assert_stage_refuses("train", pipeline, ws, &["name=other", set], says);
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -308,7 +334,6 @@ fn config_errors_exit_2_and_name_the_key() {
         text(&out)
     );
     assert!(!ws.join("data").exists());
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -430,7 +455,6 @@ fn killed_ingest_leaves_no_partial_artifact() {
     assert!(out.status.success(), "{}", text(&out));
     check_no_partial(&ws.join("data"));
     assert!(ws.join("data/_manifest.json").exists());
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 fn check_no_partial(data: &Path) {
@@ -539,7 +563,6 @@ fn s3_workspace_gives_identical_artifacts() {
             .unwrap();
         assert!(text(&out).contains("up to date"), "{}", text(&out));
     });
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A training run killed with SIGKILL and restarted ends with exactly the results of an
@@ -782,7 +805,6 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
         text(failed[0])
     );
     assert_eq!(summary(&d), reference);
-    std::fs::remove_dir_all(dir).unwrap();
     reference
 }
 
@@ -915,7 +937,6 @@ fn cluster_stage_writes_its_artifacts_and_takes_given_embeddings() {
     assert!(!ws.join("cluster/user_embeddings.parquet").exists());
     let (cols, _) = parquet_columns(&ws.join("cluster/item_embeddings.parquet"));
     assert_eq!(cols[2], "embedding:FixedSizeList(4 x non-null Float32)");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// The GPU code path on every change: the same tiny pipeline trained with `train.backend: wgpu`
@@ -979,13 +1000,12 @@ fn wgpu_backend_trains_like_the_cpu_backend() {
     );
     assert!(r(&gpu) > 2.0 * random, "wgpu run did not learn: {gpu}");
     assert!((r(&gpu) - r(&cpu)).abs() < 0.05, "wgpu {gpu} vs cpu {cpu}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A 60-user × 40-item synthetic log and a tiny DiffRec pipeline with the given `train:` flow
 /// mapping, run up to the train stage in `<dir>/ws`: the directory, the pipeline, the
 /// workspace and the run's output.
-fn tiny_train_run(tag: &str, train: &str) -> (PathBuf, PathBuf, PathBuf, Output) {
+fn tiny_train_run(tag: &str, train: &str) -> (TestDir, PathBuf, PathBuf, Output) {
     let dir = tmpdir(tag);
     generate(&dir.join("log.csv"), &["--users", "60", "--items", "40"]);
     let p = write_pipeline(
@@ -1017,7 +1037,7 @@ fn tiny_train_run(tag: &str, train: &str) -> (PathBuf, PathBuf, PathBuf, Output)
 #[cfg(feature = "wgpu")]
 #[test]
 fn a_missing_gpu_device_fails_naming_the_adapters_there_are() {
-    let (dir, _, ws, out) =
+    let (_dir, _, ws, out) =
         tiny_train_run("nogpu", "{epochs: 2, backend: wgpu, devices: [\"wgpu:7\"]}");
     let t = text(&out);
     // No discrete GPU here (CI): exit 1 and the adapters listed. Fewer than 8 discrete GPUs:
@@ -1031,7 +1051,6 @@ fn a_missing_gpu_device_fails_naming_the_adapters_there_are() {
     assert!(none || past_last, "{t}");
     assert!(!t.contains("panicked"), "{t}");
     assert!(!ws.join("runs/g/checkpoints/latest.ckpt").exists());
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A pipeline for a backend this binary was built without is refused only by a run that trains,
@@ -1041,7 +1060,7 @@ fn a_missing_gpu_device_fails_naming_the_adapters_there_are() {
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn a_backend_left_out_of_the_build_stops_only_training() {
-    let (dir, p, ws, out) = tiny_train_run("nocuda", "{epochs: 2, backend: cuda}");
+    let (_dir, p, ws, out) = tiny_train_run("nocuda", "{epochs: 2, backend: cuda}");
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
     assert!(
@@ -1075,7 +1094,6 @@ fn a_backend_left_out_of_the_build_stops_only_training() {
             && t.contains("--features cuda"),
         "{t}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// Only ingest starts a workspace: the commands that read one name a mistyped path (exit code
@@ -1104,14 +1122,13 @@ fn a_mistyped_workspace_is_named_not_created() {
         );
         assert!(!ws.exists(), "{args:?} created the workspace");
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A run shorter than `train.eval_every` evaluates nothing: the train stage says so (no NaN
 /// metrics), and the evaluate stage's missing-checkpoint error names the reason.
 #[test]
 fn a_run_that_evaluates_nothing_says_so() {
-    let (dir, p, ws, out) = tiny_train_run("noeval", "{epochs: 2, eval_every: 5}");
+    let (_dir, p, ws, out) = tiny_train_run("noeval", "{epochs: 2, eval_every: 5}");
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(
@@ -1132,7 +1149,6 @@ fn a_run_that_evaluates_nothing_says_so() {
         t.contains("train.epochs must reach train.eval_every"),
         "{t}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// The training state (JSON) at the head of a checkpoint: magic, u64 length, JSON.
@@ -1251,7 +1267,6 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     }
     // Training moved: the last epoch's loss is below the first's.
     assert!(la[3] < la[0], "{la:?}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// L-DiffRec end to end on a small synthetic log with planted item groups: cluster → train →
@@ -1372,5 +1387,4 @@ fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
         }
         std::fs::write(&manifest, kept).unwrap();
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
