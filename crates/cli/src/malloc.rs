@@ -14,7 +14,9 @@
 //! the DiffRec training process peaked at 0.33–0.36 GiB instead of 0.43–0.48 GiB, and
 //! L-DiffRec's at 0.15 GiB instead of 0.23 GiB, about their peaks before steps moved to the
 //! pool, at the same training speed (docs/benchmarks.md, twelfth session): a step's allocations
-//! are few and large, so the shared lock is not contended.
+//! are few and large, so the shared lock is not contended. Ingest (Polars' threads) and the
+//! cluster stage run at the same speed too, and ingest's peak is 15–28 % lower than with an
+//! arena per thread (docs/benchmarks.md, "Ingest, 10 M rows", and the LightGCN section).
 //!
 //! Set once at start, before any thread exists. Skipped when `GLIBC_TUNABLES` is set: the
 //! operator's allocator settings win. Other platforms and C libraries: nothing to do.
