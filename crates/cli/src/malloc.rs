@@ -1,14 +1,27 @@
 //! glibc's allocator told to keep freed memory for reuse.
 //!
 //! A training step allocates and frees the same large buffers every batch (matrix products'
-//! outputs, gradients, the noised input: on ML-1M several of 1–7 MB). glibc serves blocks above
-//! its mmap threshold with fresh `mmap`s and returns them on free, and trims the heap top, so
-//! each step page-faults its buffers in again: about 2,000 faults a step, several percent of an
-//! epoch's CPU time (docs/benchmarks.md, "Allocator"). Fixing the mmap threshold at its
-//! maximum (32 MiB) and raising the trim threshold keeps those pages mapped for the next step;
-//! blocks above 32 MiB are still mapped and unmapped one by one.
+//! outputs, gradients, the noised input: on ML-1M several of 1–7 MB, on a 200,000-item catalogue
+//! several of 300 MB). By default glibc serves blocks above its mmap threshold with fresh
+//! `mmap`s and returns them on free, and trims the heap top, so each step page-faults its
+//! buffers in again and the kernel zeroes every page: on ML-1M about 2,000 faults a step,
+//! several percent of an epoch's CPU time (docs/benchmarks.md, "Allocator"); on the 200,000-item
+//! catalogue the kernel's page clearing was 31 % of an L-DiffRec run's samples.
 //!
-//! One arena for all threads: the training step runs on a rayon pool thread (diffrec-trainer's
+//! So no block is mapped on its own (`M_MMAP_MAX` 0): every block comes from the heap and a
+//! freed one is reused by the next step, and the heap top is returned to the system only beyond
+//! 1 GiB of free memory (`M_TRIM_THRESHOLD`). (glibc still maps memory when the heap cannot
+//! grow.) The earlier setting, the mmap threshold at its 32 MiB maximum, kept ML-1M's buffers
+//! but still mapped the large catalogue's one by one. Measured on the 200,000-item catalogue
+//! (docs/benchmarks.md, "Large synthetic catalogue"): L-DiffRec 5.1 → 2.9 s a batch and
+//! DiffRec 5.2 → 3.7–4.6 s, for a peak 14–27 % higher (L-DiffRec 6.7 → 7.6–8.0 GiB, DiffRec
+//! 10.9 → 13.4–13.8 GiB) because freed blocks of one size do not always fit the next request;
+//! 10 M-row ingest 9.4 → 7.0 s (peak 1.39 → 1.46 GiB); ML-1M epochs, its peak and the
+//! cluster stage level.
+//!
+//! One arena for all threads. It is also what makes the rule above hold everywhere: a thread
+//! with an arena of its own (a mapped 64 MiB heap) still gets a mapping for a larger block.
+//! The training step runs on a rayon pool thread (diffrec-trainer's
 //! `pool.rs`) while the stages start on the main thread, and glibc gives each thread that
 //! allocates its own arena, each keeping its freed memory by the setting above. With one arena
 //! the DiffRec training process peaked at 0.33–0.36 GiB instead of 0.43–0.48 GiB, and
@@ -19,11 +32,10 @@
 //! arena per thread (docs/benchmarks.md, "Ingest, 10 M rows", and the LightGCN section).
 //!
 //! Set once at start, before any thread exists. Skipped when `GLIBC_TUNABLES` is set: the
-//! operator's allocator settings win. Other platforms and C libraries: nothing to do.
-
-/// glibc's largest accepted `M_MMAP_THRESHOLD` on 64-bit (`HEAP_MAX_SIZE / 2`).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+//! operator's allocator settings win. Where memory binds more than time,
+//! `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824:glibc.malloc.arena_max=1`
+//! gives the leaner earlier behaviour (README, "Threads and memory"). Other platforms and C libraries:
+//! nothing to do.
 
 /// Freed memory kept at the heap top before glibc returns it to the system.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -38,7 +50,7 @@ pub fn keep_freed_memory() -> bool {
         }
         // SAFETY: mallopt only changes allocator parameters; called before other threads start.
         unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+            libc::mallopt(libc::M_MMAP_MAX, 0) == 1
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
                 && libc::mallopt(libc::M_ARENA_MAX, 1) == 1
         }
