@@ -19,11 +19,11 @@
 //! 10 M-row ingest 9.4 → 7.0 s (peak 1.39 → 1.46 GiB); ML-1M epochs, its peak and the
 //! cluster stage level.
 //!
-//! One arena for all threads. It is also what makes the rule above hold everywhere: a thread
-//! with an arena of its own (a mapped 64 MiB heap) still gets a mapping for a larger block.
-//! The training step runs on a rayon pool thread (diffrec-trainer's
-//! `pool.rs`) while the stages start on the main thread, and glibc gives each thread that
-//! allocates its own arena, each keeping its freed memory by the setting above. With one arena
+//! One arena for all threads (`M_ARENA_MAX` 1). The training step runs on a rayon pool thread
+//! (diffrec-trainer's `pool.rs`) while the stages start on the main thread, and glibc gives
+//! each thread that allocates its own arena, each keeping its freed memory by the setting
+//! above; and a thread's own arena (a mapped 64 MiB heap) would map any larger block anyway,
+//! so the rule above holds only with the one arena. With one arena
 //! the DiffRec training process peaked at 0.33–0.36 GiB instead of 0.43–0.48 GiB, and
 //! L-DiffRec's at 0.15 GiB instead of 0.23 GiB, about their peaks before steps moved to the
 //! pool, at the same training speed (docs/benchmarks.md, twelfth session): a step's allocations

@@ -21,12 +21,6 @@ impl std::ops::Deref for TestDir {
     }
 }
 
-impl AsRef<Path> for TestDir {
-    fn as_ref(&self) -> &Path {
-        &self.0
-    }
-}
-
 impl Drop for TestDir {
     fn drop(&mut self) {
         if std::thread::panicking() {
