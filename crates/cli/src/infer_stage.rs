@@ -16,6 +16,7 @@ use diffrec_trainer::pool::on_pool_thread;
 use diffrec_trainer::train::{Summary, diffusion_of, evaluate, model_input, run_dir, summary_key};
 
 use crate::pipeline::Loaded;
+use crate::progress::headline_metrics;
 use crate::usage::UsageError;
 
 type Cpu = burn_flex::Flex;
@@ -120,6 +121,13 @@ fn differing_keys(path: &str, a: &serde_json::Value, b: &serde_json::Value, out:
 /// Re-evaluates the best checkpoint on valid and test and updates `summary.json`.
 pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     let p = &loaded.pipeline;
+    // Read first: without it there is nothing to update, and the evaluation would be wasted.
+    let mut summary: Summary = ws.get_json(&summary_key(&p.name)).await?.ok_or_else(|| {
+        UsageError(format!(
+            "no {}: run the train stage first",
+            summary_key(&p.name)
+        ))
+    })?;
     let RunModel {
         data,
         model,
@@ -133,20 +141,14 @@ pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
         evaluate(&model, &diffusion, &input, &data, &p.evaluate.ks, &dev)
     });
     let secs = t.elapsed().as_secs_f64();
-    let mut summary: Summary = ws
-        .get_json(&summary_key(&p.name))
-        .await?
-        .context("no runs/<name>/summary.json: run the train stage first")?;
     summary.valid = valid;
     summary.test = test;
     ws.clean_temporaries_of(&summary_key(&p.name)).await?;
     ws.put_json(&summary_key(&p.name), &summary).await?;
-    let g = |k: &str| summary.test.get(k).copied().unwrap_or(f64::NAN);
     println!(
-        "evaluate: best checkpoint (epoch {}): test recall@20 {:.4} ndcg@20 {:.4} ({secs:.1}s)",
+        "evaluate: best checkpoint (epoch {}): test {} ({secs:.1}s)",
         summary.best_epoch,
-        g("recall@20"),
-        g("ndcg@20")
+        headline_metrics(&summary.test, &p.evaluate.ks),
     );
     Ok(())
 }

@@ -100,3 +100,53 @@ pub fn init_logging(verbose: u8) {
         .with_target(false)
         .try_init();
 }
+
+/// The figures a stage's last line shows: Recall and NDCG at the cut-offs 10 and 20 where
+/// `evaluate.ks` has them, else at its first cut-off, in the order "recall@10 … ndcg@20 …".
+pub fn headline_metrics(metrics: &std::collections::BTreeMap<String, f64>, ks: &[usize]) -> String {
+    let mut shown: Vec<usize> = ks
+        .iter()
+        .copied()
+        .filter(|k| [10, 20].contains(k))
+        .collect();
+    shown.sort_unstable();
+    shown.dedup();
+    if shown.is_empty() {
+        shown.extend(ks.first());
+    }
+    let mut parts = Vec::new();
+    for name in ["recall", "ndcg"] {
+        for k in &shown {
+            let key = format!("{name}@{k}");
+            let value = metrics.get(&key).copied().unwrap_or(f64::NAN);
+            parts.push(format!("{key} {value:.4}"));
+        }
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::headline_metrics;
+
+    #[test]
+    fn headline_shows_the_cut_offs_that_were_evaluated() {
+        let m = [
+            ("recall@5", 0.1),
+            ("recall@10", 0.2),
+            ("ndcg@5", 0.3),
+            ("ndcg@10", 0.4),
+        ]
+        .map(|(k, v)| (k.to_owned(), v))
+        .into();
+        assert_eq!(
+            headline_metrics(&m, &[10, 5]),
+            "recall@10 0.2000 ndcg@10 0.4000"
+        );
+        assert_eq!(headline_metrics(&m, &[5]), "recall@5 0.1000 ndcg@5 0.3000");
+        assert_eq!(
+            headline_metrics(&m, &[20, 10]),
+            "recall@10 0.2000 recall@20 NaN ndcg@10 0.4000 ndcg@20 NaN"
+        );
+    }
+}

@@ -10,11 +10,13 @@ use diffrec_data::manifest::{
 };
 use diffrec_data::workspace::sha256_hex;
 use diffrec_data::{Workspace, load_splits};
-use diffrec_trainer::train::{best_key, curves_key, metrics_key, run_dir, summary_key};
+use diffrec_trainer::train::{
+    best_key, check_resumable, curves_key, metrics_key, run_dir, summary_key,
+};
 use diffrec_trainer::{Progress, RunSpec, train_on};
 
 use crate::pipeline::Loaded;
-use crate::progress::EpochBar;
+use crate::progress::{EpochBar, headline_metrics};
 use crate::usage::UsageError;
 
 /// Removes what an interrupted run of `name` was writing (checkpoints, metrics, curves, summary,
@@ -85,14 +87,6 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
             Freshness::Stale(why) => tracing::info!("train: running ({why})"),
         }
     }
-    if writer {
-        ws.delete(&manifest_key(&dir)).await?;
-        if force {
-            for key in ws.list(&format!("{dir}/checkpoints")).await? {
-                ws.delete(&key).await?;
-            }
-        }
-    }
     // The checkpoint fingerprint leaves out what does not change the trajectory (how long to
     // train, when to stop), so a run can be extended or resumed with more epochs.
     let mut trajectory = config.clone();
@@ -101,8 +95,29 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         t.remove("patience");
     }
     let fingerprint = sha256_hex(serde_json::to_string(&(&trajectory, &inputs))?.as_bytes());
-    let started = Utc::now();
+    // Before the manifest goes, what would stop the run: a finished run stays as it was.
+    if !force {
+        check_resumable(ws, &p.name, &fingerprint).await?;
+    }
     let data = load_splits(ws).await?;
+    if data.valid.nnz() == 0 && p.train.eval_every <= p.train.epochs {
+        return Err(UsageError(format!(
+            "the validation split is empty (data.split.ratios {:?}), and each evaluation selects \
+             the best epoch on it: give validation a share, or set train.eval_every above \
+             train.epochs to train without evaluating",
+            p.data.split.ratios
+        ))
+        .into());
+    }
+    if writer {
+        ws.delete(&manifest_key(&dir)).await?;
+        if force {
+            for key in ws.list(&format!("{dir}/checkpoints")).await? {
+                ws.delete(&key).await?;
+            }
+        }
+    }
+    let started = Utc::now();
     let item_clusters = if latent {
         use diffrec_cluster::artifacts::{ITEM_CLUSTERS, read_item_clusters};
         let bytes = ws.get(ITEM_CLUSTERS).await?;
@@ -150,11 +165,12 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         }
         Progress::Evaluated {
             epoch,
-            valid_recall20,
-            test_recall20,
+            select_k: k,
+            valid_recall,
+            test_recall,
             best_epoch,
         } => bar.say(format!(
-            "train: epoch {epoch}: valid recall@20 {valid_recall20:.4}, test recall@20 {test_recall20:.4} (best epoch {best_epoch})"
+            "train: epoch {epoch}: valid recall@{k} {valid_recall:.4}, test recall@{k} {test_recall:.4} (best epoch {best_epoch})"
         )),
         Progress::Stopped { epoch, best_epoch } => bar.say(format!(
             "train: early stop before epoch {epoch} (best epoch {best_epoch})"
@@ -210,15 +226,11 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         );
         return Ok(());
     }
-    let get = |m: &BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(f64::NAN);
     println!(
-        "train: best epoch {} of {}; test recall@10 {:.4} recall@20 {:.4} ndcg@10 {:.4} ndcg@20 {:.4}; {:.2} s/epoch, {:.1} s/eval",
+        "train: best epoch {} of {}; test {}; {:.2} s/epoch, {:.1} s/eval",
         summary.best_epoch,
         summary.epochs_run,
-        get(&summary.test, "recall@10"),
-        get(&summary.test, "recall@20"),
-        get(&summary.test, "ndcg@10"),
-        get(&summary.test, "ndcg@20"),
+        headline_metrics(&summary.test, &p.evaluate.ks),
         summary.epoch_seconds_median,
         summary.eval_seconds_median
     );

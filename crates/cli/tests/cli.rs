@@ -139,6 +139,7 @@ fn demo_runs_every_stage_and_beats_popularity() {
         model > 1.5 * popularity,
         "model recall@20 {model:.4} vs popularity {popularity:.4}"
     );
+    check_recommendations(&rt, &ws, "quickstart", 20);
     // Second run: every stage up to date or cheap; ingest and train are skipped.
     let again = diffrec()
         .args(["demo", "--workspace", ws.to_str().unwrap()])
@@ -434,17 +435,31 @@ fn killed_ingest_leaves_no_partial_artifact() {
         }
         c
     };
-    for delay_ms in [150u64, 400, 700, 1000, 1400, 1900, 2500] {
+    // Kills at fractions of how long one whole ingest takes here (under a second on the dev
+    // box, so fixed delays would land after its end), each checked to have landed mid-run.
+    let started = std::time::Instant::now();
+    let out = run(true).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let whole = started.elapsed();
+    let mut interrupted = 0;
+    for share in [0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95] {
         let mut child = run(true)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        std::thread::sleep(whole.mul_f64(share));
+        if child.try_wait().unwrap().is_none() {
+            interrupted += 1;
+        }
         let _ = child.kill();
         let _ = child.wait();
         check_no_partial(&ws.join("data"));
     }
+    assert!(
+        interrupted >= 4,
+        "only {interrupted} of 7 kills landed before the ingest ended ({whole:?} uninterrupted)"
+    );
     let out = run(false).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     check_no_partial(&ws.join("data"));
@@ -497,8 +512,9 @@ fn s3_workspace_gives_identical_artifacts() {
         if std::env::var("DIFFREC_REQUIRE_S3").is_ok() {
             panic!("DIFFREC_REQUIRE_S3 is set but DIFFREC_TEST_S3_URL is not");
         }
-        eprintln!(
-            "SKIPPED: DIFFREC_TEST_S3_URL is not set (no local S3-compatible server); .ci/run sets it"
+        skipped(
+            "s3_workspace_gives_identical_artifacts: DIFFREC_TEST_S3_URL is not set (no local \
+             S3-compatible server); .ci/run sets it",
         );
         return;
     };
@@ -699,18 +715,34 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
     assert!(run(&a, &[]).output().unwrap().status.success());
     let reference = summary(&a);
 
-    // Killed at several points, then completed.
+    // Killed three times, each as soon as it has written a checkpoint of its own (so in the
+    // epoch after it: the whole run takes well under a second, and kills at fixed times landed
+    // after its end), then completed.
     let b = dir.join("b");
-    for delay in [600u64, 1200, 2000] {
+    let latest = b.join("runs/r/checkpoints/latest.ckpt");
+    let written = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    for _ in 0..3 {
+        let before = written(&latest);
         let mut child = run(&b, &[])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while written(&latest) == before && child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint in two minutes"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let _ = child.kill();
         let _ = child.wait();
     }
+    assert!(
+        !b.join("runs/r/_manifest.json").exists(),
+        "a killed run finished anyway: the resume below would test nothing"
+    );
     // What a kill in the middle of a write leaves (a temporary, never read) is removed when
     // the stage next runs.
     let checkpoints = b.join("runs/r/checkpoints");
@@ -728,6 +760,11 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
     .unwrap();
     let out = run(&b, &[]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("resuming after epoch"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(
         summary(&b),
         reference,
@@ -760,6 +797,49 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
         text(&out)
     );
     assert_eq!(summary(&c), reference);
+
+    // Killed between the two checkpoint writes of the epoch that set a new best (`latest` is
+    // written first): the resume rebuilds `best` from `latest`, so the model that evaluate and
+    // recommend load is the selected epoch's. Made by hand: `e` trained to its first
+    // evaluation, whose `best.ckpt` is kept, then to its second, which selects a new best, and
+    // the first `best.ckpt` put back (with no manifest, as a killed run has none).
+    let e = dir.join("e");
+    let ckpts = e.join("runs/r/checkpoints");
+    assert!(
+        run(&e, &["--set", "train.epochs=2"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let first_best = std::fs::read(ckpts.join("best.ckpt")).unwrap();
+    assert!(
+        run(&e, &["--set", "train.epochs=4"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    assert_eq!(
+        checkpoint_state(&ckpts.join("latest.ckpt"))["best_epoch"],
+        4,
+        "the setup needs the second evaluation to select a new best"
+    );
+    let selected = std::fs::read(ckpts.join("best.ckpt")).unwrap();
+    std::fs::write(ckpts.join("best.ckpt"), &first_best).unwrap();
+    std::fs::remove_file(e.join("runs/r/_manifest.json")).unwrap();
+    let out = run(&e, &["--set", "train.epochs=4"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        checkpoint_state(&ckpts.join("best.ckpt"))["epoch"],
+        4,
+        "{}",
+        text(&out)
+    );
+    assert!(
+        std::fs::read(ckpts.join("best.ckpt")).unwrap() == selected,
+        "the rebuilt best.ckpt differs from the one the uninterrupted run wrote"
+    );
 
     // Two processes training the same run at once (a scheduler's retry while the first attempt
     // still runs): one stops, naming the conflict, before it overwrites the other's
@@ -814,6 +894,82 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     files
+}
+
+/// The recommend stage's file holds, for every user of the training data, ranks 1..=k of
+/// items outside the user's training items (original ids mapped back through the ingest's id
+/// tables), scores never rising with rank.
+fn check_recommendations(rt: &tokio::runtime::Runtime, ws: &Path, run: &str, k: usize) {
+    use arrow_array::{Array, Float32Array, StringArray, UInt32Array};
+    let (data, users, items) = rt.block_on(async {
+        let w = diffrec_data::Workspace::open(ws.to_str().unwrap()).unwrap();
+        (
+            diffrec_data::load_splits(&w).await.unwrap(),
+            diffrec_data::artifacts::load_ids(&w, "user").await.unwrap(),
+            diffrec_data::artifacts::load_ids(&w, "item").await.unwrap(),
+        )
+    });
+    let index = |ids: &[String]| -> std::collections::HashMap<String, usize> {
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i))
+            .collect()
+    };
+    let (user_idx, item_idx) = (index(&users), index(&items));
+    let path = ws.join(format!("runs/{run}/recommendations.parquet"));
+    let bytes = bytes::Bytes::from(std::fs::read(&path).unwrap());
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut rows: Vec<(usize, u32, usize, f32)> = Vec::new();
+    for batch in reader {
+        let b = batch.unwrap();
+        let col = |name: &str| b.column_by_name(name).unwrap().clone();
+        let (u, r, i, s) = (col("user_id"), col("rank"), col("item_id"), col("score"));
+        let u = u.as_any().downcast_ref::<StringArray>().unwrap();
+        let r = r.as_any().downcast_ref::<UInt32Array>().unwrap();
+        let i = i.as_any().downcast_ref::<StringArray>().unwrap();
+        let s = s.as_any().downcast_ref::<Float32Array>().unwrap();
+        for j in 0..b.num_rows() {
+            rows.push((
+                user_idx[u.value(j)],
+                r.value(j),
+                item_idx[i.value(j)],
+                s.value(j),
+            ));
+        }
+    }
+    assert_eq!(rows.len(), data.n_users * k, "k rows for every user");
+    rows.sort_by_key(|&(u, rank, _, _)| (u, rank));
+    for (n, chunk) in rows.chunks(k).enumerate() {
+        let u = chunk[0].0;
+        assert_eq!(u, n, "every user once");
+        let train = data.train.row(u).0;
+        for (j, &(cu, rank, item, score)) in chunk.iter().enumerate() {
+            assert_eq!((cu, rank as usize), (u, j + 1), "user {}: ranks", users[u]);
+            assert!(
+                train.binary_search(&(item as u32)).is_err(),
+                "user {}: training item {} recommended",
+                users[u],
+                items[item]
+            );
+            if j > 0 {
+                assert!(
+                    score <= chunk[j - 1].3,
+                    "user {}: scores rise at rank {rank}",
+                    users[u]
+                );
+            }
+        }
+    }
+}
+
+/// Says that a test did not run, on the process's stderr itself: libtest captures `eprintln!`
+/// of passing tests, which would hide the skip behind an "ok".
+fn skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {why}");
 }
 
 /// Reads a Parquet file's Arrow schema as "name:type" strings.
@@ -950,8 +1106,9 @@ fn wgpu_backend_trains_like_the_cpu_backend() {
             std::env::var_os("DIFFREC_REQUIRE_WGPU").is_none(),
             "DIFFREC_REQUIRE_WGPU is set but no Vulkan adapter was found (vulkaninfo failed)"
         );
-        eprintln!(
-            "skipping: no Vulkan adapter (install mesa-vulkan-drivers vulkan-tools for lavapipe)"
+        skipped(
+            "wgpu_backend_trains_like_the_cpu_backend: no Vulkan adapter (install \
+             mesa-vulkan-drivers vulkan-tools for lavapipe)",
         );
         return;
     }
@@ -1305,6 +1462,7 @@ fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
         ]
     );
     assert!(rows > 0 && rows % 5 == 0, "{rows}");
+    check_recommendations(&tokio::runtime::Runtime::new().unwrap(), &ws, "l", 5);
     let out = diffrec()
         .args(["recommend", "--workspace", ws.to_str().unwrap()])
         .args(["--run", "l", "--history", "1,2,3", "--k", "3"])

@@ -118,22 +118,26 @@ pub async fn run_cluster(
             Freshness::Stale(why) => tracing::info!("cluster: running ({why})"),
         }
     }
+    let item_ids = load_ids(ws, "item").await?;
+    let n_items = item_ids.len();
+    // Fail before minutes of pre-training, not after, and before the earlier outputs stop
+    // being vouched for.
+    if cfg.k > n_items {
+        return Err(ClusterError::TooManyClusters { k: cfg.k, n_items });
+    }
+    let given = match user_file {
+        Some((name, bytes)) => Some((embeddings::parse(&name, bytes, &item_ids)?, name)),
+        None => None,
+    };
     ws.delete(&manifest_key(STAGE_DIR)).await?;
     let cleaned = ws.clean_temporaries(STAGE_DIR).await?;
     if cleaned > 0 {
         tracing::warn!("cluster: removed {cleaned} temporary file(s) left by an interrupted run");
     }
 
-    let item_ids = load_ids(ws, "item").await?;
-    let n_items = item_ids.len();
-    // Fail before minutes of pre-training, not after.
-    if cfg.k > n_items {
-        return Err(ClusterError::TooManyClusters { k: cfg.k, n_items });
-    }
     let mut outputs = BTreeMap::new();
-    let (item_emb, dim, source, lightgcn) = match user_file {
-        Some((name, bytes)) => {
-            let e = embeddings::parse(&name, bytes, &item_ids)?;
+    let (item_emb, dim, source, lightgcn) = match given {
+        Some((e, name)) => {
             tracing::info!(file = %name, rows = e.rows, dim = e.dim, "cluster: using the given item embeddings");
             // Outputs of an earlier pre-training run no longer belong to this stage.
             for key in [USER_EMBEDDINGS, LIGHTGCN_METRICS] {

@@ -66,15 +66,10 @@ pub async fn run_ingest(
             Freshness::Stale(why) => tracing::info!("ingest: running ({why})"),
         }
     }
-    // From here on the old outputs are no longer vouched for.
-    ws.delete(&manifest_key(STAGE_DIR)).await?;
-    let cleaned = ws.clean_temporaries(STAGE_DIR).await?;
-    if cleaned > 0 {
-        tracing::warn!("ingest: removed {cleaned} temporary file(s) left by an interrupted run");
-    }
-
     tracing::info!(rows = raw.df.height(), "ingest: transforming");
     let weighted = cfg.temporal.is_some();
+    // Transformed before anything in the workspace changes: data that cannot be ingested
+    // (e.g. a k-core that removes every row) leaves the earlier outputs vouched for.
     let prepared = prepare(raw, cfg)?;
     let stats = compute_stats(
         &prepared.interactions,
@@ -83,6 +78,13 @@ pub async fn run_ingest(
         prepared.noise_rows,
         weighted,
     )?;
+
+    // From here on the old outputs are no longer vouched for.
+    ws.delete(&manifest_key(STAGE_DIR)).await?;
+    let cleaned = ws.clean_temporaries(STAGE_DIR).await?;
+    if cleaned > 0 {
+        tracing::warn!("ingest: removed {cleaned} temporary file(s) left by an interrupted run");
+    }
 
     tracing::info!(
         rows = prepared.interactions.height(),

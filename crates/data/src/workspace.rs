@@ -95,7 +95,12 @@ impl Workspace {
                 } else if !std::path::Path::new(dir).is_dir() {
                     return Err(bad("no such directory".into()));
                 }
-                let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| bad(e.to_string()))?;
+                // Every write reaches the disk (file and directory entry) before it returns,
+                // as on S3: a checkpoint or manifest a finished write left must survive a host
+                // crash or power loss, not only a killed process.
+                let fs = LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| bad(e.to_string()))?
+                    .with_fsync(true);
                 local_root = Some(std::path::PathBuf::from(dir));
                 (Arc::new(fs), Path::default())
             }
@@ -170,6 +175,21 @@ impl Workspace {
                 key: key.to_owned(),
                 hint: "run the stage that writes it first".into(),
             }),
+            Err(e) => Err(Self::store_err(key)(e)),
+        }
+    }
+
+    /// The first `n` bytes of an artifact (all of it when shorter), or `None` when it does
+    /// not exist: a header without reading a large object whole. An empty artifact is an
+    /// error (the range starts past its end).
+    pub async fn get_prefix(&self, key: &str, n: u64) -> Result<Option<Bytes>> {
+        let options = object_store::GetOptions {
+            range: Some(object_store::GetRange::Bounded(0..n.max(1))),
+            ..Default::default()
+        };
+        match self.store.get_opts(&self.path(key), options).await {
+            Ok(r) => r.bytes().await.map(Some).map_err(Self::store_err(key)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(Self::store_err(key)(e)),
         }
     }

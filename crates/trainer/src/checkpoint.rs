@@ -144,6 +144,31 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint, TrainError> {
     })
 }
 
+/// Where the training state lies in a checkpoint that starts with `head` (at least its first
+/// [`STATE_AT`] bytes): the range to read for [`decode_state`].
+pub fn state_range(head: &[u8]) -> Result<std::ops::Range<usize>, TrainError> {
+    if head.len() < STATE_AT || &head[..4] != MAGIC {
+        return Err(TrainError::Checkpoint(
+            "not a diffrec checkpoint".to_owned(),
+        ));
+    }
+    let len = u64::from_le_bytes(head[4..STATE_AT].try_into().expect("8 bytes")) as usize;
+    Ok(STATE_AT..STATE_AT.saturating_add(len))
+}
+
+/// Bytes before the training state: the magic and the state's length.
+pub const STATE_AT: usize = 12;
+
+/// The training state alone, from a checkpoint's first bytes (`head`, at least up to the end
+/// of [`state_range`]).
+pub fn decode_state(head: &[u8]) -> Result<TrainState, TrainError> {
+    let range = state_range(head)?;
+    let json = head
+        .get(range)
+        .ok_or_else(|| TrainError::Checkpoint("truncated checkpoint".to_owned()))?;
+    serde_json::from_slice(json).map_err(|e| TrainError::Checkpoint(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

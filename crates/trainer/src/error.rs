@@ -29,6 +29,9 @@ pub enum TrainError {
     /// A GPU device of `train.devices` cannot be opened here (no driver, no such adapter).
     #[error("{0}")]
     Device(String),
+    /// The training loss is no longer a finite number.
+    #[error("{0}")]
+    Diverged(String),
     /// burn-collective failed (a replica, the orchestrator or another node).
     #[error("multi-device training: {0}")]
     Collective(String),
@@ -64,6 +67,7 @@ impl TrainError {
             TrainError::Checkpoint(_)
             | TrainError::Collective(_)
             | TrainError::Concurrent(_)
+            | TrainError::Diverged(_)
             | TrainError::Device(_) => false,
         }
     }

@@ -18,7 +18,9 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, Evaluation, TrainState, decode, encode};
+use crate::checkpoint::{
+    Checkpoint, Evaluation, STATE_AT, TrainState, decode, decode_state, encode, state_range,
+};
 use crate::config::Parallel;
 use crate::config::TrainConfig;
 use crate::curves::{CurvePoint, render_svg};
@@ -70,11 +72,13 @@ pub enum Progress {
         loss: f64,
         seconds: f64,
     },
-    /// An evaluation finished.
+    /// An evaluation finished: Recall@`select_k` (20, or the first of `evaluate.ks` without 20:
+    /// the metric that selects the best epoch) on both splits.
     Evaluated {
         epoch: usize,
-        valid_recall20: f64,
-        test_recall20: f64,
+        select_k: usize,
+        valid_recall: f64,
+        test_recall: f64,
         best_epoch: usize,
     },
     /// Early stopping.
@@ -313,11 +317,16 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
             ema: ema_bytes,
         } = decode(&bytes)?;
         if st.fingerprint != spec.fingerprint {
-            return Err(TrainError::Input(format!(
-                "{} holds a run trained with another configuration or data; rerun with --force \
-                 to start over, or use another pipeline name",
-                latest_key(&spec.run)
-            )));
+            return Err(foreign_run(&spec.run));
+        }
+        if writer {
+            repair_best(
+                ws,
+                &spec.run,
+                &st,
+                ema_bytes.as_deref().unwrap_or(&model_bytes),
+            )
+            .await?;
         }
         let within = |e: TrainError| e.within(&latest_key(&spec.run));
         learner = learner
@@ -405,6 +414,16 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
                 Ok::<_, TrainError>((next, out))
             })?;
             learner = next;
+            if !out.loss.is_finite() {
+                // Stopped before the step sampler or a checkpoint takes it in: the latest
+                // checkpoint stays the last finite state.
+                return Err(TrainError::Diverged(format!(
+                    "the training loss is {} at epoch {epoch}, batch {}: training diverged; \
+                     the latest checkpoint holds the last finite state (try a lower train.lr)",
+                    out.loss,
+                    b + 1
+                )));
+            }
             state.sampler.update(&ts, &out.weighted);
             epoch_loss += out.loss;
             progress(Progress::Batch);
@@ -447,23 +466,11 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
                 state.best_recall = recall;
                 state.best_epoch = epoch;
             }
-            if writer && state.best_epoch == epoch {
-                // The model that was evaluated: the average when there is one.
-                let live_bytes;
-                let evaluated: &[u8] = match &avg_bytes {
-                    Some(b) => b,
-                    None => {
-                        live_bytes = learner.model_bytes()?;
-                        &live_bytes
-                    }
-                };
-                ws.put_atomic(&best_key(&spec.run), encode(&state, evaluated, &[], None)?)
-                    .await?;
-            }
             progress(Progress::Evaluated {
                 epoch,
-                valid_recall20: valid.get(&select_key).copied().unwrap_or(0.0),
-                test_recall20: test.get(&select_key).copied().unwrap_or(0.0),
+                select_k,
+                valid_recall: valid.get(&select_key).copied().unwrap_or(0.0),
+                test_recall: test.get(&select_key).copied().unwrap_or(0.0),
                 best_epoch: state.best_epoch,
             });
             state.evaluations.push(Evaluation {
@@ -479,16 +486,27 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
             }
         }
         if writer {
+            // `latest` first, then `best`: a crash between the two leaves a `latest` whose
+            // best epoch is its own epoch, and the resume rebuilds `best` from it
+            // (`repair_best`). The other order could leave a `best` that no recorded
+            // evaluation selected.
+            let model_bytes = learner.model_bytes()?;
             ws.put_atomic(
                 &latest_key(&spec.run),
                 encode(
                     &state,
-                    &learner.model_bytes()?,
+                    &model_bytes,
                     &learner.optim_bytes()?,
                     avg_bytes.as_deref(),
                 )?,
             )
             .await?;
+            if state.best_epoch == epoch {
+                // The model that was evaluated: the average when there is one.
+                let evaluated = avg_bytes.as_deref().unwrap_or(&model_bytes);
+                ws.put_atomic(&best_key(&spec.run), encode(&state, evaluated, &[], None)?)
+                    .await?;
+            }
         }
         epoch += 1;
     }
@@ -499,6 +517,69 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
         ws.put_json(&summary_key(&spec.run), &summary).await?;
     }
     Ok(summary)
+}
+
+fn foreign_run(run: &str) -> TrainError {
+    TrainError::Input(format!(
+        "{} holds a run trained with another configuration or data; rerun with --force to \
+         start over, or use another pipeline name",
+        latest_key(run)
+    ))
+}
+
+/// Refuses early what [`train`] would refuse on reading the run's latest checkpoint: one
+/// written with another `fingerprint`. Reads only the checkpoint's head, so a stage can check
+/// before it changes anything in the workspace. No checkpoint: nothing to resume, `Ok`.
+pub async fn check_resumable(
+    ws: &Workspace,
+    run: &str,
+    fingerprint: &str,
+) -> Result<(), TrainError> {
+    match read_state(ws, &latest_key(run)).await? {
+        Some(state) if state.fingerprint != fingerprint => Err(foreign_run(run)),
+        _ => Ok(()),
+    }
+}
+
+/// The training state of the checkpoint at `key` (its head only), `None` when there is none.
+async fn read_state(ws: &Workspace, key: &str) -> Result<Option<TrainState>, TrainError> {
+    let within = |e: TrainError| match e {
+        TrainError::Checkpoint(why) => TrainError::Checkpoint(format!("{key}: {why}")),
+        other => other,
+    };
+    let Some(head) = ws.get_prefix(key, STATE_AT as u64).await? else {
+        return Ok(None);
+    };
+    let end = state_range(&head).map_err(within)?.end;
+    let head = ws.get_prefix(key, end as u64).await?.unwrap_or_default();
+    decode_state(&head).map(Some).map_err(within)
+}
+
+/// Rebuilds `best.ckpt` from the latest checkpoint when a run was killed between writing the
+/// two in the epoch that set its best (`latest` is written first, so then its best epoch is its
+/// own epoch and `evaluated` is the model that evaluation chose). Only then can they disagree.
+async fn repair_best(
+    ws: &Workspace,
+    run: &str,
+    latest: &TrainState,
+    evaluated: &[u8],
+) -> Result<(), TrainError> {
+    if latest.best_epoch == 0 || latest.best_epoch != latest.epoch {
+        return Ok(());
+    }
+    let key = best_key(run);
+    // A damaged `best` is rebuilt like a missing one.
+    let held = read_state(ws, &key).await.ok().flatten().map(|s| s.epoch);
+    if held != Some(latest.best_epoch) {
+        tracing::warn!(
+            best_epoch = latest.best_epoch,
+            held = ?held,
+            "train: the run stopped before {key} was written; rebuilding it from the latest checkpoint"
+        );
+        ws.put_atomic(&key, encode(latest, evaluated, &[], None)?)
+            .await?;
+    }
+    Ok(())
 }
 
 fn summarise(spec: &RunSpec, state: &TrainState, params: usize) -> Summary {
