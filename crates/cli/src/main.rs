@@ -261,6 +261,10 @@ async fn dispatch(command: Command) -> Result<()> {
                 false_positive_rate,
                 seed,
             };
+            if let Some((field, why)) = spec.check() {
+                let flag = field.replace('_', "-");
+                return Err(usage::UsageError(format!("--{flag} {why}")).into());
+            }
             let file = std::fs::File::create(&out)
                 .with_context(|| format!("creating {}", out.display()))?;
             let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
@@ -287,8 +291,9 @@ async fn dispatch(command: Command) -> Result<()> {
             .await
         }
         Command::Orchestrator { bind } => {
-            let port = diffrec_trainer::config::host_port(&bind)
-                .with_context(|| format!("--bind: expected HOST:PORT, got {bind:?}"))?;
+            let port = diffrec_trainer::config::host_port(&bind).ok_or_else(|| {
+                usage::UsageError(format!("--bind: expected HOST:PORT, got {bind:?}"))
+            })?;
             tracing::info!(
                 port,
                 "orchestrator: serving (burn-collective, all interfaces)"

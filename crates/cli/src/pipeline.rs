@@ -136,13 +136,17 @@ pub fn from_yaml(
         })?;
     }
     if let Some(ws) = workspace {
-        apply_set(&mut value, &format!("workspace={ws}")).map_err(|message| {
-            PipelineError::Set {
-                path: shown.to_owned(),
-                arg: format!("--workspace {ws}"),
-                message,
-            }
+        // Taken as it is, not parsed as YAML: `2024` stays a folder name and `out #2` keeps
+        // its `#2`.
+        let map = value.as_mapping_mut().ok_or_else(|| PipelineError::Key {
+            path: shown.to_owned(),
+            key: "(top level)".into(),
+            message: "a pipeline is a mapping of sections".into(),
         })?;
+        map.insert(
+            Value::String("workspace".into()),
+            Value::String(ws.to_owned()),
+        );
     }
     let pipeline: Pipeline = serde_path_to_error::deserialize(value).map_err(|e| {
         let key = e.path().to_string();
@@ -283,6 +287,16 @@ mod tests {
         assert_eq!(l.pipeline.data.temporal.unwrap().w_min, 0.3);
     }
 
+    /// `--workspace` is a path or URL as typed, never parsed as YAML.
+    #[test]
+    fn workspace_flag_is_taken_verbatim() {
+        for ws in ["2024", "out #2", "@tmp", "[a]", "true"] {
+            let l = from_yaml(MINI, "p.yaml", ".".into(), &[], Some(ws))
+                .unwrap_or_else(|e| panic!("{ws}: {e}"));
+            assert_eq!(l.pipeline.workspace.as_deref(), Some(ws));
+        }
+    }
+
     #[test]
     fn typos_are_refused_by_name_before_work() {
         let e = load_str(&format!("{MINI}train:\n  sed: 3\n"), &[])
@@ -302,6 +316,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`data.split.ratios`"), "{e}");
+        let e = load_str(MINI, &["data.split.ratios=[0, 0.8, 0.2]"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`data.split.ratios`") && e.contains("train share"),
+            "{e}"
+        );
         let e = load_str(MINI, &["model.variant=t-diffrec"])
             .unwrap_err()
             .to_string();

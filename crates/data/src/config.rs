@@ -120,7 +120,7 @@ pub struct SplitConfig {
     /// `predefined` for `diffrec-npy` sources, `per_user_ratio` otherwise.
     #[serde(default)]
     pub method: Option<SplitMethod>,
-    /// `data.split.ratios`: train/valid/test shares, summing to 1. Default `[0.7, 0.2, 0.1]`.
+    /// `data.split.ratios`: train/valid/test shares, summing to 1, train > 0. Default `[0.7, 0.2, 0.1]`.
     #[serde(default = "default_ratios")]
     pub ratios: [f64; 3],
 }
@@ -235,6 +235,12 @@ impl DataConfig {
             return Err(DataError::config(
                 "data.split.ratios",
                 format!("every ratio must be a finite number ≥ 0, got {r:?}"),
+            ));
+        }
+        if r[0] == 0.0 {
+            return Err(DataError::config(
+                "data.split.ratios",
+                format!("the train share must be > 0 (training needs rows), got {r:?}"),
             ));
         }
         let sum: f64 = r.iter().sum();

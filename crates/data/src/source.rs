@@ -284,6 +284,11 @@ fn wanted_columns(cfg: &DataConfig) -> Vec<(&'static str, String)> {
 
 fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
     let sep = cfg.source.delimiter as u8;
+    // A UTF-8 byte-order mark (spreadsheet "CSV UTF-8" exports) is not part of the first name.
+    let bytes = match bytes.strip_prefix(b"\xEF\xBB\xBF") {
+        Some(_) => bytes.slice(3..),
+        None => bytes,
+    };
     // Check the header ourselves so a missing column is named with the ones that exist.
     let first_line = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
     let header: Vec<String> = String::from_utf8_lossy(first_line)

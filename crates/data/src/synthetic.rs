@@ -38,6 +38,33 @@ impl Default for SyntheticSpec {
     }
 }
 
+impl SyntheticSpec {
+    /// The first field that cannot make a log, with why: `(field, message)`.
+    pub fn check(&self) -> Option<(&'static str, String)> {
+        for (field, n) in [
+            ("users", self.users),
+            ("items", self.items),
+            ("clusters", self.clusters),
+        ] {
+            if n == 0 {
+                return Some((field, "must be ≥ 1".into()));
+            }
+        }
+        let m = self.mean_interactions;
+        if !(m.is_finite() && m >= 0.0) {
+            return Some((
+                "mean_interactions",
+                format!("must be a finite number ≥ 0, got {m}"),
+            ));
+        }
+        let f = self.false_positive_rate;
+        if !(0.0..=1.0).contains(&f) {
+            return Some(("false_positive_rate", format!("must be in [0, 1], got {f}")));
+        }
+        None
+    }
+}
+
 /// Samples items of one group by popularity.
 struct Group {
     items: Vec<u32>,
@@ -163,6 +190,50 @@ pub fn write_csv(spec: &SyntheticSpec, out: &mut impl Write) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn specs_that_cannot_make_a_log_name_their_field() {
+        assert_eq!(SyntheticSpec::default().check(), None);
+        for (spec, field) in [
+            (
+                SyntheticSpec {
+                    users: 0,
+                    ..Default::default()
+                },
+                "users",
+            ),
+            (
+                SyntheticSpec {
+                    clusters: 0,
+                    ..Default::default()
+                },
+                "clusters",
+            ),
+            (
+                SyntheticSpec {
+                    mean_interactions: f64::INFINITY,
+                    ..Default::default()
+                },
+                "mean_interactions",
+            ),
+            (
+                SyntheticSpec {
+                    false_positive_rate: 3.0,
+                    ..Default::default()
+                },
+                "false_positive_rate",
+            ),
+            (
+                SyntheticSpec {
+                    false_positive_rate: -0.1,
+                    ..Default::default()
+                },
+                "false_positive_rate",
+            ),
+        ] {
+            assert_eq!(spec.check().map(|(f, _)| f), Some(field), "{spec:?}");
+        }
+    }
 
     #[test]
     fn is_seeded_and_shaped() {

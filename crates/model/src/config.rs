@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::schedule::{DiffusionSchedule, ScheduleError};
+
 /// A configuration value is invalid; `key` is the dotted pipeline key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid config `{key}`: {message}")]
@@ -367,6 +369,61 @@ impl ModelConfig {
             .unwrap_or(!self.variant.is_latent())
     }
 
+    /// Builds the noise schedule as training will, so that settings giving a β outside (0, 1]
+    /// fail at load, naming the key to change, not when the train stage starts.
+    fn check_schedule(&self) -> Result<(), ConfigError> {
+        let d = &self.diffusion;
+        let beta_fixed = self.beta_fixed();
+        let Err(ScheduleError::BadBeta { t, beta }) = DiffusionSchedule::new(
+            d.schedule,
+            d.steps,
+            d.noise_scale,
+            d.noise_min,
+            d.noise_max,
+            beta_fixed,
+        ) else {
+            return Ok(());
+        };
+        let linear = matches!(d.schedule, Schedule::Linear | Schedule::LinearVar);
+        let (key, why) = if linear && d.noise_scale == 0.0 {
+            (
+                "model.diffusion.noise_scale",
+                "must be > 0 with this schedule (there is no diffusion without noise)".to_owned(),
+            )
+        } else if linear && d.noise_scale * d.noise_max >= 1.0 {
+            (
+                "model.diffusion.noise_scale",
+                format!(
+                    "noise_scale × noise_max must be < 1, got {} × {}",
+                    d.noise_scale, d.noise_max
+                ),
+            )
+        } else if d.schedule == Schedule::LinearVar && d.noise_min == d.noise_max {
+            (
+                "model.diffusion.noise_max",
+                format!(
+                    "must be more than noise_min ({}) with the linear-var schedule: equal \
+                     values make every β after the first 0",
+                    d.noise_min
+                ),
+            )
+        } else if linear && t == 0 && d.noise_min == 0.0 {
+            (
+                "model.diffusion.noise_min",
+                "must be > 0 here: β₀ = noise_scale × noise_min, and beta_fixed is off \
+                 (L-DiffRec's default)"
+                    .to_owned(),
+            )
+        } else {
+            ("model.diffusion.schedule", String::new())
+        };
+        let sep = if why.is_empty() { "" } else { ": " };
+        Err(err(
+            key,
+            format!("the noise schedule would have beta[{t}] = {beta}, outside (0, 1]{sep}{why}"),
+        ))
+    }
+
     /// Checks every value once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let d = &self.diffusion;
@@ -406,6 +463,7 @@ impl ModelConfig {
                 "needs noise_scale > 0 (there is no SNR without noise)",
             ));
         }
+        self.check_schedule()?;
         let n = &self.denoiser;
         if n.dims.is_empty() || n.dims.contains(&0) {
             return Err(err(
@@ -512,6 +570,47 @@ mod tests {
         assert!(serde_json::from_str::<ModelConfig>(r#"{"variant": "x-diffrec"}"#).is_err());
         let c: ModelConfig = serde_json::from_str(r#"{"autoencoder": {"lambda": -1}}"#).unwrap();
         assert_eq!(c.validate().unwrap_err().key, "model.autoencoder.lambda");
+    }
+
+    /// Settings whose schedule has a β outside (0, 1] fail at load, naming the key that
+    /// makes it so; each passes with that one value changed.
+    #[test]
+    fn schedules_with_a_bad_beta_name_their_cause() {
+        for (json, key, fixed) in [
+            // linear-var with min = max: β_t = 0 for t ≥ 1.
+            (
+                r#"{"diffusion": {"noise_min": 0.01, "noise_max": 0.01}}"#,
+                "model.diffusion.noise_max",
+                r#"{"diffusion": {"noise_min": 0.01, "noise_max": 0.02}}"#,
+            ),
+            // linear with s·max > 1: the last β is above 1.
+            (
+                r#"{"diffusion": {"schedule": "linear", "noise_scale": 2, "noise_max": 0.6}}"#,
+                "model.diffusion.noise_scale",
+                r#"{"diffusion": {"schedule": "linear", "noise_scale": 1.5, "noise_max": 0.6}}"#,
+            ),
+            // L-DiffRec (beta_fixed off) with min 0: β₀ = 0.
+            (
+                r#"{"variant": "l-diffrec", "diffusion": {"noise_min": 0}}"#,
+                "model.diffusion.noise_min",
+                r#"{"variant": "l-diffrec", "diffusion": {"noise_min": 0.0001}}"#,
+            ),
+            (
+                r#"{"diffusion": {"noise_scale": 0, "reweight": false}}"#,
+                "model.diffusion.noise_scale",
+                r#"{"diffusion": {"noise_scale": 0.1, "reweight": false}}"#,
+            ),
+        ] {
+            let c: ModelConfig = serde_json::from_str(json).unwrap();
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.key, key, "{json}: {e}");
+            assert!(e.to_string().contains("outside (0, 1]"), "{e}");
+            let c: ModelConfig = serde_json::from_str(fixed).unwrap();
+            c.validate().unwrap_or_else(|e| panic!("{fixed}: {e}"));
+        }
+        // DiffRec's beta_fixed sets β₀ = 1e-5 whatever noise_min says.
+        let c: ModelConfig = serde_json::from_str(r#"{"diffusion": {"noise_min": 0}}"#).unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

@@ -308,6 +308,19 @@ impl TrainConfig {
                 return Err(err(key, "must be ≥ 1"));
             }
         }
+        // A run meant to evaluate (eval_every ≤ epochs) must reach its first evaluation:
+        // training stops at the start of epoch best_epoch + patience, best_epoch 0 until then.
+        if self.eval_every <= self.epochs && self.patience <= self.eval_every {
+            return Err(err(
+                "train.patience",
+                format!(
+                    "must be more than train.eval_every ({}), got {}: the first evaluation is \
+                     after epoch {}, and training stops at the start of epoch best epoch + \
+                     patience (the best epoch is 0 until an evaluation)",
+                    self.eval_every, self.patience, self.eval_every
+                ),
+            ));
+        }
         for (key, v) in [("train.lr", self.lr), ("train.ae_lr", self.ae_lr)] {
             if !(v.is_finite() && v > 0.0) {
                 return Err(err(key, format!("must be > 0, got {v}")));
@@ -441,6 +454,14 @@ mod tests {
         assert_eq!(t.validate().unwrap_err().key, "train.node_address");
         let t: TrainConfig = serde_json::from_str(r#"{"nodes": 2, "node_rank": 2}"#).unwrap();
         assert_eq!(t.validate().unwrap_err().key, "train.node_rank");
+        // Patience must outlast the first evaluation, unless the run evaluates nothing.
+        let t: TrainConfig = serde_json::from_str(r#"{"patience": 5}"#).unwrap();
+        assert_eq!(t.validate().unwrap_err().key, "train.patience");
+        let t: TrainConfig = serde_json::from_str(r#"{"patience": 6}"#).unwrap();
+        t.validate().unwrap();
+        let t: TrainConfig =
+            serde_json::from_str(r#"{"epochs": 3, "eval_every": 5, "patience": 2}"#).unwrap();
+        t.validate().unwrap();
         let t: TrainConfig = serde_json::from_str(r#"{"ema_decay": 1.0}"#).unwrap();
         assert_eq!(t.validate().unwrap_err().key, "train.ema_decay");
         let t: TrainConfig = serde_json::from_str(r#"{"ema_decay": 0.99}"#).unwrap();
