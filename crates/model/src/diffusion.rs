@@ -391,42 +391,115 @@ mod tests {
 
     #[test]
     fn loss_is_the_weighted_mse_over_pt() {
-        // With dropout 0 and a fixed model, recompute the loss by hand from the model output.
-        let d = diffusion(MeanType::X0);
-        let dev = Default::default();
+        // The loss recomputed on the host from spec §2.5: x_t from the schedule's arrays (checked
+        // against the spec's vectors) and the same ε (the first draw after reseeding), the
+        // denoiser's output on it, the per-row squared error against the target (x0, or ε
+        // with the x0 error halved at t = 0 under reweighting), w_t, and 1/(p_t·T). Dropout 0.
         type AB = Autodiff<B>;
-        AB::seed(&dev, 5);
-        let cfg = DenoiserConfig {
-            dims: vec![4],
-            dropout: 0.0,
-            ..DenoiserConfig::default()
-        };
-        let m = Denoiser::<AB>::new(6, &cfg, InitScheme::DiffRec, &dev);
-        let x0 = Tensor::<AB, 2>::from_data(
-            TensorData::new(
-                vec![1.0f32, 0., 0., 1., 0., 1., 0., 1., 1., 0., 0., 0.],
-                [2, 6],
-            ),
-            &dev,
-        );
-        let ts = [1usize, 3];
-        let pts = [0.5, 2.0];
-        let out = d.training_loss(&m, x0, &ts, &pts);
-        let w1 = d.schedule.loss_weight(1, MeanType::X0, true);
-        let w3 = d.schedule.loss_weight(3, MeanType::X0, true);
-        let mse1 = out.weighted[0] / w1;
-        let mse3 = out.weighted[1] / w3;
-        assert!(mse1 > 0.0 && mse3 > 0.0);
-        let want = (w1 * mse1 / 0.5 + w3 * mse3 / 2.0) / 2.0;
-        let got = out.loss.clone().into_scalar().elem::<f64>();
-        assert!((got - want).abs() / want < 1e-5, "{got} vs {want}");
-        // The loss is differentiable: every parameter tensor gets a gradient.
-        let grads = burn::optim::GradientsParams::from_grads(out.loss.backward(), &m);
-        assert_eq!(
-            grads.len(),
-            6,
-            "emb, one input and one output layer: 3 × (weight, bias)"
-        );
+        let dev = Default::default();
+        let (rows, cols) = (3, 6);
+        let x0: Vec<f32> = vec![
+            1., 0., 0., 1., 0., 1., //
+            0., 1., 1., 0., 0., 0., //
+            1., 1., 0., 0., 1., 0.,
+        ];
+        let ts = [1usize, 3, 0];
+        let pts = [0.5, 2.0, 1.25];
+        for mean_type in [MeanType::X0, MeanType::Eps] {
+            let d = diffusion(mean_type);
+            AB::seed(&dev, 5);
+            let cfg = DenoiserConfig {
+                dims: vec![4],
+                dropout: 0.0,
+                ..DenoiserConfig::default()
+            };
+            let m = Denoiser::<AB>::new(cols, &cfg, InitScheme::DiffRec, &dev);
+            let tensor =
+                |v: Vec<f32>| Tensor::<AB, 2>::from_data(TensorData::new(v, [rows, cols]), &dev);
+            crate::noise::reseed(9, 0);
+            let eps: Vec<f32> = crate::noise::standard_normal::<AB>(rows, cols, &dev)
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .unwrap();
+            let s = &d.schedule;
+            let x_t: Vec<f32> = (0..rows * cols)
+                .map(|i| {
+                    let t = ts[i / cols];
+                    (s.sqrt_alphas_cumprod[t] * x0[i] as f64
+                        + s.sqrt_one_minus_alphas_cumprod[t] * eps[i] as f64)
+                        as f32
+                })
+                .collect();
+            let emb = Tensor::<AB, 2>::from_data(
+                TensorData::new(timestep_embedding(&ts, m.time_emb()), [rows, m.time_emb()]),
+                &dev,
+            );
+            let out: Vec<f32> = m
+                .forward(tensor(x_t.clone()), emb)
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .unwrap();
+            let mut want_weighted = Vec::new();
+            let mut want_loss = 0.0;
+            for r in 0..rows {
+                let t = ts[r];
+                let sq = |f: &dyn Fn(usize) -> f64| -> f64 {
+                    (r * cols..(r + 1) * cols)
+                        .map(|i| f(i).powi(2))
+                        .sum::<f64>()
+                        / cols as f64
+                };
+                let mse = match mean_type {
+                    MeanType::X0 => sq(&|i| x0[i] as f64 - out[i] as f64),
+                    MeanType::Eps if t == 0 => {
+                        sq(&|i| {
+                            let x0_hat = s.sqrt_recip_alphas_cumprod[t] * x_t[i] as f64
+                                - s.sqrt_recipm1_alphas_cumprod[t] * out[i] as f64;
+                            x0[i] as f64 - x0_hat
+                        }) / 2.0
+                    }
+                    MeanType::Eps => sq(&|i| eps[i] as f64 - out[i] as f64),
+                };
+                // Spec §2.5: 1 at t = 0; SNR_{t−1} − SNR_t (x0, no ½) or
+                // (1 − ᾱ_t)/((1 − ᾱ_{t−1})²·(1 − β_t)) (ε) after.
+                let w = if t == 0 {
+                    1.0
+                } else {
+                    let ac = &s.alphas_cumprod;
+                    let snr = |k: usize| ac[k] / (1.0 - ac[k]);
+                    match mean_type {
+                        MeanType::X0 => snr(t - 1) - snr(t),
+                        MeanType::Eps => {
+                            (1.0 - ac[t]) / ((1.0 - ac[t - 1]).powi(2) * (1.0 - s.betas[t]))
+                        }
+                    }
+                };
+                want_weighted.push(w * mse);
+                want_loss += w * mse / pts[r] / rows as f64;
+            }
+            crate::noise::reseed(9, 0);
+            let got = d.training_loss(&m, tensor(x0.clone()), &ts, &pts);
+            for (r, (g, w)) in got.weighted.iter().zip(&want_weighted).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs(),
+                    "{mean_type:?} row {r}: weighted {g} vs {w}"
+                );
+            }
+            let loss = got.loss.clone().into_scalar().elem::<f64>();
+            assert!(
+                (loss - want_loss).abs() <= 1e-5 * want_loss,
+                "{mean_type:?}: {loss} vs {want_loss}"
+            );
+            // The loss is differentiable: every parameter tensor gets a gradient.
+            let grads = burn::optim::GradientsParams::from_grads(got.loss.backward(), &m);
+            assert_eq!(
+                grads.len(),
+                6,
+                "emb, one input and one output layer: 3 × (weight, bias)"
+            );
+        }
     }
 
     #[test]
@@ -480,31 +553,67 @@ mod tests {
     }
 
     #[test]
-    fn reverse_pass_with_an_identity_like_model_returns_its_last_output() {
-        // p_sample returns the model's x̂0 at t = 0: check shape and that it is deterministic.
-        let d = diffusion(MeanType::X0);
+    fn reverse_pass_is_the_posterior_mean_chain() {
+        // Spec §2.6 by hand on the host, T' = 0 and no noise: from x = x0, for t = T−1 … 0,
+        // x̂0 = the output (x0) or √(1/ᾱ_t)·x − √(1/ᾱ_t − 1)·ε̂ (ε), then
+        // x = coef1_t·x̂0 + coef2_t·x; the result is x after t = 0. Against `p_sample`, which
+        // may take the folded pass: the same up to float rounding.
         let dev = Default::default();
-        B::seed(&dev, 1);
-        let cfg = DenoiserConfig {
-            dims: vec![4],
-            ..DenoiserConfig::default()
-        };
-        let m = Denoiser::<B>::new(6, &cfg, InitScheme::DiffRec, &dev);
-        let x0 = Tensor::<B, 2>::ones([3, 6], &dev);
-        let a = d
-            .p_sample(&m, x0.clone())
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .unwrap();
-        let b = d
-            .p_sample(&m, x0)
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .unwrap();
-        assert_eq!(a.len(), 18);
-        assert_eq!(a, b, "T' = 0 without sampling noise is deterministic");
+        let (rows, cols) = (3, 6);
+        for mean_type in [MeanType::X0, MeanType::Eps] {
+            let d = diffusion(mean_type);
+            B::seed(&dev, 1);
+            let cfg = DenoiserConfig {
+                dims: vec![4],
+                ..DenoiserConfig::default()
+            };
+            let m = Denoiser::<B>::new(cols, &cfg, InitScheme::DiffRec, &dev);
+            let x0: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 5) % 7) as f32 / 6.0)
+                .collect();
+            let s = &d.schedule;
+            let mut x: Vec<f64> = x0.iter().map(|&v| v as f64).collect();
+            for t in (0..d.steps()).rev() {
+                let input: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+                let emb = Tensor::<B, 2>::from_data(
+                    TensorData::new(
+                        timestep_embedding(&vec![t; rows], m.time_emb()),
+                        [rows, m.time_emb()],
+                    ),
+                    &dev,
+                );
+                let out = host(m.forward(
+                    Tensor::from_data(TensorData::new(input, [rows, cols]), &dev),
+                    emb,
+                ));
+                x = x
+                    .iter()
+                    .zip(&out)
+                    .map(|(&xt, &o)| {
+                        let x0_hat = match mean_type {
+                            MeanType::X0 => o as f64,
+                            MeanType::Eps => {
+                                s.sqrt_recip_alphas_cumprod[t] * xt
+                                    - s.sqrt_recipm1_alphas_cumprod[t] * o as f64
+                            }
+                        };
+                        s.posterior_mean_coef1[t] * x0_hat + s.posterior_mean_coef2[t] * xt
+                    })
+                    .collect();
+            }
+            let got = host(d.p_sample(
+                &m,
+                Tensor::from_data(TensorData::new(x0.clone(), [rows, cols]), &dev),
+            ));
+            let scale = x.iter().fold(0f64, |a, v| a.max(v.abs()));
+            assert!(scale > 1e-3, "{mean_type:?}: degenerate output");
+            for (k, (g, w)) in got.iter().zip(&x).enumerate() {
+                assert!(
+                    (*g as f64 - w).abs() <= 1e-5 * scale.max(1.0),
+                    "{mean_type:?} entry {k}: p_sample {g} vs by hand {w}"
+                );
+            }
+        }
     }
 
     fn host(t: Tensor<B, 2>) -> Vec<f32> {
