@@ -748,13 +748,13 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
     let checkpoints = b.join("runs/r/checkpoints");
     std::fs::create_dir_all(&checkpoints).unwrap();
     std::fs::write(
-        checkpoints.join("latest.ckpt.tmp-1-00000000000000ff"),
+        checkpoints.join("latest.ckpt.tmp-99999999-00000000000000ff"),
         b"half",
     )
     .unwrap();
     // And object_store's own staging file of such a temporary (`…#N`), hidden from listings.
     std::fs::write(
-        checkpoints.join("latest.ckpt.tmp-1-00000000000000fe#1"),
+        checkpoints.join("latest.ckpt.tmp-99999999-00000000000000fe#1"),
         b"half",
     )
     .unwrap();

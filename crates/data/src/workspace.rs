@@ -334,6 +334,11 @@ impl Workspace {
     /// workspace this includes object_store's staging files of such keys (`<key>#<n>`, left by
     /// a process killed in mid-write; hidden from listings and unreachable through the store).
     async fn delete_where(&self, prefix: &str, pick: impl Fn(&str) -> bool) -> Result<usize> {
+        // In a local workspace the writer of a temporary is a process on this machine: one
+        // that is still running may be writing it now (two stages started at once), and
+        // removing its temporary or staging file would fail its write. Left for a later clean.
+        let local = self.local_root.is_some();
+        let pick = |key: &str| pick(key) && !(local && writer_is_running(key));
         let mut n = 0;
         for key in self.list(prefix).await? {
             if pick(&key) {
@@ -414,6 +419,19 @@ fn staging_files(
     Ok(found)
 }
 
+/// Whether the process that named temporary `key` (`….tmp-<pid>-<nonce>`, [`Workspace::temp_key`])
+/// is another process running on this machine now. Linux only (`/proc`); elsewhere, or for a
+/// name without a pid, false.
+fn writer_is_running(key: &str) -> bool {
+    let Some((_, rest)) = key.rsplit_once(TMP_MARKER) else {
+        return false;
+    };
+    let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+        return false;
+    };
+    pid != std::process::id() && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Whether a key is a temporary (incomplete) write.
 pub fn is_temporary_key(key: &str) -> bool {
     key.contains(TMP_MARKER)
@@ -448,19 +466,52 @@ mod tests {
     async fn temporaries_are_cleaned() {
         let dir = std::env::temp_dir().join(format!("diffrec-ws-{}", rand::random::<u32>()));
         let ws = Workspace::open(dir.to_str().unwrap()).unwrap();
-        ws.put_atomic("data/x.tmp-1-2", &b"half"[..]).await.unwrap();
+        ws.put_atomic("data/x.tmp-99999901-2", &b"half"[..])
+            .await
+            .unwrap();
         ws.put_atomic("data/x", &b"whole"[..]).await.unwrap();
         assert_eq!(ws.clean_temporaries("data").await.unwrap(), 1);
         assert_eq!(ws.list("data").await.unwrap(), vec!["data/x"]);
         // Only `data/x`'s own temporaries: not another key's, not a key that merely starts
         // with the same letters.
-        for k in ["data/x.tmp-3-4", "data/xy.tmp-5-6", "data/y.tmp-7-8"] {
+        for k in [
+            "data/x.tmp-99999903-4",
+            "data/xy.tmp-99999905-6",
+            "data/y.tmp-99999907-8",
+        ] {
             ws.put_atomic(k, &b"half"[..]).await.unwrap();
         }
         assert_eq!(ws.clean_temporaries_of("data/x").await.unwrap(), 1);
         let mut left = ws.list("data").await.unwrap();
         left.sort();
-        assert_eq!(left, vec!["data/x", "data/xy.tmp-5-6", "data/y.tmp-7-8"]);
+        assert_eq!(
+            left,
+            vec!["data/x", "data/xy.tmp-99999905-6", "data/y.tmp-99999907-8"]
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A temporary whose writer is still running (here: this test's parent, a process that
+    /// surely runs) is another process's write in progress: cleaning leaves it; our own and
+    /// those of ended processes go.
+    #[tokio::test]
+    async fn temporaries_of_running_writers_are_left() {
+        let dir = std::env::temp_dir().join(format!("diffrec-ws-{}", rand::random::<u32>()));
+        let ws = Workspace::open(dir.to_str().unwrap()).unwrap();
+        let parent = std::os::unix::process::parent_id();
+        let me = std::process::id();
+        for k in [
+            format!("data/x.tmp-{parent}-1"),
+            format!("data/x.tmp-{me}-2"),
+            "data/x.tmp-99999999-3".to_owned(),
+        ] {
+            ws.put_atomic(&k, &b"half"[..]).await.unwrap();
+        }
+        assert_eq!(ws.clean_temporaries("data").await.unwrap(), 2);
+        assert_eq!(
+            ws.list("data").await.unwrap(),
+            vec![format!("data/x.tmp-{parent}-1")]
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -476,16 +527,16 @@ mod tests {
             .unwrap();
         let ckpt = dir.join("runs/r/checkpoints");
         let files = [
-            "latest.ckpt.tmp-11-ab#1", // a killed write of latest.ckpt
-            "latest.ckpt.tmp-12-cd#2", // another one
-            "best.ckpt.tmp-13-ef#1",   // another key's
-            "notes#1",                 // not a temporary's: kept
+            "latest.ckpt.tmp-99999911-ab#1", // a killed write of latest.ckpt
+            "latest.ckpt.tmp-99999912-cd#2", // another one
+            "best.ckpt.tmp-99999913-ef#1",   // another key's
+            "notes#1",                       // not a temporary's: kept
         ];
         for f in files {
             std::fs::write(ckpt.join(f), b"half").unwrap();
         }
         std::fs::create_dir_all(dir.join("runs/other")).unwrap();
-        std::fs::write(dir.join("runs/other/m.json.tmp-1-2#1"), b"half").unwrap();
+        std::fs::write(dir.join("runs/other/m.json.tmp-99999901-2#1"), b"half").unwrap();
         let on_disk = |d: &std::path::Path| {
             let mut v: Vec<String> = std::fs::read_dir(d)
                 .unwrap()
@@ -503,12 +554,15 @@ mod tests {
         );
         assert_eq!(
             on_disk(&ckpt),
-            vec!["best.ckpt.tmp-13-ef#1", "latest.ckpt", "notes#1"]
+            vec!["best.ckpt.tmp-99999913-ef#1", "latest.ckpt", "notes#1"]
         );
         // A folder's: every temporary's below it, not outside it.
         assert_eq!(ws.clean_temporaries("runs/r").await.unwrap(), 1);
         assert_eq!(on_disk(&ckpt), vec!["latest.ckpt", "notes#1"]);
-        assert_eq!(on_disk(&dir.join("runs/other")), vec!["m.json.tmp-1-2#1"]);
+        assert_eq!(
+            on_disk(&dir.join("runs/other")),
+            vec!["m.json.tmp-99999901-2#1"]
+        );
         assert_eq!(
             &ws.get("runs/r/checkpoints/latest.ckpt").await.unwrap()[..],
             b"whole"
