@@ -651,6 +651,16 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
         let out = train(p, &[]);
         assert!(out.status.success(), "{}", text(&out));
     }
+    // A finished run asked to go on with another trajectory setting is refused, naming the
+    // way out, and stays finished: its manifest is still there for evaluate and recommend.
+    let out = train(&ours, &["--set", "train.lr=0.01"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("another configuration") && t.contains("--force"),
+        "{t}"
+    );
+    assert!(ws.join("runs/r/_manifest.json").exists(), "{t}");
     // Put the other run's model record into our latest checkpoint, keeping our state (and so
     // our fingerprint) and optimizer.
     use diffrec_trainer::checkpoint::{decode, encode};

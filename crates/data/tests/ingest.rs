@@ -552,3 +552,55 @@ async fn natural_noise_keeps_low_ratings_out_of_test() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A spreadsheet's "CSV UTF-8" export starts with a byte-order mark: the first column is still
+/// found by its name, and the artifacts are those of the same file without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_byte_order_mark_is_not_part_of_the_header() {
+    let dir = tmpdir("bom");
+    let body = "user_id,item_id,timestamp\n1,a,1\n1,b,2\n2,a,3\n2,c,4\n";
+    std::fs::write(dir.join("plain.csv"), body).unwrap();
+    std::fs::write(dir.join("bom.csv"), format!("\u{feff}{body}")).unwrap();
+    let mut stats = Vec::new();
+    for name in ["plain.csv", "bom.csv"] {
+        let ws = Workspace::open(dir.join(format!("ws-{name}")).to_str().unwrap()).unwrap();
+        let c = cfg(serde_json::json!({
+            "source": {"format": "csv", "path": name},
+            "split": {"ratios": [1.0, 0.0, 0.0]}
+        }));
+        let r = run_ingest(&ws, &c, &dir, false).await.unwrap();
+        stats.push((r.stats.users, r.stats.items, r.stats.rows["train"]));
+        assert_eq!(strs(&read_back(&ws, USERS).await, "user_id"), ["1", "2"]);
+    }
+    assert_eq!(stats, [(2, 3, 4), (2, 3, 4)]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// An ingest that fails on its data (here a k-core that removes every row) leaves the
+/// earlier, complete outputs vouched for by their manifest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_reingest_keeps_the_earlier_outputs() {
+    let dir = tmpdir("reingest");
+    std::fs::write(dir.join("log.csv"), CSV).unwrap();
+    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
+    let base = serde_json::json!({
+        "source": {"format": "csv", "path": "log.csv",
+                   "columns": {"user": "user", "item": "item", "timestamp": "ts", "rating": "stars"}}
+    });
+    run_ingest(&ws, &cfg(base.clone()), &dir, false)
+        .await
+        .unwrap();
+    let manifest = ws.get("data/_manifest.json").await.unwrap();
+    let mut strict = base;
+    strict["k_core"] = serde_json::json!(50);
+    let e = run_ingest(&ws, &cfg(strict), &dir, false)
+        .await
+        .unwrap_err();
+    assert!(e.is_input(), "{e}");
+    assert_eq!(
+        ws.get("data/_manifest.json").await.unwrap(),
+        manifest,
+        "{e}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
