@@ -17,3 +17,27 @@ pub fn build_global_pool() -> Option<usize> {
         .ok()
         .map(|()| rayon::current_num_threads())
 }
+
+#[cfg(test)]
+mod tests {
+    /// 6 MiB of stack frames on a pool thread: more than rayon's 2 MiB default would hold (a
+    /// stack overflow aborts the test binary), less than the 8 MiB given. The only test in
+    /// this binary that touches rayon, so the global pool is this one.
+    #[test]
+    fn pool_threads_have_the_main_threads_stack() {
+        fn deep(n: usize) -> u64 {
+            let frame = std::hint::black_box([n as u8; 64 << 10]);
+            if n == 0 {
+                return frame[0] as u64;
+            }
+            deep(n - 1) + frame[n % frame.len()] as u64
+        }
+        assert!(
+            super::build_global_pool().is_some(),
+            "something built the pool first"
+        );
+        let (sum, on_pool) = rayon::scope(|_| (deep(96), rayon::current_thread_index()));
+        assert!(on_pool.is_some(), "the recursion ran on a pool thread");
+        assert_eq!(sum, (0..=96u64).map(|n| n % 256).sum::<u64>());
+    }
+}

@@ -386,7 +386,8 @@ fn allocator_keeps_freed_memory_unless_the_operator_tuned_it() {
 }
 
 /// The binary builds rayon's global pool itself (src/threads.rs, 8 MiB stacks for the training
-/// steps that run there) and keeps rayon's thread count: `RAYON_NUM_THREADS` when set.
+/// steps that run there; the stack itself is tested in threads.rs) and keeps rayon's thread
+/// count: `RAYON_NUM_THREADS` when set.
 #[test]
 fn rayon_pool_is_built_at_start_with_rayons_thread_count() {
     for n in ["1", "3"] {
