@@ -333,6 +333,19 @@ mod tests {
         polyline[start..end].split_whitespace().count()
     }
 
+    /// A polyline's vertices as (x, y) in SVG coordinates (y grows downwards).
+    fn vertices(polyline: &str) -> Vec<(f64, f64)> {
+        let start = polyline.find("points=\"").expect("points attribute") + "points=\"".len();
+        let end = start + polyline[start..].find('"').expect("closing quote");
+        polyline[start..end]
+            .split_whitespace()
+            .map(|p| {
+                let (x, y) = p.split_once(',').expect("x,y");
+                (x.parse().unwrap(), y.parse().unwrap())
+            })
+            .collect()
+    }
+
     fn assert_valid_svg(svg: &str) {
         assert!(
             svg.starts_with("<svg"),
@@ -385,6 +398,25 @@ mod tests {
         let best = polylines(&svg, BEST_COLOR);
         assert_eq!(best.len(), 1);
         assert_eq!(vertex_count(best[0]), 2);
+
+        // Each series is drawn from its own values: loss 0.90 > 0.70 > 0.60 falls (its y
+        // grows); Recall 0.10, 0.18, 0.16 and NDCG 0.05, 0.09, 0.08 peak at epoch 2; Recall,
+        // above NDCG at every epoch on their shared axis, is drawn higher (smaller y).
+        let ys = |color| -> Vec<f64> {
+            vertices(polylines(&svg, color)[0])
+                .into_iter()
+                .map(|(_, y)| y)
+                .collect()
+        };
+        let (loss, recall, ndcg) = (ys(LOSS_COLOR), ys(RECALL_COLOR), ys(NDCG_COLOR));
+        assert!(loss[0] < loss[1] && loss[1] < loss[2], "loss {loss:?}");
+        for (name, v) in [("recall", &recall), ("ndcg", &ndcg)] {
+            assert!(v[1] < v[2] && v[2] < v[0], "{name} {v:?}");
+        }
+        assert!(
+            recall.iter().zip(&ndcg).all(|(r, n)| r < n),
+            "{recall:?} vs {ndcg:?}"
+        );
 
         // Text is emitted as SVG <text> without any font feature.
         for text in [
