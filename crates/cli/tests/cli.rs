@@ -1313,6 +1313,36 @@ fn a_run_that_evaluates_nothing_says_so() {
     );
 }
 
+/// A run that would evaluate on an empty validation split is refused before training (exit 2),
+/// saying why and the two ways out; without evaluation it trains.
+#[test]
+fn an_empty_validation_split_is_refused_when_the_run_evaluates() {
+    let dir = tmpdir("novalid");
+    generate(&dir.join("log.csv"), &["--users", "100", "--items", "50"]);
+    let p = write_pipeline(
+        &dir,
+        "name: v\ndata:\n  source: {format: csv, path: log.csv}\n  split: {ratios: [0.9, 0, 0.1]}\n\
+         model:\n  diffusion: {steps: 5}\n  denoiser: {dims: [8]}\ntrain: {epochs: 2, eval_every: 1, batch_size: 50}\n",
+    );
+    let ws = dir.join("ws");
+    let train = |extra: &[&str]| {
+        diffrec()
+            .args(["run", p.to_str().unwrap(), "--workspace"])
+            .arg(&ws)
+            .args(["--until", "train"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = train(&[]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("the validation split is empty"), "{t}");
+    assert!(!ws.join("runs/v").exists(), "{t}");
+    let out = train(&["--set", "train.eval_every=3"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 /// The training state (JSON) at the head of a checkpoint: magic, u64 length, JSON.
 fn checkpoint_state(path: &Path) -> serde_json::Value {
     let b = std::fs::read(path).unwrap();
