@@ -100,7 +100,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         check_resumable(ws, &p.name, &fingerprint).await?;
     }
     let data = load_splits(ws).await?;
-    if data.valid.nnz() == 0 && p.train.eval_every <= p.train.epochs {
+    if data.valid.nnz() == 0 && p.train.evaluates() {
         return Err(UsageError(format!(
             "the validation split is empty (data.split.ratios {:?}), and each evaluation selects \
              the best epoch on it: give validation a share, or set train.eval_every above \

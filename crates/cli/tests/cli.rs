@@ -816,21 +816,13 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
     // the first `best.ckpt` put back (with no manifest, as a killed run has none).
     let e = dir.join("e");
     let ckpts = e.join("runs/r/checkpoints");
-    assert!(
-        run(&e, &["--set", "train.epochs=2"])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    let train_e = |epochs: &str| {
+        let out = run(&e, &["--set", epochs]).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    train_e("train.epochs=2");
     let first_best = std::fs::read(ckpts.join("best.ckpt")).unwrap();
-    assert!(
-        run(&e, &["--set", "train.epochs=4"])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    train_e("train.epochs=4");
     assert_eq!(
         checkpoint_state(&ckpts.join("latest.ckpt"))["best_epoch"],
         4,

@@ -194,40 +194,21 @@ mod tests {
     #[test]
     fn specs_that_cannot_make_a_log_name_their_field() {
         assert_eq!(SyntheticSpec::default().check(), None);
+        let with = |change: fn(&mut SyntheticSpec)| {
+            let mut spec = SyntheticSpec::default();
+            change(&mut spec);
+            spec
+        };
         for (spec, field) in [
+            (with(|s| s.users = 0), "users"),
+            (with(|s| s.clusters = 0), "clusters"),
             (
-                SyntheticSpec {
-                    users: 0,
-                    ..Default::default()
-                },
-                "users",
-            ),
-            (
-                SyntheticSpec {
-                    clusters: 0,
-                    ..Default::default()
-                },
-                "clusters",
-            ),
-            (
-                SyntheticSpec {
-                    mean_interactions: f64::INFINITY,
-                    ..Default::default()
-                },
+                with(|s| s.mean_interactions = f64::INFINITY),
                 "mean_interactions",
             ),
+            (with(|s| s.false_positive_rate = 3.0), "false_positive_rate"),
             (
-                SyntheticSpec {
-                    false_positive_rate: 3.0,
-                    ..Default::default()
-                },
-                "false_positive_rate",
-            ),
-            (
-                SyntheticSpec {
-                    false_positive_rate: -0.1,
-                    ..Default::default()
-                },
+                with(|s| s.false_positive_rate = -0.1),
                 "false_positive_rate",
             ),
         ] {

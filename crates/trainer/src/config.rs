@@ -297,6 +297,12 @@ impl TrainConfig {
         ))
     }
 
+    /// Whether the run evaluates at all (`eval_every` ≤ `epochs`): a run that does not trains
+    /// for timing only and writes no best checkpoint.
+    pub fn evaluates(&self) -> bool {
+        self.eval_every <= self.epochs
+    }
+
     /// Checks every value once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (key, v) in [
@@ -310,7 +316,7 @@ impl TrainConfig {
         }
         // A run meant to evaluate (eval_every ≤ epochs) must reach its first evaluation:
         // training stops at the start of epoch best_epoch + patience, best_epoch 0 until then.
-        if self.eval_every <= self.epochs && self.patience <= self.eval_every {
+        if self.evaluates() && self.patience <= self.eval_every {
             return Err(err(
                 "train.patience",
                 format!(

@@ -360,7 +360,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
         .div_ceil(bs)
         .min(cfg.max_batches.unwrap_or(usize::MAX));
 
-    if cfg.eval_every > cfg.epochs {
+    if !cfg.evaluates() {
         tracing::warn!(
             eval_every = cfg.eval_every,
             epochs = cfg.epochs,
