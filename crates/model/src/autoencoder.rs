@@ -275,6 +275,12 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
         Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
     }
 
+    /// The encoders' and decoders' layers, for checks by hand.
+    #[cfg(test)]
+    pub(crate) fn layers(&self) -> (&[Vec<Linear<B>>], &[Vec<Linear<B>>]) {
+        (&self.encoders, &self.decoders)
+    }
+
     /// Encodes `x` ([batch, n_items], item order). Dropout is active only on an autodiff
     /// backend (training); `sample` draws the latent with the reparameterisation trick (unless
     /// `model.autoencoder.reparam` is off).

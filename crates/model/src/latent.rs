@@ -277,23 +277,108 @@ mod tests {
         assert_eq!(placement(&sizes, &dims, 1), vec![0, 0, 0]);
     }
 
+    /// Spec §4.5 by hand on the host: μ from each cluster's own items (tanh(W·x_c + b), its
+    /// first half), the posterior-mean chain of spec §2.6 in the latent from x = μ (T' = 0),
+    /// then each cluster's decoder on its latent chunk, scattered back to item order. Against
+    /// `Recommender::score` with dropout and reparameterisation configured (inference must use
+    /// neither), interleaved clusters and per-cluster decoders.
     #[test]
     fn scores_are_the_decoded_reverse_pass_of_mu() {
+        use crate::config::DecoderKind;
+        use crate::embedding::timestep_embedding;
         let dev = Default::default();
         B::seed(&dev, 4);
-        let cfg = config();
+        let mut cfg = config();
+        cfg.autoencoder.decoder = DecoderKind::PerCluster;
+        cfg.autoencoder.dropout = 0.5;
+        cfg.denoiser.dropout = 0.5;
         let d = GaussianDiffusion::new(&cfg.diffusion, cfg.beta_fixed()).unwrap();
+        // Items 0, 2, 5 in cluster 0; items 1, 3, 4, 6 in cluster 1.
         let labels = [0u32, 1, 0, 1, 1, 0, 1];
+        let members: [&[usize]; 2] = [&[0, 2, 5], &[1, 3, 4, 6]];
         let m = LatentDiffRec::<B>::new(&ItemClusters::by_items(&labels), &cfg, &dev);
-        let x = Tensor::<B, 2>::from_floats([[1.0, 0., 1., 0., 0., 1., 0.]], &dev);
+        let widths = m.autoencoder.cluster_widths().to_vec();
+        assert_eq!(widths, [1, 3]);
+        let rows: [[f32; 7]; 2] = [[1., 0., 1., 0., 0., 1., 0.], [0., 1., 1., 1., 0., 0., 1.]];
         let host = |t: Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
-        let want = host(
-            m.autoencoder
-                .decode(d.p_sample(&m.denoiser, m.autoencoder.encode(x.clone(), false).mu)),
-        );
-        let r = Recommender::Latent(m);
-        let got = host(r.score(&d, x));
-        assert_eq!(got.len(), 7);
-        assert_eq!(got, want);
+        // y = W·x + b for one linear layer stored as burn does ([in, out] weight).
+        let affine = |layer: &burn::nn::Linear<B>, x: &[f64]| -> Vec<f64> {
+            let w = host(layer.weight.val());
+            let out = layer.weight.dims()[1];
+            let b = layer.bias.as_ref().map(|b| {
+                b.val()
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec::<f32>()
+                    .unwrap()
+            });
+            (0..out)
+                .map(|j| {
+                    let dot: f64 = x
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| v * w[i * out + j] as f64)
+                        .sum();
+                    dot + b.as_ref().map_or(0.0, |b| b[j] as f64)
+                })
+                .collect()
+        };
+        let (encoders, decoders) = m.autoencoder.layers();
+        let mut want = Vec::new();
+        for row in &rows {
+            // μ: each cluster's encoder (one layer here) on its own items, tanh, first half.
+            let mut z: Vec<f64> = Vec::new();
+            for (c, items) in members.iter().enumerate() {
+                let slice: Vec<f64> = items.iter().map(|&i| row[i] as f64).collect();
+                let h = affine(&encoders[c][0], &slice);
+                assert_eq!(h.len(), 2 * widths[c]);
+                z.extend(h[..widths[c]].iter().map(|v| v.tanh()));
+            }
+            // The reverse chain (x0 mean type).
+            let s = &d.schedule;
+            for t in (0..d.steps()).rev() {
+                let input: Vec<f32> = z.iter().map(|&v| v as f32).collect();
+                let emb = Tensor::<B, 2>::from_data(
+                    TensorData::new(
+                        timestep_embedding(&[t], m.denoiser.time_emb()),
+                        [1, m.denoiser.time_emb()],
+                    ),
+                    &dev,
+                );
+                let out = host(m.denoiser.forward(
+                    Tensor::from_data(TensorData::new(input, [1, z.len()]), &dev),
+                    emb,
+                ));
+                z = z
+                    .iter()
+                    .zip(&out)
+                    .map(|(&zt, &o)| {
+                        s.posterior_mean_coef1[t] * o as f64 + s.posterior_mean_coef2[t] * zt
+                    })
+                    .collect();
+            }
+            // Each cluster's decoder on its chunk, back to item order.
+            let mut scores = vec![f64::NAN; 7];
+            let mut start = 0;
+            for (c, items) in members.iter().enumerate() {
+                let out = affine(&decoders[c][0], &z[start..start + widths[c]]);
+                start += widths[c];
+                for (&i, v) in items.iter().zip(out) {
+                    scores[i] = v;
+                }
+            }
+            want.extend(scores);
+        }
+        let x = Tensor::<B, 2>::from_floats(rows, &dev);
+        let got = host(Recommender::Latent(m).score(&d, x));
+        let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+        assert!(scale > 1e-3, "degenerate scores: {want:?}");
+        assert_eq!(got.len(), want.len());
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (*g as f64 - w).abs() <= 1e-5 * scale.max(1.0),
+                "entry {k}: score {g} vs by hand {w}"
+            );
+        }
     }
 }
