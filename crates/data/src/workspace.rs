@@ -39,7 +39,17 @@ pub struct Workspace {
     /// The directory of a local workspace: object_store stages its writes there as
     /// `<key>#<n>` files, which its listing hides ([`Workspace::delete_where`] removes them).
     local_root: Option<std::path::PathBuf>,
+    /// Cleaning leaves temporaries younger than this (by the store's `last_modified`): on S3,
+    /// where a temporary's writer may be a process on another machine. `None`: no age rule
+    /// (a local workspace has the pid rule, `memory://` one process).
+    temp_grace: Option<std::time::Duration>,
 }
+
+/// How long cleaning leaves an S3 temporary alone: an upload in flight is at most this old.
+/// An hour is far beyond the copy that follows a completed temporary (the only window in
+/// which another writer's temporary is visible) and beyond the clock skew S3's request
+/// signing tolerates (15 minutes).
+pub const REMOTE_TEMP_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl std::fmt::Debug for Workspace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -84,6 +94,7 @@ impl Workspace {
         }
         let scheme = url.split_once("://").map(|(s, _)| s);
         let mut local_root = None;
+        let mut temp_grace = None;
         let (store, prefix): (Arc<dyn ObjectStore>, Path) = match scheme {
             None | Some("file") => {
                 let dir = url.strip_prefix("file://").unwrap_or(url);
@@ -127,6 +138,7 @@ impl Workspace {
                     .with_bucket_name(bucket)
                     .build()
                     .map_err(|e| bad(e.to_string()))?;
+                temp_grace = Some(REMOTE_TEMP_GRACE);
                 (
                     Arc::new(s3),
                     Path::from(parsed.path().trim_start_matches('/')),
@@ -143,7 +155,15 @@ impl Workspace {
             prefix,
             url: url.to_owned(),
             local_root,
+            temp_grace,
         })
+    }
+
+    /// Sets how long cleaning leaves a temporary alone after its store's `last_modified`
+    /// (`None`: no age rule). S3 workspaces open with [`REMOTE_TEMP_GRACE`].
+    pub fn with_temp_grace(mut self, grace: Option<std::time::Duration>) -> Self {
+        self.temp_grace = grace;
+        self
     }
 
     /// The URL this workspace was opened with.
@@ -213,6 +233,19 @@ impl Workspace {
 
     /// Keys under `prefix` (relative to the workspace), sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .list_modified(prefix)
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    /// Keys under `prefix` with their stores' last-modified times, sorted by key.
+    async fn list_modified(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
         let base = self.path(prefix);
         let metas: Vec<_> = self
             .store
@@ -221,14 +254,16 @@ impl Workspace {
             .await
             .map_err(Self::store_err(prefix))?;
         let root = self.prefix.as_ref();
-        let mut keys: Vec<String> = metas
+        let mut keys: Vec<_> = metas
             .into_iter()
             .map(|m| {
                 let full = m.location.as_ref();
-                full.strip_prefix(root)
+                let key = full
+                    .strip_prefix(root)
                     .unwrap_or(full)
                     .trim_start_matches('/')
-                    .to_owned()
+                    .to_owned();
+                (key, m.last_modified)
             })
             .collect();
         keys.sort();
@@ -337,11 +372,19 @@ impl Workspace {
         // In a local workspace the writer of a temporary is a process on this machine: one
         // that is still running may be writing it now (two stages started at once), and
         // removing its temporary or staging file would fail its write. Left for a later clean.
+        // On S3 the writer may be on another machine: there, young temporaries are left.
         let local = self.local_root.is_some();
         let pick = |key: &str| pick(key) && !(local && writer_is_running(key));
+        let now = chrono::Utc::now();
+        let young = |modified: chrono::DateTime<chrono::Utc>| {
+            self.temp_grace.is_some_and(|grace| {
+                // A time ahead of this machine's clock (skew) counts as young too.
+                (now - modified).to_std().map_or(true, |age| age < grace)
+            })
+        };
         let mut n = 0;
-        for key in self.list(prefix).await? {
-            if pick(&key) {
+        for (key, modified) in self.list_modified(prefix).await? {
+            if pick(&key) && !young(modified) {
                 self.delete(&key).await?;
                 n += 1;
             }
@@ -513,6 +556,53 @@ mod tests {
             vec![format!("data/x.tmp-{parent}-1")]
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The age rule of S3 workspaces, on an in-process store: with a grace period, a young
+    /// temporary (another machine's write in flight) is left, by both kinds of cleaning; once
+    /// it is older than the grace it goes. Finished keys are never touched.
+    #[tokio::test]
+    async fn young_temporaries_are_left_under_the_age_rule() {
+        let ws = Workspace::open("memory://grace")
+            .unwrap()
+            .with_temp_grace(Some(REMOTE_TEMP_GRACE));
+        for k in ["data/x", "data/x.tmp-99999901-1", "data/y.tmp-99999902-2"] {
+            ws.put_atomic(k, &b"bytes"[..]).await.unwrap();
+        }
+        assert_eq!(ws.clean_temporaries("data").await.unwrap(), 0);
+        assert_eq!(ws.clean_temporaries_of("data/x").await.unwrap(), 0);
+        assert_eq!(ws.list("data").await.unwrap().len(), 3);
+        let ws = ws.with_temp_grace(Some(std::time::Duration::ZERO));
+        assert_eq!(ws.clean_temporaries_of("data/x").await.unwrap(), 1);
+        assert_eq!(ws.clean_temporaries("data").await.unwrap(), 1);
+        assert_eq!(ws.list("data").await.unwrap(), vec!["data/x"]);
+    }
+
+    /// The same on a real S3-compatible server (`.ci/run` starts one and sets
+    /// DIFFREC_TEST_S3_URL): an S3 workspace opens with the grace, so a fresh temporary stays.
+    #[tokio::test]
+    async fn s3_workspaces_leave_young_temporaries() {
+        let Ok(url) = std::env::var("DIFFREC_TEST_S3_URL") else {
+            assert!(
+                std::env::var("DIFFREC_REQUIRE_S3").is_err(),
+                "DIFFREC_REQUIRE_S3 is set but DIFFREC_TEST_S3_URL is not"
+            );
+            return;
+        };
+        let url = format!(
+            "{}/grace-{:08x}",
+            url.trim_end_matches('/'),
+            rand::random::<u32>()
+        );
+        let ws = Workspace::open(&url).unwrap();
+        ws.put_atomic("d/x.tmp-99999901-1", &b"half"[..])
+            .await
+            .unwrap();
+        assert_eq!(ws.clean_temporaries("d").await.unwrap(), 0);
+        assert_eq!(ws.list("d").await.unwrap(), vec!["d/x.tmp-99999901-1"]);
+        let ws = ws.with_temp_grace(Some(std::time::Duration::ZERO));
+        assert_eq!(ws.clean_temporaries("d").await.unwrap(), 1);
+        assert!(ws.list("d").await.unwrap().is_empty());
     }
 
     /// What object_store's local store leaves when a process is killed in mid-write: a staging
