@@ -576,6 +576,81 @@ fn s3_workspace_gives_identical_artifacts() {
     });
 }
 
+/// Two trainings of one run on S3 (a scheduler's retry on another machine). S3 has no pids, so
+/// the train stage's cleaning must leave a young temporary, which may be another machine's
+/// write between its upload and its copy: one planted beside the checkpoints survives a
+/// training. Then two trainings started at once: one stops naming the conflict, the other
+/// finishes.
+#[test]
+fn trainings_on_s3_leave_young_temporaries_and_stop_a_second_writer() {
+    let Ok(s3) = std::env::var("DIFFREC_TEST_S3_URL") else {
+        if std::env::var("DIFFREC_REQUIRE_S3").is_ok() {
+            panic!("DIFFREC_REQUIRE_S3 is set but DIFFREC_TEST_S3_URL is not");
+        }
+        skipped(
+            "trainings_on_s3_leave_young_temporaries_and_stop_a_second_writer: \
+             DIFFREC_TEST_S3_URL is not set",
+        );
+        return;
+    };
+    let dir = tmpdir("s3-two");
+    let csv = dir.join("log.csv");
+    generate(&csv, &["--users", "600", "--items", "300"]);
+    let p = write_pipeline(
+        &dir,
+        "name: r\ndata:\n  source: {format: csv, path: log.csv}\nmodel:\n  diffusion: {steps: 5}\n  denoiser: {dims: [32]}\n\
+         train: {epochs: 8, eval_every: 2, batch_size: 64}\nevaluate: {ks: [10]}\n",
+    );
+    let ws = format!("{}/two-{}", s3.trim_end_matches('/'), nonce());
+    let ingest = diffrec()
+        .args(["stage", "ingest", p.to_str().unwrap(), "--workspace", &ws])
+        .output()
+        .unwrap();
+    assert!(ingest.status.success(), "{}", text(&ingest));
+    let train = |name: &str| {
+        diffrec()
+            .args(["stage", "train", p.to_str().unwrap(), "--workspace", &ws])
+            .args(["--set", &format!("name={name}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    let planted = "runs/r/checkpoints/latest.ckpt.tmp-99999999-00000000000000ff";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let remote = diffrec_data::Workspace::open(&ws).unwrap();
+    rt.block_on(remote.put_atomic(planted, &b"in flight"[..]))
+        .unwrap();
+    let out = train("r").wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let keys = rt.block_on(remote.list("runs/r/checkpoints")).unwrap();
+    assert!(
+        keys.iter().any(|k| k == planted),
+        "the training removed a young temporary: {keys:?}"
+    );
+
+    // Another run, so that neither finds a finished one.
+    let both = [train("r2"), train("r2")];
+    let outs: Vec<Output> = both
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let failed: Vec<&Output> = outs.iter().filter(|o| !o.status.success()).collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "exactly one of two concurrent trainings must stop:\n{}\n---\n{}",
+        text(&outs[0]),
+        text(&outs[1])
+    );
+    assert!(
+        text(failed[0]).contains("another process started training run `r2`"),
+        "{}",
+        text(failed[0])
+    );
+}
+
 /// A training run killed with SIGKILL and restarted ends with exactly the results of an
 /// uninterrupted run (per-epoch reseeding + complete checkpoints), and a finished run can be
 /// extended with more epochs.
