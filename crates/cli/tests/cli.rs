@@ -504,19 +504,29 @@ fn check_no_partial(data: &Path) {
     }
 }
 
+/// The S3 URL the S3 tests write under (DIFFREC_TEST_S3_URL), or `None` after printing why
+/// `test` is skipped; with DIFFREC_REQUIRE_S3 set, a missing URL fails instead.
+fn s3_url(test: &str) -> Option<String> {
+    let url = std::env::var("DIFFREC_TEST_S3_URL").ok();
+    if url.is_none() {
+        assert!(
+            std::env::var_os("DIFFREC_REQUIRE_S3").is_none(),
+            "DIFFREC_REQUIRE_S3 is set but DIFFREC_TEST_S3_URL is not"
+        );
+        skipped(&format!(
+            "{test}: DIFFREC_TEST_S3_URL is not set (no local S3-compatible server); .ci/run \
+             sets it"
+        ));
+    }
+    url
+}
+
 /// The same ingest against an S3-compatible server gives byte-identical artifacts.
 /// Needs DIFFREC_TEST_S3_URL (e.g. s3://diffrec-test/run1) and the AWS_* variables; `.ci/run`
 /// starts a local server and sets them.
 #[test]
 fn s3_workspace_gives_identical_artifacts() {
-    let Ok(s3) = std::env::var("DIFFREC_TEST_S3_URL") else {
-        if std::env::var("DIFFREC_REQUIRE_S3").is_ok() {
-            panic!("DIFFREC_REQUIRE_S3 is set but DIFFREC_TEST_S3_URL is not");
-        }
-        skipped(
-            "s3_workspace_gives_identical_artifacts: DIFFREC_TEST_S3_URL is not set (no local \
-             S3-compatible server); .ci/run sets it",
-        );
+    let Some(s3) = s3_url("s3_workspace_gives_identical_artifacts") else {
         return;
     };
     let s3 = format!("{}/{}", s3.trim_end_matches('/'), nonce());
@@ -583,14 +593,8 @@ fn s3_workspace_gives_identical_artifacts() {
 /// finishes.
 #[test]
 fn trainings_on_s3_leave_young_temporaries_and_stop_a_second_writer() {
-    let Ok(s3) = std::env::var("DIFFREC_TEST_S3_URL") else {
-        if std::env::var("DIFFREC_REQUIRE_S3").is_ok() {
-            panic!("DIFFREC_REQUIRE_S3 is set but DIFFREC_TEST_S3_URL is not");
-        }
-        skipped(
-            "trainings_on_s3_leave_young_temporaries_and_stop_a_second_writer: \
-             DIFFREC_TEST_S3_URL is not set",
-        );
+    let Some(s3) = s3_url("trainings_on_s3_leave_young_temporaries_and_stop_a_second_writer")
+    else {
         return;
     };
     let dir = tmpdir("s3-two");
@@ -631,7 +635,12 @@ fn trainings_on_s3_leave_young_temporaries_and_stop_a_second_writer() {
     );
 
     // Another run, so that neither finds a finished one.
-    let both = [train("r2"), train("r2")];
+    one_of_two_stops_by_name([train("r2"), train("r2")], "r2");
+}
+
+/// Waits for two trainings of run `name` started at once and checks that exactly one stopped
+/// (exit code 1), naming the conflict.
+fn one_of_two_stops_by_name(both: [std::process::Child; 2], name: &str) {
     let outs: Vec<Output> = both
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
@@ -644,11 +653,9 @@ fn trainings_on_s3_leave_young_temporaries_and_stop_a_second_writer() {
         text(&outs[0]),
         text(&outs[1])
     );
-    assert!(
-        text(failed[0]).contains("another process started training run `r2`"),
-        "{}",
-        text(failed[0])
-    );
+    assert_eq!(failed[0].status.code(), Some(1));
+    let says = format!("another process started training run `{name}`");
+    assert!(text(failed[0]).contains(&says), "{}", text(failed[0]));
 }
 
 /// A training run killed with SIGKILL and restarted ends with exactly the results of an
@@ -929,33 +936,14 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
         .output()
         .unwrap();
     assert!(ingest.status.success(), "{}", text(&ingest));
-    let both: Vec<_> = (0..2)
-        .map(|_| {
-            run(&d, &[])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let outs: Vec<Output> = both
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
-    let failed: Vec<&Output> = outs.iter().filter(|o| !o.status.success()).collect();
-    assert_eq!(
-        failed.len(),
-        1,
-        "exactly one of two concurrent trainings must stop:\n{}\n---\n{}",
-        text(&outs[0]),
-        text(&outs[1])
-    );
-    assert_eq!(failed[0].status.code(), Some(1));
-    assert!(
-        text(failed[0]).contains("another process started training run `r`"),
-        "{}",
-        text(failed[0])
-    );
+    let start = || {
+        run(&d, &[])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    one_of_two_stops_by_name([start(), start()], "r");
     assert_eq!(summary(&d), reference);
     reference
 }
