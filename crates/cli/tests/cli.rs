@@ -66,6 +66,15 @@ fn generate(csv: &Path, args: &[&str]) {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// A fresh test folder with a generated `log.csv` (the `generate` flags `args`) and a pipeline
+/// `p.yaml` with `body`; returns the folder and the pipeline's path.
+fn synthetic_project(tag: &str, args: &[&str], body: &str) -> (TestDir, PathBuf) {
+    let dir = tmpdir(tag);
+    generate(&dir.join("log.csv"), args);
+    let p = write_pipeline(&dir, body);
+    (dir, p)
+}
+
 fn write_pipeline(dir: &Path, body: &str) -> PathBuf {
     let p = dir.join("p.yaml");
     std::fs::write(&p, body).unwrap();
@@ -404,10 +413,8 @@ fn rayon_pool_is_built_at_start_with_rayons_thread_count() {
 /// The run afterwards completes.
 #[test]
 fn killed_ingest_leaves_no_partial_artifact() {
-    let dir = tmpdir("kill");
-    let csv = dir.join("log.csv");
-    generate(
-        &csv,
+    let (dir, p) = synthetic_project(
+        "kill",
         &[
             "--users",
             "30000",
@@ -416,9 +423,6 @@ fn killed_ingest_leaves_no_partial_artifact() {
             "--mean-interactions",
             "60",
         ],
-    );
-    let p = write_pipeline(
-        &dir,
         "name: k\ndata:\n  source: {format: csv, path: log.csv}\n",
     );
     let ws = dir.join("ws");
@@ -530,11 +534,9 @@ fn s3_workspace_gives_identical_artifacts() {
         return;
     };
     let s3 = format!("{}/{}", s3.trim_end_matches('/'), nonce());
-    let dir = tmpdir("s3");
-    let csv = dir.join("log.csv");
-    generate(&csv, &["--users", "300"]);
-    let p = write_pipeline(
-        &dir,
+    let (dir, p) = synthetic_project(
+        "s3",
+        &["--users", "300"],
         "name: s\ndata:\n  source: {format: csv, path: log.csv}\n  temporal: {w_min: 0.2}\n",
     );
     let local = dir.join("ws");
@@ -597,11 +599,9 @@ fn trainings_on_s3_leave_young_temporaries_and_stop_a_second_writer() {
     else {
         return;
     };
-    let dir = tmpdir("s3-two");
-    let csv = dir.join("log.csv");
-    generate(&csv, &["--users", "600", "--items", "300"]);
-    let p = write_pipeline(
-        &dir,
+    let (_dir, p) = synthetic_project(
+        "s3-two",
+        &["--users", "600", "--items", "300"],
         "name: r\ndata:\n  source: {format: csv, path: log.csv}\nmodel:\n  diffusion: {steps: 5}\n  denoiser: {dims: [32]}\n\
          train: {epochs: 8, eval_every: 2, batch_size: 64}\nevaluate: {ks: [10]}\n",
     );
@@ -776,11 +776,9 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
 /// Trains the same small run uninterrupted, killed three times and resumed, and in two halves;
 /// asserts the three agree and returns the results.
 fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value {
-    let dir = tmpdir(tag);
-    let csv = dir.join("log.csv");
-    generate(&csv, &["--users", "2000", "--items", "800"]);
-    let p = write_pipeline(
-        &dir,
+    let (dir, p) = synthetic_project(
+        tag,
+        &["--users", "2000", "--items", "800"],
         "name: r\ndata:\n  source: {format: csv, path: log.csv}\nmodel:\n  diffusion: {steps: 5}\n  denoiser: {dims: [64]}\n\
          train: {epochs: 12, eval_every: 2, batch_size: 64, patience: 100}\nevaluate: {ks: [10, 20]}\n",
     );
@@ -1178,11 +1176,9 @@ fn wgpu_backend_trains_like_the_cpu_backend() {
         );
         return;
     }
-    let dir = tmpdir("wgpu");
-    let csv = dir.join("log.csv");
-    generate(&csv, &["--users", "600", "--items", "300"]);
-    let p = write_pipeline(
-        &dir,
+    let (dir, p) = synthetic_project(
+        "wgpu",
+        &["--users", "600", "--items", "300"],
         "name: g\ndata:\n  source: {format: csv, path: log.csv}\nmodel:\n  diffusion: {steps: 5}\n  denoiser: {dims: [64]}\n\
          train: {epochs: 20, eval_every: 5, batch_size: 100, patience: 100}\nevaluate: {ks: [20]}\n",
     );
@@ -1423,11 +1419,9 @@ impl Drop for Reaped {
 /// finish within two minutes fails the test instead of hanging CI.
 #[test]
 fn two_nodes_through_the_orchestrator_train_like_one_process() {
-    let dir = tmpdir("nodes");
-    let csv = dir.join("log.csv");
-    generate(&csv, &["--users", "300", "--items", "120"]);
-    let p = write_pipeline(
-        &dir,
+    let (dir, p) = synthetic_project(
+        "nodes",
+        &["--users", "300", "--items", "120"],
         "name: g\ndata:\n  source: {format: csv, path: log.csv}\nmodel:\n  diffusion: {steps: 5}\n  denoiser: {dims: [32]}\n\
          train: {epochs: 4, eval_every: 2, batch_size: 50, patience: 100, lr: 0.005}\nevaluate: {ks: [20]}\n",
     );
@@ -1521,14 +1515,9 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
 /// items well above chance (random Recall@20 = 20/300).
 #[test]
 fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
-    let dir = tmpdir("ldiffrec");
-    let csv = dir.join("log.csv");
-    generate(
-        &csv,
+    let (dir, p) = synthetic_project(
+        "ldiffrec",
         &["--users", "600", "--items", "300", "--clusters", "4"],
-    );
-    let p = write_pipeline(
-        &dir,
         "name: l\ndata:\n  source: {format: csv, path: log.csv}\n\
          cluster: {k: 3, lightgcn: {epochs: 5, eval_every: 5}}\n\
          model:\n  variant: l-diffrec\n  diffusion: {steps: 5, noise_max: 0.02}\n  denoiser: {dims: [64]}\n  autoencoder: {dims: [48]}\n\

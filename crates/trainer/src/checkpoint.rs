@@ -118,12 +118,7 @@ pub fn encode(
 
 /// Splits a checkpoint into its parts.
 pub fn decode(bytes: &[u8]) -> Result<Checkpoint, TrainError> {
-    if bytes.len() < 4 || &bytes[..4] != MAGIC {
-        return Err(TrainError::Checkpoint(
-            "not a diffrec checkpoint".to_owned(),
-        ));
-    }
-    let mut parts = unframe_all(&bytes[4..])?.into_iter();
+    let mut parts = unframe_all(after_magic(bytes)?)?.into_iter();
     let (Some(json), Some(model), Some(optim), ema, None) = (
         parts.next(),
         parts.next(),
@@ -135,7 +130,7 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint, TrainError> {
             "a checkpoint has three or four sections".to_owned(),
         ));
     };
-    let state = serde_json::from_slice(&json).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    let state = parse_state(&json)?;
     Ok(Checkpoint {
         state,
         model,
@@ -144,29 +139,38 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint, TrainError> {
     })
 }
 
+/// The bytes after the magic, or the error for a file that is not a checkpoint.
+fn after_magic(bytes: &[u8]) -> Result<&[u8], TrainError> {
+    bytes
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or_else(|| TrainError::Checkpoint("not a diffrec checkpoint".to_owned()))
+}
+
+fn parse_state(json: &[u8]) -> Result<TrainState, TrainError> {
+    serde_json::from_slice(json).map_err(|e| TrainError::Checkpoint(e.to_string()))
+}
+
 /// Where the training state lies in a checkpoint that starts with `head` (at least its first
 /// [`STATE_AT`] bytes): the range to read for [`decode_state`].
 pub fn state_range(head: &[u8]) -> Result<std::ops::Range<usize>, TrainError> {
-    if head.len() < STATE_AT || &head[..4] != MAGIC {
+    if head.len() < STATE_AT {
         return Err(TrainError::Checkpoint(
             "not a diffrec checkpoint".to_owned(),
         ));
     }
-    let len = u64::from_le_bytes(head[4..STATE_AT].try_into().expect("8 bytes")) as usize;
+    let len_bytes: [u8; 8] = after_magic(head)?[..8].try_into().expect("8 bytes");
+    let len = u64::from_le_bytes(len_bytes) as usize;
     Ok(STATE_AT..STATE_AT.saturating_add(len))
 }
 
 /// Bytes before the training state: the magic and the state's length.
-pub const STATE_AT: usize = 12;
+pub const STATE_AT: usize = MAGIC.len() + 8;
 
 /// The training state alone, from a checkpoint's first bytes (`head`, at least up to the end
-/// of [`state_range`]).
+/// of [`state_range`]): the first [`frame`]d part after the magic.
 pub fn decode_state(head: &[u8]) -> Result<TrainState, TrainError> {
-    let range = state_range(head)?;
-    let json = head
-        .get(range)
-        .ok_or_else(|| TrainError::Checkpoint("truncated checkpoint".to_owned()))?;
-    serde_json::from_slice(json).map_err(|e| TrainError::Checkpoint(e.to_string()))
+    let json = unframe(after_magic(head)?, 1)?;
+    parse_state(&json[0])
 }
 
 #[cfg(test)]
