@@ -1,11 +1,12 @@
-//! Item embeddings a user brings (`cluster.embeddings`): `.npy` (f32, `n_items × d`, row i =
-//! item index i, like the DiffRec authors' `item_emb.npy`) or `.parquet` with an `embedding`
-//! column (fixed-size or variable list of f32). Parquet rows are placed by their `item_id` column
+//! Item embeddings a user brings (`cluster.embeddings`): `.npy` (f32 or f64, `n_items × d`, row
+//! i = item index i, like the DiffRec authors' `item_emb.npy`) or `.parquet` with an `embedding`
+//! column (fixed-size or variable list of f32 or f64). f64 values are rounded to f32; one beyond
+//! f32's range is refused, naming its row and column. Parquet rows are placed by their `item_id` column
 //! when there is one (matched against this workspace's item ids, so another workspace's
 //! `cluster/item_embeddings.parquet` works), else by an `item_idx` column, else in row order.
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, Int64Type, UInt32Type};
+use arrow_array::types::{Float32Type, Float64Type, Int64Type, UInt32Type};
 use arrow_array::{Array, ArrayRef};
 use arrow_schema::DataType;
 use bytes::Bytes;
@@ -34,10 +35,25 @@ pub fn parse(file: &str, bytes: Bytes, item_ids: &[String]) -> Result<Embeddings
     let n_items = item_ids.len();
     let emb = if file.ends_with(".npy") {
         let a = diffrec_data::npy::parse_npy(file, &bytes)?;
+        if a.ndim != 2 {
+            return Err(bad(
+                file,
+                format!(
+                    "a 1-D array of {} values; expected a 2-D array, items × dimensions",
+                    a.rows
+                ),
+            ));
+        }
+        if let Some((p, v)) = a.first_beyond_f32() {
+            return Err(beyond_f32(file, p / a.cols, p % a.cols, v));
+        }
         let values = a.to_f32().ok_or_else(|| {
             bad(
                 file,
-                format!("dtype {:?}, expected float32 ('<f4')", a.dtype),
+                format!(
+                    "dtype {:?}, expected float32 ('<f4') or float64 ('<f8')",
+                    a.dtype
+                ),
             )
         })?;
         Embeddings {
@@ -76,6 +92,14 @@ pub fn parse(file: &str, bytes: Bytes, item_ids: &[String]) -> Result<Embeddings
         ));
     }
     Ok(emb)
+}
+
+/// A finite `float64` that `f32` cannot hold: refused rather than turned into infinity.
+fn beyond_f32(file: &str, row: usize, column: usize, v: f64) -> ClusterError {
+    bad(
+        file,
+        format!("row {row}, column {column}: {v:e} is beyond float32's range (±3.4e38)"),
+    )
 }
 
 /// Where each row of a batch goes.
@@ -237,7 +261,7 @@ fn list_row(file: &str, col: &ArrayRef, r: usize, global_row: usize) -> Result<V
         t => {
             return Err(bad(
                 file,
-                format!("column embedding has type {t}, expected a list of float32"),
+                format!("column embedding has type {t}, expected a list of float32 or float64"),
             ));
         }
     };
@@ -253,22 +277,34 @@ fn list_row(file: &str, col: &ArrayRef, r: usize, global_row: usize) -> Result<V
             format!("row {global_row}, column embedding: null element"),
         ));
     }
-    let f = inner.as_primitive_opt::<Float32Type>().ok_or_else(|| {
+    if let Some(f) = inner.as_primitive_opt::<Float32Type>() {
+        return Ok(f.values().to_vec());
+    }
+    // float64: what pandas and Polars write for a list of Python floats.
+    let f = inner.as_primitive_opt::<Float64Type>().ok_or_else(|| {
         bad(
             file,
             format!(
-                "column embedding holds {}, expected float32",
+                "column embedding holds {}, expected float32 or float64",
                 inner.data_type()
             ),
         )
     })?;
-    Ok(f.values().to_vec())
+    let values = f.values();
+    if let Some(c) = values
+        .iter()
+        .position(|&v| v.is_finite() && (v as f32).is_infinite())
+    {
+        return Err(beyond_f32(file, global_row, c, values[c]));
+    }
+    Ok(values.iter().map(|&v| v as f32).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use diffrec_data::npy::write_npy_f32;
+    use std::sync::Arc;
 
     fn ids(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("m{i}")).collect()
@@ -296,6 +332,92 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown format"), "{err}");
+    }
+
+    /// `np.save` (NumPy 2.4) of `a`, shape (2, 2), dtype float64: the header NumPy writes and
+    /// the little-endian payload, built by hand rather than by our own writer.
+    fn numpy_f64_2x2(a: [f64; 4]) -> Bytes {
+        let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2), }";
+        let mut b = b"\x93NUMPY\x01\x00\x76\x00".to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.resize(10 + 0x76 - 1, b' ');
+        b.push(b'\n');
+        assert_eq!(b.len(), 128, "NumPy pads the header to a multiple of 64");
+        for v in a {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        Bytes::from(b)
+    }
+
+    #[test]
+    fn npy_float64_is_rounded_to_f32_and_its_range_checked() {
+        let e = parse("e.npy", numpy_f64_2x2([1.5, -2.0, 0.1, 3.0]), &ids(2)).unwrap();
+        assert_eq!((e.rows, e.dim), (2, 2));
+        assert_eq!(e.values, vec![1.5, -2.0, 0.1f32, 3.0]);
+        let err = parse("e.npy", numpy_f64_2x2([1.5, -2.0, 1e300, 3.0]), &ids(2))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("e.npy") && err.contains("row 1, column 0") && err.contains("1e300"),
+            "{err}"
+        );
+        // NaN in f64 stays NaN in f32 and is refused by the finiteness check.
+        let err = parse("e.npy", numpy_f64_2x2([1.5, f64::NAN, 0.0, 3.0]), &ids(2))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("row 0, column 1") && err.contains("not finite"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn npy_one_dimensional_is_refused() {
+        // np.save of np.array([0.5, 1.0], dtype=np.float32): two items, but no dimension axis.
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }";
+        let mut b = b"\x93NUMPY\x01\x00\x76\x00".to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.resize(127, b' ');
+        b.push(b'\n');
+        b.extend_from_slice(&[0, 0, 0, 0x3f, 0, 0, 0x80, 0x3f]);
+        let err = parse("v.npy", Bytes::from(b), &ids(2))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("v.npy") && err.contains("1-D") && err.contains("items × dimensions"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn parquet_float64_lists_are_read() {
+        use arrow_array::{ListArray, RecordBatch};
+        let list = |rows: Vec<Vec<f64>>| {
+            ListArray::from_iter_primitive::<Float64Type, _, _>(
+                rows.into_iter().map(|r| Some(r.into_iter().map(Some))),
+            )
+        };
+        let batch = |rows| {
+            RecordBatch::try_from_iter([("embedding", Arc::new(list(rows)) as ArrayRef)]).unwrap()
+        };
+        let e = parse(
+            "f.parquet",
+            parquet_bytes(batch(vec![vec![0.25, -1.0], vec![2.0, 0.1]])),
+            &ids(2),
+        )
+        .unwrap();
+        assert_eq!(e.values, vec![0.25, -1.0, 2.0, 0.1f32]);
+        let err = parse(
+            "f.parquet",
+            parquet_bytes(batch(vec![vec![0.25, -1.0], vec![2.0, -1e40]])),
+            &ids(2),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("f.parquet") && err.contains("row 1, column 1") && err.contains("-1e40"),
+            "{err}"
+        );
     }
 
     fn parquet_bytes(batch: arrow_array::RecordBatch) -> Bytes {

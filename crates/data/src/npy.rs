@@ -1,5 +1,6 @@
 //! A reader for NumPy `.npy` files (format versions 1.0–3.0), enough for the DiffRec paper's
-//! files: 2-D little-endian `int64`/`int32` id lists and `float32` embedding matrices, C order.
+//! files: 2-D little-endian `int64`/`int32` id lists and `float32` embedding matrices (and
+//! `float64`, NumPy's default float type), C order.
 //!
 //! The parser never panics on malformed input (it is fuzzed with proptest); every failure is a
 //! [`DataError::BadInput`] naming the file.
@@ -15,12 +16,23 @@ pub enum NpyDtype {
     I32,
     /// `<f4`
     F32,
+    /// `<f8`
+    F64,
 }
 
-/// A parsed 2-D array (a 1-D array is read as `n × 1`).
+impl NpyDtype {
+    /// `true` for `F32` and `F64`.
+    pub fn is_float(self) -> bool {
+        matches!(self, Self::F32 | Self::F64)
+    }
+}
+
+/// A parsed 2-D array (a 1-D array is read as `n × 1`; `ndim` tells them apart).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NpyArray {
     pub dtype: NpyDtype,
+    /// 1 or 2: the number of dimensions in the file's header.
+    pub ndim: usize,
     pub rows: usize,
     pub cols: usize,
     /// Row-major raw little-endian payload, `rows * cols * itemsize` bytes.
@@ -38,26 +50,49 @@ impl NpyArray {
             NpyDtype::I32 => {
                 Some(i32::from_le_bytes(self.data[i * 4..i * 4 + 4].try_into().ok()?) as i64)
             }
-            NpyDtype::F32 => None,
+            NpyDtype::F32 | NpyDtype::F64 => None,
         }
     }
 
     /// Column `c` of an integer array as `i64`s.
     pub fn column_i64(&self, c: usize) -> Option<Vec<i64>> {
-        if self.dtype == NpyDtype::F32 || c >= self.cols {
+        if self.dtype.is_float() || c >= self.cols {
             return None;
         }
         (0..self.rows).map(|r| self.get_i64(r, c)).collect()
     }
 
-    /// The whole array as `f32`s, row-major; `None` for integer arrays.
+    /// The whole array as `f32`s, row-major; `None` for integer arrays. `float64` values are
+    /// rounded to the nearest `f32`, so a finite value beyond `f32::MAX` becomes infinite:
+    /// [`Self::first_beyond_f32`] finds those first.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
-        (self.dtype == NpyDtype::F32).then(|| {
-            self.data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        })
+        match self.dtype {
+            NpyDtype::F32 => Some(
+                self.data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            NpyDtype::F64 => Some(self.f64_values().map(|v| v as f32).collect()),
+            NpyDtype::I64 | NpyDtype::I32 => None,
+        }
+    }
+
+    /// Row-major index and value of the first finite `float64` element that `f32` cannot hold
+    /// (beyond ±`f32::MAX`); `None` for every other array.
+    pub fn first_beyond_f32(&self) -> Option<(usize, f64)> {
+        if self.dtype != NpyDtype::F64 {
+            return None;
+        }
+        self.f64_values()
+            .enumerate()
+            .find(|&(_, v)| v.is_finite() && (v as f32).is_infinite())
+    }
+
+    fn f64_values(&self) -> impl Iterator<Item = f64> + '_ {
+        self.data
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("chunks of 8 bytes")))
     }
 }
 
@@ -97,10 +132,11 @@ pub fn parse_npy(file: &str, bytes: &[u8]) -> Result<NpyArray> {
         "<i8" | "|i8" => (NpyDtype::I64, 8),
         "<i4" | "|i4" => (NpyDtype::I32, 4),
         "<f4" | "|f4" => (NpyDtype::F32, 4),
+        "<f8" | "|f8" => (NpyDtype::F64, 8),
         other => {
             return Err(bad(format!(
                 "unsupported dtype {other:?}; expected little-endian int64 ('<i8'), int32 \
-                 ('<i4') or float32 ('<f4')"
+                 ('<i4'), float32 ('<f4') or float64 ('<f8')"
             )));
         }
     };
@@ -134,6 +170,7 @@ pub fn parse_npy(file: &str, bytes: &[u8]) -> Result<NpyArray> {
     }
     Ok(NpyArray {
         dtype,
+        ndim: shape.len(),
         rows,
         cols,
         data: payload.to_vec(),
@@ -233,6 +270,29 @@ mod tests {
         bytes[pos..pos + 3].copy_from_slice(b">f8");
         let e = parse_npy("train_list.npy", &bytes).unwrap_err().to_string();
         assert!(e.contains("train_list.npy") && e.contains(">f8"), "{e}");
+    }
+
+    #[test]
+    fn float64_and_one_dimensional_arrays_are_read() {
+        // Exactly what NumPy 2.4 writes for np.array([0.5, -3.0]) (float64, shape (2,)).
+        let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }";
+        let mut b = b"\x93NUMPY\x01\x00\x76\x00".to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.resize(127, b' ');
+        b.push(b'\n');
+        b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0xe0, 0x3f, 0, 0, 0, 0, 0, 0, 0x08, 0xc0]);
+        let a = parse_npy("v.npy", &b).unwrap();
+        assert_eq!((a.dtype, a.ndim, a.rows, a.cols), (NpyDtype::F64, 1, 2, 1));
+        assert_eq!(a.to_f32(), Some(vec![0.5, -3.0]));
+        assert_eq!(a.get_i64(0, 0), None, "floats are not ids");
+        assert_eq!(a.first_beyond_f32(), None);
+        let two_d = parse_npy("m.npy", &write_npy_f32(1, 2, &[1.0, 2.0])).unwrap();
+        assert_eq!((two_d.ndim, two_d.first_beyond_f32()), (2, None));
+        // 1e39 is finite in f64 and beyond f32::MAX.
+        let n = b.len();
+        b[n - 8..].copy_from_slice(&1e39f64.to_le_bytes());
+        let a = parse_npy("v.npy", &b).unwrap();
+        assert_eq!(a.first_beyond_f32(), Some((1, 1e39)));
     }
 
     #[test]

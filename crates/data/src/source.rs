@@ -208,7 +208,7 @@ fn npy_frame(parts: &[(String, Bytes)]) -> Result<DataFrame> {
     let mut splits: Vec<&str> = Vec::new();
     for ((file, bytes), split) in parts.iter().zip(["train", "valid", "test"]) {
         let a = parse_npy(file, bytes)?;
-        if a.cols != 2 || a.dtype == crate::npy::NpyDtype::F32 {
+        if a.cols != 2 || a.dtype.is_float() {
             return Err(DataError::bad_input(
                 file,
                 None,
