@@ -303,7 +303,7 @@ fn list_row(file: &str, col: &ArrayRef, r: usize, global_row: usize) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use diffrec_data::npy::write_npy_f32;
+    use diffrec_data::npy::{npy_v1_file, write_npy_f32};
     use std::sync::Arc;
 
     fn ids(n: usize) -> Vec<String> {
@@ -335,18 +335,11 @@ mod tests {
     }
 
     /// `np.save` (NumPy 2.4) of `a`, shape (2, 2), dtype float64: the header NumPy writes and
-    /// the little-endian payload, built by hand rather than by our own writer.
+    /// the little-endian payload.
     fn numpy_f64_2x2(a: [f64; 4]) -> Bytes {
         let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2), }";
-        let mut b = b"\x93NUMPY\x01\x00\x76\x00".to_vec();
-        b.extend_from_slice(header.as_bytes());
-        b.resize(10 + 0x76 - 1, b' ');
-        b.push(b'\n');
-        assert_eq!(b.len(), 128, "NumPy pads the header to a multiple of 64");
-        for v in a {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        Bytes::from(b)
+        let payload: Vec<u8> = a.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Bytes::from(npy_v1_file(header, &payload))
     }
 
     #[test]
@@ -375,11 +368,7 @@ mod tests {
     fn npy_one_dimensional_is_refused() {
         // np.save of np.array([0.5, 1.0], dtype=np.float32): two items, but no dimension axis.
         let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }";
-        let mut b = b"\x93NUMPY\x01\x00\x76\x00".to_vec();
-        b.extend_from_slice(header.as_bytes());
-        b.resize(127, b' ');
-        b.push(b'\n');
-        b.extend_from_slice(&[0, 0, 0, 0x3f, 0, 0, 0x80, 0x3f]);
+        let b = npy_v1_file(header, &[0, 0, 0, 0x3f, 0, 0, 0x80, 0x3f]);
         let err = parse("v.npy", Bytes::from(b), &ids(2))
             .unwrap_err()
             .to_string();

@@ -217,8 +217,16 @@ pub fn write_npy_f32(rows: usize, cols: usize, values: &[f32]) -> Vec<u8> {
 }
 
 fn write_npy_raw(descr: &str, rows: usize, cols: usize, payload: &[u8]) -> Vec<u8> {
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    npy_v1_file(
+        &format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}"),
+        payload,
+    )
+}
+
+/// A `.npy` file of format 1.0 with the header dict `header` exactly as given (e.g. as NumPy
+/// writes it), padded with spaces and a newline as NumPy pads it, then `payload`.
+pub fn npy_v1_file(header: &str, payload: &[u8]) -> Vec<u8> {
+    let mut header = header.to_owned();
     // Pad so that magic + version + len + header + '\n' is a multiple of 64.
     let unpadded = MAGIC.len() + 2 + 2 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
@@ -274,13 +282,15 @@ mod tests {
 
     #[test]
     fn float64_and_one_dimensional_arrays_are_read() {
-        // Exactly what NumPy 2.4 writes for np.array([0.5, -3.0]) (float64, shape (2,)).
+        // What NumPy 2.4 writes for np.array([0.5, -3.0]) (float64, shape (2,)): 128 bytes of
+        // magic, version, header length 0x76 and padded header, then the payload.
         let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }";
-        let mut b = b"\x93NUMPY\x01\x00\x76\x00".to_vec();
-        b.extend_from_slice(header.as_bytes());
-        b.resize(127, b' ');
-        b.push(b'\n');
-        b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0xe0, 0x3f, 0, 0, 0, 0, 0, 0, 0x08, 0xc0]);
+        let payload = [0, 0, 0, 0, 0, 0, 0xe0, 0x3f, 0, 0, 0, 0, 0, 0, 0x08, 0xc0];
+        let mut b = npy_v1_file(header, &payload);
+        assert_eq!(
+            (b.len(), &b[..10]),
+            (144, &b"\x93NUMPY\x01\x00\x76\x00"[..])
+        );
         let a = parse_npy("v.npy", &b).unwrap();
         assert_eq!((a.dtype, a.ndim, a.rows, a.cols), (NpyDtype::F64, 1, 2, 1));
         assert_eq!(a.to_f32(), Some(vec![0.5, -3.0]));
