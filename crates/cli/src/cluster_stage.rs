@@ -30,6 +30,10 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
                 "cluster: lightgcn epoch {epoch}: loss {loss:.4}, valid recall@20 {valid_recall20:.4} ndcg@20 {valid_ndcg20:.4}, test recall@20 {test_recall20:.4} ndcg@20 {test_ndcg20:.4} (best epoch {best_epoch})"
             ))
         }
+        Progress::Resumed { epoch } => bar.say(format!(
+            "cluster: lightgcn resuming after epoch {epoch} ({})",
+            diffrec_cluster::checkpoint::KEY
+        )),
         Progress::Stopped { epoch, best_epoch } => bar.say(format!(
             "cluster: lightgcn early stop after epoch {epoch} (best epoch {best_epoch})"
         )),
@@ -70,8 +74,13 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     for note in &s.notes {
         println!("cluster: note: {note}");
     }
+    let (clusters, sizes) = if s.k == 1 {
+        ("cluster", "size")
+    } else {
+        ("clusters", "sizes")
+    };
     println!(
-        "cluster: {} clusters of sizes {:?} over {}-d {} embeddings ({:.1}s)",
+        "cluster: {} {clusters} of {sizes} {:?} over {}-d {} embeddings ({:.1}s)",
         s.k, s.sizes, s.dim, s.embeddings, s.seconds
     );
     Ok(())

@@ -66,7 +66,8 @@ enum Command {
         /// Stop after this stage.
         #[arg(long, value_enum)]
         until: Option<Stage>,
-        /// Rerun stages even when their manifest matches.
+        /// Rerun stages even when their manifest matches, from the start: train and the
+        /// cluster stage's LightGCN then ignore their checkpoints instead of resuming.
         #[arg(long)]
         force: bool,
     },
@@ -77,7 +78,8 @@ enum Command {
         name: Stage,
         #[command(flatten)]
         args: PipelineArgs,
-        /// Rerun even when the stage's manifest matches.
+        /// Rerun even when the stage's manifest matches, from the start: train and the cluster
+        /// stage's LightGCN then ignore their checkpoints instead of resuming.
         #[arg(long)]
         force: bool,
     },
@@ -298,7 +300,12 @@ async fn dispatch(command: Command) -> Result<()> {
                 port,
                 "orchestrator: serving (burn-collective, all interfaces)"
             );
-            println!("orchestrator: listening on port {port}");
+            // Say where it really listens: a HOST of 127.0.0.1 does not keep it on loopback.
+            println!(
+                "orchestrator: listening on 0.0.0.0:{port}, every interface (burn-collective \
+                 0.21 takes a port, not an address, so the host of --bind {bind} is not used; \
+                 keep the port to the nodes' network with a firewall)"
+            );
             burn_collective::start_global_orchestrator(port).await;
             Ok(())
         }

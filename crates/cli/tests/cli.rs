@@ -806,33 +806,12 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
     assert!(run(&a, &[]).output().unwrap().status.success());
     let reference = summary(&a);
 
-    // Killed three times, each as soon as it has written a checkpoint of its own (so in the
-    // epoch after it: the whole run takes well under a second, and kills at fixed times landed
-    // after its end), then completed.
+    // Killed three times, each as soon as it has written a checkpoint of its own, then completed.
     let b = dir.join("b");
-    let latest = b.join("runs/r/checkpoints/latest.ckpt");
-    let written = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    for _ in 0..3 {
-        let before = written(&latest);
-        let mut child = run(&b, &[])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while written(&latest) == before && child.try_wait().unwrap().is_none() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no checkpoint in two minutes"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    assert!(
-        !b.join("runs/r/_manifest.json").exists(),
-        "a killed run finished anyway: the resume below would test nothing"
+    kill_after_each_checkpoint(
+        || run(&b, &[]),
+        &b.join("runs/r/checkpoints/latest.ckpt"),
+        &b.join("runs/r/_manifest.json"),
     );
     // What a kill in the middle of a write leaves (a temporary, never read) is removed when
     // the stage next runs.
@@ -947,6 +926,100 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
 }
 
 /// Every file under `dir`, recursively.
+/// Starts `start()` three times and kills each as soon as it has written `checkpoint` anew (so
+/// in the work after that write: these runs take well under a second, and kills at fixed times
+/// landed after their end). Asserts that none got as far as writing `manifest`.
+fn kill_after_each_checkpoint(start: impl Fn() -> Command, checkpoint: &Path, manifest: &Path) {
+    let written = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    for _ in 0..3 {
+        let before = written(checkpoint);
+        let mut child = start()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while written(checkpoint) == before && child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint in two minutes"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(
+        !manifest.exists(),
+        "a killed run finished anyway: the resume after it would test nothing"
+    );
+}
+
+/// A cluster stage killed during LightGCN's pre-training resumes from its checkpoint and ends
+/// with the clusters, embeddings and metrics of an uninterrupted run; the checkpoint is removed
+/// once the stage completes.
+#[test]
+fn killed_cluster_stage_resumes_to_the_same_clusters() {
+    let (dir, p) = synthetic_project(
+        "cluster-resume",
+        &["--users", "2000", "--items", "800"],
+        "name: t\ndata:\n  source: {format: csv, path: log.csv}\nmodel: {variant: l-diffrec}\n\
+         cluster:\n  k: 3\n  lightgcn: {dim: 16, epochs: 30, eval_every: 2, patience: 100, batch_size: 2048}\n",
+    );
+    let until = |last: &str, ws: &Path| {
+        let mut c = diffrec();
+        c.args(["run", p.to_str().unwrap(), "--until", last, "--workspace"])
+            .arg(ws);
+        c
+    };
+    let stage = |ws: &Path| until("cluster", ws);
+    let outputs = |ws: &Path| {
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(ws.join("cluster/summary.json")).unwrap())
+                .unwrap();
+        let l = &summary["lightgcn"];
+        let bytes = |key: &str| std::fs::read(ws.join(key)).unwrap();
+        (
+            bytes("cluster/item_clusters.parquet"),
+            bytes("cluster/item_embeddings.parquet"),
+            bytes("cluster/user_embeddings.parquet"),
+            [&l["best_epoch"], &l["epochs_run"], &l["valid"], &l["test"]].map(|v| v.to_string()),
+        )
+    };
+    let a = dir.join("a");
+    let out = stage(&a).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let ckpt = "cluster/lightgcn.ckpt";
+    assert!(!a.join(ckpt).exists(), "the checkpoint outlived the stage");
+
+    let b = dir.join("b");
+    let ingest = until("ingest", &b).output().unwrap();
+    assert!(ingest.status.success(), "{}", text(&ingest));
+    kill_after_each_checkpoint(
+        || stage(&b),
+        &b.join(ckpt),
+        &b.join("cluster/_manifest.json"),
+    );
+    let out = stage(&b).output().unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("lightgcn resuming after epoch"), "{t}");
+    assert!(outputs(&b) == outputs(&a), "resumed clusters differ:\n{t}");
+    assert!(!b.join(ckpt).exists(), "the checkpoint outlived the stage");
+
+    // `--force` starts over, whatever checkpoint a killed run left.
+    let forced = || {
+        let mut c = stage(&b);
+        c.arg("--force");
+        c
+    };
+    kill_after_each_checkpoint(forced, &b.join(ckpt), &b.join("cluster/_manifest.json"));
+    let out = forced().output().unwrap();
+    let t = text(&out);
+    assert!(out.status.success() && !t.contains("resuming"), "{t}");
+    assert!(outputs(&b) == outputs(&a), "forced clusters differ:\n{t}");
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {

@@ -29,6 +29,19 @@ impl Adam {
         }
     }
 
+    /// Steps taken and the first and second moments: what a checkpoint keeps.
+    pub fn state(&self) -> (i32, &[f32], &[f32]) {
+        (self.step, &self.m, &self.v)
+    }
+
+    /// Puts back a [`Self::state`]; `m` and `v` must have this optimiser's length.
+    pub fn restore(&mut self, step: i32, m: &[f32], v: &[f32]) {
+        assert_eq!((m.len(), v.len()), (self.m.len(), self.v.len()));
+        self.step = step;
+        self.m.copy_from_slice(m);
+        self.v.copy_from_slice(v);
+    }
+
     /// One update of `params` with `grad`.
     pub fn step(&mut self, params: &mut [f32], grad: &[f32]) {
         assert_eq!(params.len(), self.m.len());

@@ -93,7 +93,8 @@ pub fn cluster(
     merge_small(&data, &mut labels, &mut notes);
     let (labels, k_out) = relabel_by_first_item(&labels);
     if k_out < k {
-        let note = format!("using {k_out} clusters instead of cluster.k = {k}");
+        let clusters = if k_out == 1 { "cluster" } else { "clusters" };
+        let note = format!("using {k_out} {clusters} instead of cluster.k = {k}");
         tracing::warn!("{note}");
         notes.push(note);
     }

@@ -13,6 +13,7 @@ pub mod adam;
 pub mod ari;
 pub mod artifacts;
 pub mod bpr;
+pub mod checkpoint;
 pub mod config;
 pub mod embeddings;
 pub mod error;

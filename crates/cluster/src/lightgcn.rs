@@ -73,6 +73,10 @@ impl LightGcn {
 /// Reports from [`pretrain`] (the CLI draws them).
 #[derive(Debug, Clone)]
 pub enum Progress {
+    /// Continuing from a checkpoint written after `epoch`.
+    Resumed {
+        epoch: usize,
+    },
     EpochStart {
         epoch: usize,
         batches: usize,
@@ -165,7 +169,8 @@ fn with_20(ks: &[usize]) -> Vec<usize> {
 
 /// Pre-trains LightGCN on `data.train` (seeded, deterministic for a given thread count up to
 /// float summation order), evaluating every `eval_every` epochs and stopping after `patience`
-/// evaluations without a better (4-decimal) valid Recall@20.
+/// evaluations without a better (4-decimal) valid Recall@20. [`Pretraining`] does the same a
+/// stretch at a time, with checkpoints between.
 pub fn pretrain(
     data: &SplitMatrices,
     cfg: &LightGcnConfig,
@@ -173,67 +178,200 @@ pub fn pretrain(
     ks: &[usize],
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Pretrained, ClusterError> {
-    let started = Instant::now();
-    let ks = with_20(ks);
-    let graph = NormalizedGraph::from_train(&data.train);
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut model = LightGcn::new(graph.n_nodes(), cfg.dim, cfg.layers, &mut rng);
-    let mut opt = Adam::new(model.ego.len(), cfg.lr as f32);
-    let reg = cfg.reg as f32;
-    tracing::info!(
-        nodes = graph.n_nodes(),
-        edges = graph.nnz() / 2,
-        dim = cfg.dim,
-        layers = cfg.layers,
-        "lightgcn: graph built"
-    );
+    let mut run = Pretraining::new(data, cfg, seed, ks);
+    while run.advance(progress) {}
+    run.finish()
+}
 
-    let mut best_recall = f64::NEG_INFINITY;
-    let mut best_epoch = 0;
-    let mut best_fin: Option<Vec<f32>> = None;
-    let mut evaluations = Vec::new();
-    let mut since_best = 0;
-    let mut epochs_run = 0;
-    for epoch in 1..=cfg.epochs {
-        let epoch_start = Instant::now();
-        // A fresh stream per epoch: the triples of epoch e do not depend on earlier epochs.
-        let mut erng =
-            StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let triples = bpr::epoch_triples(&data.train, &mut erng);
-        let batches = triples.len().div_ceil(cfg.batch_size);
-        progress(Progress::EpochStart { epoch, batches });
-        let mut loss_sum = 0.0;
-        for batch in triples.chunks(cfg.batch_size) {
-            let (loss, grad) = model.loss_grad(&graph, batch, reg);
-            opt.step(&mut model.ego, &grad);
-            loss_sum += loss.bpr + cfg.reg * loss.l2;
-            progress(Progress::Batch);
+/// The counters of a pre-training run, kept in its checkpoint beside the arrays.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    /// Epochs completed.
+    pub epochs_run: usize,
+    /// The best (4-decimal) valid Recall@20 so far; `None` before a usable evaluation.
+    pub best_recall: Option<f64>,
+    pub best_epoch: usize,
+    /// Evaluations since the best one.
+    pub since_best: usize,
+    /// Set once early stopping, the epoch cap or a non-finite loss ended training.
+    pub done: bool,
+    /// Training seconds of the earlier processes of this run (a resumed run adds its own).
+    pub seconds_before: f64,
+    pub evaluations: Vec<Evaluation>,
+}
+
+/// A checkpoint's contents: the counters, the ego embeddings, Adam's state and the best
+/// evaluation's final embeddings (`n_nodes × dim` each, row-major).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub counters: Counters,
+    pub adam_step: i32,
+    pub ego: Vec<f32>,
+    pub adam_m: Vec<f32>,
+    pub adam_v: Vec<f32>,
+    pub best: Option<Vec<f32>>,
+}
+
+/// LightGCN pre-training in progress. [`Self::advance`] runs to the next evaluation, after which
+/// [`Self::snapshot`] is a point to resume from: the epochs' BPR triples are drawn from the seed
+/// and the epoch number alone, so a run restored from a snapshot continues exactly as the
+/// uninterrupted run would have.
+pub struct Pretraining<'a> {
+    data: &'a SplitMatrices,
+    cfg: &'a LightGcnConfig,
+    seed: u64,
+    ks: Vec<usize>,
+    graph: NormalizedGraph,
+    model: LightGcn,
+    opt: Adam,
+    counters: Counters,
+    best_fin: Option<Vec<f32>>,
+    started: Instant,
+}
+
+impl<'a> Pretraining<'a> {
+    /// A fresh run: the graph built and the embeddings drawn from `seed`.
+    pub fn new(data: &'a SplitMatrices, cfg: &'a LightGcnConfig, seed: u64, ks: &[usize]) -> Self {
+        let graph = NormalizedGraph::from_train(&data.train);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let model = LightGcn::new(graph.n_nodes(), cfg.dim, cfg.layers, &mut rng);
+        let opt = Adam::new(model.ego.len(), cfg.lr as f32);
+        tracing::info!(
+            nodes = graph.n_nodes(),
+            edges = graph.nnz() / 2,
+            dim = cfg.dim,
+            layers = cfg.layers,
+            "lightgcn: graph built"
+        );
+        Pretraining {
+            data,
+            cfg,
+            seed,
+            ks: with_20(ks),
+            graph,
+            model,
+            opt,
+            counters: Counters {
+                epochs_run: 0,
+                best_recall: None,
+                best_epoch: 0,
+                since_best: 0,
+                done: false,
+                seconds_before: 0.0,
+                evaluations: Vec::new(),
+            },
+            best_fin: None,
+            started: Instant::now(),
         }
-        epochs_run = epoch;
-        let epoch_seconds = epoch_start.elapsed().as_secs_f64();
-        let loss = loss_sum / batches.max(1) as f64;
-        if !loss.is_finite() {
-            tracing::warn!(
-                epoch,
-                "lightgcn: the loss is not finite; stopping (lower cluster.lightgcn.lr)"
+    }
+
+    /// Epochs completed so far.
+    pub fn epochs_run(&self) -> usize {
+        self.counters.epochs_run
+    }
+
+    /// Continues from `snap` (of a run with the same data, settings and seed); refuses one
+    /// whose arrays do not fit this graph and `dim`.
+    pub fn restore(&mut self, snap: Snapshot) -> Result<(), String> {
+        let n = self.model.ego.len();
+        let lens = [snap.ego.len(), snap.adam_m.len(), snap.adam_v.len()];
+        if lens.iter().any(|&l| l != n) || snap.best.as_ref().is_some_and(|b| b.len() != n) {
+            return Err(format!(
+                "arrays of {lens:?} values, but this graph and cluster.lightgcn.dim need {n}"
+            ));
+        }
+        if snap.best.is_some() != snap.counters.best_recall.is_some() {
+            return Err("the best embeddings and the best recall disagree".into());
+        }
+        self.model.ego = snap.ego;
+        self.opt.restore(snap.adam_step, &snap.adam_m, &snap.adam_v);
+        self.best_fin = snap.best;
+        self.counters = snap.counters;
+        Ok(())
+    }
+
+    /// The state after the last completed epoch, for a checkpoint.
+    pub fn snapshot(&self) -> Snapshot {
+        let (adam_step, m, v) = self.opt.state();
+        let mut counters = self.counters.clone();
+        counters.seconds_before = self.seconds();
+        Snapshot {
+            counters,
+            adam_step,
+            ego: self.model.ego.clone(),
+            adam_m: m.to_vec(),
+            adam_v: v.to_vec(),
+            best: self.best_fin.clone(),
+        }
+    }
+
+    fn seconds(&self) -> f64 {
+        self.counters.seconds_before + self.started.elapsed().as_secs_f64()
+    }
+
+    /// Trains up to and including the next evaluation. Returns `false` once training is over
+    /// (then only [`Self::finish`] is left).
+    pub fn advance(&mut self, progress: &mut dyn FnMut(Progress)) -> bool {
+        let cfg = self.cfg;
+        while !self.counters.done && self.counters.epochs_run < cfg.epochs {
+            let epoch = self.counters.epochs_run + 1;
+            let epoch_start = Instant::now();
+            // A fresh stream per epoch: the triples of epoch e do not depend on earlier epochs.
+            let mut erng = StdRng::seed_from_u64(
+                self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             );
-            break;
+            let triples = bpr::epoch_triples(&self.data.train, &mut erng);
+            let batches = triples.len().div_ceil(cfg.batch_size);
+            progress(Progress::EpochStart { epoch, batches });
+            let mut loss_sum = 0.0;
+            for batch in triples.chunks(cfg.batch_size) {
+                let (loss, grad) = self.model.loss_grad(&self.graph, batch, cfg.reg as f32);
+                self.opt.step(&mut self.model.ego, &grad);
+                loss_sum += loss.bpr + cfg.reg * loss.l2;
+                progress(Progress::Batch);
+            }
+            self.counters.epochs_run = epoch;
+            let epoch_seconds = epoch_start.elapsed().as_secs_f64();
+            let loss = loss_sum / batches.max(1) as f64;
+            if !loss.is_finite() {
+                tracing::warn!(
+                    epoch,
+                    "lightgcn: the loss is not finite; stopping (lower cluster.lightgcn.lr)"
+                );
+                self.counters.done = true;
+                break;
+            }
+            if epoch % cfg.eval_every != 0 && epoch != cfg.epochs {
+                continue;
+            }
+            self.evaluate(epoch, loss, epoch_seconds, progress);
+            self.counters.done |= epoch >= cfg.epochs;
+            return !self.counters.done;
         }
-        if epoch % cfg.eval_every != 0 && epoch != cfg.epochs {
-            continue;
-        }
+        self.counters.done = true;
+        false
+    }
+
+    fn evaluate(
+        &mut self,
+        epoch: usize,
+        loss: f64,
+        epoch_seconds: f64,
+        progress: &mut dyn FnMut(Progress),
+    ) {
         let eval_start = Instant::now();
-        let fin = model.embed(&graph);
-        let (valid, test) = evaluate(&fin, cfg.dim, data, &ks);
+        let fin = self.model.embed(&self.graph);
+        let (valid, test) = evaluate(&fin, self.cfg.dim, self.data, &self.ks);
         let eval_seconds = eval_start.elapsed().as_secs_f64();
         let recall = round4(valid["recall@20"]);
-        if recall > best_recall && fin.iter().all(|x| x.is_finite()) {
-            best_recall = recall;
-            best_epoch = epoch;
-            best_fin = Some(fin);
-            since_best = 0;
+        let c = &mut self.counters;
+        if c.best_recall.is_none_or(|b| recall > b) && fin.iter().all(|x| x.is_finite()) {
+            c.best_recall = Some(recall);
+            c.best_epoch = epoch;
+            self.best_fin = Some(fin);
+            c.since_best = 0;
         } else {
-            since_best += 1;
+            c.since_best += 1;
         }
         progress(Progress::Evaluated {
             epoch,
@@ -242,7 +380,7 @@ pub fn pretrain(
             valid_ndcg20: valid["ndcg@20"],
             test_recall20: test["recall@20"],
             test_ndcg20: test["ndcg@20"],
-            best_epoch,
+            best_epoch: c.best_epoch,
         });
         tracing::debug!(
             epoch,
@@ -250,7 +388,7 @@ pub fn pretrain(
             valid_recall20 = valid["recall@20"],
             "lightgcn: evaluated"
         );
-        evaluations.push(Evaluation {
+        c.evaluations.push(Evaluation {
             epoch,
             loss,
             epoch_seconds,
@@ -258,28 +396,38 @@ pub fn pretrain(
             valid,
             test,
         });
-        if since_best >= cfg.patience {
-            progress(Progress::Stopped { epoch, best_epoch });
-            break;
+        if c.since_best >= self.cfg.patience {
+            c.done = true;
+            progress(Progress::Stopped {
+                epoch,
+                best_epoch: c.best_epoch,
+            });
         }
     }
-    let Some(fin) = best_fin else {
-        return Err(ClusterError::Diverged(format!(
-            "LightGCN produced no usable embeddings after {epochs_run} epoch(s) (the loss became \
-             non-finite before the first evaluation); lower cluster.lightgcn.lr or evaluate \
-             earlier with cluster.lightgcn.eval_every"
-        )));
-    };
-    let split = data.n_users * cfg.dim;
-    Ok(Pretrained {
-        dim: cfg.dim,
-        users: fin[..split].to_vec(),
-        items: fin[split..].to_vec(),
-        best_epoch,
-        epochs_run,
-        evaluations,
-        train_seconds: started.elapsed().as_secs_f64(),
-    })
+
+    /// The best evaluation's embeddings and the history.
+    pub fn finish(self) -> Result<Pretrained, ClusterError> {
+        let train_seconds = self.seconds();
+        let c = self.counters;
+        let Some(fin) = self.best_fin else {
+            return Err(ClusterError::Diverged(format!(
+                "LightGCN produced no usable embeddings after {} epoch(s) (the loss became \
+                 non-finite before the first evaluation); lower cluster.lightgcn.lr or evaluate \
+                 earlier with cluster.lightgcn.eval_every",
+                c.epochs_run
+            )));
+        };
+        let split = self.data.n_users * self.cfg.dim;
+        Ok(Pretrained {
+            dim: self.cfg.dim,
+            users: fin[..split].to_vec(),
+            items: fin[split..].to_vec(),
+            best_epoch: c.best_epoch,
+            epochs_run: c.epochs_run,
+            evaluations: c.evaluations,
+            train_seconds,
+        })
+    }
 }
 
 #[cfg(test)]

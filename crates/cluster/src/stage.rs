@@ -21,9 +21,10 @@ use crate::artifacts::{
     ITEM_CLUSTERS, ITEM_EMBEDDINGS, LIGHTGCN_METRICS, STAGE_DIR, SUMMARY, USER_EMBEDDINGS,
     clusters_batch, clusters_schema, embeddings_batch, embeddings_schema,
 };
+use crate::checkpoint;
 use crate::config::ClusterConfig;
 use crate::error::{ClusterError, Result};
-use crate::lightgcn::{Progress, pretrain};
+use crate::lightgcn::{Pretrained, Pretraining, Progress};
 use crate::{embeddings, kmeans};
 
 /// LightGCN's figures in `cluster/summary.json`.
@@ -140,7 +141,7 @@ pub async fn run_cluster(
         Some((e, name)) => {
             tracing::info!(file = %name, rows = e.rows, dim = e.dim, "cluster: using the given item embeddings");
             // Outputs of an earlier pre-training run no longer belong to this stage.
-            for key in [USER_EMBEDDINGS, LIGHTGCN_METRICS] {
+            for key in [USER_EMBEDDINGS, LIGHTGCN_METRICS, checkpoint::KEY] {
                 ws.delete(key).await?;
             }
             (e.values, e.dim, name, None)
@@ -149,7 +150,7 @@ pub async fn run_cluster(
             // The interactions are read only when LightGCN needs them.
             let data = load_splits(ws).await?;
             let user_ids = load_ids(ws, "user").await?;
-            let p = pretrain(&data, &cfg.lightgcn, cfg.seed, ks, progress)?;
+            let p = pretrain_resumably(ws, &data, cfg, ks, &inputs, force, progress).await?;
             let batch = embeddings_batch("user", &user_ids, &p.users, p.dim)?;
             ws.write_parquet(USER_EMBEDDINGS, embeddings_schema("user", p.dim), [batch])
                 .await?;
@@ -237,8 +238,56 @@ pub async fn run_cluster(
         finished_at: Utc::now(),
     };
     ws.put_json(&manifest_key(STAGE_DIR), &manifest).await?;
+    // Only now: a crash before the manifest still resumes instead of pre-training again.
+    ws.delete(checkpoint::KEY).await?;
     Ok(ClusterReport {
         skipped: false,
         summary,
     })
+}
+
+/// Pre-trains LightGCN, resuming from `cluster/lightgcn.ckpt` when it holds a run of the same
+/// fingerprint (settings, seed, cut-offs, ingest outputs) and writing it after every evaluation,
+/// so a killed stage loses at most `cluster.lightgcn.eval_every` epochs. A checkpoint of another
+/// fingerprint, or one that cannot be read, is started over (with a log line saying why), and
+/// so is every one under `force`.
+async fn pretrain_resumably(
+    ws: &Workspace,
+    data: &diffrec_data::SplitMatrices,
+    cfg: &ClusterConfig,
+    ks: &[usize],
+    inputs: &BTreeMap<String, String>,
+    force: bool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Pretrained> {
+    let fingerprint = checkpoint::fingerprint(&cfg.lightgcn, cfg.seed, ks, inputs);
+    let mut run = Pretraining::new(data, &cfg.lightgcn, cfg.seed, ks);
+    let found = if force {
+        None
+    } else {
+        ws.get_if_present(checkpoint::KEY).await?
+    };
+    if let Some(bytes) = found {
+        let restored = checkpoint::decode(&bytes).and_then(|(fp, snap)| {
+            if fp == fingerprint {
+                run.restore(snap)
+            } else {
+                Err("it belongs to other settings or data".into())
+            }
+        });
+        match restored {
+            Ok(()) => progress(Progress::Resumed {
+                epoch: run.epochs_run(),
+            }),
+            Err(why) => tracing::warn!(
+                "cluster: not resuming from {}: {why}; pre-training from the start",
+                checkpoint::KEY
+            ),
+        }
+    }
+    while run.advance(progress) {
+        let bytes = checkpoint::encode(&fingerprint, &run.snapshot());
+        ws.put_atomic(checkpoint::KEY, bytes).await?;
+    }
+    run.finish()
 }

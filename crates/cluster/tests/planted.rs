@@ -3,9 +3,10 @@
 
 use diffrec_cluster::LightGcnConfig;
 use diffrec_cluster::ari::adjusted_rand_index;
+use diffrec_cluster::checkpoint;
 use diffrec_cluster::graph::NormalizedGraph;
 use diffrec_cluster::kmeans;
-use diffrec_cluster::lightgcn::{LightGcn, pretrain};
+use diffrec_cluster::lightgcn::{LightGcn, Pretrained, Pretraining, pretrain};
 use diffrec_data::synthetic::{SyntheticSpec, item_groups, write_csv};
 use diffrec_data::{CsrMatrix, SplitMatrices};
 use rand::SeedableRng;
@@ -97,4 +98,77 @@ fn lightgcn_kmeans_recovers_planted_item_groups() {
         "untrained embeddings should be near chance, got {chance:.3}"
     );
     assert!(best.valid["recall@20"] > 0.1, "LightGCN did not learn");
+}
+
+/// What a resumed run must reproduce: everything but the timings.
+fn outcome(p: &Pretrained) -> impl PartialEq + std::fmt::Debug {
+    let metrics: Vec<_> = p
+        .evaluations
+        .iter()
+        .map(|e| (e.epoch, e.loss, e.valid.clone(), e.test.clone()))
+        .collect();
+    (
+        p.users.clone(),
+        p.items.clone(),
+        p.best_epoch,
+        p.epochs_run,
+        metrics,
+    )
+}
+
+#[test]
+fn pretraining_resumed_from_its_checkpoints_ends_as_an_uninterrupted_run() {
+    let spec = SyntheticSpec {
+        users: 300,
+        items: 120,
+        clusters: 4,
+        mean_interactions: 20.0,
+        false_positive_rate: 0.02,
+        seed: 5,
+    };
+    let data = splits(&spec);
+    let cfg = LightGcnConfig {
+        dim: 8,
+        layers: 2,
+        lr: 0.05,
+        batch_size: 512,
+        epochs: 60,
+        eval_every: 3,
+        patience: 2,
+        ..LightGcnConfig::default()
+    };
+    let whole = pretrain(&data, &cfg, 3, &[10, 20], &mut |_| {}).unwrap();
+    assert!(
+        whole.epochs_run < cfg.epochs,
+        "early stopping must end the run, so that its counter crosses a resume"
+    );
+
+    // A process per evaluation: each trains one stretch from the previous one's checkpoint
+    // file (encoded and decoded, as the stage stores it) and is then dropped, as if killed.
+    let mut file: Option<Vec<u8>> = None;
+    let mut stretches = 0;
+    let resumed = loop {
+        let mut run = Pretraining::new(&data, &cfg, 3, &[10, 20]);
+        if let Some(bytes) = &file {
+            let (fp, snap) = checkpoint::decode(bytes).unwrap();
+            assert_eq!(fp, "fp");
+            run.restore(snap).unwrap();
+        }
+        let more = run.advance(&mut |_| {});
+        stretches += 1;
+        if !more {
+            break run.finish().unwrap();
+        }
+        file = Some(checkpoint::encode("fp", &run.snapshot()));
+    };
+    assert_eq!(stretches, whole.evaluations.len());
+    assert_eq!(outcome(&resumed), outcome(&whole));
+
+    // A checkpoint of another width is refused, not silently mixed in.
+    let narrow = LightGcnConfig { dim: 4, ..cfg };
+    let (_, snap) = checkpoint::decode(file.as_ref().unwrap()).unwrap();
+    let err = Pretraining::new(&data, &narrow, 3, &[20])
+        .restore(snap)
+        .unwrap_err();
+    assert!(err.contains("cluster.lightgcn.dim"), "{err}");
 }
