@@ -925,7 +925,6 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
     reference
 }
 
-/// Every file under `dir`, recursively.
 /// Starts `start()` three times and kills each as soon as it has written `checkpoint` anew (so
 /// in the work after that write: these runs take well under a second, and kills at fixed times
 /// landed after their end). Asserts that none got as far as writing `manifest`.
@@ -1020,6 +1019,7 @@ fn killed_cluster_stage_resumes_to_the_same_clusters() {
     assert!(outputs(&b) == outputs(&a), "forced clusters differ:\n{t}");
 }
 
+/// Every file under `dir`, recursively.
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {

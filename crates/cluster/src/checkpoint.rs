@@ -6,15 +6,17 @@
 //! and second moments and, when present, the best evaluation's final embeddings.
 //!
 //! The fingerprint is a hash of everything that shapes pre-training (the `cluster.lightgcn`
-//! settings, the seed, the evaluation cut-offs and the ingest outputs' hashes); a checkpoint of
-//! another fingerprint is not resumed from.
+//! settings, the seed, the evaluation cut-offs, the ingest outputs' hashes and this diffrec's
+//! version); a checkpoint of another fingerprint is not resumed from.
 
 use std::collections::BTreeMap;
 
 use crate::config::LightGcnConfig;
+use crate::error::{ClusterError, Result};
 use crate::lightgcn::{Counters, Snapshot};
 
-/// The workspace key. Written after every LightGCN evaluation, deleted when the stage completes.
+/// The workspace key. Written after every LightGCN evaluation and when pre-training ends,
+/// deleted when the stage completes.
 pub const KEY: &str = "cluster/lightgcn.ckpt";
 
 const MAGIC: &[u8] = b"diffrec lightgcn checkpoint v1\n";
@@ -35,15 +37,19 @@ pub fn fingerprint(
     ks: &[usize],
     inputs: &BTreeMap<String, String>,
 ) -> String {
-    let what = serde_json::json!({"lightgcn": cfg, "seed": seed, "ks": ks, "inputs": inputs});
+    let what = serde_json::json!({
+        "lightgcn": cfg, "seed": seed, "ks": ks, "inputs": inputs,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
     diffrec_data::workspace::sha256_hex(what.to_string().as_bytes())
 }
 
 /// The checkpoint file of `snap`.
-pub fn encode(fingerprint: &str, snap: &Snapshot) -> Vec<u8> {
+pub fn encode<V: AsRef<[f32]>>(fingerprint: &str, snap: &Snapshot<V>) -> Vec<u8> {
+    let len = snap.ego.as_ref().len();
     let header = Header {
         fingerprint: fingerprint.to_owned(),
-        len: snap.ego.len(),
+        len,
         adam_step: snap.adam_step,
         has_best: snap.best.is_some(),
         counters: snap.counters.clone(),
@@ -53,18 +59,26 @@ pub fn encode(fingerprint: &str, snap: &Snapshot) -> Vec<u8> {
         .into_iter()
         .chain(snap.best.as_ref());
     let count = 3 + usize::from(snap.best.is_some());
-    let mut out = Vec::with_capacity(MAGIC.len() + 8 + header.len() + 4 * snap.ego.len() * count);
+    let mut out = Vec::with_capacity(MAGIC.len() + 8 + header.len() + 4 * len * count);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(header.len() as u64).to_le_bytes());
     out.extend_from_slice(&header);
     for a in arrays {
-        out.extend(a.iter().flat_map(|v| v.to_le_bytes()));
+        out.extend(a.as_ref().iter().flat_map(|v| v.to_le_bytes()));
     }
     out
 }
 
-/// The fingerprint and snapshot of a checkpoint file; an error says what is wrong with it.
-pub fn decode(bytes: &[u8]) -> Result<(String, Snapshot), String> {
+/// The fingerprint and snapshot of a checkpoint file; [`ClusterError::Corrupt`] says what is
+/// wrong with one that cannot be read.
+pub fn decode(bytes: &[u8]) -> Result<(String, Snapshot)> {
+    decode_parts(bytes).map_err(|message| ClusterError::Corrupt {
+        key: KEY.to_owned(),
+        message,
+    })
+}
+
+fn decode_parts(bytes: &[u8]) -> std::result::Result<(String, Snapshot), String> {
     let rest = bytes
         .strip_prefix(MAGIC)
         .ok_or("not a LightGCN checkpoint (no magic line)")?;
@@ -162,7 +176,7 @@ mod tests {
     #[test]
     fn damaged_files_are_named_not_read() {
         let bytes = encode("abc", &snapshot(true));
-        let err = |b: &[u8]| decode(b).unwrap_err();
+        let err = |b: &[u8]| decode(b).unwrap_err().to_string();
         assert!(err(b"PAR1").contains("no magic"));
         assert!(err(&bytes[..MAGIC.len() + 3]).contains("header length"));
         assert!(err(&bytes[..bytes.len() - 1]).contains("need 48 bytes, the file has 47"));

@@ -30,7 +30,7 @@ pub struct ClusterConfig {
     /// `cluster.n_runs`: k-means restarts; the lowest inertia wins. Default 10.
     #[serde(default = "default_n_runs")]
     pub n_runs: usize,
-    /// `cluster.embeddings`: path to item embeddings (`.npy` f32 n_items×d or `.parquet`); when
+    /// `cluster.embeddings`: path to item embeddings (`.npy` f32 or f64 n_items×d, or `.parquet`); when
     /// set, LightGCN pre-training is skipped. Default: none (pre-train).
     #[serde(default)]
     pub embeddings: Option<String>,

@@ -201,15 +201,17 @@ pub struct Counters {
 }
 
 /// A checkpoint's contents: the counters, the ego embeddings, Adam's state and the best
-/// evaluation's final embeddings (`n_nodes × dim` each, row-major).
+/// evaluation's final embeddings (`n_nodes × dim` each, row-major). Read back as owned arrays
+/// (`V = Vec<f32>`); [`Pretraining::snapshot`] lends its own (`V = &[f32]`), so writing a
+/// checkpoint copies the arrays once, into the file's bytes.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Snapshot {
+pub struct Snapshot<V = Vec<f32>> {
     pub counters: Counters,
     pub adam_step: i32,
-    pub ego: Vec<f32>,
-    pub adam_m: Vec<f32>,
-    pub adam_v: Vec<f32>,
-    pub best: Option<Vec<f32>>,
+    pub ego: V,
+    pub adam_m: V,
+    pub adam_v: V,
+    pub best: Option<V>,
 }
 
 /// LightGCN pre-training in progress. [`Self::advance`] runs to the next evaluation, after which
@@ -232,6 +234,7 @@ pub struct Pretraining<'a> {
 impl<'a> Pretraining<'a> {
     /// A fresh run: the graph built and the embeddings drawn from `seed`.
     pub fn new(data: &'a SplitMatrices, cfg: &'a LightGcnConfig, seed: u64, ks: &[usize]) -> Self {
+        let started = Instant::now();
         let graph = NormalizedGraph::from_train(&data.train);
         let mut rng = StdRng::seed_from_u64(seed);
         let model = LightGcn::new(graph.n_nodes(), cfg.dim, cfg.layers, &mut rng);
@@ -261,7 +264,7 @@ impl<'a> Pretraining<'a> {
                 evaluations: Vec::new(),
             },
             best_fin: None,
-            started: Instant::now(),
+            started,
         }
     }
 
@@ -271,17 +274,30 @@ impl<'a> Pretraining<'a> {
     }
 
     /// Continues from `snap` (of a run with the same data, settings and seed); refuses one
-    /// whose arrays do not fit this graph and `dim`.
-    pub fn restore(&mut self, snap: Snapshot) -> Result<(), String> {
+    /// whose arrays do not fit this graph and `dim`, or whose counters cannot come from a run
+    /// of these settings. Nothing changes when it refuses.
+    pub fn restore(&mut self, snap: Snapshot) -> Result<(), ClusterError> {
+        let bad = |message: String| ClusterError::Corrupt {
+            key: crate::checkpoint::KEY.to_owned(),
+            message,
+        };
         let n = self.model.ego.len();
         let lens = [snap.ego.len(), snap.adam_m.len(), snap.adam_v.len()];
         if lens.iter().any(|&l| l != n) || snap.best.as_ref().is_some_and(|b| b.len() != n) {
-            return Err(format!(
+            return Err(bad(format!(
                 "arrays of {lens:?} values, but this graph and cluster.lightgcn.dim need {n}"
-            ));
+            )));
         }
         if snap.best.is_some() != snap.counters.best_recall.is_some() {
-            return Err("the best embeddings and the best recall disagree".into());
+            return Err(bad(
+                "the best embeddings and the best recall disagree".into()
+            ));
+        }
+        if snap.adam_step < 0 || snap.counters.epochs_run > self.cfg.epochs {
+            return Err(bad(format!(
+                "Adam step {} after epoch {} of at most {}",
+                snap.adam_step, snap.counters.epochs_run, self.cfg.epochs
+            )));
         }
         self.model.ego = snap.ego;
         self.opt.restore(snap.adam_step, &snap.adam_m, &snap.adam_v);
@@ -290,18 +306,18 @@ impl<'a> Pretraining<'a> {
         Ok(())
     }
 
-    /// The state after the last completed epoch, for a checkpoint.
-    pub fn snapshot(&self) -> Snapshot {
-        let (adam_step, m, v) = self.opt.state();
+    /// The state after the last completed epoch, for a checkpoint (borrowing the arrays).
+    pub fn snapshot(&self) -> Snapshot<&[f32]> {
+        let (adam_step, adam_m, adam_v) = self.opt.state();
         let mut counters = self.counters.clone();
         counters.seconds_before = self.seconds();
         Snapshot {
             counters,
             adam_step,
-            ego: self.model.ego.clone(),
-            adam_m: m.to_vec(),
-            adam_v: v.to_vec(),
-            best: self.best_fin.clone(),
+            ego: &self.model.ego,
+            adam_m,
+            adam_v,
+            best: self.best_fin.as_deref(),
         }
     }
 

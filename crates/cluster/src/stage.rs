@@ -248,9 +248,9 @@ pub async fn run_cluster(
 
 /// Pre-trains LightGCN, resuming from `cluster/lightgcn.ckpt` when it holds a run of the same
 /// fingerprint (settings, seed, cut-offs, ingest outputs) and writing it after every evaluation,
-/// so a killed stage loses at most `cluster.lightgcn.eval_every` epochs. A checkpoint of another
-/// fingerprint, or one that cannot be read, is started over (with a log line saying why), and
-/// so is every one under `force`.
+/// and when pre-training ends, so a killed stage loses at most `cluster.lightgcn.eval_every`
+/// epochs. A checkpoint of another fingerprint, or one that cannot be read, is started over
+/// (with a log line saying why); under `force` it is deleted first.
 async fn pretrain_resumably(
     ws: &Workspace,
     data: &diffrec_data::SplitMatrices,
@@ -262,32 +262,37 @@ async fn pretrain_resumably(
 ) -> Result<Pretrained> {
     let fingerprint = checkpoint::fingerprint(&cfg.lightgcn, cfg.seed, ks, inputs);
     let mut run = Pretraining::new(data, &cfg.lightgcn, cfg.seed, ks);
-    let found = if force {
-        None
-    } else {
-        ws.get_if_present(checkpoint::KEY).await?
-    };
-    if let Some(bytes) = found {
-        let restored = checkpoint::decode(&bytes).and_then(|(fp, snap)| {
-            if fp == fingerprint {
-                run.restore(snap)
-            } else {
-                Err("it belongs to other settings or data".into())
-            }
-        });
+    if force {
+        // Not merely ignored: a forced run killed before its first checkpoint must not leave
+        // the old one to a later resume.
+        ws.delete(checkpoint::KEY).await?;
+    } else if let Some(bytes) = ws.get_if_present(checkpoint::KEY).await? {
+        let restored = match checkpoint::decode(&bytes) {
+            Ok((fp, _)) if fp != fingerprint => Err(format!(
+                "{}: written for other settings, data or diffrec version",
+                checkpoint::KEY
+            )),
+            Ok((_, snap)) => run.restore(snap).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         match restored {
             Ok(()) => progress(Progress::Resumed {
                 epoch: run.epochs_run(),
             }),
-            Err(why) => tracing::warn!(
-                "cluster: not resuming from {}: {why}; pre-training from the start",
-                checkpoint::KEY
-            ),
+            Err(why) => {
+                tracing::warn!("cluster: not resuming ({why}); pre-training from the start")
+            }
         }
     }
-    while run.advance(progress) {
+    loop {
+        let more = run.advance(progress);
+        // Also after the last stretch: a kill during k-means or the writes then repeats none
+        // of the epochs.
         let bytes = checkpoint::encode(&fingerprint, &run.snapshot());
         ws.put_atomic(checkpoint::KEY, bytes).await?;
+        if !more {
+            break;
+        }
     }
     run.finish()
 }

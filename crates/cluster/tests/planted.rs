@@ -164,11 +164,23 @@ fn pretraining_resumed_from_its_checkpoints_ends_as_an_uninterrupted_run() {
     assert_eq!(stretches, whole.evaluations.len());
     assert_eq!(outcome(&resumed), outcome(&whole));
 
-    // A checkpoint of another width is refused, not silently mixed in.
-    let narrow = LightGcnConfig { dim: 4, ..cfg };
+    // A checkpoint of another width, or with counters no run of these settings has, is
+    // refused, not silently mixed in.
     let (_, snap) = checkpoint::decode(file.as_ref().unwrap()).unwrap();
-    let err = Pretraining::new(&data, &narrow, 3, &[20])
-        .restore(snap)
-        .unwrap_err();
+    let refused = |cfg: &LightGcnConfig, snap| {
+        Pretraining::new(&data, cfg, 3, &[20])
+            .restore(snap)
+            .unwrap_err()
+            .to_string()
+    };
+    let narrow = LightGcnConfig { dim: 4, ..cfg };
+    let err = refused(&narrow, snap.clone());
     assert!(err.contains("cluster.lightgcn.dim"), "{err}");
+    let shorter = LightGcnConfig { epochs: 2, ..cfg };
+    let err = refused(&shorter, snap.clone());
+    assert!(err.contains("of at most 2"), "{err}");
+    let mut negative = snap;
+    negative.adam_step = -1;
+    let err = refused(&cfg, negative);
+    assert!(err.contains("Adam step -1"), "{err}");
 }
