@@ -1,13 +1,15 @@
 //! Ranking metrics exactly as the DiffRec authors compute them (spec §6): masked items scored
-//! −∞, top-K by partial selection (never a full sort of a row), Recall@K = hits/|G| (not
+//! −∞, top-K kept in a bounded heap (never a sort or a copy of a row), Recall@K = hits/|G| (not
 //! min(|G|, K)), Precision@K, NDCG@K, MRR@K, summed over users with a non-empty ground truth and
 //! divided by the number of all users.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 
 use arrow_array::{Float64Array, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+
+use rayon::prelude::*;
 
 use crate::csr::CsrMatrix;
 
@@ -74,50 +76,60 @@ impl MetricSums {
     }
 }
 
-/// Top `k` item indices of `scores`, skipping `masked` (sorted), best first; ties by lower index.
-/// `scratch` is reused between calls to avoid allocating per user.
-pub fn top_k(scores: &[f32], masked: &[u32], k: usize, scratch: &mut Vec<(f32, u32)>) -> Vec<u32> {
-    scratch.clear();
+/// The `k` best items of `scores`, best first, skipping the sorted indices `masked`. "Better"
+/// is a total order: the higher score by `f32::total_cmp`, then the lower index, so the result
+/// is the same as sorting the unmasked items and taking the first `k`. One pass keeps the `k`
+/// best so far in a heap whose root is the worst of them; most items lose to that root at one
+/// comparison (never a sort of the row, nor a copy of it).
+pub fn top_k(scores: &[f32], masked: &[u32], k: usize) -> Vec<u32> {
+    let k = k.min(scores.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut kept: BinaryHeap<Ranked> = BinaryHeap::with_capacity(k);
     let mut m = masked.iter().peekable();
     for (i, &s) in scores.iter().enumerate() {
         if m.peek().is_some_and(|&&x| x as usize == i) {
             m.next();
             continue;
         }
-        scratch.push((s, i as u32));
+        let e = Ranked(s, i as u32);
+        if kept.len() < k {
+            kept.push(e);
+        } else if let Some(mut worst) = kept.peek_mut()
+            && e < *worst
+        {
+            *worst = e;
+        }
     }
-    let better = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-    let k = k.min(scratch.len());
-    if k == 0 {
-        return Vec::new();
-    }
-    if k < scratch.len() {
-        scratch.select_nth_unstable_by(k - 1, better);
-    }
-    let top = &mut scratch[..k];
-    top.sort_unstable_by(better);
-    top.iter().map(|&(_, i)| i).collect()
+    // Ascending in `Ranked`'s order is best first.
+    kept.into_sorted_vec().into_iter().map(|e| e.1).collect()
 }
 
-/// Merges two sorted index lists.
-pub fn union_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < b.len() {
-        let take_a = j == b.len() || (i < a.len() && a[i] <= b[j]);
-        let v = if take_a { a[i] } else { b[j] };
-        if take_a {
-            i += 1;
-            if j < b.len() && b[j] == v {
-                j += 1;
-            }
-        } else {
-            j += 1;
-        }
-        out.push(v);
+/// A scored item ordered worst-last: `a < b` when `a` ranks above `b` (higher score by
+/// `total_cmp`, or the same score and a lower index). A max-heap of them has the worst on top.
+#[derive(Clone, Copy)]
+struct Ranked(f32, u32);
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
     }
-    out
 }
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Ranked {}
 
 /// Valid and test metric sums from one block of scores (rows `users`), computed once: valid
 /// masks train items, test masks train ∪ valid items (spec §6).
@@ -128,7 +140,6 @@ pub struct SplitEvaluator<'a> {
     pub valid_sums: MetricSums,
     pub test_sums: MetricSums,
     max_k: usize,
-    scratch: Vec<(f32, u32)>,
 }
 
 impl<'a> SplitEvaluator<'a> {
@@ -145,22 +156,39 @@ impl<'a> SplitEvaluator<'a> {
             valid_sums: MetricSums::new(ks),
             test_sums: MetricSums::new(ks),
             max_k: ks.iter().copied().max().unwrap_or(0),
-            scratch: Vec::new(),
         }
     }
 
     /// Scores of `users` (row-major, `users.len() × n_items`).
+    ///
+    /// One pass per user ranks the items outside train, `max_k` plus the user's validation
+    /// items deep: its first `max_k` are the valid ranking, and the same list without the
+    /// validation items is the test ranking (train ∪ valid masked), since removing items from
+    /// a ranking leaves the others in order. Users are ranked in parallel and added to the sums
+    /// in their order, so the sums do not depend on the thread count.
     pub fn add_block(&mut self, users: &[usize], scores: &[f32]) {
         let n_items = self.train.n_cols;
-        for (row, &u) in users.iter().enumerate() {
-            let s = &scores[row * n_items..(row + 1) * n_items];
-            let train = self.train.row(u).0;
-            let valid = self.valid.row(u).0;
-            let ranked = top_k(s, train, self.max_k, &mut self.scratch);
-            self.valid_sums.add_user(&ranked, valid);
-            let both = union_sorted(train, valid);
-            let ranked = top_k(s, &both, self.max_k, &mut self.scratch);
-            self.test_sums.add_user(&ranked, self.test.row(u).0);
+        let max_k = self.max_k;
+        let (train, valid) = (self.train, self.valid);
+        let ranked: Vec<(Vec<u32>, Vec<u32>)> = users
+            .par_iter()
+            .zip(scores.par_chunks(n_items.max(1)))
+            .map(|(&u, s)| {
+                let in_valid = valid.row(u).0;
+                let mut ranked = top_k(s, train.row(u).0, max_k + in_valid.len());
+                let for_test = ranked
+                    .iter()
+                    .copied()
+                    .filter(|i| in_valid.binary_search(i).is_err())
+                    .take(max_k)
+                    .collect();
+                ranked.truncate(max_k);
+                (ranked, for_test)
+            })
+            .collect();
+        for (&u, (for_valid, for_test)) in users.iter().zip(&ranked) {
+            self.valid_sums.add_user(for_valid, self.valid.row(u).0);
+            self.test_sums.add_user(for_test, self.test.row(u).0);
         }
     }
 }
@@ -290,11 +318,11 @@ mod tests {
 
     #[test]
     fn top_k_skips_masked_and_breaks_ties_by_index() {
-        let mut scratch = Vec::new();
         let s = [0.5, 0.9, 0.9, 0.1, 0.7];
-        assert_eq!(top_k(&s, &[], 3, &mut scratch), vec![1, 2, 4]);
-        assert_eq!(top_k(&s, &[1, 4], 2, &mut scratch), vec![2, 0]);
-        assert_eq!(top_k(&s, &[0, 1, 2, 3], 10, &mut scratch), vec![4]);
+        assert_eq!(top_k(&s, &[], 3), vec![1, 2, 4]);
+        assert_eq!(top_k(&s, &[1, 4], 2), vec![2, 0]);
+        assert_eq!(top_k(&s, &[0, 1, 2, 3], 10), vec![4]);
+        assert_eq!(top_k(&s, &[], 0), Vec::<u32>::new());
     }
 
     #[test]
@@ -338,7 +366,87 @@ mod tests {
             1.0,
             "items 0, 1 masked → item 2 first"
         );
-        assert_eq!(union_sorted(&[1, 3, 5], &[2, 3, 6]), vec![1, 2, 3, 5, 6]);
         assert_eq!(round4(0.123456), 0.1235);
+    }
+
+    /// The definition `top_k` and `add_block` must agree with: sort every unmasked item by
+    /// score (descending, `total_cmp`), then index, and take the first `k`.
+    fn sorted_top_k(scores: &[f32], masked: &[u32], k: usize) -> Vec<u32> {
+        let mut items: Vec<u32> = (0..scores.len() as u32)
+            .filter(|i| !masked.contains(i))
+            .collect();
+        items.sort_by(|&a, &b| {
+            let (sa, sb) = (scores[a as usize], scores[b as usize]);
+            sb.total_cmp(&sa).then(a.cmp(&b))
+        });
+        items.truncate(k);
+        items
+    }
+
+    /// Three disjoint sorted index sets of one user (train, valid, test) from per-item draws.
+    fn splits_of(draws: &[u8]) -> [Vec<u32>; 3] {
+        let mut out: [Vec<u32>; 3] = Default::default();
+        for (i, &d) in draws.iter().enumerate() {
+            if let Some(set) = out.get_mut(usize::from(d % 5)) {
+                set.push(i as u32);
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        /// Scores from a few values (many ties, ±0, infinities and NaN), random masks, every k
+        /// up to past the row's length.
+        #[test]
+        fn top_k_is_the_sorted_definition(
+            picks in proptest::collection::vec(0usize..8, 0..60),
+            mask_draws in proptest::collection::vec(0u8..4, 60),
+            k in 0usize..70,
+        ) {
+            let values = [0.5, -0.0, 0.0, 1.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 0.5];
+            let scores: Vec<f32> = picks.iter().map(|&p| values[p]).collect();
+            let masked: Vec<u32> =
+                (0..scores.len() as u32).filter(|&i| mask_draws[i as usize] == 0).collect();
+            proptest::prop_assert_eq!(top_k(&scores, &masked, k), sorted_top_k(&scores, &masked, k));
+        }
+
+        /// `add_block` (one pass per user, users in parallel) gives the sums of ranking valid
+        /// with train masked and test with train ∪ valid masked, user by user in order.
+        #[test]
+        fn split_evaluator_is_two_masked_rankings(
+            rows in proptest::collection::vec(
+                (proptest::collection::vec(0u8..6, 30), proptest::collection::vec(0u8..10, 30)),
+                1..12,
+            ),
+        ) {
+            let (n_items, ks) = (30, [1, 3, 10]);
+            let mut sets: [Vec<(u32, u32, f32)>; 3] = Default::default();
+            let mut scores = Vec::new();
+            for (u, (draws, levels)) in rows.iter().enumerate() {
+                for (which, items) in splits_of(draws).into_iter().enumerate() {
+                    sets[which].extend(items.into_iter().map(|i| (u as u32, i, 1.0)));
+                }
+                scores.extend(levels.iter().map(|&l| f32::from(l) / 4.0));
+            }
+            let n_users = rows.len();
+            let [train, valid, test] =
+                sets.map(|t| CsrMatrix::from_triplets(n_users, n_items, t));
+            let users: Vec<usize> = (0..n_users).collect();
+            let mut ev = SplitEvaluator::new(&train, &valid, &test, &ks);
+            ev.add_block(&users, &scores);
+
+            let (mut want_valid, mut want_test) = (MetricSums::new(&ks), MetricSums::new(&ks));
+            for u in 0..n_users {
+                let s = &scores[u * n_items..(u + 1) * n_items];
+                let (tr, va) = (train.row(u).0, valid.row(u).0);
+                let both: Vec<u32> = (0..n_items as u32)
+                    .filter(|i| tr.contains(i) || va.contains(i))
+                    .collect();
+                want_valid.add_user(&sorted_top_k(s, tr, 10), va);
+                want_test.add_user(&sorted_top_k(s, &both, 10), test.row(u).0);
+            }
+            proptest::prop_assert_eq!(&ev.valid_sums, &want_valid);
+            proptest::prop_assert_eq!(&ev.test_sums, &want_test);
+        }
     }
 }
