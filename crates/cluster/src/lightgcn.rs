@@ -11,7 +11,6 @@ use diffrec_data::metrics::{Evaluation, SplitEvaluator, round4};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal};
-use rayon::prelude::*;
 
 use crate::adam::Adam;
 use crate::bpr::{self, Triple};
@@ -127,33 +126,65 @@ pub fn evaluate(
     ks: &[usize],
 ) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
     let (n_users, n_items) = (data.n_users, data.n_items);
-    // Items transposed (dim × n_items) so a user's scores are `dim` contiguous axpy passes.
-    let mut items_t = vec![0f32; dim * n_items];
-    for i in 0..n_items {
-        for k in 0..dim {
-            items_t[k * n_items + i] = fin[(n_users + i) * dim + k];
-        }
-    }
+    let (user_rows, item_rows) = fin.split_at(n_users * dim);
+    assert_eq!(item_rows.len(), n_items * dim, "users first, then items");
     const BLOCK: usize = 256;
     let mut ev = SplitEvaluator::new(&data.train, &data.valid, &data.test, ks);
     let mut scores = vec![0f32; BLOCK * n_items];
     let users: Vec<usize> = (0..n_users).collect();
     for block in users.chunks(BLOCK) {
         let s = &mut scores[..block.len() * n_items];
-        s.par_chunks_mut(n_items)
-            .zip(block.par_iter())
-            .for_each(|(row, &u)| {
-                row.fill(0.0);
-                let eu = &fin[u * dim..(u + 1) * dim];
-                for (k, &w) in eu.iter().enumerate() {
-                    for (r, &v) in row.iter_mut().zip(&items_t[k * n_items..(k + 1) * n_items]) {
-                        *r += w * v;
-                    }
-                }
-            });
+        let first = block[0];
+        dot_all(
+            &user_rows[first * dim..(first + block.len()) * dim],
+            item_rows,
+            dim,
+            s,
+        );
         ev.add_block(block, s);
     }
     (ev.valid_sums.finish(n_users), ev.test_sums.finish(n_users))
+}
+
+/// `out[r × n + i]` = row `r` of `rows` · row `i` of `items` (both row-major with `dim` columns,
+/// `n` items): one matrix product `rows × itemsᵀ` with `gemm` on rayon's threads.
+fn dot_all(rows: &[f32], items: &[f32], dim: usize, out: &mut [f32]) {
+    let (m, n) = (rows.len() / dim.max(1), items.len() / dim.max(1));
+    assert!(
+        dim > 0 && rows.len() == m * dim && items.len() == n * dim && out.len() == m * n,
+        "shapes: rows {} items {} dim {dim} out {}",
+        rows.len(),
+        items.len(),
+        out.len()
+    );
+    // SAFETY: the three pointers cover m × dim, n × dim and m × n f32s (asserted above) with the
+    // strides given (row-major: element (i, k) of `rows` at i·dim + k, element (k, j) of the
+    // right factor `itemsᵀ` at j·dim + k, element (i, j) of `out` at i·n + j); `out` does not
+    // overlap the inputs (it is a distinct `&mut`), and `read_dst` is false, so its prior
+    // contents are never read.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            dim,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            rows.as_ptr(),
+            1,
+            dim as isize,
+            items.as_ptr(),
+            dim as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
 }
 
 /// The cut-offs LightGCN is evaluated at: the pipeline's `evaluate.ks` plus 20 (selection).
@@ -470,6 +501,26 @@ mod tests {
     fn total_loss(m: &LightGcn, g: &NormalizedGraph, b: &[Triple], reg: f32) -> f64 {
         let (l, _) = m.loss_grad(g, b, reg);
         l.bpr + reg as f64 * l.l2
+    }
+
+    #[test]
+    fn dot_all_is_every_users_dot_product_with_every_item() {
+        // Sizes that fill no kernel tile exactly.
+        let (m, n, dim) = (5, 301, 7);
+        let value = |i: usize| ((i * 7919) % 23) as f32 / 11.0 - 1.0;
+        let rows: Vec<f32> = (0..m * dim).map(value).collect();
+        let items: Vec<f32> = (0..n * dim).map(|i| value(i + 5)).collect();
+        let mut out = vec![f32::NAN; m * n];
+        dot_all(&rows, &items, dim, &mut out);
+        for r in 0..m {
+            for i in 0..n {
+                let want: f64 = (0..dim)
+                    .map(|k| rows[r * dim + k] as f64 * items[i * dim + k] as f64)
+                    .sum();
+                let got = out[r * n + i] as f64;
+                assert!((got - want).abs() < 1e-5, "({r}, {i}): {got} vs {want}");
+            }
+        }
     }
 
     #[test]
