@@ -132,9 +132,10 @@ pub fn evaluate(
     let mut ev = SplitEvaluator::new(&data.train, &data.valid, &data.test, ks);
     let mut scores = vec![0f32; BLOCK * n_items];
     let users: Vec<usize> = (0..n_users).collect();
-    for block in users.chunks(BLOCK) {
+    for (b, block) in users.chunks(BLOCK).enumerate() {
         let s = &mut scores[..block.len() * n_items];
-        let first = block[0];
+        // The blocks are consecutive users: rows `first..first + len` of `user_rows`.
+        let first = b * BLOCK;
         dot_all(
             &user_rows[first * dim..(first + block.len()) * dim],
             item_rows,
@@ -505,20 +506,25 @@ mod tests {
 
     #[test]
     fn dot_all_is_every_users_dot_product_with_every_item() {
-        // Sizes that fill no kernel tile exactly.
-        let (m, n, dim) = (5, 301, 7);
-        let value = |i: usize| ((i * 7919) % 23) as f32 / 11.0 - 1.0;
-        let rows: Vec<f32> = (0..m * dim).map(value).collect();
-        let items: Vec<f32> = (0..n * dim).map(|i| value(i + 5)).collect();
-        let mut out = vec![f32::NAN; m * n];
-        dot_all(&rows, &items, dim, &mut out);
-        for r in 0..m {
-            for i in 0..n {
-                let want: f64 = (0..dim)
-                    .map(|k| rows[r * dim + k] as f64 * items[i * dim + k] as f64)
-                    .sum();
-                let got = out[r * n + i] as f64;
-                assert!((got - want).abs() < 1e-5, "({r}, {i}): {got} vs {want}");
+        // Sizes that fill no kernel tile exactly; one user (a last block of one: gemm's
+        // matrix-vector path) and widths 1 and 2 (its outer-product path).
+        for (m, n, dim) in [(5, 301, 7), (1, 301, 7), (5, 301, 1), (3, 40, 2)] {
+            let value = |i: usize| ((i * 7919) % 23) as f32 / 11.0 - 1.0;
+            let rows: Vec<f32> = (0..m * dim).map(value).collect();
+            let items: Vec<f32> = (0..n * dim).map(|i| value(i + 5)).collect();
+            let mut out = vec![f32::NAN; m * n];
+            dot_all(&rows, &items, dim, &mut out);
+            for r in 0..m {
+                for i in 0..n {
+                    let want: f64 = (0..dim)
+                        .map(|k| rows[r * dim + k] as f64 * items[i * dim + k] as f64)
+                        .sum();
+                    let got = out[r * n + i] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-5,
+                        "{m}×{n}×{dim} ({r}, {i}): {got} vs {want}"
+                    );
+                }
             }
         }
     }

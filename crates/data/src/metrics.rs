@@ -168,6 +168,11 @@ impl<'a> SplitEvaluator<'a> {
     /// in their order, so the sums do not depend on the thread count.
     pub fn add_block(&mut self, users: &[usize], scores: &[f32]) {
         let n_items = self.train.n_cols;
+        assert_eq!(
+            scores.len(),
+            users.len() * n_items,
+            "one row of scores per user"
+        );
         let max_k = self.max_k;
         let (train, valid) = (self.train, self.valid);
         let ranked: Vec<(Vec<u32>, Vec<u32>)> = users
