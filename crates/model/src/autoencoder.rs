@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use crate::config::{AutoEncoderConfig, DecoderKind, LatentShare};
 use crate::denoiser::{InitScheme, linear};
 use crate::shapes::{ParamShape, ParamShapes, join};
+use crate::sparse::{RowNonzeros, sparse_linear};
 
 /// Per-cluster widths of every encoder layer: for layer j, cluster c < C−1 gets
 /// `floor(w_c / Σw · dims[j])` (at least 1) and the last cluster the remainder, so the widths
@@ -151,6 +152,15 @@ pub struct ClusteredAutoEncoder<B: Backend> {
     /// `position_of[item]` = the item's position in cluster order.
     #[module(skip)]
     position_of: Vec<i64>,
+    /// `cluster_of[item]` = the item's cluster; `local_of[item]` = its position within it.
+    #[module(skip)]
+    cluster_of: Vec<u32>,
+    #[module(skip)]
+    local_of: Vec<i64>,
+    /// Whether the encoders' first layers read the nonzero entries of a batch only
+    /// (`model.autoencoder.input`).
+    #[module(skip)]
+    sparse: bool,
     /// Latent width of each cluster.
     #[module(skip)]
     widths: Vec<usize>,
@@ -195,6 +205,12 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
         for (p, &i) in members.iter().flatten().enumerate() {
             position_of[i as usize] = p as i64;
         }
+        let mut local_of = vec![0i64; labels.len()];
+        for items in &members {
+            for (p, &i) in items.iter().enumerate() {
+                local_of[i as usize] = p as i64;
+            }
+        }
         let sizes: Vec<usize> = members.iter().map(Vec::len).collect();
         let dims = latent_dims(clusters.weights(), &cfg.dims);
         let place = placement(&sizes, &dims, devices.len());
@@ -238,6 +254,9 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
             dropout: DropoutConfig::new(cfg.dropout).init(),
             clusters: members,
             position_of,
+            cluster_of: labels.to_vec(),
+            local_of,
+            sparse: cfg.input.is_sparse_for(labels.len()),
             widths: dims.iter().map(|d| d[d.len() - 1]).collect(),
             spread: devices.len() > 1,
             reparam: cfg.reparam,
@@ -265,6 +284,13 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
             .collect()
     }
 
+    /// Whether the encoders' first layers read only a batch's nonzero entries
+    /// (`model.autoencoder.input`): callers that hold the rows on the host then pass them to
+    /// [`Self::encode`] as [`RowNonzeros`], which saves reading them back.
+    pub fn reads_sparse(&self) -> bool {
+        self.sparse
+    }
+
     /// Whether the encoders were placed over several (logical) devices: they then run in one
     /// thread each.
     fn is_spread(&self) -> bool {
@@ -283,26 +309,60 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
 
     /// Encodes `x` ([batch, n_items], item order). Dropout is active only on an autodiff
     /// backend (training); `sample` draws the latent with the reparameterisation trick (unless
-    /// `model.autoencoder.reparam` is off).
-    pub fn encode(&self, x: Tensor<B, 2>, sample: bool) -> Encoded<B> {
+    /// `model.autoencoder.reparam` is off). `nonzeros`: the entries of `x` that are not zero,
+    /// where the caller has them (see [`Self::reads_sparse`]); read back from `x` when the
+    /// encoders need them and none are given; ignored when they read the rows densely.
+    pub fn encode(
+        &self,
+        x: Tensor<B, 2>,
+        nonzeros: Option<&RowNonzeros>,
+        sample: bool,
+    ) -> Encoded<B> {
         let device = x.device();
+        let [rows, n_items] = x.dims();
+        let read_back;
+        let nonzeros = match (self.sparse, nonzeros) {
+            (false, _) => None,
+            (true, Some(nz)) => Some(nz),
+            (true, None) => {
+                read_back = RowNonzeros::of_tensor(&x);
+                Some(&read_back)
+            }
+        };
         let target = crate::noise::dropout(x, self.dropout.prob);
-        let slices: Vec<Tensor<B, 2>> = self
-            .clusters
-            .iter()
-            .map(|items| {
-                if self.clusters.len() == 1 {
-                    target.clone()
-                } else {
-                    target.clone().select(1, self.index(items, &device))
-                }
-            })
-            .collect();
-        let run = |layers: &Vec<Linear<B>>, h: Tensor<B, 2>| {
-            // Model parallelism: the slice goes to the encoder's device and the result comes
+        let inputs: Vec<FirstLayerInput<B>> = match nonzeros {
+            Some(nz) => {
+                assert_eq!(nz.dims(), [rows, n_items], "the nonzeros are x's");
+                self.cluster_entries(nz, &target)
+            }
+            None => self
+                .clusters
+                .iter()
+                .map(|items| {
+                    FirstLayerInput::Dense(if self.clusters.len() == 1 {
+                        target.clone()
+                    } else {
+                        target.clone().select(1, self.index(items, &device))
+                    })
+                })
+                .collect(),
+        };
+        let run = |layers: &Vec<Linear<B>>, input: FirstLayerInput<B>| {
+            // Model parallelism: the input goes to the encoder's device and the result comes
             // back (both differentiable; no-ops on a single device).
-            let mut h = h.to_device(&layers[0].weight.device());
-            for layer in layers {
+            let at = layers[0].weight.device();
+            let mut h = match input {
+                FirstLayerInput::Dense(slice) => layers[0].forward(slice.to_device(&at)),
+                FirstLayerInput::Sparse { row, col, values } => sparse_linear(
+                    &layers[0],
+                    rows,
+                    self.index(&row, &at),
+                    self.index(&col, &at),
+                    values.to_device(&at),
+                ),
+            }
+            .tanh();
+            for layer in &layers[1..] {
                 h = layer.forward(h).tanh();
             }
             h.to_device(&device)
@@ -312,15 +372,15 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
             encoder_threads(self.encoders.len()).install(|| {
                 self.encoders
                     .par_iter()
-                    .zip(slices)
-                    .map(|(layers, h)| run(layers, h))
+                    .zip(inputs)
+                    .map(|(layers, input)| run(layers, input))
                     .collect()
             })
         } else {
             self.encoders
                 .iter()
-                .zip(slices)
-                .map(|(layers, h)| run(layers, h))
+                .zip(inputs)
+                .map(|(layers, input)| run(layers, input))
                 .collect()
         };
         let mut mus = Vec::with_capacity(outs.len());
@@ -350,6 +410,40 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
             latent,
             kl,
         }
+    }
+
+    /// Each cluster's entries of a batch, as its encoder's first layer reads them sparsely: the
+    /// entry's row, its position within the cluster, and its value in the (dropped-out) target.
+    /// A cluster without entries gets one of value 0, so that its weight has a (zero) gradient
+    /// as in the dense product.
+    fn cluster_entries(&self, nz: &RowNonzeros, target: &Tensor<B, 2>) -> Vec<FirstLayerInput<B>> {
+        let device = target.device();
+        let [rows, n_items] = target.dims();
+        let k = self.clusters.len();
+        let mut row = vec![Vec::new(); k];
+        let mut col = vec![Vec::new(); k];
+        let mut flat = vec![Vec::new(); k];
+        for (r, item) in nz.entries() {
+            let c = self.cluster_of[item] as usize;
+            row[c].push(r as i64);
+            col[c].push(self.local_of[item]);
+            flat[c].push((r * n_items + item) as i64);
+        }
+        let target = target.clone().reshape([rows * n_items]);
+        row.into_iter()
+            .zip(col)
+            .zip(flat)
+            .map(|((mut row, mut col), flat)| {
+                let values = if flat.is_empty() {
+                    row.push(0);
+                    col.push(0);
+                    Tensor::zeros([1], &device)
+                } else {
+                    target.clone().select(0, self.index(&flat, &device))
+                };
+                FirstLayerInput::Sparse { row, col, values }
+            })
+            .collect()
     }
 
     /// Scores for every item ([batch, n_items], item order) from latents [batch, latent_width].
@@ -388,6 +482,17 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
             in_cluster_order.select(1, self.index(&self.position_of, &device))
         }
     }
+}
+
+/// What an encoder's first layer reads: its cluster's slice of the batch, or the slice's
+/// nonzero entries (rows, positions within the cluster, values).
+enum FirstLayerInput<B: Backend> {
+    Dense(Tensor<B, 2>),
+    Sparse {
+        row: Vec<i64>,
+        col: Vec<i64>,
+        values: Tensor<B, 1>,
+    },
 }
 
 /// The multinomial negative log-likelihood of Mult-VAE, as L-DiffRec uses it (spec §4.4):
@@ -496,14 +601,14 @@ mod tests {
             [[1.0, 0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0, 0.0]],
             &dev,
         );
-        let e = m.encode(x.clone(), false);
+        let e = m.encode(x.clone(), None, false);
         assert_eq!(e.mu.dims(), [2, 4]);
         // Cluster 0's encoder sees items (0, 2) only: changing item 1 leaves μ_0 alone.
         let x2 = Tensor::<B, 2>::from_floats(
             [[1.0, 1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0, 0.0]],
             &dev,
         );
-        let e2 = m.encode(x2, false);
+        let e2 = m.encode(x2, None, false);
         let mu0 = |e: &Encoded<B>| {
             e.mu.clone()
                 .narrow(1, 0, 1)

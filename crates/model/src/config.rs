@@ -116,6 +116,42 @@ impl LatentShare {
     }
 }
 
+/// `model.autoencoder.input`: how the encoders' first layers read a batch of interaction rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncoderInput {
+    /// `sparse` from [`EncoderInput::SPARSE_FROM_ITEMS`] items up, else `dense` (the trainer
+    /// keeps `dense` on GPU backends, see `diffrec_trainer::backend`).
+    Auto,
+    /// The dense product of each cluster's slice of the rows with the layer's weight (the
+    /// authors' computation): O(rows × items × width) per batch.
+    Dense,
+    /// The sum of the weight rows of the items each row has, scaled by their values: the same
+    /// function up to float rounding, O(nonzeros × width).
+    Sparse,
+}
+
+impl EncoderInput {
+    /// Where `auto` turns sparse. The figures of record on ML-1M (2,810 items) were computed
+    /// dense, and there dense is faster: sparse holds an `[entries, width]` matrix, which pays
+    /// only where a row holds fewer than items/width of the items (docs/benchmarks.md,
+    /// "Sparse encoder input").
+    pub const SPARSE_FROM_ITEMS: usize = 20_000;
+
+    fn is_auto(&self) -> bool {
+        *self == EncoderInput::Auto
+    }
+
+    /// Whether a catalogue of `n_items` items is read sparsely.
+    pub fn is_sparse_for(&self, n_items: usize) -> bool {
+        match self {
+            EncoderInput::Auto => n_items >= Self::SPARSE_FROM_ITEMS,
+            EncoderInput::Dense => false,
+            EncoderInput::Sparse => true,
+        }
+    }
+}
+
 /// `model.autoencoder` (spec §4.2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,6 +172,16 @@ pub struct AutoEncoderConfig {
         skip_serializing_if = "LatentShare::is_items"
     )]
     pub latent_share: LatentShare,
+    /// `model.autoencoder.input`: how the encoders' first layers read the rows, `dense`,
+    /// `sparse` or `auto` (sparse from 20,000 items up, on the CPU). The two compute the same
+    /// function up to float rounding, sparse in time proportional to the interactions instead
+    /// of the items. Default `auto`, left out when serialised (fingerprints of earlier runs stay
+    /// the same).
+    #[serde(
+        default = "default_encoder_input",
+        skip_serializing_if = "EncoderInput::is_auto"
+    )]
+    pub input: EncoderInput,
     /// `model.autoencoder.decoder`: `shared` or `per-cluster` (also `per_cluster`). Default
     /// `shared`.
     #[serde(default = "default_decoder")]
@@ -192,6 +238,7 @@ impl Default for AutoEncoderConfig {
         AutoEncoderConfig {
             dims: default_ae_dims(),
             latent_share: default_latent_share(),
+            input: default_encoder_input(),
             decoder: default_decoder(),
             dropout: default_ae_dropout(),
             reparam: true,
@@ -209,6 +256,9 @@ fn default_ae_dims() -> Vec<usize> {
 }
 fn default_latent_share() -> LatentShare {
     LatentShare::Items
+}
+fn default_encoder_input() -> EncoderInput {
+    EncoderInput::Auto
 }
 fn default_decoder() -> DecoderKind {
     DecoderKind::Shared
@@ -544,6 +594,19 @@ mod tests {
         assert!(
             serde_json::from_str::<ModelConfig>(r#"{"autoencoder": {"latent_share": "users"}}"#)
                 .is_err()
+        );
+        // `input`: auto by default, left out when serialised; sparse from 20,000 items.
+        assert_eq!(l.autoencoder.input, EncoderInput::Auto);
+        assert!(shown(&l).get("input").is_none(), "{}", shown(&l));
+        let c: ModelConfig =
+            serde_json::from_str(r#"{"autoencoder": {"input": "dense"}}"#).unwrap();
+        assert_eq!(shown(&c)["input"], "dense");
+        assert!(!c.autoencoder.input.is_sparse_for(1_000_000));
+        assert!(EncoderInput::Sparse.is_sparse_for(10));
+        assert!(!EncoderInput::Auto.is_sparse_for(19_999));
+        assert!(EncoderInput::Auto.is_sparse_for(20_000));
+        assert!(
+            serde_json::from_str::<ModelConfig>(r#"{"autoencoder": {"input": "csr"}}"#).is_err()
         );
         for spelling in ["per-cluster", "per_cluster"] {
             let json = format!(r#"{{"autoencoder": {{"decoder": "{spelling}"}}}}"#);

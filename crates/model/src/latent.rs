@@ -10,6 +10,7 @@ use crate::config::ModelConfig;
 use crate::denoiser::{Denoiser, InitScheme};
 use crate::diffusion::GaussianDiffusion;
 use crate::shapes::{ParamShape, ParamShapes, join};
+use crate::sparse::RowNonzeros;
 
 /// The latent diffusion recommender.
 #[derive(Module, Debug)]
@@ -65,20 +66,22 @@ impl<B: Backend> LatentDiffRec<B> {
         }
     }
 
-    /// Spec §4.4 for rows `x` ([batch, n_items]), steps `ts` with importance weights `pts`, the
-    /// diffusion weight `lambda` and the KL weight `kl_weight`. The latent is not detached: the
+    /// Spec §4.4 for rows `x` ([batch, n_items]; `nonzeros`: its nonzero entries where the
+    /// caller has them, see [`ClusteredAutoEncoder::encode`]), steps `ts` with importance
+    /// weights `pts`, the diffusion weight `lambda` and the KL weight `kl_weight`. The latent is not detached: the
     /// diffusion loss trains the encoders too, and the decoder reads the denoiser's x̂0, so the
     /// reconstruction trains the denoiser.
     pub fn loss(
         &self,
         diffusion: &GaussianDiffusion,
         x: Tensor<B, 2>,
+        nonzeros: Option<&RowNonzeros>,
         ts: &[usize],
         pts: &[f64],
         lambda: f64,
         kl_weight: f64,
     ) -> LatentLoss<B> {
-        let encoded = self.autoencoder.encode(x, true);
+        let encoded = self.autoencoder.encode(x, nonzeros, true);
         let terms = diffusion.training_loss(&self.denoiser, encoded.latent, ts, pts);
         let recon = self.autoencoder.decode(terms.pred_x0);
         let reconstruction = multinomial_nll(recon, encoded.target);
@@ -94,9 +97,14 @@ impl<B: Backend> LatentDiffRec<B> {
     }
 
     /// Scores for every item (spec §4.5): μ, the reverse diffusion in the latent, the decoder.
-    /// Run on a non-autodiff backend (no dropout).
-    pub fn score(&self, diffusion: &GaussianDiffusion, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let mu = self.autoencoder.encode(x, false).mu;
+    /// Run on a non-autodiff backend (no dropout). `nonzeros` as for [`Self::loss`].
+    pub fn score(
+        &self,
+        diffusion: &GaussianDiffusion,
+        x: Tensor<B, 2>,
+        nonzeros: Option<&RowNonzeros>,
+    ) -> Tensor<B, 2> {
+        let mu = self.autoencoder.encode(x, nonzeros, false).mu;
         self.autoencoder
             .decode(diffusion.p_sample(&self.denoiser, mu))
     }
@@ -112,11 +120,27 @@ pub enum Recommender<B: Backend> {
 }
 
 impl<B: Backend> Recommender<B> {
-    /// Scores for every item of the rows `x` ([batch, n_items], item order).
-    pub fn score(&self, diffusion: &GaussianDiffusion, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    /// Scores for every item of the rows `x` ([batch, n_items], item order); `nonzeros`: its
+    /// nonzero entries where the caller has them (read by L-DiffRec's sparse encoders only,
+    /// see [`Self::reads_sparse`]).
+    pub fn score(
+        &self,
+        diffusion: &GaussianDiffusion,
+        x: Tensor<B, 2>,
+        nonzeros: Option<&RowNonzeros>,
+    ) -> Tensor<B, 2> {
         match self {
             Recommender::Dense(m) => diffusion.p_sample(m, x),
-            Recommender::Latent(m) => m.score(diffusion, x),
+            Recommender::Latent(m) => m.score(diffusion, x, nonzeros),
+        }
+    }
+
+    /// Whether [`Self::score`] reads the rows' nonzero entries (and so gains from being given
+    /// them).
+    pub fn reads_sparse(&self) -> bool {
+        match self {
+            Recommender::Dense(_) => false,
+            Recommender::Latent(m) => m.autoencoder.reads_sparse(),
         }
     }
 
@@ -131,7 +155,9 @@ impl<B: Backend> Recommender<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AutoEncoderConfig, DenoiserConfig, DiffusionConfig, Schedule, Variant};
+    use crate::config::{
+        AutoEncoderConfig, DenoiserConfig, DiffusionConfig, EncoderInput, Schedule, Variant,
+    };
     use burn::backend::Autodiff;
     use burn::optim::GradientsParams;
 
@@ -192,7 +218,7 @@ mod tests {
             [[1.0, 0., 1., 0., 0., 1., 0.], [0., 1., 0., 1., 1., 0., 0.]],
             &dev,
         );
-        let out = m.loss(&d, x, &[1, 3], &[1.0, 1.0], 0.25, 0.5);
+        let out = m.loss(&d, x, None, &[1, 3], &[1.0, 1.0], 0.25, 0.5);
         let v = |t: &Tensor<AB, 1>| t.clone().into_scalar().elem::<f64>();
         let want = 0.25 * v(&out.diffusion) + v(&out.reconstruction) + 0.5 * v(&out.kl);
         assert!(
@@ -216,8 +242,15 @@ mod tests {
     /// of the parameters and the batch.
     #[test]
     fn model_parallel_clusters_give_the_single_device_loss() {
+        for input in [EncoderInput::Dense, EncoderInput::Sparse] {
+            model_parallel_matches_single_device(input);
+        }
+    }
+
+    fn model_parallel_matches_single_device(input: EncoderInput) {
         let dev: burn_flex::FlexDevice = Default::default();
         let mut cfg = config();
+        cfg.autoencoder.input = input;
         cfg.autoencoder.decoder = crate::config::DecoderKind::PerCluster;
         cfg.autoencoder.reparam = false;
         cfg.diffusion.noise_scale = 1e-5;
@@ -237,6 +270,7 @@ mod tests {
             let out = m.loss(
                 &d,
                 Tensor::from_floats(x, &dev),
+                None,
                 &[1, 3],
                 &[1.0, 1.0],
                 0.2,
@@ -249,7 +283,7 @@ mod tests {
             let mut sgd = burn::optim::SgdConfig::new().init::<AB, ClusteredAutoEncoder<AB>>();
             let stepped = burn::optim::Optimizer::step(&mut sgd, 1.0, m.autoencoder.clone(), g);
             let norms: Vec<f32> = stepped
-                .encode(Tensor::from_floats(x, &dev), false)
+                .encode(Tensor::from_floats(x, &dev), None, false)
                 .mu
                 .into_data()
                 .convert::<f32>()
@@ -260,7 +294,10 @@ mod tests {
         let (l1, g1, _) = run(std::slice::from_ref(&dev));
         let (l3, g3, encoders) = run(&[dev, dev, dev]);
         assert_eq!(encoders, 3);
-        assert!((l1 - l3).abs() <= 1e-4 * l1.abs(), "{l3} vs {l1}");
+        assert!(
+            (l1 - l3).abs() <= 1e-4 * l1.abs(),
+            "{input:?}: {l3} vs {l1}"
+        );
         assert!(!g1.is_empty() && g1.len() == g3.len());
         for (a, b) in g1.iter().zip(&g3) {
             assert!((a - b).abs() <= 1e-4, "{b} vs {a}");
@@ -284,11 +321,18 @@ mod tests {
     /// neither), interleaved clusters and per-cluster decoders.
     #[test]
     fn scores_are_the_decoded_reverse_pass_of_mu() {
+        for input in [EncoderInput::Dense, EncoderInput::Sparse] {
+            scores_by_hand(input);
+        }
+    }
+
+    fn scores_by_hand(input: EncoderInput) {
         use crate::config::DecoderKind;
         use crate::embedding::timestep_embedding;
         let dev = Default::default();
         B::seed(&dev, 4);
         let mut cfg = config();
+        cfg.autoencoder.input = input;
         cfg.autoencoder.decoder = DecoderKind::PerCluster;
         cfg.autoencoder.dropout = 0.5;
         cfg.denoiser.dropout = 0.5;
@@ -370,15 +414,99 @@ mod tests {
             want.extend(scores);
         }
         let x = Tensor::<B, 2>::from_floats(rows, &dev);
-        let got = host(Recommender::Latent(m).score(&d, x));
+        let nonzeros = RowNonzeros::of_dense(rows.as_flattened(), 7);
+        let m = Recommender::Latent(m);
+        assert_eq!(m.reads_sparse(), input == EncoderInput::Sparse);
+        let got = host(m.score(&d, x, Some(&nonzeros)));
         let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
         assert!(scale > 1e-3, "degenerate scores: {want:?}");
         assert_eq!(got.len(), want.len());
         for (k, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(
                 (*g as f64 - w).abs() <= 1e-5 * scale.max(1.0),
-                "entry {k}: score {g} vs by hand {w}"
+                "{input:?}, entry {k}: score {g} vs by hand {w}"
             );
         }
+    }
+
+    /// The sparse first layers train like the dense ones: the same record, the same batch and
+    /// the same draws (dropout 0.5 on the input, reparameterisation, diffusion noise) give the
+    /// same loss and, through one SGD step, the same encoder weights, up to float rounding.
+    /// The batch leaves cluster 2 without items in row 1 and cluster 0 without any at all, the
+    /// case where the sparse layer adds an entry of value 0.
+    #[test]
+    fn sparse_input_trains_like_dense() {
+        let dev: burn_flex::FlexDevice = Default::default();
+        let mut cfg = config();
+        cfg.autoencoder.dropout = 0.5;
+        let d = GaussianDiffusion::new(&cfg.diffusion, cfg.beta_fixed()).unwrap();
+        let labels = [0u32, 1, 2, 1, 1, 0, 2, 2, 0];
+        let x = [
+            [0.0f32, 0., 1., 0., 1., 0., 0., 2., 0.],
+            [0., 1., 0., 1., 1., 0., 0., 0., 0.],
+        ];
+        let clusters = ItemClusters::by_items(&labels);
+        let base = LatentDiffRec::<AB>::new(&clusters, &cfg, &dev);
+        let run = |input: EncoderInput, given: bool| {
+            let mut cfg = cfg.clone();
+            cfg.autoencoder.input = input;
+            let m = LatentDiffRec::<AB>::new(&clusters, &cfg, &dev)
+                .load_record(base.clone().into_record());
+            let nonzeros = RowNonzeros::of_dense(x.as_flattened(), 9);
+            crate::noise::reseed(11, 0);
+            let out = m.loss(
+                &d,
+                Tensor::from_floats(x, &dev),
+                given.then_some(&nonzeros),
+                &[1, 3],
+                &[1.0, 1.0],
+                0.2,
+                0.1,
+            );
+            let parts = [&out.loss, &out.diffusion, &out.reconstruction, &out.kl]
+                .map(|t| t.clone().into_scalar().elem::<f64>());
+            let mut grads = out.loss.backward();
+            let g = GradientsParams::from_module(&mut grads, &m.autoencoder);
+            let mut sgd = burn::optim::SgdConfig::new().init::<AB, ClusteredAutoEncoder<AB>>();
+            let stepped = burn::optim::Optimizer::step(&mut sgd, 1.0, m.autoencoder.clone(), g);
+            let weights: Vec<f32> = stepped
+                .layers()
+                .0
+                .iter()
+                .flat_map(|layers| layers[0].weight.val().into_data().to_vec::<f32>().unwrap())
+                .collect();
+            (parts, weights, m.autoencoder.reads_sparse())
+        };
+        let (dense, w_dense, s0) = run(EncoderInput::Dense, false);
+        assert!(!s0);
+        for given in [true, false] {
+            let (sparse, w_sparse, s1) = run(EncoderInput::Sparse, given);
+            assert!(s1);
+            for (a, b) in dense.iter().zip(&sparse) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                    "{sparse:?} vs {dense:?}"
+                );
+            }
+            assert_eq!(w_dense.len(), w_sparse.len());
+            let moved = w_dense
+                .iter()
+                .zip(&base_weights(&base))
+                .filter(|(a, b)| a != b)
+                .count();
+            assert!(moved > 0, "the step moved the first layers");
+            for (a, b) in w_dense.iter().zip(&w_sparse) {
+                assert!((a - b).abs() <= 1e-5, "{b} vs {a}");
+            }
+        }
+    }
+
+    fn base_weights(m: &LatentDiffRec<AB>) -> Vec<f32> {
+        m.autoencoder
+            .layers()
+            .0
+            .iter()
+            .flat_map(|layers| layers[0].weight.val().into_data().to_vec::<f32>().unwrap())
+            .collect()
     }
 }

@@ -19,12 +19,13 @@ mod rowrng;
 pub mod sampler;
 pub mod schedule;
 pub mod shapes;
+pub mod sparse;
 mod ziggurat;
 
 pub use autoencoder::{ClusteredAutoEncoder, Encoded, ItemClusters, latent_dims, multinomial_nll};
 pub use config::{
-    AutoEncoderConfig, ConfigError, DecoderKind, DenoiserConfig, DiffusionConfig, LatentShare,
-    MeanType, ModelConfig, Schedule, Variant,
+    AutoEncoderConfig, ConfigError, DecoderKind, DenoiserConfig, DiffusionConfig, EncoderInput,
+    LatentShare, MeanType, ModelConfig, Schedule, Variant,
 };
 pub use denoiser::{Denoiser, InitScheme};
 pub use diffusion::{BatchLoss, GaussianDiffusion};
@@ -32,3 +33,4 @@ pub use latent::{LatentDiffRec, LatentLoss, Recommender};
 pub use sampler::StepSampler;
 pub use schedule::DiffusionSchedule;
 pub use shapes::{ParamShape, ParamShapes, shape_mismatch};
+pub use sparse::RowNonzeros;

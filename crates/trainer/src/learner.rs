@@ -11,7 +11,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use diffrec_model::{
     AutoEncoderConfig, ClusteredAutoEncoder, Denoiser, GaussianDiffusion, InitScheme, ItemClusters,
-    LatentDiffRec, ParamShapes, Recommender, noise, shape_mismatch,
+    LatentDiffRec, ParamShapes, Recommender, RowNonzeros, noise, shape_mismatch,
 };
 
 use crate::checkpoint::{frame, unframe};
@@ -325,8 +325,14 @@ impl<B: AutodiffBackend> Learner<B> for LatentLearner<B> {
     ) -> Result<(Self, StepOut), TrainError> {
         let lambda = self.anneal.lambda_at(at.completed_epochs);
         let gamma = self.anneal.kl_weight_at(at.batches_before);
+        // The encoders' sparse first layers take the batch's nonzeros from the host rows here
+        // rather than reading the batch back from the device.
+        let nonzeros = (self.model.autoencoder.reads_sparse())
+            .then(|| RowNonzeros::of_dense(&batch.x0, batch.cols));
         let (x0, ts, pts) = batch.start(shard, &self.device);
-        let out = self.model.loss(diffusion, x0, &ts, &pts, lambda, gamma);
+        let out = self
+            .model
+            .loss(diffusion, x0, nonzeros.as_ref(), &ts, &pts, lambda, gamma);
         let loss_t = scaled(out.loss, shard);
         let loss = loss_t.clone().into_scalar().elem::<f64>();
         let mut grads = loss_t.backward();

@@ -432,7 +432,8 @@ mod tests {
     use crate::train::RunSpec;
     use burn::backend::Autodiff;
     use diffrec_model::{
-        AutoEncoderConfig, DenoiserConfig, DiffusionConfig, ItemClusters, ModelConfig, Variant,
+        AutoEncoderConfig, DenoiserConfig, DiffusionConfig, EncoderInput, ItemClusters,
+        ModelConfig, Variant,
     };
 
     type AB = Autodiff<burn_flex::Flex>;
@@ -504,7 +505,7 @@ mod tests {
             &dev,
         );
         l.recommender()
-            .score(diffusion, x)
+            .score(diffusion, x, None)
             .into_data()
             .convert::<f32>()
             .to_vec()
@@ -607,6 +608,13 @@ mod tests {
             let what = format!("l-diffrec, {replicas} replicas");
             assert_close(&what, one_vs_many(make, &diffusion, replicas));
         }
+        // The encoders' sparse first layers: each replica finds its shard's nonzeros.
+        spec.model.autoencoder.input = EncoderInput::Sparse;
+        let make = || LatentLearner::<AB>::new(&clusters, &spec, std::slice::from_ref(&dev));
+        assert_close(
+            "l-diffrec, sparse input, 4 replicas",
+            one_vs_many(make, &diffusion, 4),
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
 use diffrec_model::{
-    GaussianDiffusion, ItemClusters, ModelConfig, Recommender, StepSampler, Variant,
+    GaussianDiffusion, ItemClusters, ModelConfig, Recommender, RowNonzeros, StepSampler, Variant,
 };
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
@@ -638,9 +638,12 @@ pub fn score_rows<B: Backend>(
 ) -> Vec<f32> {
     let mut dense = vec![0f32; rows.len() * n_items];
     input.densify_rows(rows, &mut dense);
+    let nonzeros = model
+        .reads_sparse()
+        .then(|| RowNonzeros::of_dense(&dense, n_items));
     let x0 = Tensor::<B, 2>::from_data(TensorData::new(dense, [rows.len(), n_items]), device);
     model
-        .score(diffusion, x0)
+        .score(diffusion, x0, nonzeros.as_ref())
         .into_data()
         .convert::<f32>()
         .to_vec::<f32>()
