@@ -50,9 +50,10 @@ impl RunModel {
 /// Refuses to evaluate or recommend a finished run with model settings other than those it was
 /// trained with (its manifest's `config.model`), naming the keys: a changed diffusion or input
 /// would score with another model than the trained one, and shapes alone do not show it. The
-/// reverse pass's own settings (`sampling_steps`, `sampling_noise`) may change, and the
-/// autoencoder's do not matter to DiffRec/T-DiffRec. A run without a manifest (still training,
-/// or killed) is left to the checkpoint's shape check.
+/// reverse pass's own settings (`sampling_steps`, `sampling_noise`) may change, and so may
+/// `model.autoencoder.input` (dense and sparse first layers compute the same function of the
+/// same parameters); the autoencoder's do not matter to DiffRec/T-DiffRec. A run without a
+/// manifest (still training, or killed) is left to the checkpoint's shape check.
 async fn check_trained_settings(ws: &Workspace, run: &str, model: &ModelConfig) -> Result<()> {
     let Some(trained) = trained_model(ws, run).await? else {
         return Ok(());
@@ -63,6 +64,9 @@ async fn check_trained_settings(ws: &Workspace, run: &str, model: &ModelConfig) 
         if let Some(d) = v["diffusion"].as_object_mut() {
             d.remove("sampling_steps");
             d.remove("sampling_noise");
+        }
+        if let Some(a) = v["autoencoder"].as_object_mut() {
+            a.remove("input");
         }
         if let (false, Some(o)) = (latent, v.as_object_mut()) {
             o.remove("autoencoder");

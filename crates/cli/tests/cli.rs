@@ -1666,6 +1666,28 @@ fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
             "{split}: trained {a}, re-evaluated {b}"
         );
     }
+    // How the encoders' first layers read the rows may change at evaluation: sparse is the
+    // same function of the same parameters, so it gives the (dense) trained metrics.
+    let out = diffrec()
+        .args(["stage", "evaluate", p.to_str().unwrap(), "--workspace"])
+        .arg(&ws)
+        .args(li)
+        .args(["--set", "train.epochs=10"])
+        .args(["--set", "model.autoencoder.input=sparse"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let sparse = summary();
+    for split in ["valid", "test"] {
+        for metric in ["recall@20", "ndcg@20"] {
+            let a = trained[split][metric].as_f64().unwrap();
+            let b = sparse[split][metric].as_f64().unwrap();
+            assert!(
+                (a - b).abs() < 1e-6,
+                "{split} {metric}: trained {a}, sparse {b}"
+            );
+        }
+    }
 
     // Evaluating with a model configuration other than the trained one is a user error (exit
     // code 2): the run's manifest names the settings that differ; without the manifest, the

@@ -321,7 +321,8 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
         let device = x.device();
         let [rows, n_items] = x.dims();
         let read_back;
-        let nonzeros = match (self.sparse, nonzeros) {
+        // An empty batch has nothing to gather (and no row for an empty cluster's entry).
+        let nonzeros = match (self.sparse && rows > 0, nonzeros) {
             (false, _) => None,
             (true, Some(nz)) => Some(nz),
             (true, None) => {
@@ -415,31 +416,46 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
     /// Each cluster's entries of a batch, as its encoder's first layer reads them sparsely: the
     /// entry's row, its position within the cluster, and its value in the (dropped-out) target.
     /// A cluster without entries gets one of value 0, so that its weight has a (zero) gradient
-    /// as in the dense product.
+    /// as in the dense product. The values are gathered row by row (`[rows, widest row]`, item
+    /// indices below `n_items`), not through one flat index into the batch, whose
+    /// `rows × n_items` positions would overflow a backend's 32-bit integers from about a
+    /// million items in an evaluation block.
     fn cluster_entries(&self, nz: &RowNonzeros, target: &Tensor<B, 2>) -> Vec<FirstLayerInput<B>> {
         let device = target.device();
-        let [rows, n_items] = target.dims();
+        let [rows, _] = target.dims();
+        let widest = nz.widest_row();
         let k = self.clusters.len();
         let mut row = vec![Vec::new(); k];
         let mut col = vec![Vec::new(); k];
-        let mut flat = vec![Vec::new(); k];
+        let mut at = vec![Vec::new(); k];
+        // Row r's j-th entry: column j of row r in the gathered [rows, widest] values.
+        let mut items = vec![0i64; rows * widest];
+        let (mut last_row, mut j) = (usize::MAX, 0);
         for (r, item) in nz.entries() {
+            j = if r == last_row { j + 1 } else { 0 };
+            last_row = r;
+            items[r * widest + j] = item as i64;
             let c = self.cluster_of[item] as usize;
             row[c].push(r as i64);
             col[c].push(self.local_of[item]);
-            flat[c].push((r * n_items + item) as i64);
+            at[c].push((r * widest + j) as i64);
         }
-        let target = target.clone().reshape([rows * n_items]);
+        let values = (widest > 0).then(|| {
+            let items =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(items, [rows, widest]), &device);
+            target.clone().gather(1, items).reshape([rows * widest])
+        });
         row.into_iter()
             .zip(col)
-            .zip(flat)
-            .map(|((mut row, mut col), flat)| {
-                let values = if flat.is_empty() {
-                    row.push(0);
-                    col.push(0);
-                    Tensor::zeros([1], &device)
-                } else {
-                    target.clone().select(0, self.index(&flat, &device))
+            .zip(at)
+            .map(|((mut row, mut col), at)| {
+                let values = match &values {
+                    Some(v) if !at.is_empty() => v.clone().select(0, self.index(&at, &device)),
+                    _ => {
+                        row.push(0);
+                        col.push(0);
+                        Tensor::zeros([1], &device)
+                    }
                 };
                 FirstLayerInput::Sparse { row, col, values }
             })

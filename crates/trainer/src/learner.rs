@@ -327,7 +327,10 @@ impl<B: AutodiffBackend> Learner<B> for LatentLearner<B> {
         let gamma = self.anneal.kl_weight_at(at.batches_before);
         // The encoders' sparse first layers take the batch's nonzeros from the host rows here
         // rather than reading the batch back from the device.
-        let nonzeros = (self.model.autoencoder.reads_sparse())
+        let nonzeros = self
+            .model
+            .autoencoder
+            .reads_sparse()
             .then(|| RowNonzeros::of_dense(&batch.x0, batch.cols));
         let (x0, ts, pts) = batch.start(shard, &self.device);
         let out = self
