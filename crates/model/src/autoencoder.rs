@@ -416,35 +416,52 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
     /// Each cluster's entries of a batch, as its encoder's first layer reads them sparsely: the
     /// entry's row, its position within the cluster, and its value in the (dropped-out) target.
     /// A cluster without entries gets one of value 0, so that its weight has a (zero) gradient
-    /// as in the dense product. The values are gathered row by row (`[rows, widest row]`, item
-    /// indices below `n_items`), not through one flat index into the batch, whose
-    /// `rows × n_items` positions would overflow a backend's 32-bit integers from about a
-    /// million items in an evaluation block.
+    /// as in the dense product. The values are taken through flat indices (row × items + item)
+    /// into blocks of rows small enough for those to fit a backend's 32-bit integers (one
+    /// block up to 10,737 rows of 200,000 items), so memory stays proportional to the entries
+    /// however many items one row holds.
     fn cluster_entries(&self, nz: &RowNonzeros, target: &Tensor<B, 2>) -> Vec<FirstLayerInput<B>> {
+        let [_, n_items] = target.dims();
+        self.cluster_entries_in_blocks(nz, target, (i32::MAX as usize / n_items.max(1)).max(1))
+    }
+
+    /// [`Self::cluster_entries`] with blocks of `block` rows.
+    fn cluster_entries_in_blocks(
+        &self,
+        nz: &RowNonzeros,
+        target: &Tensor<B, 2>,
+        block: usize,
+    ) -> Vec<FirstLayerInput<B>> {
         let device = target.device();
-        let [rows, _] = target.dims();
-        let widest = nz.widest_row();
+        let [rows, n_items] = target.dims();
         let k = self.clusters.len();
         let mut row = vec![Vec::new(); k];
         let mut col = vec![Vec::new(); k];
+        // Per cluster, the positions of its entries among all; per block, their flat indices.
         let mut at = vec![Vec::new(); k];
-        // Row r's j-th entry: column j of row r in the gathered [rows, widest] values.
-        let mut items = vec![0i64; rows * widest];
-        let (mut last_row, mut j) = (usize::MAX, 0);
-        for (r, item) in nz.entries() {
-            j = if r == last_row { j + 1 } else { 0 };
-            last_row = r;
-            items[r * widest + j] = item as i64;
+        let mut flat = vec![Vec::new(); rows.div_ceil(block)];
+        for (e, (r, item)) in nz.entries().enumerate() {
             let c = self.cluster_of[item] as usize;
             row[c].push(r as i64);
             col[c].push(self.local_of[item]);
-            at[c].push((r * widest + j) as i64);
+            at[c].push(e as i64);
+            flat[r / block].push(((r % block) * n_items + item) as i64);
         }
-        let values = (widest > 0).then(|| {
-            let items =
-                Tensor::<B, 2, Int>::from_data(TensorData::new(items, [rows, widest]), &device);
-            target.clone().gather(1, items).reshape([rows * widest])
-        });
+        // All entries' values, in entry order (the entries go row by row).
+        let parts: Vec<Tensor<B, 1>> = flat
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.is_empty())
+            .map(|(b, f)| {
+                let len = block.min(rows - b * block);
+                target
+                    .clone()
+                    .narrow(0, b * block, len)
+                    .reshape([len * n_items])
+                    .select(0, self.index(f, &device))
+            })
+            .collect();
+        let values = (!parts.is_empty()).then(|| Tensor::cat(parts, 0));
         row.into_iter()
             .zip(col)
             .zip(at)
@@ -672,6 +689,47 @@ mod tests {
         let kl: f32 = e.kl.into_scalar().elem();
         assert!((kl as f64 - hand).abs() < 1e-5, "{kl} vs {hand}");
         assert!(hand > 0.0, "random weights give a non-trivial KL");
+    }
+
+    /// Each cluster's entries and their values, by hand, whatever the blocks of rows the values
+    /// are taken in (1 row each, 2, all): items 0, 2 in cluster 0; items 1, 3, 4 in cluster 1;
+    /// row 2 empty, and cluster 0 has one entry only.
+    #[test]
+    fn sparse_entries_by_cluster() {
+        let dev = Default::default();
+        let labels = [0u32, 1, 0, 1, 1];
+        let m = ClusteredAutoEncoder::<B>::new(
+            &ItemClusters::by_items(&labels),
+            &AutoEncoderConfig::default(),
+            &dev,
+        );
+        let x = [
+            [0.0f32, 2.0, 0.0, 1.0, 3.0],
+            [1.0, 0.0, 0.0, 0.0, 0.0],
+            [0.0; 5],
+        ];
+        let nz = RowNonzeros::of_dense(x.as_flattened(), 5);
+        let target = Tensor::<B, 2>::from_floats(x, &dev);
+        for block in [1, 2, 1000] {
+            let got: Vec<(Vec<i64>, Vec<i64>, Vec<f32>)> = m
+                .cluster_entries_in_blocks(&nz, &target, block)
+                .into_iter()
+                .map(|input| match input {
+                    FirstLayerInput::Sparse { row, col, values } => {
+                        (row, col, values.into_data().to_vec::<f32>().unwrap())
+                    }
+                    FirstLayerInput::Dense(_) => panic!("sparse input expected"),
+                })
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    (vec![1], vec![0], vec![1.0]),
+                    (vec![0, 0, 0], vec![0, 1, 2], vec![2.0, 1.0, 3.0]),
+                ],
+                "blocks of {block} rows"
+            );
+        }
     }
 
     #[test]

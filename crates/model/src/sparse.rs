@@ -79,15 +79,6 @@ impl RowNonzeros {
         self.row.is_empty()
     }
 
-    /// The most entries any one row has.
-    pub fn widest_row(&self) -> usize {
-        self.row
-            .chunk_by(|a, b| a == b)
-            .map(<[u32]>::len)
-            .max()
-            .unwrap_or(0)
-    }
-
     /// `(row, column)` of every entry, in order.
     pub fn entries(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.row
@@ -148,9 +139,7 @@ mod tests {
             nz.entries().collect::<Vec<_>>(),
             vec![(0, 1), (0, 3), (2, 0), (2, 3)]
         );
-        assert_eq!(nz.widest_row(), 2);
         assert!(RowNonzeros::of_dense(&[0.0; 6], 3).is_empty());
-        assert_eq!(RowNonzeros::of_dense(&[0.0; 6], 3).widest_row(), 0);
         assert_eq!(RowNonzeros::of_dense(&[], 0).dims(), [0, 0]);
     }
 
