@@ -309,7 +309,7 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
 
     /// Encodes `x` ([batch, n_items], item order). Dropout is active only on an autodiff
     /// backend (training); `sample` draws the latent with the reparameterisation trick (unless
-    /// `model.autoencoder.reparam` is off). `nonzeros`: the entries of `x` that are not zero,
+    /// `model.autoencoder.reparam` is off). `nonzeros`: entries of `x` that cover all its nonzeros,
     /// where the caller has them (see [`Self::reads_sparse`]); read back from `x` when the
     /// encoders need them and none are given; ignored when they read the rows densely.
     pub fn encode(

@@ -12,7 +12,8 @@ use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 use rayon::prelude::*;
 
-/// The nonzero entries of a batch of rows, row by row, columns ascending within a row.
+/// The entries of a batch of rows that may be nonzero (every nonzero among them; one listed
+/// with the value 0 adds nothing), row by row.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RowNonzeros {
     rows: usize,
@@ -28,6 +29,7 @@ impl RowNonzeros {
     pub fn of_dense(values: &[f32], cols: usize) -> Self {
         let rows = values.len().checked_div(cols).unwrap_or(0);
         assert_eq!(rows * cols, values.len(), "values is [rows, cols]");
+        // One list per row, built in parallel (a batch of a large catalogue is 80 M values).
         let per_row: Vec<Vec<u32>> = values
             .par_chunks(cols.max(1))
             .map(|line| {
@@ -38,15 +40,20 @@ impl RowNonzeros {
                     .collect()
             })
             .collect();
-        let total = per_row.iter().map(Vec::len).sum();
-        let mut row = Vec::with_capacity(total);
-        let mut col = Vec::with_capacity(total);
-        for (r, cs) in per_row.into_iter().enumerate() {
+        Self::from_rows(cols, per_row.iter().map(Vec::as_slice))
+    }
+
+    /// The entries of rows given by their columns (a sparse matrix's rows), `cols` wide.
+    pub fn from_rows<'a>(cols: usize, rows: impl Iterator<Item = &'a [u32]>) -> Self {
+        let (mut row, mut col) = (Vec::new(), Vec::new());
+        let mut n = 0;
+        for (r, cs) in rows.enumerate() {
             row.resize(row.len() + cs.len(), r as u32);
-            col.extend(cs);
+            col.extend_from_slice(cs);
+            n = r + 1;
         }
         RowNonzeros {
-            rows,
+            rows: n,
             cols,
             row,
             col,
@@ -139,6 +146,8 @@ mod tests {
             nz.entries().collect::<Vec<_>>(),
             vec![(0, 1), (0, 3), (2, 0), (2, 3)]
         );
+        let listed: [&[u32]; 3] = [&[1, 3], &[], &[0, 3]];
+        assert_eq!(RowNonzeros::from_rows(4, listed.into_iter()), nz);
         assert!(RowNonzeros::of_dense(&[0.0; 6], 3).is_empty());
         assert_eq!(RowNonzeros::of_dense(&[], 0).dims(), [0, 0]);
     }

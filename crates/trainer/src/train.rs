@@ -638,9 +638,10 @@ pub fn score_rows<B: Backend>(
 ) -> Vec<f32> {
     let mut dense = vec![0f32; rows.len() * n_items];
     input.densify_rows(rows, &mut dense);
+    // The entries straight from the sparse rows, not from a scan of the dense block.
     let nonzeros = model
         .reads_sparse()
-        .then(|| RowNonzeros::of_dense(&dense, n_items));
+        .then(|| RowNonzeros::from_rows(n_items, rows.iter().map(|&r| input.row(r).0)));
     let x0 = Tensor::<B, 2>::from_data(TensorData::new(dense, [rows.len(), n_items]), device);
     model
         .score(diffusion, x0, nonzeros.as_ref())
