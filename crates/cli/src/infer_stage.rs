@@ -13,7 +13,9 @@ use diffrec_data::{Workspace, load_splits};
 use diffrec_model::ModelConfig;
 use diffrec_trainer::infer::{load_best, recommend_all, recommend_history};
 use diffrec_trainer::pool::on_pool_thread;
-use diffrec_trainer::train::{Summary, diffusion_of, evaluate, model_input, run_dir, summary_key};
+use diffrec_trainer::train::{
+    Summary, diffusion_of, evaluate, model_input, resolve_input, run_dir, summary_key,
+};
 
 use crate::pipeline::Loaded;
 use crate::progress::headline_metrics;
@@ -36,7 +38,9 @@ impl RunModel {
         check_trained_settings(ws, &p.name, &p.model).await?;
         let data = load_splits(ws).await?;
         let dev = Default::default();
-        let model = load_best::<Cpu>(ws, &p.name, &p.model, data.n_items, &dev).await?;
+        // `model.autoencoder.input: auto` by this data's density, as training resolved it.
+        let model_cfg = resolve_input(&p.model, &data.train);
+        let model = load_best::<Cpu>(ws, &p.name, &model_cfg, data.n_items, &dev).await?;
         let input = model_input(&data.train, p.model.variant);
         Ok(RunModel {
             data,

@@ -256,7 +256,7 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
             position_of,
             cluster_of: labels.to_vec(),
             local_of,
-            sparse: cfg.input.is_sparse_for(labels.len()),
+            sparse: cfg.input.is_sparse(),
             widths: dims.iter().map(|d| d[d.len() - 1]).collect(),
             spread: devices.len() > 1,
             reparam: cfg.reparam,

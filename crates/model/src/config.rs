@@ -120,8 +120,11 @@ impl LatentShare {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EncoderInput {
-    /// `sparse` from [`EncoderInput::SPARSE_FROM_ITEMS`] items up, else `dense` (the trainer
-    /// keeps `dense` on GPU backends, see `diffrec_trainer::backend`).
+    /// `sparse` where the training matrix is less dense than
+    /// [`EncoderInput::SPARSE_BELOW_DENSITY`], else `dense`: the trainer and the inference stages
+    /// [`resolve`](EncoderInput::resolve) it from the data before they build a model (and keep
+    /// `dense` on GPU backends, see `diffrec_trainer::backend`). A model built from an unresolved
+    /// `auto` reads dense.
     Auto,
     /// The dense product of each cluster's slice of the rows with the layer's weight (the
     /// authors' computation): O(rows × items × width) per batch.
@@ -132,23 +135,30 @@ pub enum EncoderInput {
 }
 
 impl EncoderInput {
-    /// Where `auto` turns sparse. The figures of record on ML-1M (2,810 items) were computed
-    /// dense, and there dense is faster: sparse holds an `[entries, width]` matrix, which pays
-    /// only where a row holds fewer than items/width of the items (docs/benchmarks.md,
-    /// "Sparse encoder input").
-    pub const SPARSE_FROM_ITEMS: usize = 20_000;
+    /// Where `auto` turns sparse: training matrices with fewer stored entries than this share
+    /// of users × items. The two inputs cost the same per batch near 1.0–1.4 % on the CPU,
+    /// whatever the item count (5,000 to 50,000 items, docs/benchmarks.md, "Sparse encoder
+    /// input: where it pays"); ML-1M, whose figures of record were computed dense, is at 2.41 %.
+    pub const SPARSE_BELOW_DENSITY: f64 = 0.01;
 
     fn is_auto(&self) -> bool {
         *self == EncoderInput::Auto
     }
 
-    /// Whether a catalogue of `n_items` items is read sparsely.
-    pub fn is_sparse_for(&self, n_items: usize) -> bool {
+    /// `auto` made `dense` or `sparse` for a training matrix of `density` (stored entries over
+    /// users × items); `dense` and `sparse` stay as they are.
+    pub fn resolve(self, density: f64) -> EncoderInput {
         match self {
-            EncoderInput::Auto => n_items >= Self::SPARSE_FROM_ITEMS,
-            EncoderInput::Dense => false,
-            EncoderInput::Sparse => true,
+            EncoderInput::Auto if density < Self::SPARSE_BELOW_DENSITY => EncoderInput::Sparse,
+            EncoderInput::Auto => EncoderInput::Dense,
+            given => given,
         }
+    }
+
+    /// Whether a model built with this setting reads its rows sparsely (`auto` unresolved:
+    /// no).
+    pub fn is_sparse(&self) -> bool {
+        *self == EncoderInput::Sparse
     }
 }
 
@@ -173,7 +183,8 @@ pub struct AutoEncoderConfig {
     )]
     pub latent_share: LatentShare,
     /// `model.autoencoder.input`: how the encoders' first layers read the rows, `dense`,
-    /// `sparse` or `auto` (sparse from 20,000 items up, on the CPU). The two compute the same
+    /// `sparse` or `auto` (sparse where the training matrix holds under 1 % of users × items,
+    /// on the CPU). The two compute the same
     /// function up to float rounding, sparse in time proportional to the interactions instead
     /// of the items. Default `auto`, left out when serialised (fingerprints of earlier runs stay
     /// the same).
@@ -595,16 +606,17 @@ mod tests {
             serde_json::from_str::<ModelConfig>(r#"{"autoencoder": {"latent_share": "users"}}"#)
                 .is_err()
         );
-        // `input`: auto by default, left out when serialised; sparse from 20,000 items.
+        // `input`: auto by default, left out when serialised; sparse below 1 % density.
         assert_eq!(l.autoencoder.input, EncoderInput::Auto);
         assert!(shown(&l).get("input").is_none(), "{}", shown(&l));
         let c: ModelConfig =
             serde_json::from_str(r#"{"autoencoder": {"input": "dense"}}"#).unwrap();
         assert_eq!(shown(&c)["input"], "dense");
-        assert!(!c.autoencoder.input.is_sparse_for(1_000_000));
-        assert!(EncoderInput::Sparse.is_sparse_for(10));
-        assert!(!EncoderInput::Auto.is_sparse_for(19_999));
-        assert!(EncoderInput::Auto.is_sparse_for(20_000));
+        assert_eq!(c.autoencoder.input.resolve(1e-6), EncoderInput::Dense);
+        assert_eq!(EncoderInput::Sparse.resolve(0.5), EncoderInput::Sparse);
+        assert_eq!(EncoderInput::Auto.resolve(0.01), EncoderInput::Dense);
+        assert_eq!(EncoderInput::Auto.resolve(0.0099), EncoderInput::Sparse);
+        assert!(!EncoderInput::Auto.is_sparse() && EncoderInput::Sparse.is_sparse());
         assert!(
             serde_json::from_str::<ModelConfig>(r#"{"autoencoder": {"input": "csr"}}"#).is_err()
         );

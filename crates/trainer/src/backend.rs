@@ -73,7 +73,8 @@ pub async fn train_on(
     spec: &RunSpec,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, TrainError> {
-    // `model.autoencoder.input: auto` turns sparse on the CPU only. On the cubecl backends
+    // `model.autoencoder.input: auto` turns sparse on the CPU only (where `train` resolves it by
+    // the training matrix's density, `train::resolve_input`). On the cubecl backends
     // burn's scatter-add (`select_assign`, also the backward of `select`) runs one thread per
     // output column, each walking every entry of the batch, where the dense product is one
     // well-fed matrix multiplication; so GPUs keep it (not yet measured on one).

@@ -5,6 +5,7 @@
 //! sampling) and the backend RNG (noise, dropout) from (seed, epoch), so a run resumed from the
 //! checkpoint written after epoch e continues exactly as the uninterrupted run would have.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -12,7 +13,8 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
 use diffrec_model::{
-    GaussianDiffusion, ItemClusters, ModelConfig, Recommender, RowNonzeros, StepSampler, Variant,
+    EncoderInput, GaussianDiffusion, ItemClusters, ModelConfig, Recommender, RowNonzeros,
+    StepSampler, Variant,
 };
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
@@ -163,6 +165,29 @@ pub fn model_input(train: &CsrMatrix, variant: Variant) -> CsrMatrix {
     m
 }
 
+/// `model` with `model.autoencoder.input: auto` made `dense` or `sparse` by the density of the
+/// training matrix (`EncoderInput::resolve`); borrowed unchanged when there is nothing to
+/// resolve. Training and the inference stages build their models from this.
+pub fn resolve_input<'a>(model: &'a ModelConfig, train: &CsrMatrix) -> Cow<'a, ModelConfig> {
+    if !model.variant.is_latent() || model.autoencoder.input != EncoderInput::Auto {
+        return Cow::Borrowed(model);
+    }
+    let cells = train.n_rows as f64 * train.n_cols as f64;
+    let density = if cells > 0.0 {
+        train.nnz() as f64 / cells
+    } else {
+        1.0
+    };
+    let mut resolved = model.clone();
+    resolved.autoencoder.input = model.autoencoder.input.resolve(density);
+    tracing::info!(
+        density,
+        input = ?resolved.autoencoder.input,
+        "model.autoencoder.input: auto resolved by the training matrix's density"
+    );
+    Cow::Owned(resolved)
+}
+
 /// Builds the diffusion of a model config.
 pub fn diffusion_of(cfg: &ModelConfig) -> Result<GaussianDiffusion, TrainError> {
     GaussianDiffusion::new(&cfg.diffusion, cfg.beta_fixed())
@@ -182,6 +207,17 @@ pub async fn train<B: AutodiffBackend>(
 where
     B::Device: Send + 'static,
 {
+    let resolved;
+    let spec = match resolve_input(&spec.model, &data.train) {
+        Cow::Borrowed(_) => spec,
+        Cow::Owned(model) => {
+            resolved = RunSpec {
+                model,
+                ..spec.clone()
+            };
+            &resolved
+        }
+    };
     let cfg = &spec.train;
     let device = devices
         .first()
@@ -686,4 +722,42 @@ pub fn peak_rss_bytes() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `rows` × `cols` matrix holding `per_row` entries in each row.
+    fn matrix(rows: usize, cols: usize, per_row: u32) -> CsrMatrix {
+        let t = (0..rows as u32)
+            .flat_map(|r| (0..per_row).map(move |c| (r, c, 1.0)))
+            .collect();
+        CsrMatrix::from_triplets(rows, cols, t)
+    }
+
+    #[test]
+    fn auto_input_resolved_by_density() {
+        let model = |json: &str| serde_json::from_str::<ModelConfig>(json).unwrap();
+        let l = model(r#"{"variant": "l-diffrec"}"#);
+        // 4 of 500 items a row: 0.8 % → sparse; 5 of 500: exactly 1 % → dense.
+        let thin = matrix(3, 500, 4);
+        let even = matrix(3, 500, 5);
+        let input = |m: &ModelConfig, x: &CsrMatrix| resolve_input(m, x).autoencoder.input;
+        assert_eq!(input(&l, &thin), EncoderInput::Sparse);
+        assert_eq!(input(&l, &even), EncoderInput::Dense);
+        // An empty matrix reads dense.
+        assert_eq!(input(&l, &matrix(0, 500, 0)), EncoderInput::Dense);
+        // A setting given explicitly, and the variants without encoders, are left as they are.
+        let dense = model(r#"{"variant": "lt-diffrec", "autoencoder": {"input": "dense"}}"#);
+        assert!(matches!(resolve_input(&dense, &thin), Cow::Borrowed(_)));
+        let sparse = model(r#"{"variant": "l-diffrec", "autoencoder": {"input": "sparse"}}"#);
+        assert_eq!(input(&sparse, &even), EncoderInput::Sparse);
+        let d = model(r#"{"variant": "diffrec"}"#);
+        assert!(matches!(resolve_input(&d, &thin), Cow::Borrowed(_)));
+        // Nothing else of the model changes.
+        let mut back = resolve_input(&l, &thin).into_owned();
+        back.autoencoder.input = EncoderInput::Auto;
+        assert_eq!(back, l);
+    }
 }
