@@ -38,7 +38,8 @@ impl RunModel {
         check_trained_settings(ws, &p.name, &p.model).await?;
         let data = load_splits(ws).await?;
         let dev = Default::default();
-        // `model.autoencoder.input: auto` by this data's density, as training resolved it.
+        // `model.autoencoder.input: auto` by this data's density, as training on the CPU
+        // resolves it (a GPU trains dense; either reads the same parameters).
         let model_cfg = resolve_input(&p.model, &data.train);
         let model = load_best::<Cpu>(ws, &p.name, &model_cfg, data.n_items, &dev).await?;
         let input = model_input(&data.train, p.model.variant);
@@ -228,6 +229,9 @@ pub async fn recommend_one(
     })?;
     let items = load_ids(&ws, "item").await?;
     let dev = Default::default();
+    let data = load_splits(&ws).await?;
+    // `auto` resolved as `diffrec stage recommend` resolves it, so both rank alike.
+    let model_cfg = resolve_input(&model_cfg, &data.train).into_owned();
     let model = load_best::<Cpu>(&ws, run, &model_cfg, items.len(), &dev).await?;
     let recs = match (user, history) {
         (Some(id), None) => {
@@ -237,7 +241,6 @@ pub async fn recommend_one(
                     "user {id:?} is not in the training data; pass --history instead"
                 ))
             })?;
-            let data = load_splits(&ws).await?;
             let input = model_input(&data.train, model_cfg.variant);
             let (idx, vals) = input.row(u);
             let history: Vec<(u32, f32)> = idx.iter().copied().zip(vals.iter().copied()).collect();

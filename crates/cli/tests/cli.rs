@@ -1586,6 +1586,75 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
 /// L-DiffRec end to end on a small synthetic log with planted item groups: cluster → train →
 /// evaluate → recommend, then one user from the best checkpoint. The model must rank held-out
 /// items well above chance (random Recall@20 = 20/300).
+/// `model.autoencoder.input: auto` reads a catalogue under 1 % dense sparsely: in training (the
+/// summary records it) and in the evaluate stage and `diffrec recommend`, which resolve it from
+/// the data as training did (their log says so), so re-evaluation gives the trained metrics.
+#[test]
+fn auto_encoder_input_reads_a_thin_catalogue_sparsely() {
+    let (dir, p) = synthetic_project(
+        "thin",
+        &[
+            "--users",
+            "300",
+            "--items",
+            "2000",
+            "--clusters",
+            "4",
+            "--mean-interactions",
+            "8",
+        ],
+        "name: thin\ndata:\n  source: {format: csv, path: log.csv}\n\
+         cluster: {k: 2, lightgcn: {epochs: 2, eval_every: 2}}\n\
+         model:\n  variant: l-diffrec\n  diffusion: {steps: 5}\n  denoiser: {dims: [32]}\n  autoencoder: {dims: [24]}\n\
+         train: {epochs: 2, eval_every: 2, batch_size: 100}\nevaluate: {ks: [20]}\n",
+    );
+    let p = p.to_str().unwrap();
+    let ws = dir.join("ws");
+    let json = |path: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(ws.join(path)).unwrap()).unwrap()
+    };
+    let out = diffrec()
+        .args(["run", p, "--workspace"])
+        .arg(&ws)
+        .args(["--until", "train"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let density = json("data/stats.json")["train_density"].as_f64().unwrap();
+    assert!(density < 0.01, "the data is meant to be thin: {density}");
+    let trained = json("runs/thin/summary.json");
+    assert_eq!(trained["encoder_input"], "sparse", "{trained}");
+    let resolved = "auto resolved by the training matrix's density";
+    let logged = "warn,diffrec_trainer::train=info";
+    let out = diffrec()
+        .env("RUST_LOG", logged)
+        .args(["stage", "evaluate", p, "--workspace"])
+        .arg(&ws)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains(resolved) && t.contains("input=Sparse"),
+        "{t}"
+    );
+    let evaluated = json("runs/thin/summary.json");
+    for split in ["valid", "test"] {
+        let (a, b) = (&trained[split]["recall@20"], &evaluated[split]["recall@20"]);
+        assert!(
+            (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-6,
+            "{split}: trained {a}, re-evaluated {b}"
+        );
+    }
+    let out = diffrec()
+        .env("RUST_LOG", logged)
+        .args(["recommend", "--workspace", ws.to_str().unwrap()])
+        .args(["--run", "thin", "--user", "u0", "--k", "3"])
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("input=Sparse"), "{t}");
+}
+
 #[test]
 fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
     let (dir, p) = synthetic_project(
@@ -1606,6 +1675,8 @@ fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
     let s: serde_json::Value =
         serde_json::from_slice(&std::fs::read(ws.join("runs/l/summary.json")).unwrap()).unwrap();
     assert_eq!(s["variant"], "l-diffrec");
+    // About 9 % of users × items: `auto` keeps the dense product.
+    assert_eq!(s["encoder_input"], "dense", "{s}");
     let r = s["test"]["recall@20"].as_f64().unwrap();
     println!("l-diffrec recall@20 {r:.4} (random {:.4})", 20.0 / 300.0);
     assert!(r > 2.0 * 20.0 / 300.0, "{s}");

@@ -136,9 +136,10 @@ pub enum EncoderInput {
 
 impl EncoderInput {
     /// Where `auto` turns sparse: training matrices with fewer stored entries than this share
-    /// of users × items. The two inputs cost the same per batch near 1.0–1.4 % on the CPU,
-    /// whatever the item count (5,000 to 50,000 items, docs/benchmarks.md, "Sparse encoder
-    /// input: where it pays"); ML-1M, whose figures of record were computed dense, is at 2.41 %.
+    /// of users × items. The two inputs cost the same per batch near 1.0–1.4 % on the CPU at
+    /// 5,000 and at 20,000 items, and sparse was the faster below 1 % from 2,000 to 50,000 items
+    /// (docs/benchmarks.md, "Sparse encoder input: where it pays"); ML-1M, whose figures of
+    /// record were computed dense, is at 2.41 %.
     pub const SPARSE_BELOW_DENSITY: f64 = 0.01;
 
     fn is_auto(&self) -> bool {

@@ -106,6 +106,11 @@ pub struct Summary {
     pub epoch_seconds_median: f64,
     pub eval_seconds_median: f64,
     pub peak_rss_bytes: u64,
+    /// L-DiffRec/LT-DiffRec: how the encoders' first layers read the rows in training
+    /// (`model.autoencoder.input` with `auto` resolved: `dense` or `sparse`). Absent for the
+    /// other variants and in summaries written before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_input: Option<EncoderInput>,
 }
 
 pub fn run_dir(run: &str) -> String {
@@ -638,6 +643,11 @@ fn summarise(spec: &RunSpec, state: &TrainState, params: usize) -> Summary {
         epoch_seconds_median: median(&state.epoch_seconds),
         eval_seconds_median: median(&evals),
         peak_rss_bytes: peak_rss_bytes(),
+        encoder_input: spec
+            .model
+            .variant
+            .is_latent()
+            .then_some(spec.model.autoencoder.input),
     }
 }
 
