@@ -10,10 +10,7 @@ use crate::checkpoint::{Checkpoint, decode};
 use crate::error::TrainError;
 use crate::learner::{Origin, load_recommender};
 use crate::metrics::top_k;
-use crate::train::{best_key, diffusion_of, score_rows};
-
-/// Users scored per block when recommending.
-const BLOCK: usize = 2048;
+use crate::train::{best_key, diffusion_of, eval_block, score_rows};
 
 /// The best checkpoint's model, on the inference backend `B`. L-DiffRec's item clusters come
 /// from the checkpoint itself, so a later cluster-stage rerun cannot mismatch it.
@@ -99,7 +96,7 @@ pub fn recommend_all<B: Backend>(
     let n_items = data.n_items;
     let users: Vec<usize> = (0..data.n_users).collect();
     let mut out = Vec::with_capacity(users.len());
-    for block in users.chunks(BLOCK) {
+    for block in users.chunks(eval_block(n_items)) {
         let scores = score_rows(model, &diffusion, input, block, n_items, device);
         for (row, &u) in block.iter().enumerate() {
             let s = &scores[row * n_items..(row + 1) * n_items];

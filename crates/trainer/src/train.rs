@@ -33,8 +33,18 @@ use crate::metrics::{MetricsTable, SplitEvaluator, median, round4};
 use crate::parallel::{DataParallel, topology};
 use crate::pool::{computes_on_pool, on_pool_thread};
 
-/// Users per evaluation block.
+/// Most users per evaluation block.
 const EVAL_BLOCK: usize = 2048;
+/// Most users × items per evaluation block: each `[users, items]` buffer of a block (the
+/// densified rows, the model's scores, their copy on the host) then stays under 256 MiB of f32
+/// however large the catalogue. 2,048 users up to 32,768 items, 335 at 200,000 items, 67 at a
+/// million (docs/benchmarks.md, "Evaluation blocks by cells").
+const EVAL_CELLS: usize = 1 << 26;
+
+/// Users per evaluation or recommendation block for a catalogue of `n_items` items.
+pub fn eval_block(n_items: usize) -> usize {
+    (EVAL_CELLS / n_items.max(1)).clamp(1, EVAL_BLOCK)
+}
 
 /// What to train.
 #[derive(Debug, Clone)]
@@ -660,10 +670,24 @@ pub fn evaluate<B: Backend>(
     ks: &[usize],
     device: &B::Device,
 ) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
+    let block = eval_block(data.n_items);
+    evaluate_in_blocks(model, diffusion, input, data, ks, device, block)
+}
+
+/// [`evaluate`] `block` users at a time.
+fn evaluate_in_blocks<B: Backend>(
+    model: &Recommender<B>,
+    diffusion: &GaussianDiffusion,
+    input: &CsrMatrix,
+    data: &SplitMatrices,
+    ks: &[usize],
+    device: &B::Device,
+    block: usize,
+) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
     let n_items = data.n_items;
     let mut ev = SplitEvaluator::new(&data.train, &data.valid, &data.test, ks);
     let users: Vec<usize> = (0..data.n_users).collect();
-    for block in users.chunks(EVAL_BLOCK) {
+    for block in users.chunks(block) {
         let scores = score_rows(model, diffusion, input, block, n_items, device);
         ev.add_block(block, &scores);
     }
@@ -769,5 +793,64 @@ mod tests {
         let mut back = resolve_input(&l, &thin).into_owned();
         back.autoencoder.input = EncoderInput::Auto;
         assert_eq!(back, l);
+    }
+
+    #[test]
+    fn evaluation_blocks_follow_the_catalogue_and_change_no_metric() {
+        assert_eq!(eval_block(2_810), 2_048);
+        assert_eq!(eval_block(32_768), 2_048);
+        assert_eq!(eval_block(32_769), 2_047);
+        assert_eq!(eval_block(200_000), 335);
+        assert_eq!(eval_block(usize::MAX), 1);
+        assert_eq!(eval_block(0), 2_048);
+
+        type B = burn_flex::Flex;
+        let device = Default::default();
+        B::seed(&device, 3);
+        let (users, items) = (23usize, 40usize);
+        // User u holds items u, u + 3, u + 6, … (mod 40) in training, the next one in
+        // validation and the one after in test.
+        let split = |from: u32, count: u32| {
+            let t = (0..users as u32)
+                .flat_map(|u| (from..from + count).map(move |j| (u, (u + 3 * j) % 40, 1.0)))
+                .collect();
+            CsrMatrix::from_triplets(users, items, t)
+        };
+        let data = SplitMatrices {
+            n_users: users,
+            n_items: items,
+            train: split(0, 5),
+            valid: split(5, 1),
+            test: split(6, 1),
+        };
+        let cfg = ModelConfig::default();
+        let model = Recommender::Dense(diffrec_model::Denoiser::<B>::new(
+            items,
+            &diffrec_model::DenoiserConfig {
+                dims: vec![8],
+                ..cfg.denoiser.clone()
+            },
+            diffrec_model::InitScheme::DiffRec,
+            &device,
+        ));
+        let diffusion = diffusion_of(&cfg).unwrap();
+        let at = |block| {
+            evaluate_in_blocks(
+                &model,
+                &diffusion,
+                &data.train,
+                &data,
+                &[5, 10],
+                &device,
+                block,
+            )
+        };
+        let whole = at(2_048);
+        assert_eq!(whole.0.len(), whole.1.len());
+        assert!(whole.0.keys().any(|k| k == "recall@10"), "{whole:?}");
+        // Blocks of one user, of a few, and a last block shorter than the others.
+        for block in [1, 4, 7] {
+            assert_eq!(at(block), whole, "block {block}");
+        }
     }
 }
