@@ -217,6 +217,7 @@ impl<B: Backend> Denoiser<B> {
 /// (`GaussianDiffusion::p_sample`): the first layer is affine in the input (x·W_x plus a row
 /// that depends only on the step) and the output is affine in the last hidden layer
 /// (h·W_out + b_out). Everything between them is [`Denoiser::core`].
+#[derive(Debug, Clone)]
 pub struct AffineEnds<B: Backend> {
     /// The first layer's weights for the input part: [width, d_first].
     pub w_x: Tensor<B, 2>,

@@ -1,6 +1,8 @@
 //! Gaussian diffusion over interaction vectors (spec §2): the forward process, the training loss
 //! with SNR reweighting, and the reverse pass used for ranking.
 
+use std::cell::OnceCell;
+
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
@@ -206,15 +208,43 @@ impl GaussianDiffusion {
     ///
     /// Without sampling noise each step is affine in x_t and in the denoiser's output, which is
     /// affine in its last hidden layer, while the next step needs x_t only through the first
-    /// layer's x_t·W_x. Where it is cheaper (every evaluation block; not a single user), the
-    /// pass is therefore run on d_first-sized rows: `p_sample_folded`, the same result up to
-    /// float rounding with ~5× fewer flops on ML-1M.
+    /// layer's x_t·W_x. Where it is cheaper (evaluation blocks of more than a few users; not a
+    /// single user), the pass is therefore run on d_first-sized rows: `p_sample_folded`, the
+    /// same result up to float rounding with ~5× fewer flops on ML-1M.
     pub fn p_sample<B: Backend>(&self, model: &Denoiser<B>, x0: Tensor<B, 2>) -> Tensor<B, 2> {
-        let foldable = !self.sampling_noise && !B::ad_enabled(&x0.device());
+        self.p_sample_prepared(model, &self.prepare(model), x0)
+    }
+
+    /// What [`Self::p_sample`] can reuse across blocks of rows ranked by one `model`: see
+    /// [`Prepared`].
+    pub fn prepare<B: Backend>(&self, model: &Denoiser<B>) -> Prepared<B> {
+        let ends = model
+            .affine_ends()
+            .filter(|e| !self.sampling_noise && !B::ad_enabled(&e.w_x.device()));
+        Prepared {
+            ends,
+            products: OnceCell::new(),
+        }
+    }
+
+    /// [`Self::p_sample`] with the work of [`Self::prepare`] done once by the caller for every
+    /// block it ranks with `model`: the same result, bit for bit.
+    pub fn p_sample_prepared<B: Backend>(
+        &self,
+        model: &Denoiser<B>,
+        prepared: &Prepared<B>,
+        x0: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
         let x_start = self.reverse_start(x0);
-        match model.affine_ends().filter(|_| foldable) {
-            Some(ends) if self.folding_pays(&ends, x_start.dims()[0]) => {
-                self.p_sample_folded(model, ends, x_start)
+        match &prepared.ends {
+            Some(ends) if self.folding_pays(ends, x_start.dims()[0]) => {
+                let (m, v) = prepared.products.get_or_init(|| {
+                    (
+                        ends.w_out.clone().matmul(ends.w_x.clone()),
+                        ends.b_out.clone().matmul(ends.w_x.clone()),
+                    )
+                });
+                self.p_sample_folded(model, ends, m, v, x_start)
             }
             _ => self.p_sample_direct(model, x_start),
         }
@@ -305,7 +335,9 @@ impl GaussianDiffusion {
     pub(crate) fn p_sample_folded<B: Backend>(
         &self,
         model: &Denoiser<B>,
-        ends: AffineEnds<B>,
+        ends: &AffineEnds<B>,
+        m: &Tensor<B, 2>,
+        v: &Tensor<B, 2>,
         x_start: Tensor<B, 2>,
     ) -> Tensor<B, 2> {
         let dev = x_start.device();
@@ -319,9 +351,7 @@ impl GaussianDiffusion {
                 k
             })
             .collect();
-        let AffineEnds { w_x, w_out, b_out } = ends;
-        let m = w_out.clone().matmul(w_x.clone());
-        let v = b_out.clone().matmul(w_x.clone());
+        let AffineEnds { w_x, w_out, b_out } = ends.clone();
         let mut u = x_start.clone().matmul(w_x);
         let mut acc: Option<Tensor<B, 2>> = None;
         for (i, &(a, b)) in steps.iter().enumerate().rev() {
@@ -346,6 +376,17 @@ impl GaussianDiffusion {
             x + x_start * (p as f32)
         }
     }
+}
+
+/// The part of the ranking reverse pass that depends on the model, not on the rows: the
+/// denoiser's end weights when the pass can be folded (no sampling noise, no autodiff, see
+/// [`GaussianDiffusion::p_sample`]), and their products W_out·W_x and b_out·W_x, computed at the
+/// first block that folds. Evaluation and recommendation prepare once and rank every block of
+/// users with it; at 200,000 items W_out·W_x alone is d_last × 200,000 × d_first multiply-adds.
+#[derive(Debug)]
+pub struct Prepared<B: Backend> {
+    ends: Option<AffineEnds<B>>,
+    products: OnceCell<(Tensor<B, 2>, Tensor<B, 2>)>,
 }
 
 #[cfg(test)]
@@ -646,7 +687,10 @@ mod tests {
             // generator between the two runs raced with other tests drawing from it).
             let x_start = d.reverse_start(x0);
             let want = host(d.p_sample_direct(&m, x_start.clone()));
-            let got = host(d.p_sample_folded(&m, m.affine_ends().unwrap(), x_start));
+            let ends = m.affine_ends().unwrap();
+            let mm = ends.w_out.clone().matmul(ends.w_x.clone());
+            let v = ends.b_out.clone().matmul(ends.w_x.clone());
+            let got = host(d.p_sample_folded(&m, &ends, &mm, &v, x_start));
             let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
             assert!(scale > 1e-3, "{mean_type:?}: degenerate output");
             for (k, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -683,5 +727,46 @@ mod tests {
                 .affine_ends()
                 .is_none()
         );
+    }
+
+    /// Prepared once and used for several blocks, the reverse pass gives each block what
+    /// `p_sample` gives it alone, bit for bit; the end products are computed at the first block
+    /// that folds and kept; a single row (which does not fold) leaves them uncomputed.
+    #[test]
+    fn prepared_pass_equals_p_sample_per_block() {
+        let dev = Default::default();
+        let d = diffusion(MeanType::X0);
+        B::seed(&dev, 5);
+        let cfg = DenoiserConfig {
+            dims: vec![5, 7],
+            ..DenoiserConfig::default()
+        };
+        let m = Denoiser::<B>::new(12, &cfg, InitScheme::DiffRec, &dev);
+        let x = Tensor::<B, 2>::random([7, 12], Distribution::Uniform(0.0, 1.0), &dev);
+        let prepared = d.prepare(&m);
+        assert!(prepared.ends.is_some() && prepared.products.get().is_none());
+        let one = x.clone().slice([0..1, 0..12]);
+        assert!(!d.folding_pays(prepared.ends.as_ref().unwrap(), 1));
+        assert_eq!(
+            host(d.p_sample_prepared(&m, &prepared, one.clone())),
+            host(d.p_sample(&m, one))
+        );
+        assert!(
+            prepared.products.get().is_none(),
+            "a single row does not fold"
+        );
+        for rows in [0..4, 4..7] {
+            let block = x.clone().slice([rows.clone(), 0..12]);
+            assert!(d.folding_pays(prepared.ends.as_ref().unwrap(), rows.len()));
+            let got = host(d.p_sample_prepared(&m, &prepared, block.clone()));
+            assert_eq!(got, host(d.p_sample(&m, block)), "rows {rows:?}");
+            assert!(prepared.products.get().is_some());
+        }
+        // With sampling noise nothing is folded, so nothing is prepared.
+        let noisy = GaussianDiffusion {
+            sampling_noise: true,
+            ..d.clone()
+        };
+        assert!(noisy.prepare(&m).ends.is_none());
     }
 }

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use crate::autoencoder::{ClusteredAutoEncoder, ItemClusters, multinomial_nll};
 use crate::config::ModelConfig;
 use crate::denoiser::{Denoiser, InitScheme};
-use crate::diffusion::GaussianDiffusion;
+use crate::diffusion::{GaussianDiffusion, Prepared};
 use crate::shapes::{ParamShape, ParamShapes, join};
 use crate::sparse::RowNonzeros;
 
@@ -104,9 +104,22 @@ impl<B: Backend> LatentDiffRec<B> {
         x: Tensor<B, 2>,
         nonzeros: Option<&RowNonzeros>,
     ) -> Tensor<B, 2> {
+        let prepared = diffusion.prepare(&self.denoiser);
+        self.score_prepared(diffusion, &prepared, x, nonzeros)
+    }
+
+    /// [`Self::score`] with the reverse pass prepared once for many blocks
+    /// ([`GaussianDiffusion::prepare`] of this model's denoiser).
+    pub fn score_prepared(
+        &self,
+        diffusion: &GaussianDiffusion,
+        prepared: &Prepared<B>,
+        x: Tensor<B, 2>,
+        nonzeros: Option<&RowNonzeros>,
+    ) -> Tensor<B, 2> {
         let mu = self.autoencoder.encode(x, nonzeros, false).mu;
         self.autoencoder
-            .decode(diffusion.p_sample(&self.denoiser, mu))
+            .decode(diffusion.p_sample_prepared(&self.denoiser, prepared, mu))
     }
 }
 
@@ -129,9 +142,29 @@ impl<B: Backend> Recommender<B> {
         x: Tensor<B, 2>,
         nonzeros: Option<&RowNonzeros>,
     ) -> Tensor<B, 2> {
+        self.score_prepared(diffusion, &self.prepare(diffusion), x, nonzeros)
+    }
+
+    /// The reverse pass's work that does not depend on the rows (see [`Prepared`]): prepare
+    /// once, then [`Self::score_prepared`] every block of users.
+    pub fn prepare(&self, diffusion: &GaussianDiffusion) -> Prepared<B> {
         match self {
-            Recommender::Dense(m) => diffusion.p_sample(m, x),
-            Recommender::Latent(m) => m.score(diffusion, x, nonzeros),
+            Recommender::Dense(m) => diffusion.prepare(m),
+            Recommender::Latent(m) => diffusion.prepare(&m.denoiser),
+        }
+    }
+
+    /// [`Self::score`] with `prepared` from [`Self::prepare`] of this model: the same scores.
+    pub fn score_prepared(
+        &self,
+        diffusion: &GaussianDiffusion,
+        prepared: &Prepared<B>,
+        x: Tensor<B, 2>,
+        nonzeros: Option<&RowNonzeros>,
+    ) -> Tensor<B, 2> {
+        match self {
+            Recommender::Dense(m) => diffusion.p_sample_prepared(m, prepared, x),
+            Recommender::Latent(m) => m.score_prepared(diffusion, prepared, x, nonzeros),
         }
     }
 

@@ -28,7 +28,7 @@ pub use config::{
     LatentShare, MeanType, ModelConfig, Schedule, Variant,
 };
 pub use denoiser::{Denoiser, InitScheme};
-pub use diffusion::{BatchLoss, GaussianDiffusion};
+pub use diffusion::{BatchLoss, GaussianDiffusion, Prepared};
 pub use latent::{LatentDiffRec, LatentLoss, Recommender};
 pub use sampler::StepSampler;
 pub use schedule::DiffusionSchedule;

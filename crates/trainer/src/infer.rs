@@ -96,8 +96,9 @@ pub fn recommend_all<B: Backend>(
     let n_items = data.n_items;
     let users: Vec<usize> = (0..data.n_users).collect();
     let mut out = Vec::with_capacity(users.len());
+    let prepared = model.prepare(&diffusion);
     for block in users.chunks(eval_block(n_items)) {
-        let scores = score_rows(model, &diffusion, input, block, n_items, device);
+        let scores = score_rows(model, &diffusion, &prepared, input, block, n_items, device);
         for (row, &u) in block.iter().enumerate() {
             let s = &scores[row * n_items..(row + 1) * n_items];
             let top = top_k(s, data.train.row(u).0, k);
@@ -123,7 +124,8 @@ pub fn recommend_history<B: Backend>(
         n_items,
         history.iter().map(|&(i, w)| (0, i, w)).collect(),
     );
-    let scores = score_rows(model, &diffusion, &row, &[0], n_items, device);
+    let prepared = model.prepare(&diffusion);
+    let scores = score_rows(model, &diffusion, &prepared, &row, &[0], n_items, device);
     let top = top_k(&scores, row.row(0).0, k);
     Ok(top.into_iter().map(|i| (i, scores[i as usize])).collect())
 }

@@ -13,7 +13,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
 use diffrec_model::{
-    EncoderInput, GaussianDiffusion, ItemClusters, ModelConfig, Recommender, RowNonzeros,
+    EncoderInput, GaussianDiffusion, ItemClusters, ModelConfig, Prepared, Recommender, RowNonzeros,
     StepSampler, Variant,
 };
 use rand::seq::SliceRandom;
@@ -687,8 +687,9 @@ fn evaluate_in_blocks<B: Backend>(
     let n_items = data.n_items;
     let mut ev = SplitEvaluator::new(&data.train, &data.valid, &data.test, ks);
     let users: Vec<usize> = (0..data.n_users).collect();
+    let prepared = model.prepare(diffusion);
     for block in users.chunks(block) {
-        let scores = score_rows(model, diffusion, input, block, n_items, device);
+        let scores = score_rows(model, diffusion, &prepared, input, block, n_items, device);
         ev.add_block(block, &scores);
     }
     (
@@ -697,10 +698,12 @@ fn evaluate_in_blocks<B: Backend>(
     )
 }
 
-/// Scores of the given users' rows, row-major.
+/// Scores of the given users' rows, row-major. `prepared`: `model.prepare(diffusion)`, made
+/// once for every block ranked with `model`.
 pub fn score_rows<B: Backend>(
     model: &Recommender<B>,
     diffusion: &GaussianDiffusion,
+    prepared: &Prepared<B>,
     input: &CsrMatrix,
     rows: &[usize],
     n_items: usize,
@@ -714,7 +717,7 @@ pub fn score_rows<B: Backend>(
         .then(|| RowNonzeros::from_rows(n_items, rows.iter().map(|&r| input.row(r).0)));
     let x0 = Tensor::<B, 2>::from_data(TensorData::new(dense, [rows.len(), n_items]), device);
     model
-        .score(diffusion, x0, nonzeros.as_ref())
+        .score_prepared(diffusion, prepared, x0, nonzeros.as_ref())
         .into_data()
         .convert::<f32>()
         .to_vec::<f32>()
