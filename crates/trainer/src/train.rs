@@ -855,5 +855,44 @@ mod tests {
         for block in [1, 4, 7] {
             assert_eq!(at(block), whole, "block {block}");
         }
+        // Row by row, blocks of 7 score every user as one block does, in order (up to float
+        // rounding: the matrix products' kernels depend on the row count).
+        let prepared = model.prepare(&diffusion);
+        let everyone: Vec<usize> = (0..users).collect();
+        let one = score_rows(
+            &model,
+            &diffusion,
+            &prepared,
+            &data.train,
+            &everyone,
+            items,
+            &device,
+        );
+        let blocks: Vec<f32> = everyone
+            .chunks(7)
+            .flat_map(|b| {
+                score_rows(
+                    &model,
+                    &diffusion,
+                    &prepared,
+                    &data.train,
+                    b,
+                    items,
+                    &device,
+                )
+            })
+            .collect();
+        assert_eq!(one.len(), users * items);
+        assert_eq!(blocks.len(), one.len());
+        let spread = one.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(spread > 1e-3, "degenerate scores");
+        for (k, (a, b)) in one.iter().zip(&blocks).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * spread,
+                "user {}, item {}: {a} vs {b}",
+                k / items,
+                k % items
+            );
+        }
     }
 }
