@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use diffrec_data::SplitMatrices;
-use diffrec_data::metrics::{Evaluation, SplitEvaluator, round4};
+use diffrec_data::metrics::{Evaluation, SplitEvaluator, round4, users_per_block};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Normal};
@@ -128,14 +128,15 @@ pub fn evaluate(
     let (n_users, n_items) = (data.n_users, data.n_items);
     let (user_rows, item_rows) = fin.split_at(n_users * dim);
     assert_eq!(item_rows.len(), n_items * dim, "users first, then items");
-    const BLOCK: usize = 256;
+    // 256 users a block, fewer from 262,144 items up (each block's scores within 256 MiB).
+    let rows = users_per_block(n_items, 256);
     let mut ev = SplitEvaluator::new(&data.train, &data.valid, &data.test, ks);
-    let mut scores = vec![0f32; BLOCK * n_items];
+    let mut scores = vec![0f32; rows * n_items];
     let users: Vec<usize> = (0..n_users).collect();
-    for (b, block) in users.chunks(BLOCK).enumerate() {
+    for (b, block) in users.chunks(rows).enumerate() {
         let s = &mut scores[..block.len() * n_items];
         // The blocks are consecutive users: rows `first..first + len` of `user_rows`.
-        let first = b * BLOCK;
+        let first = b * rows;
         dot_all(
             &user_rows[first * dim..(first + block.len()) * dim],
             item_rows,

@@ -131,6 +131,16 @@ impl PartialEq for Ranked {
 
 impl Eq for Ranked {}
 
+/// Most users × items in one block of scores: each `[users, items]` f32 buffer a ranking stage
+/// holds per block then stays within 256 MiB however large the catalogue.
+pub const BLOCK_CELLS: usize = 1 << 26;
+
+/// Users per block of scores for a catalogue of `n_items` items: at most `most`, and at most
+/// [`BLOCK_CELLS`] users × items (at least one user).
+pub fn users_per_block(n_items: usize, most: usize) -> usize {
+    (BLOCK_CELLS / n_items.max(1)).clamp(1, most.max(1))
+}
+
 /// Valid and test metric sums from one block of scores (rows `users`), computed once: valid
 /// masks train items, test masks train ∪ valid items (spec §6).
 pub struct SplitEvaluator<'a> {
@@ -320,6 +330,18 @@ pub fn round4(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_hold_at_most_2_to_the_26_cells() {
+        // LightGCN's 256 users a block: unchanged up to 262,144 items, then fewer.
+        assert_eq!(users_per_block(262_144, 256), 256);
+        assert_eq!(users_per_block(262_145, 256), 255);
+        assert_eq!(users_per_block(1_000_000, 256), 67);
+        // At least one user, whatever is asked.
+        assert_eq!(users_per_block(usize::MAX, 256), 1);
+        assert_eq!(users_per_block(10, 0), 1);
+        assert_eq!(users_per_block(0, 2048), 2048);
+    }
 
     #[test]
     fn top_k_skips_masked_and_breaks_ties_by_index() {

@@ -29,21 +29,20 @@ use crate::curves::{CurvePoint, render_svg};
 use crate::ema::Ema;
 use crate::error::TrainError;
 use crate::learner::{Batch, DenseLearner, LatentLearner, Learner, StepAt};
-use crate::metrics::{MetricsTable, SplitEvaluator, median, round4};
+use crate::metrics::{MetricsTable, SplitEvaluator, median, round4, users_per_block};
 use crate::parallel::{DataParallel, topology};
 use crate::pool::{computes_on_pool, on_pool_thread};
 
 /// Most users per evaluation block.
 const EVAL_BLOCK: usize = 2048;
-/// Most users × items per evaluation block: each `[users, items]` buffer of a block (the
-/// densified rows, the model's scores, their copy on the host) then stays under 256 MiB of f32
-/// however large the catalogue. 2,048 users up to 32,768 items, 335 at 200,000 items, 67 at a
-/// million (docs/benchmarks.md, "Evaluation blocks by cells").
-const EVAL_CELLS: usize = 1 << 26;
 
-/// Users per evaluation or recommendation block for a catalogue of `n_items` items.
+/// Users per evaluation or recommendation block for a catalogue of `n_items` items: at most
+/// 2,048, and at most `BLOCK_CELLS` (2^26) users × items, so that each `[users, items]` buffer
+/// of a block (the densified rows, the model's scores, their copy on the host) stays within
+/// 256 MiB of f32. 2,048 users up to 32,768 items, 335 at 200,000 items, 67 at a million
+/// (docs/benchmarks.md, "Evaluation blocks by cells").
 pub fn eval_block(n_items: usize) -> usize {
-    (EVAL_CELLS / n_items.max(1)).clamp(1, EVAL_BLOCK)
+    users_per_block(n_items, EVAL_BLOCK)
 }
 
 /// What to train.
