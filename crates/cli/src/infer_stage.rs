@@ -11,6 +11,7 @@ use diffrec_data::artifacts::load_ids;
 use diffrec_data::manifest::{StageManifest, manifest_key};
 use diffrec_data::{Workspace, load_splits};
 use diffrec_model::ModelConfig;
+use diffrec_trainer::config::Backend;
 use diffrec_trainer::infer::{load_best, recommend_all, recommend_history};
 use diffrec_trainer::pool::on_pool_thread;
 use diffrec_trainer::train::{
@@ -39,8 +40,9 @@ impl RunModel {
         let data = load_splits(ws).await?;
         let dev = Default::default();
         // `model.autoencoder.input: auto` by this data's density, as training on the CPU
-        // resolves it (a GPU trains dense; either reads the same parameters).
-        let model_cfg = resolve_input(&p.model, &data.train);
+        // resolves it (inference runs on the CPU; a GPU trains dense, and either reads the
+        // same parameters).
+        let model_cfg = resolve_input(&p.model, &data.train, Backend::Cpu);
         let model = load_best::<Cpu>(ws, &p.name, &model_cfg, data.n_items, &dev).await?;
         let input = model_input(&data.train, p.model.variant);
         Ok(RunModel {
@@ -231,7 +233,7 @@ pub async fn recommend_one(
     let dev = Default::default();
     let data = load_splits(&ws).await?;
     // `auto` resolved as `diffrec stage recommend` resolves it, so both rank alike.
-    let model_cfg = resolve_input(&model_cfg, &data.train).into_owned();
+    let model_cfg = resolve_input(&model_cfg, &data.train, Backend::Cpu).into_owned();
     let model = load_best::<Cpu>(&ws, run, &model_cfg, items.len(), &dev).await?;
     let recs = match (user, history) {
         (Some(id), None) => {

@@ -123,8 +123,8 @@ pub enum EncoderInput {
     /// `sparse` where the training matrix is less dense than
     /// [`EncoderInput::SPARSE_BELOW_DENSITY`], else `dense`: the trainer and the inference stages
     /// [`resolve`](EncoderInput::resolve) it from the data before they build a model (and keep
-    /// `dense` on GPU backends, see `diffrec_trainer::backend`). A model built from an unresolved
-    /// `auto` reads dense.
+    /// `dense` on GPU backends, see `diffrec_trainer::train::resolve_input`). A model built from
+    /// an unresolved `auto` reads dense.
     Auto,
     /// The dense product of each cluster's slice of the rows with the layer's weight (the
     /// authors' computation): O(rows × items × width) per batch.

@@ -97,19 +97,9 @@ impl<B: Backend> LatentDiffRec<B> {
     }
 
     /// Scores for every item (spec §4.5): μ, the reverse diffusion in the latent, the decoder.
-    /// Run on a non-autodiff backend (no dropout). `nonzeros` as for [`Self::loss`].
-    pub fn score(
-        &self,
-        diffusion: &GaussianDiffusion,
-        x: Tensor<B, 2>,
-        nonzeros: Option<&RowNonzeros>,
-    ) -> Tensor<B, 2> {
-        let prepared = diffusion.prepare(&self.denoiser);
-        self.score_prepared(diffusion, &prepared, x, nonzeros)
-    }
-
-    /// [`Self::score`] with the reverse pass prepared once for many blocks
-    /// ([`GaussianDiffusion::prepare`] of this model's denoiser).
+    /// Run on a non-autodiff backend (no dropout). `nonzeros` as for [`Self::loss`]; `prepared`:
+    /// [`GaussianDiffusion::prepare`] of this model's denoiser, made once for many blocks (or
+    /// [`Recommender::score`], which prepares for one).
     pub fn score_prepared(
         &self,
         diffusion: &GaussianDiffusion,
@@ -502,16 +492,16 @@ mod tests {
             let g = GradientsParams::from_module(&mut grads, &m.autoencoder);
             let mut sgd = burn::optim::SgdConfig::new().init::<AB, ClusteredAutoEncoder<AB>>();
             let stepped = burn::optim::Optimizer::step(&mut sgd, 1.0, m.autoencoder.clone(), g);
-            let weights: Vec<f32> = stepped
-                .layers()
-                .0
-                .iter()
-                .flat_map(|layers| layers[0].weight.val().into_data().to_vec::<f32>().unwrap())
-                .collect();
-            (parts, weights, m.autoencoder.reads_sparse())
+            (parts, first_weights(&stepped), m.autoencoder.reads_sparse())
         };
         let (dense, w_dense, s0) = run(EncoderInput::Dense, false);
         assert!(!s0);
+        let moved = w_dense
+            .iter()
+            .zip(&first_weights(&base.autoencoder))
+            .filter(|(a, b)| a != b)
+            .count();
+        assert!(moved > 0, "the step moved the first layers");
         for given in [true, false] {
             let (sparse, w_sparse, s1) = run(EncoderInput::Sparse, given);
             assert!(s1);
@@ -522,21 +512,15 @@ mod tests {
                 );
             }
             assert_eq!(w_dense.len(), w_sparse.len());
-            let moved = w_dense
-                .iter()
-                .zip(&base_weights(&base))
-                .filter(|(a, b)| a != b)
-                .count();
-            assert!(moved > 0, "the step moved the first layers");
             for (a, b) in w_dense.iter().zip(&w_sparse) {
                 assert!((a - b).abs() <= 1e-5, "{b} vs {a}");
             }
         }
     }
 
-    fn base_weights(m: &LatentDiffRec<AB>) -> Vec<f32> {
-        m.autoencoder
-            .layers()
+    /// The encoders' first-layer weights, cluster after cluster.
+    fn first_weights(m: &ClusteredAutoEncoder<AB>) -> Vec<f32> {
+        m.layers()
             .0
             .iter()
             .flat_map(|layers| layers[0].weight.val().into_data().to_vec::<f32>().unwrap())

@@ -4,7 +4,6 @@
 
 use burn::backend::Autodiff;
 use diffrec_data::{SplitMatrices, Workspace};
-use diffrec_model::EncoderInput;
 
 use crate::config::Backend;
 use crate::error::TrainError;
@@ -73,22 +72,6 @@ pub async fn train_on(
     spec: &RunSpec,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Summary, TrainError> {
-    // `model.autoencoder.input: auto` turns sparse on the CPU only (where `train` resolves it by
-    // the training matrix's density, `train::resolve_input`). On the cubecl backends
-    // burn's scatter-add (`select_assign`, also the backward of `select`) runs one thread per
-    // output column, each walking every entry of the batch, where the dense product is one
-    // well-fed matrix multiplication; so GPUs keep it (not yet measured on one).
-    let on_gpu;
-    let spec = if matches!(backend, Backend::Wgpu | Backend::Cuda)
-        && spec.model.autoencoder.input == EncoderInput::Auto
-    {
-        let mut dense = spec.clone();
-        dense.model.autoencoder.input = EncoderInput::Dense;
-        on_gpu = dense;
-        &on_gpu
-    } else {
-        spec
-    };
     let devices = &spec.train.devices;
     match backend {
         Backend::Cpu | Backend::Flex => {

@@ -179,10 +179,18 @@ pub fn model_input(train: &CsrMatrix, variant: Variant) -> CsrMatrix {
     m
 }
 
-/// `model` with `model.autoencoder.input: auto` made `dense` or `sparse` by the density of the
-/// training matrix (`EncoderInput::resolve`); borrowed unchanged when there is nothing to
-/// resolve. Training and the inference stages build their models from this.
-pub fn resolve_input<'a>(model: &'a ModelConfig, train: &CsrMatrix) -> Cow<'a, ModelConfig> {
+/// `model` with `model.autoencoder.input: auto` made `dense` or `sparse` for computing on
+/// `backend`: on the CPU by the density of the training matrix (`EncoderInput::resolve`); on
+/// `wgpu` and `cuda` always `dense`, since burn-cubecl's scatter-add (`select_assign`, also the
+/// backward of `select`) runs one thread per output column, each walking every entry of the
+/// batch, where the dense product is one well-fed matrix multiplication (not yet measured on a
+/// GPU). Borrowed unchanged when there is nothing to resolve. Training and the inference stages
+/// (which compute on the CPU) build their models from this.
+pub fn resolve_input<'a>(
+    model: &'a ModelConfig,
+    train: &CsrMatrix,
+    backend: crate::config::Backend,
+) -> Cow<'a, ModelConfig> {
     if !model.variant.is_latent() || model.autoencoder.input != EncoderInput::Auto {
         return Cow::Borrowed(model);
     }
@@ -193,11 +201,16 @@ pub fn resolve_input<'a>(model: &'a ModelConfig, train: &CsrMatrix) -> Cow<'a, M
         1.0
     };
     let mut resolved = model.clone();
-    resolved.autoencoder.input = model.autoencoder.input.resolve(density);
+    resolved.autoencoder.input = if computes_on_pool(backend) {
+        model.autoencoder.input.resolve(density)
+    } else {
+        EncoderInput::Dense
+    };
     tracing::info!(
         density,
         input = ?resolved.autoencoder.input,
-        "model.autoencoder.input: auto resolved by the training matrix's density"
+        backend = backend.name(),
+        "model.autoencoder.input: auto resolved by the training matrix's density and the backend"
     );
     Cow::Owned(resolved)
 }
@@ -222,7 +235,7 @@ where
     B::Device: Send + 'static,
 {
     let resolved;
-    let spec = match resolve_input(&spec.model, &data.train) {
+    let spec = match resolve_input(&spec.model, &data.train, spec.train.backend) {
         Cow::Borrowed(_) => spec,
         Cow::Owned(model) => {
             resolved = RunSpec {
@@ -763,6 +776,7 @@ pub fn peak_rss_bytes() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Backend as Compute;
 
     /// A `rows` × `cols` matrix holding `per_row` entries in each row.
     fn matrix(rows: usize, cols: usize, per_row: u32) -> CsrMatrix {
@@ -779,20 +793,33 @@ mod tests {
         // 4 of 500 items a row: 0.8 % → sparse; 5 of 500: exactly 1 % → dense.
         let thin = matrix(3, 500, 4);
         let even = matrix(3, 500, 5);
-        let input = |m: &ModelConfig, x: &CsrMatrix| resolve_input(m, x).autoencoder.input;
+        let input =
+            |m: &ModelConfig, x: &CsrMatrix| resolve_input(m, x, Compute::Cpu).autoencoder.input;
         assert_eq!(input(&l, &thin), EncoderInput::Sparse);
         assert_eq!(input(&l, &even), EncoderInput::Dense);
         // An empty matrix reads dense.
         assert_eq!(input(&l, &matrix(0, 500, 0)), EncoderInput::Dense);
         // A setting given explicitly, and the variants without encoders, are left as they are.
         let dense = model(r#"{"variant": "lt-diffrec", "autoencoder": {"input": "dense"}}"#);
-        assert!(matches!(resolve_input(&dense, &thin), Cow::Borrowed(_)));
+        assert!(matches!(
+            resolve_input(&dense, &thin, Compute::Cpu),
+            Cow::Borrowed(_)
+        ));
         let sparse = model(r#"{"variant": "l-diffrec", "autoencoder": {"input": "sparse"}}"#);
         assert_eq!(input(&sparse, &even), EncoderInput::Sparse);
         let d = model(r#"{"variant": "diffrec"}"#);
-        assert!(matches!(resolve_input(&d, &thin), Cow::Borrowed(_)));
+        assert!(matches!(
+            resolve_input(&d, &thin, Compute::Cpu),
+            Cow::Borrowed(_)
+        ));
+        // On the GPU backends `auto` stays dense however thin the data; `sparse` asked for stays.
+        for gpu in [Compute::Wgpu, Compute::Cuda] {
+            let on = |m: &ModelConfig| resolve_input(m, &thin, gpu).autoencoder.input;
+            assert_eq!(on(&l), EncoderInput::Dense, "{gpu:?}");
+            assert_eq!(on(&sparse), EncoderInput::Sparse, "{gpu:?}");
+        }
         // Nothing else of the model changes.
-        let mut back = resolve_input(&l, &thin).into_owned();
+        let mut back = resolve_input(&l, &thin, Compute::Cpu).into_owned();
         back.autoencoder.input = EncoderInput::Auto;
         assert_eq!(back, l);
     }
