@@ -746,10 +746,13 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
     assert!(ws.join("runs/r/_manifest.json").exists(), "{t}");
     // Put the other run's model record into our latest checkpoint, keeping our state (and so
     // our fingerprint) and optimizer.
-    use diffrec_trainer::checkpoint::{decode, encode};
+    use diffrec_trainer::checkpoint::{decode, encode, this_diffrec};
     let latest = |run: &str| ws.join(format!("runs/{run}/checkpoints/latest.ckpt"));
-    let ckpt = decode(&std::fs::read(latest("r")).unwrap()).unwrap();
+    let mut ckpt = decode(&std::fs::read(latest("r")).unwrap()).unwrap();
     let foreign = decode(&std::fs::read(latest("other")).unwrap()).unwrap();
+    // As if an earlier diffrec had written it: the error says which.
+    assert_eq!(ckpt.state.written_by, this_diffrec());
+    ckpt.state.written_by = "diffrec 0.0.1".into();
     let bytes = encode(
         &ckpt.state,
         &foreign.model,
@@ -765,7 +768,7 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
     for says in [
         "the model record in runs/r/checkpoints/latest.ckpt does not fit the configured model",
         "`in_layers.0.weight` is [130, 16] in the checkpoint but [130, 32]",
-        "start the run over with `--force`",
+        "start the run over with `--force`. It was written by diffrec 0.0.1; this is diffrec ",
     ] {
         assert!(t.contains(says), "no `{says}` in:\n{t}");
     }

@@ -60,6 +60,25 @@ impl RowNonzeros {
         }
     }
 
+    /// The entries of rows `start..start + n`, numbered from 0: a shard of a batch.
+    pub fn rows_range(&self, start: usize, n: usize) -> Self {
+        assert!(
+            start + n <= self.rows,
+            "rows {start}..{} of a batch of {}",
+            start + n,
+            self.rows
+        );
+        // Entries go row by row, so each end is one binary search.
+        let lo = self.row.partition_point(|&r| (r as usize) < start);
+        let hi = self.row.partition_point(|&r| (r as usize) < start + n);
+        RowNonzeros {
+            rows: n,
+            cols: self.cols,
+            row: self.row[lo..hi].iter().map(|&r| r - start as u32).collect(),
+            col: self.col[lo..hi].to_vec(),
+        }
+    }
+
     /// The nonzero entries of a 2-D tensor (read back to the host).
     pub fn of_tensor<B: Backend>(x: &Tensor<B, 2>) -> Self {
         let [_, cols] = x.dims();
@@ -149,6 +168,12 @@ mod tests {
         let listed: [&[u32]; 3] = [&[1, 3], &[], &[0, 3]];
         assert_eq!(RowNonzeros::from_rows(4, listed.into_iter()), nz);
         assert!(RowNonzeros::of_dense(&[0.0; 6], 3).is_empty());
+        // A shard of rows is the scan of those rows alone, renumbered from 0.
+        assert_eq!(nz.rows_range(1, 2), RowNonzeros::of_dense(&x[4..], 4));
+        assert_eq!(nz.rows_range(0, 1), RowNonzeros::of_dense(&x[..4], 4));
+        assert_eq!(nz.rows_range(1, 1).dims(), [1, 4]);
+        assert!(nz.rows_range(1, 1).is_empty());
+        assert_eq!(nz.rows_range(3, 0).dims(), [0, 4]);
         assert_eq!(RowNonzeros::of_dense(&[], 0).dims(), [0, 0]);
     }
 

@@ -47,6 +47,26 @@ pub struct TrainState {
     /// those divided it by item count.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cluster_weights: Vec<u64>,
+    /// The diffrec that wrote the checkpoint ([`this_diffrec`], e.g. "diffrec 0.1.0"). Empty in
+    /// checkpoints written before the field existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub written_by: String,
+}
+
+/// This binary's name and version, as checkpoints record their writer.
+pub fn this_diffrec() -> String {
+    format!("diffrec {}", env!("CARGO_PKG_VERSION"))
+}
+
+impl TrainState {
+    /// Where the checkpoint was written by another diffrec version than this one: a sentence
+    /// saying so, for errors about records that do not load. `None` when it was this version,
+    /// or the checkpoint does not say.
+    pub fn other_writer(&self) -> Option<String> {
+        let this = this_diffrec();
+        (!self.written_by.is_empty() && self.written_by != this)
+            .then(|| format!("It was written by {}; this is {this}.", self.written_by))
+    }
 }
 
 /// Length-prefixed (u64 LE) concatenation of `parts`.
@@ -178,6 +198,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn names_another_writer_only() {
+        let json = |by: &str| {
+            let mut v = serde_json::to_value(TrainState {
+                epoch: 1,
+                best_epoch: 1,
+                best_recall: 0.5,
+                evaluations: vec![],
+                losses: vec![1.0],
+                epoch_seconds: vec![1.0],
+                sampler: StepSampler::new(2),
+                train_seconds: 1.0,
+                fingerprint: "f".into(),
+                item_clusters: vec![],
+                cluster_weights: vec![],
+                written_by: by.into(),
+            })
+            .unwrap();
+            if by.is_empty() {
+                // Written before the field existed: no key at all.
+                assert!(v.get("written_by").is_none());
+            } else {
+                v["written_by"] = by.into();
+            }
+            serde_json::from_value::<TrainState>(v).unwrap()
+        };
+        assert_eq!(
+            json("").other_writer(),
+            None,
+            "an older checkpoint says nothing"
+        );
+        assert_eq!(json(&this_diffrec()).other_writer(), None);
+        let note = json("diffrec 0.0.1").other_writer().unwrap();
+        assert_eq!(
+            note,
+            format!(
+                "It was written by diffrec 0.0.1; this is diffrec {}.",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+    }
+
+    #[test]
     fn round_trips_and_refuses_truncation() {
         let state = TrainState {
             epoch: 3,
@@ -191,6 +253,7 @@ mod tests {
             fingerprint: "abc".into(),
             item_clusters: vec![0, 1, 1],
             cluster_weights: vec![1, 2],
+            written_by: this_diffrec(),
         };
         let b = encode(&state, b"model", b"opt", None).unwrap();
         let c = decode(&b).unwrap();

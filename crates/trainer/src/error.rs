@@ -56,6 +56,30 @@ impl TrainError {
         }
     }
 
+    /// The same error with `note` (a sentence) added to its hint, where it is a
+    /// [`TrainError::ModelMismatch`]; other errors and no note leave it as it is.
+    pub fn noting(self, note: Option<String>) -> Self {
+        match (self, note) {
+            (
+                TrainError::ModelMismatch {
+                    checkpoint,
+                    why,
+                    hint,
+                },
+                Some(note),
+            ) => TrainError::ModelMismatch {
+                checkpoint,
+                why,
+                hint: if hint.ends_with('.') {
+                    format!("{hint} {note}")
+                } else {
+                    format!("{hint}. {note}")
+                },
+            },
+            (other, _) => other,
+        }
+    }
+
     /// True when the user can fix it (CLI exit code 2).
     pub fn is_input(&self) -> bool {
         match self {

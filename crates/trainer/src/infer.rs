@@ -39,6 +39,11 @@ pub async fn load_best<B: Backend>(
         "Evaluate and recommend with the model settings the run was trained with (`config.model` \
          in runs/{run}/_manifest.json); if the data changed since, retrain it with `--force`"
     );
+    // A record that does not fit may come from another diffrec version: say which.
+    let hint = match state.other_writer() {
+        Some(note) => format!("{hint}. {note}"),
+        None => hint,
+    };
     let origin = Origin {
         checkpoint: &key,
         hint: &hint,

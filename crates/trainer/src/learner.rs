@@ -41,6 +41,9 @@ pub(crate) struct Batch {
     pub pts: Vec<f64>,
     /// Seed of the step's noise and dropout (`diffrec_model::noise`); shards share it.
     pub seed: u64,
+    /// Entries covering the rows' nonzeros, taken from the sparse rows where the learner reads
+    /// them ([`Learner::reads_sparse`]); `None`: found by a scan of `x0` where needed.
+    pub nonzeros: Option<RowNonzeros>,
 }
 
 impl Batch {
@@ -97,6 +100,11 @@ pub(crate) trait Learner<B: AutodiffBackend>: Sized {
     /// step must not hold one of rayon's pool threads (`pool.rs`): the replicas' own parallel
     /// operations need the pool, and with one pool thread they would never run.
     fn waits_on_other_threads(&self) -> bool {
+        false
+    }
+    /// Whether a step reads its batch's nonzero entries ([`Batch::nonzeros`]): the loop then
+    /// lists them from the sparse rows it densifies the batch from.
+    fn reads_sparse(&self) -> bool {
         false
     }
 }
@@ -316,22 +324,26 @@ impl<B: AutodiffBackend> LatentLearner<B> {
 }
 
 impl<B: AutodiffBackend> Learner<B> for LatentLearner<B> {
+    fn reads_sparse(&self) -> bool {
+        self.model.autoencoder.reads_sparse()
+    }
     fn step(
         mut self,
         diffusion: &GaussianDiffusion,
-        batch: Batch,
+        mut batch: Batch,
         at: StepAt,
         shard: Option<&Shard>,
     ) -> Result<(Self, StepOut), TrainError> {
         let lambda = self.anneal.lambda_at(at.completed_epochs);
         let gamma = self.anneal.kl_weight_at(at.batches_before);
-        // The encoders' sparse first layers take the batch's nonzeros from the host rows here
-        // rather than reading the batch back from the device.
-        let nonzeros = self
-            .model
-            .autoencoder
-            .reads_sparse()
-            .then(|| RowNonzeros::of_dense(&batch.x0, batch.cols));
+        // The encoders' sparse first layers take the batch's nonzeros from the loop (listed from
+        // the sparse rows) or from the host rows here, never read back from the device.
+        let nonzeros = match batch.nonzeros.take() {
+            Some(nz) => Some(nz),
+            None => self
+                .reads_sparse()
+                .then(|| RowNonzeros::of_dense(&batch.x0, batch.cols)),
+        };
         let (x0, ts, pts) = batch.start(shard, &self.device);
         let out = self
             .model

@@ -183,6 +183,7 @@ pub(crate) struct DataParallel<B: AutodiffBackend> {
     nodes: usize,
     node_rank: usize,
     params: usize,
+    reads_sparse: bool,
 }
 
 fn gone() -> TrainError {
@@ -205,6 +206,7 @@ where
         collective::reset_collective::<B::InnerBackend>();
         let local = learners.len();
         let params = learners.first().map_or(0, |(l, _)| l.params());
+        let reads_sparse = learners.first().is_some_and(|(l, _)| l.reads_sparse());
         let mut replicas = Vec::with_capacity(local);
         for (i, (learner, device)) in learners.into_iter().enumerate() {
             let peer = PeerId::from((topology.node_rank * local + i) as u32);
@@ -229,6 +231,7 @@ where
             nodes: topology.nodes,
             node_rank: topology.node_rank,
             params,
+            reads_sparse,
         };
         for r in &dp.replicas {
             match r.replies.recv() {
@@ -318,6 +321,10 @@ where
         true
     }
 
+    fn reads_sparse(&self) -> bool {
+        self.reads_sparse
+    }
+
     fn step(
         self,
         _diffusion: &GaussianDiffusion,
@@ -341,6 +348,7 @@ where
                     ts: vec![0],
                     pts: vec![1.0],
                     seed: batch.seed,
+                    nonzeros: None,
                 }
             } else {
                 Batch {
@@ -350,6 +358,10 @@ where
                     ts: batch.ts[offset..offset + rows].to_vec(),
                     pts: batch.pts[offset..offset + rows].to_vec(),
                     seed: batch.seed,
+                    nonzeros: batch
+                        .nonzeros
+                        .as_ref()
+                        .map(|nz| nz.rows_range(offset, rows)),
                 }
             };
             let peer = PeerId::from(g as u32);
@@ -433,7 +445,7 @@ mod tests {
     use burn::backend::Autodiff;
     use diffrec_model::{
         AutoEncoderConfig, DenoiserConfig, DiffusionConfig, EncoderInput, ItemClusters,
-        ModelConfig, Variant,
+        ModelConfig, RowNonzeros, Variant,
     };
 
     type AB = Autodiff<burn_flex::Flex>;
@@ -493,6 +505,7 @@ mod tests {
                     ts: (0..rows).map(|r| (r + b as usize) % 5).collect(),
                     pts: vec![1.0; rows],
                     seed: b,
+                    nonzeros: None,
                 }
             })
             .collect()
@@ -546,6 +559,13 @@ mod tests {
             let (next, out) = single.step(diffusion, batch.clone(), at(b), None).unwrap();
             single = next;
             l1.push(out.loss);
+            // Where the encoders read sparsely the replicas get the whole batch's entries listed,
+            // as the training loop lists them, and each takes its shard's; the single learner
+            // scans its dense batch.
+            let mut batch = batch;
+            batch.nonzeros = dp
+                .reads_sparse()
+                .then(|| RowNonzeros::of_dense(&batch.x0, batch.cols));
             let (next, out) = dp.step(diffusion, batch, at(b), None).unwrap();
             dp = next;
             assert_eq!(out.weighted.len(), 10, "every row's statistic comes back");

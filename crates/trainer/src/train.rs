@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
     Checkpoint, Evaluation, STATE_AT, TrainState, decode, decode_state, encode, state_range,
+    this_diffrec,
 };
 use crate::config::Parallel;
 use crate::config::TrainConfig;
@@ -355,6 +356,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
             .map(|c| c.labels().to_vec())
             .unwrap_or_default(),
         cluster_weights: clusters.map(|c| c.weights().to_vec()).unwrap_or_default(),
+        written_by: this_diffrec(),
     };
     // The run is claimed before its latest checkpoint is read, and each epoch's writes first
     // check that no other process has claimed it since (`ensure_sole_writer`).
@@ -391,7 +393,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
             )
             .await?;
         }
-        let within = |e: TrainError| e.within(&latest_key(&spec.run));
+        let within = |e: TrainError| e.within(&latest_key(&spec.run)).noting(st.other_writer());
         learner = learner
             .load(model_bytes, Some(optim_bytes))
             .map_err(within)?;
@@ -409,6 +411,11 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
         }
         state = st;
         tracing::info!(epoch = state.epoch, "resuming from the latest checkpoint");
+        if let Some(note) = state.other_writer() {
+            tracing::info!("{note} Its records load; training goes on");
+        }
+        // The checkpoints written from here on are this version's.
+        state.written_by = this_diffrec();
         progress(Progress::Resumed { epoch: state.epoch });
     }
     let select_k = if spec.ks.contains(&20) {
@@ -432,6 +439,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
         );
     }
     let step_on_pool = computes_on_pool(cfg.backend) && !learner.waits_on_other_threads();
+    let reads_sparse = learner.reads_sparse();
     let mut epoch = state.epoch + 1;
     while epoch <= cfg.epochs {
         if epoch - state.best_epoch >= cfg.patience {
@@ -456,6 +464,8 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
             let rows = users.len();
             let mut x0 = vec![0f32; rows * n_items];
             input.densify_rows(users, &mut x0);
+            // Sparse encoders get the batch's entries from its sparse rows, not from a scan.
+            let nonzeros = reads_sparse.then(|| entries_of(&input, users));
             let (ts, pts) = state.sampler.sample(rows, &mut rng);
             let at = StepAt {
                 completed_epochs: epoch - 1,
@@ -468,6 +478,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
                 ts: ts.clone(),
                 pts,
                 seed: rng.random(),
+                nonzeros,
             };
             let (next, out) = on_pool_thread(step_on_pool, || {
                 let (next, out) = learner.step(&diffusion, batch, at, None)?;
@@ -724,9 +735,7 @@ pub fn score_rows<B: Backend>(
     let mut dense = vec![0f32; rows.len() * n_items];
     input.densify_rows(rows, &mut dense);
     // The entries straight from the sparse rows, not from a scan of the dense block.
-    let nonzeros = model
-        .reads_sparse()
-        .then(|| RowNonzeros::from_rows(n_items, rows.iter().map(|&r| input.row(r).0)));
+    let nonzeros = model.reads_sparse().then(|| entries_of(input, rows));
     let x0 = Tensor::<B, 2>::from_data(TensorData::new(dense, [rows.len(), n_items]), device);
     model
         .score_prepared(diffusion, prepared, x0, nonzeros.as_ref())
@@ -734,6 +743,11 @@ pub fn score_rows<B: Backend>(
         .convert::<f32>()
         .to_vec::<f32>()
         .unwrap_or_default()
+}
+
+/// The entries of `input`'s `rows`, in that order, as a sparse first layer reads them.
+fn entries_of(input: &CsrMatrix, rows: &[usize]) -> RowNonzeros {
+    RowNonzeros::from_rows(input.n_cols, rows.iter().map(|&r| input.row(r).0))
 }
 
 async fn write_metrics(ws: &Workspace, run: &str, state: &TrainState) -> Result<(), TrainError> {
