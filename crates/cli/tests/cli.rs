@@ -768,10 +768,34 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
     for says in [
         "the model record in runs/r/checkpoints/latest.ckpt does not fit the configured model",
         "`in_layers.0.weight` is [130, 16] in the checkpoint but [130, 32]",
-        "start the run over with `--force`. It was written by diffrec 0.0.1; this is diffrec ",
+        format!(
+            "`--force`. It was written by diffrec 0.0.1; this is {}.",
+            this_diffrec()
+        )
+        .as_str(),
     ] {
         assert!(t.contains(says), "no `{says}` in:\n{t}");
     }
+    // The same in the best checkpoint: evaluate names both versions too.
+    let best = ws.join("runs/r/checkpoints/best.ckpt");
+    let mut ckpt = decode(&std::fs::read(&best).unwrap()).unwrap();
+    ckpt.state.written_by = "diffrec 0.0.1".into();
+    let bytes = encode(&ckpt.state, &foreign.model, &ckpt.optim, None).unwrap();
+    std::fs::write(&best, bytes).unwrap();
+    assert_stage_refuses(
+        "evaluate",
+        ours.to_str().unwrap(),
+        &ws,
+        &[],
+        &format!(
+            "runs/r/checkpoints/best.ckpt does not fit the configured model: `in_layers.0.weight` \
+             is [130, 16] in the checkpoint but [130, 32] in the configured model (weights are \
+             [in, out]). Evaluate and recommend with the model settings the run was trained with (`config.model` in runs/r/_manifest.json); if the \
+             data changed since, retrain it with `--force`. It was written by diffrec 0.0.1; \
+             this is {}.",
+            this_diffrec()
+        ),
+    );
     let out = train(&ours, &["--set", "train.epochs=2", "--force"]);
     assert!(out.status.success(), "{}", text(&out));
 }

@@ -56,27 +56,30 @@ impl TrainError {
         }
     }
 
-    /// The same error with `note` (a sentence) added to its hint, where it is a
-    /// [`TrainError::ModelMismatch`]; other errors and no note leave it as it is.
+    /// The same error with `note` (a sentence) added, where it is about a record that does
+    /// not load: a [`TrainError::ModelMismatch`] (to its hint) or a [`TrainError::Checkpoint`]
+    /// (a record burn cannot decode). Other errors, and no note, leave it as it is.
     pub fn noting(self, note: Option<String>) -> Self {
-        match (self, note) {
-            (
-                TrainError::ModelMismatch {
-                    checkpoint,
-                    why,
-                    hint,
-                },
-                Some(note),
-            ) => TrainError::ModelMismatch {
+        let Some(note) = note else { return self };
+        let add = |text: String| {
+            if text.ends_with('.') {
+                format!("{text} {note}")
+            } else {
+                format!("{text}. {note}")
+            }
+        };
+        match self {
+            TrainError::ModelMismatch {
                 checkpoint,
                 why,
-                hint: if hint.ends_with('.') {
-                    format!("{hint} {note}")
-                } else {
-                    format!("{hint}. {note}")
-                },
+                hint,
+            } => TrainError::ModelMismatch {
+                checkpoint,
+                why,
+                hint: add(hint),
             },
-            (other, _) => other,
+            TrainError::Checkpoint(what) => TrainError::Checkpoint(add(what)),
+            other => other,
         }
     }
 
@@ -94,5 +97,50 @@ impl TrainError {
             | TrainError::Diverged(_)
             | TrainError::Device(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_go_on_record_errors_only() {
+        let note = || Some("It was written by diffrec 0.0.1; this is diffrec 0.1.0.".to_owned());
+        let mismatch = |hint: &str| TrainError::ModelMismatch {
+            checkpoint: "the model record".into(),
+            why: "`w` is [2] in the checkpoint but [3]".into(),
+            hint: hint.into(),
+        };
+        assert_eq!(
+            mismatch("Start over with `--force`")
+                .noting(note())
+                .to_string(),
+            "the model record does not fit the configured model: `w` is [2] in the checkpoint \
+             but [3]. Start over with `--force`. It was written by diffrec 0.0.1; this is \
+             diffrec 0.1.0."
+        );
+        // A hint that ends its sentence gets no second full stop.
+        assert!(
+            mismatch("Start over.")
+                .noting(note())
+                .to_string()
+                .ends_with("Start over. It was written by diffrec 0.0.1; this is diffrec 0.1.0.")
+        );
+        assert_eq!(
+            TrainError::Checkpoint("bad record".into())
+                .noting(note())
+                .to_string(),
+            "checkpoint error: bad record. It was written by diffrec 0.0.1; this is diffrec 0.1.0."
+        );
+        // No note, or an error that is not about a record: unchanged.
+        assert_eq!(
+            mismatch("Hint").noting(None).to_string(),
+            mismatch("Hint").to_string()
+        );
+        assert_eq!(
+            TrainError::Input("x".into()).noting(note()).to_string(),
+            "x"
+        );
     }
 }

@@ -35,15 +35,12 @@ pub async fn load_best<B: Backend>(
         ..
     } = decode(&bytes)?;
     let key = best_key(run);
+    // A record that does not load may come from another diffrec version: its errors say which.
+    let writer = state.other_writer();
     let hint = format!(
         "Evaluate and recommend with the model settings the run was trained with (`config.model` \
          in runs/{run}/_manifest.json); if the data changed since, retrain it with `--force`"
     );
-    // A record that does not fit may come from another diffrec version: say which.
-    let hint = match state.other_writer() {
-        Some(note) => format!("{hint}. {note}"),
-        None => hint,
-    };
     let origin = Origin {
         checkpoint: &key,
         hint: &hint,
@@ -51,7 +48,8 @@ pub async fn load_best<B: Backend>(
     match (model.variant.is_latent(), state.item_clusters.len()) {
         (false, 0) => {
             let m = Denoiser::<B>::new(n_items, &model.denoiser, InitScheme::DiffRec, device);
-            return load_recommender(Recommender::Dense(m), model_bytes, origin, device);
+            return load_recommender(Recommender::Dense(m), model_bytes, origin, device)
+                .map_err(|e| e.noting(writer));
         }
         (false, _) => {
             return Err(origin.mismatch(format!(
@@ -86,6 +84,7 @@ pub async fn load_best<B: Backend>(
     };
     let m = LatentDiffRec::<B>::new(&clusters, model, device);
     load_recommender(Recommender::Latent(m), model_bytes, origin, device)
+        .map_err(|e| e.noting(writer))
 }
 
 /// Top-`k` (item_idx, score) per user, training items excluded, users in index order.

@@ -628,7 +628,8 @@ mod tests {
             let what = format!("l-diffrec, {replicas} replicas");
             assert_close(&what, one_vs_many(make, &diffusion, replicas));
         }
-        // The encoders' sparse first layers: each replica finds its shard's nonzeros.
+        // The encoders' sparse first layers: each replica takes its shard's slice of
+        // the listed entries.
         spec.model.autoencoder.input = EncoderInput::Sparse;
         let make = || LatentLearner::<AB>::new(&clusters, &spec, std::slice::from_ref(&dev));
         assert_close(

@@ -800,6 +800,35 @@ mod tests {
         CsrMatrix::from_triplets(rows, cols, t)
     }
 
+    /// The entries listed from the sparse rows are those a scan of the densified rows finds,
+    /// in the same order, for users picked out of order (as a shuffled batch picks them).
+    #[test]
+    fn entries_listed_from_rows_are_the_scanned_ones() {
+        let t = vec![
+            (0, 4, 1.0),
+            (0, 1, 0.5),
+            (2, 3, 0.2),
+            (3, 0, 1.0),
+            (3, 5, 0.7),
+            (3, 2, 0.1),
+        ];
+        let m = CsrMatrix::from_triplets(4, 6, t);
+        let users = [3, 1, 0, 2];
+        let mut dense = vec![0f32; users.len() * 6];
+        m.densify_rows(&users, &mut dense);
+        let listed = entries_of(&m, &users);
+        assert_eq!(listed, RowNonzeros::of_dense(&dense, 6));
+        assert_eq!(
+            listed.entries().collect::<Vec<_>>(),
+            vec![(0, 0), (0, 2), (0, 5), (2, 1), (2, 4), (3, 3)]
+        );
+        // A shard of the batch (rows 1..3) is that shard's scan.
+        assert_eq!(
+            listed.rows_range(1, 2),
+            RowNonzeros::of_dense(&dense[6..18], 6)
+        );
+    }
+
     #[test]
     fn auto_input_resolved_by_density() {
         let model = |json: &str| serde_json::from_str::<ModelConfig>(json).unwrap();
