@@ -41,46 +41,26 @@ impl TrainError {
     /// The same error with the checkpoint file it concerns named, where it is a
     /// [`TrainError::ModelMismatch`] about a record (e.g. "the model record in
     /// runs/r/checkpoints/latest.ckpt").
-    pub fn within(self, key: &str) -> Self {
-        match self {
-            TrainError::ModelMismatch {
-                checkpoint,
-                why,
-                hint,
-            } => TrainError::ModelMismatch {
-                checkpoint: format!("{checkpoint} in {key}"),
-                why,
-                hint,
-            },
-            other => other,
+    pub fn within(mut self, key: &str) -> Self {
+        if let TrainError::ModelMismatch { checkpoint, .. } = &mut self {
+            *checkpoint = format!("{checkpoint} in {key}");
         }
+        self
     }
 
     /// The same error with `note` (a sentence) added, where it is about a record that does
     /// not load: a [`TrainError::ModelMismatch`] (to its hint) or a [`TrainError::Checkpoint`]
     /// (a record burn cannot decode). Other errors, and no note, leave it as it is.
-    pub fn noting(self, note: Option<String>) -> Self {
+    pub fn noting(mut self, note: Option<String>) -> Self {
         let Some(note) = note else { return self };
-        let add = |text: String| {
-            if text.ends_with('.') {
-                format!("{text} {note}")
-            } else {
-                format!("{text}. {note}")
-            }
+        let text = match &mut self {
+            TrainError::ModelMismatch { hint, .. } => hint,
+            TrainError::Checkpoint(what) => what,
+            _ => return self,
         };
-        match self {
-            TrainError::ModelMismatch {
-                checkpoint,
-                why,
-                hint,
-            } => TrainError::ModelMismatch {
-                checkpoint,
-                why,
-                hint: add(hint),
-            },
-            TrainError::Checkpoint(what) => TrainError::Checkpoint(add(what)),
-            other => other,
-        }
+        text.push_str(if text.ends_with('.') { " " } else { ". " });
+        text.push_str(&note);
+        self
     }
 
     /// True when the user can fix it (CLI exit code 2).
