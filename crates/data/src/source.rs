@@ -88,6 +88,13 @@ impl SourceLocation {
         match self {
             SourceLocation::Local(p) => match tokio::fs::read(p).await {
                 Ok(b) => Ok(Bytes::from(b)),
+                Err(_) if p.is_dir() => Err(DataError::bad_input(
+                    p.display().to_string(),
+                    None,
+                    None,
+                    "is a folder: `data.source.path` names the file itself (for MovieLens, \
+                     ratings.dat or ratings.csv inside it)",
+                )),
                 Err(e) => Err(DataError::bad_input(
                     p.display().to_string(),
                     None,
@@ -306,7 +313,10 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
                 file,
                 None,
                 Some(name),
-                format!("column not found; the header has {header:?}"),
+                format!(
+                    "column not found; the header has {header:?}{}",
+                    delimiter_hint(&header, sep as char)
+                ),
             ));
         }
     }
@@ -335,14 +345,73 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
         // Inference guessed a type that a later row breaks: read as text and let the column
         // checks find the row.
         Err(first) => read(true).map_err(|e| {
-            DataError::bad_input(
-                file,
-                None,
-                None,
-                format!("cannot parse CSV: {e} (first attempt: {first})"),
-            )
+            if let Some((row, fields)) = first_long_row(&bytes, sep, header.len()) {
+                return DataError::bad_input(
+                    file,
+                    Some(row),
+                    None,
+                    format!(
+                        "{fields} fields where the header has {} (a stray {:?}? \
+                         `data.source.delimiter` is {:?})",
+                        header.len(),
+                        sep as char,
+                        sep as char
+                    ),
+                );
+            }
+            let (e, first) = (e.to_string(), first.to_string());
+            let message = if e == first {
+                format!("cannot parse CSV: {e}")
+            } else {
+                format!("cannot parse CSV: {e} (read with inferred types: {first})")
+            };
+            DataError::bad_input(file, None, None, message)
         }),
     }
+}
+
+/// A hint when a one-field header holds another common delimiter: the file was likely written
+/// with it (a semicolon CSV from a European spreadsheet, a TSV).
+fn delimiter_hint(header: &[String], sep: char) -> String {
+    let [only] = header else {
+        return String::new();
+    };
+    [';', '\t', '|', ',']
+        .into_iter()
+        .find(|&d| d != sep && only.contains(d))
+        .map(|d| format!("; the header line holds {d:?}: set `data.source.delimiter` to it"))
+        .unwrap_or_default()
+}
+
+/// The first data row (from 1) with more fields than the header's `width`, and its field count.
+/// Quoted fields may hold the delimiter and line breaks; blank lines are skipped, as the reader
+/// skips them. Only run after the reader failed, so one pass over the bytes is cheap enough.
+fn first_long_row(bytes: &[u8], sep: u8, width: usize) -> Option<(u64, usize)> {
+    let (mut record, mut fields, mut in_quotes, mut empty) = (0u64, 1usize, false, true);
+    for &b in bytes {
+        match b {
+            b'"' => {
+                in_quotes = !in_quotes;
+                empty = false;
+            }
+            b'\n' if !in_quotes => {
+                if !empty {
+                    if record > 0 && fields > width {
+                        return Some((record, fields));
+                    }
+                    record += 1;
+                }
+                (fields, empty) = (1, true);
+            }
+            b'\r' if !in_quotes => {}
+            _ if b == sep && !in_quotes => {
+                fields += 1;
+                empty = false;
+            }
+            _ => empty = false,
+        }
+    }
+    (!empty && record > 0 && fields > width).then_some((record, fields))
 }
 
 /// Maps a csv/parquet frame onto the fixed layout, checking every column.

@@ -329,6 +329,30 @@ async fn bad_input_names_file_row_and_column() {
     )
     .await;
     assert!(e.contains("row 1, column `item_id`: missing id"), "{e}");
+
+    // A row with more fields than the header: named by its row (a quoted field holding the
+    // delimiter and a blank line before it do not shift the count), with no reader internals.
+    let e = ingest_err(
+        "user_id,item_id,timestamp,rating\n1,\"a,b\",5,5\n\n2,3,6,5\n2,4,7,5,9,9\n3,4,8,5\n",
+        serde_json::json!({}),
+    )
+    .await;
+    assert!(
+        e.contains("bad.csv, row 3: 6 fields where the header has 4"),
+        "{e}"
+    );
+    assert!(!e.contains("truncate_ragged_lines"), "{e}");
+
+    // A semicolon file read with the default delimiter: the hint names the key to set.
+    let e = ingest_err(
+        "user_id;item_id;timestamp;rating\n1;2;5;5\n",
+        serde_json::json!({}),
+    )
+    .await;
+    assert!(
+        e.contains("column not found") && e.contains("';': set `data.source.delimiter`"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
