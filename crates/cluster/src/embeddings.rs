@@ -4,6 +4,9 @@
 //! f32's range is refused, naming its row and column. Parquet rows are placed by their `item_id` column
 //! when there is one (matched against this workspace's item ids, so another workspace's
 //! `cluster/item_embeddings.parquet` works), else by an `item_idx` column, else in row order.
+//!
+//! Errors count a file's rows from 1, as ingest's do; a vector's elements, item indices and
+//! NumPy indices (given beside a `.npy` row) count from 0, as the arrays do.
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, Int64Type, UInt32Type};
@@ -44,8 +47,16 @@ pub fn parse(file: &str, bytes: Bytes, item_ids: &[String]) -> Result<Embeddings
                 ),
             ));
         }
+        let at = |p: usize| {
+            format!(
+                "row {} ([{}, {}] in NumPy)",
+                p / a.cols + 1,
+                p / a.cols,
+                p % a.cols
+            )
+        };
         if let Some((p, v)) = a.first_beyond_f32() {
-            return Err(beyond_f32(file, p / a.cols, p % a.cols, v));
+            return Err(beyond_f32(file, at(p), v));
         }
         let values = a.to_f32().ok_or_else(|| {
             bad(
@@ -56,6 +67,9 @@ pub fn parse(file: &str, bytes: Bytes, item_ids: &[String]) -> Result<Embeddings
                 ),
             )
         })?;
+        if let Some(p) = values.iter().position(|x| !x.is_finite()) {
+            return Err(bad(file, format!("{}: value is not finite", at(p))));
+        }
         Embeddings {
             rows: a.rows,
             dim: a.cols,
@@ -81,25 +95,20 @@ pub fn parse(file: &str, bytes: Bytes, item_ids: &[String]) -> Result<Embeddings
     if emb.dim == 0 {
         return Err(bad(file, "embeddings of width 0"));
     }
-    if let Some(p) = emb.values.iter().position(|x| !x.is_finite()) {
-        return Err(bad(
-            file,
-            format!(
-                "row {}, column {}: value is not finite",
-                p / emb.dim,
-                p % emb.dim
-            ),
-        ));
-    }
     Ok(emb)
 }
 
 /// A finite `float64` that `f32` cannot hold: refused rather than turned into infinity.
-fn beyond_f32(file: &str, row: usize, column: usize, v: f64) -> ClusterError {
+fn beyond_f32(file: &str, at: String, v: f64) -> ClusterError {
     bad(
         file,
-        format!("row {row}, column {column}: {v:e} is beyond float32's range (±3.4e38)"),
+        format!("{at}: {v:e} is beyond float32's range (±3.4e38)"),
     )
+}
+
+/// A Parquet row, counted from 1, of a batch's row `r` after `before` rows.
+fn nth(before: usize, r: usize) -> usize {
+    before + r + 1
 }
 
 /// Where each row of a batch goes.
@@ -140,7 +149,10 @@ fn parse_parquet(file: &str, bytes: Bytes, item_ids: &[String]) -> Result<Embedd
             let mut at = Vec::with_capacity(ids.len());
             for r in 0..ids.len() {
                 if ids.is_null(r) {
-                    return Err(bad(file, format!("row {}, column item_id: null", row + r)));
+                    return Err(bad(
+                        file,
+                        format!("row {}, column item_id: null", nth(row, r)),
+                    ));
                 }
                 let id = ids.value(r);
                 at.push(*by_id.get(id).ok_or_else(|| {
@@ -148,7 +160,7 @@ fn parse_parquet(file: &str, bytes: Bytes, item_ids: &[String]) -> Result<Embedd
                         file,
                         format!(
                             "row {}, column item_id: {id:?} is not an item of this workspace",
-                            row + r
+                            nth(row, r)
                         ),
                     )
                 })?);
@@ -160,14 +172,14 @@ fn parse_parquet(file: &str, bytes: Bytes, item_ids: &[String]) -> Result<Embedd
             Placement::InOrder
         };
         for r in 0..batch.num_rows() {
-            let v = list_row(file, col, r, row + r)?;
+            let v = list_row(file, col, r, nth(row, r))?;
             let d = *dim.get_or_insert(v.len());
             if v.len() != d {
                 return Err(bad(
                     file,
                     format!(
                         "row {}, column embedding: width {} (earlier rows have {d})",
-                        row + r,
+                        nth(row, r),
                         v.len()
                     ),
                 ));
@@ -181,12 +193,12 @@ fn parse_parquet(file: &str, bytes: Bytes, item_ids: &[String]) -> Result<Embedd
                     Placement::InOrder => {
                         format!(
                             "row {}: more rows than the workspace's {n_items} items",
-                            row + r
+                            nth(row, r)
                         )
                     }
                     _ => format!(
                         "row {}, column item_idx: {at} is not an item index (< {n_items})",
-                        row + r
+                        nth(row, r)
                     ),
                 };
                 return Err(bad(file, message));
@@ -198,7 +210,10 @@ fn parse_parquet(file: &str, bytes: Bytes, item_ids: &[String]) -> Result<Embedd
             if std::mem::replace(&mut filled[at], true) {
                 return Err(bad(
                     file,
-                    format!("row {}, column item_idx: item {at} appears twice", row + r),
+                    format!(
+                        "row {}, column item_idx: item {at} appears twice",
+                        nth(row, r)
+                    ),
                 ));
             }
             values[at * d..(at + 1) * d].copy_from_slice(&v);
@@ -221,7 +236,7 @@ fn index_column(file: &str, c: &ArrayRef, first_row: usize) -> Result<Vec<usize>
     if let Some(r) = (0..c.len()).find(|&r| c.is_null(r)) {
         return Err(bad(
             file,
-            format!("row {}, column item_idx: null", first_row + r),
+            format!("row {}, column item_idx: null", nth(first_row, r)),
         ));
     }
     match c.data_type() {
@@ -238,7 +253,7 @@ fn index_column(file: &str, c: &ArrayRef, first_row: usize) -> Result<Vec<usize>
             .enumerate()
             .map(|(r, &v)| {
                 usize::try_from(v).map_err(|_| {
-                    let row = first_row + r;
+                    let row = nth(first_row, r);
                     bad(
                         file,
                         format!("row {row}, column item_idx: negative index {v}"),
@@ -253,6 +268,7 @@ fn index_column(file: &str, c: &ArrayRef, first_row: usize) -> Result<Vec<usize>
     }
 }
 
+/// Row `r` of the `embedding` column, which is the file's row `global_row` (from 1).
 fn list_row(file: &str, col: &ArrayRef, r: usize, global_row: usize) -> Result<Vec<f32>> {
     let inner = match col.data_type() {
         DataType::FixedSizeList(..) => col.as_fixed_size_list().value(r),
@@ -277,7 +293,16 @@ fn list_row(file: &str, col: &ArrayRef, r: usize, global_row: usize) -> Result<V
             format!("row {global_row}, column embedding: null element"),
         ));
     }
+    let not_finite = |c: usize| {
+        bad(
+            file,
+            format!("row {global_row}, column embedding, element {c}: value is not finite"),
+        )
+    };
     if let Some(f) = inner.as_primitive_opt::<Float32Type>() {
+        if let Some(c) = f.values().iter().position(|v| !v.is_finite()) {
+            return Err(not_finite(c));
+        }
         return Ok(f.values().to_vec());
     }
     // float64: what pandas and Polars write for a list of Python floats.
@@ -291,11 +316,12 @@ fn list_row(file: &str, col: &ArrayRef, r: usize, global_row: usize) -> Result<V
         )
     })?;
     let values = f.values();
-    if let Some(c) = values
-        .iter()
-        .position(|&v| v.is_finite() && (v as f32).is_infinite())
-    {
-        return Err(beyond_f32(file, global_row, c, values[c]));
+    if let Some(c) = values.iter().position(|v| !v.is_finite()) {
+        return Err(not_finite(c));
+    }
+    if let Some(c) = values.iter().position(|&v| (v as f32).is_infinite()) {
+        let at = format!("row {global_row}, column embedding, element {c}");
+        return Err(beyond_f32(file, at, values[c]));
     }
     Ok(values.iter().map(|&v| v as f32).collect())
 }
@@ -327,7 +353,10 @@ mod tests {
         let err = parse("e.npy", Bytes::from(nan), &ids(2))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("row 1, column 0"), "{err}");
+        assert!(
+            err.contains("row 2 ([1, 0] in NumPy): value is not finite"),
+            "{err}"
+        );
         let err = parse("e.csv", Bytes::new(), &ids(2))
             .unwrap_err()
             .to_string();
@@ -351,7 +380,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("e.npy") && err.contains("row 1, column 0") && err.contains("1e300"),
+            err.contains("e.npy")
+                && err.contains("row 2 ([1, 0] in NumPy)")
+                && err.contains("1e300"),
             "{err}"
         );
         // NaN in f64 stays NaN in f32 and is refused by the finiteness check.
@@ -359,7 +390,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("row 0, column 1") && err.contains("not finite"),
+            err.contains("row 1 ([0, 1] in NumPy)") && err.contains("not finite"),
             "{err}"
         );
     }
@@ -404,9 +435,33 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("f.parquet") && err.contains("row 1, column 1") && err.contains("-1e40"),
+            err.contains("f.parquet")
+                && err.contains("row 2, column embedding, element 1")
+                && err.contains("-1e40"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn parquet_non_finite_values_are_named_by_row_and_element() {
+        use arrow_array::{ListArray, RecordBatch};
+        let batch = |a: f32, b: f32| {
+            let list = ListArray::from_iter_primitive::<Float32Type, _, _>([
+                Some(vec![Some(1.0), Some(2.0)]),
+                Some(vec![Some(a), Some(b)]),
+            ]);
+            RecordBatch::try_from_iter([("embedding", Arc::new(list) as ArrayRef)]).unwrap()
+        };
+        let err = parse("g.parquet", parquet_bytes(batch(0.5, f32::NAN)), &ids(2))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("g.parquet")
+                && err.contains("row 2, column embedding, element 1: value is not finite"),
+            "{err}"
+        );
+        let e = parse("g.parquet", parquet_bytes(batch(0.5, -0.5)), &ids(2)).unwrap();
+        assert_eq!(e.values, vec![1.0, 2.0, 0.5, -0.5]);
     }
 
     fn parquet_bytes(batch: arrow_array::RecordBatch) -> Bytes {
@@ -440,7 +495,9 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("o.parquet") && err.contains("row 0") && err.contains("\"m2\""),
+            err.contains("o.parquet")
+                && err.contains("row 1, column item_id")
+                && err.contains("\"m2\""),
             "{err}"
         );
     }
