@@ -1,8 +1,9 @@
 //! Training-curve pictures.
 //!
 //! Holds [`render_svg`], which draws a run's evaluations as one SVG document (800×600): the top
-//! panel shows the training loss per evaluation epoch, the bottom panel the validation Recall@20
-//! and NDCG@20 with a vertical line at the best epoch. It is drawn with `plotters`' SVG backend
+//! panel shows the training loss per evaluation epoch, the bottom panel the validation Recall@k
+//! and NDCG@k at the cutoff that selects the best epoch (20, or the first of `evaluate.ks` without
+//! 20), with a vertical line at the best epoch. It is drawn with `plotters`' SVG backend
 //! and needs no font library: SVG `<text>` elements are laid out by whatever displays the file,
 //! and `plotters` only estimates text extents for its own layout.
 //!
@@ -39,10 +40,10 @@ pub struct CurvePoint {
     pub epoch: usize,
     /// Mean training loss of that epoch.
     pub loss: f64,
-    /// Validation Recall@20.
-    pub recall20: f64,
-    /// Validation NDCG@20.
-    pub ndcg20: f64,
+    /// Validation Recall@k, k the cutoff given to [`render_svg`].
+    pub recall: f64,
+    /// Validation NDCG@k.
+    pub ndcg: f64,
 }
 
 /// Errors of drawing the training curves.
@@ -61,7 +62,7 @@ fn draw_err<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> C
 }
 
 /// SVG text of the run's curves: top panel training loss per evaluation epoch; bottom panel
-/// valid Recall@20 and NDCG@20, with a vertical line at `best_epoch`. Title includes `title`.
+/// valid Recall@`k` and NDCG@`k`, with a vertical line at `best_epoch`. Title includes `title`.
 ///
 /// - Empty `points`: a valid SVG with the title and "no evaluations yet".
 /// - Non-finite values (NaN, ±inf) are skipped, per series; a panel without any finite value
@@ -71,12 +72,13 @@ fn draw_err<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> C
 pub fn render_svg(
     title: &str,
     points: &[CurvePoint],
+    k: usize,
     best_epoch: usize,
 ) -> Result<String, CurvesError> {
     let mut svg = String::new();
     // All drawing areas (and so the backend, which borrows `svg`) live inside `draw`; the
     // backend is presented there and dropped when it returns, which ends the borrow.
-    draw(&mut svg, title, points, best_epoch)?;
+    draw(&mut svg, title, points, k, best_epoch)?;
     Ok(svg)
 }
 
@@ -84,6 +86,7 @@ fn draw(
     buf: &mut String,
     title: &str,
     points: &[CurvePoint],
+    k: usize,
     best_epoch: usize,
 ) -> Result<(), CurvesError> {
     let root = SVGBackend::with_string(buf, SIZE).into_drawing_area();
@@ -105,7 +108,7 @@ fn draw(
         let panels = body.split_evenly((2, 1));
         let x = epoch_range(points);
         draw_loss_panel(&panels[0], x.clone(), points)?;
-        draw_metric_panel(&panels[1], x, points, best_epoch)?;
+        draw_metric_panel(&panels[1], x, points, k, best_epoch)?;
     }
 
     root.present().map_err(draw_err)?;
@@ -241,20 +244,21 @@ fn draw_metric_panel(
     area: &Area<'_>,
     x: Range<usize>,
     points: &[CurvePoint],
+    k: usize,
     best_epoch: usize,
 ) -> Result<(), CurvesError> {
-    let recall = finite_series(points, |p| p.recall20);
-    let ndcg = finite_series(points, |p| p.ndcg20);
+    let recall = finite_series(points, |p| p.recall);
+    let ndcg = finite_series(points, |p| p.ndcg);
     let y = value_range(recall.iter().chain(ndcg.iter()).map(|&(_, v)| v))?;
     let (y_lo, y_hi) = (y.start, y.end);
     let best_evaluated = points.iter().any(|p| p.epoch == best_epoch);
 
-    let mut chart = panel(area, "validation metrics", "metric @20", x, y)?;
+    let mut chart = panel(area, "validation metrics", &format!("metric @{k}"), x, y)?;
 
     let mut labelled = false;
     for (series, color, name) in [
-        (recall, RECALL_COLOR, "Recall@20"),
-        (ndcg, NDCG_COLOR, "NDCG@20"),
+        (recall, RECALL_COLOR, format!("Recall@{k}")),
+        (ndcg, NDCG_COLOR, format!("NDCG@{k}")),
     ] {
         if series.is_empty() {
             continue;
@@ -281,7 +285,7 @@ fn draw_metric_panel(
     }
     if !points
         .iter()
-        .any(|p| p.recall20.is_finite() || p.ndcg20.is_finite())
+        .any(|p| p.recall.is_finite() || p.ndcg.is_finite())
     {
         draw_message(
             &chart.plotting_area().strip_coord_spec(),
@@ -365,8 +369,8 @@ mod tests {
         CurvePoint {
             epoch,
             loss,
-            recall20,
-            ndcg20,
+            recall: recall20,
+            ndcg: ndcg20,
         }
     }
 
@@ -380,7 +384,7 @@ mod tests {
 
     #[test]
     fn renders_both_panels_with_one_line_per_series() {
-        let svg = render_svg("ml-1m-diffrec", &run(), 2).unwrap();
+        let svg = render_svg("ml-1m-diffrec", &run(), 20, 2).unwrap();
         assert_valid_svg(&svg);
         assert!(svg.contains("ml-1m-diffrec: training curves"));
 
@@ -441,8 +445,19 @@ mod tests {
     }
 
     #[test]
+    fn the_metrics_are_named_by_their_cutoff() {
+        // A run selected on Recall@5 (`evaluate.ks: [5, 10]`) is plotted and labelled at 5.
+        let svg = render_svg("r", &run(), 5, 2).unwrap();
+        for text in ["metric @5", "Recall@5", "NDCG@5"] {
+            assert!(svg.contains(text), "missing text {text:?}");
+        }
+        assert!(!svg.contains("@20"), "{svg}");
+        assert_eq!(polylines(&svg, RECALL_COLOR).len(), 1);
+    }
+
+    #[test]
     fn the_best_epoch_line_is_vertical() {
-        let svg = render_svg("r", &run(), 3).unwrap();
+        let svg = render_svg("r", &run(), 20, 3).unwrap();
         let best = polylines(&svg, BEST_COLOR);
         assert_eq!(best.len(), 1);
         let start = best[0].find("points=\"").unwrap() + "points=\"".len();
@@ -459,7 +474,7 @@ mod tests {
 
     #[test]
     fn no_best_line_for_an_epoch_that_was_not_evaluated() {
-        let svg = render_svg("r", &run(), 99).unwrap();
+        let svg = render_svg("r", &run(), 20, 99).unwrap();
         assert_valid_svg(&svg);
         assert!(polylines(&svg, BEST_COLOR).is_empty());
         assert!(!svg.contains("best epoch"));
@@ -468,7 +483,7 @@ mod tests {
 
     #[test]
     fn empty_input_yields_a_valid_svg() {
-        let svg = render_svg("fresh-run", &[], 0).unwrap();
+        let svg = render_svg("fresh-run", &[], 20, 0).unwrap();
         assert_valid_svg(&svg);
         assert!(svg.contains("fresh-run"));
         assert!(svg.contains("no evaluations yet"));
@@ -477,7 +492,7 @@ mod tests {
 
     #[test]
     fn a_single_point_renders() {
-        let svg = render_svg("one", &[point(0, 0.5, 0.2, 0.1)], 0).unwrap();
+        let svg = render_svg("one", &[point(0, 0.5, 0.2, 0.1)], 20, 0).unwrap();
         assert_valid_svg(&svg);
         for color in [LOSS_COLOR, RECALL_COLOR, NDCG_COLOR] {
             let lines = polylines(&svg, color);
@@ -491,7 +506,7 @@ mod tests {
     #[test]
     fn constant_series_do_not_error() {
         let points: Vec<_> = (1..=4).map(|e| point(e, 0.25, 0.0, 0.0)).collect();
-        let svg = render_svg("flat", &points, 4).unwrap();
+        let svg = render_svg("flat", &points, 20, 4).unwrap();
         assert_valid_svg(&svg);
         assert_eq!(polylines(&svg, LOSS_COLOR).len(), 1);
         assert_eq!(polylines(&svg, RECALL_COLOR).len(), 1);
@@ -506,7 +521,7 @@ mod tests {
             point(3, f64::INFINITY, 0.14, 0.07),
             point(4, 0.5, f64::NEG_INFINITY, 0.08),
         ];
-        let svg = render_svg("nan", &points, 3).unwrap();
+        let svg = render_svg("nan", &points, 20, 3).unwrap();
         assert_valid_svg(&svg);
         let loss = polylines(&svg, LOSS_COLOR);
         assert_eq!(loss.len(), 1);
@@ -519,7 +534,7 @@ mod tests {
     #[test]
     fn a_panel_without_finite_values_says_so() {
         let points = vec![point(1, f64::NAN, 0.1, 0.05), point(2, f64::NAN, 0.2, 0.1)];
-        let svg = render_svg("all-nan-loss", &points, 2).unwrap();
+        let svg = render_svg("all-nan-loss", &points, 20, 2).unwrap();
         assert_valid_svg(&svg);
         assert!(svg.contains("no finite training loss"));
         assert!(polylines(&svg, LOSS_COLOR).is_empty());
@@ -528,7 +543,7 @@ mod tests {
 
     #[test]
     fn the_title_is_escaped() {
-        let svg = render_svg("a <b> & \"c\"", &run(), 2).unwrap();
+        let svg = render_svg("a <b> & \"c\"", &run(), 20, 2).unwrap();
         assert_valid_svg(&svg);
         assert!(svg.contains("a &lt;b&gt; &amp; &quot;c&quot;: training curves"));
     }
@@ -540,7 +555,7 @@ mod tests {
             point(1, 0.9, 0.1, 0.05),
             point(2, 0.7, 0.2, 0.1),
         ];
-        let svg = render_svg("r", &points, 3).unwrap();
+        let svg = render_svg("r", &points, 20, 3).unwrap();
         let loss = polylines(&svg, LOSS_COLOR);
         let start = loss[0].find("points=\"").unwrap() + "points=\"".len();
         let xs: Vec<i32> = loss[0][start..]

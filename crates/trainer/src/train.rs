@@ -556,7 +556,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
                 test,
             });
             if writer {
-                write_metrics(ws, &spec.run, &state).await?;
+                write_metrics(ws, &spec.run, &state, select_k).await?;
             }
         }
         if writer {
@@ -750,24 +750,34 @@ fn entries_of(input: &CsrMatrix, rows: &[usize]) -> RowNonzeros {
     RowNonzeros::from_rows(input.n_cols, rows.iter().map(|&r| input.row(r).0))
 }
 
-async fn write_metrics(ws: &Workspace, run: &str, state: &TrainState) -> Result<(), TrainError> {
+/// Writes the run's metrics table and its curves, which plot Recall and NDCG at `select_k`.
+async fn write_metrics(
+    ws: &Workspace,
+    run: &str,
+    state: &TrainState,
+    select_k: usize,
+) -> Result<(), TrainError> {
     let batch = MetricsTable::from_evaluations(&state.evaluations)
         .into_batch()
         .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
     ws.write_parquet(&metrics_key(run), MetricsTable::schema(), [batch])
         .await?;
+    let at = |e: &Evaluation, metric: &str| {
+        let key = format!("{metric}@{select_k}");
+        e.valid.get(&key).copied().unwrap_or(f64::NAN)
+    };
     let points: Vec<CurvePoint> = state
         .evaluations
         .iter()
         .map(|e| CurvePoint {
             epoch: e.epoch,
             loss: e.loss,
-            recall20: e.valid.get("recall@20").copied().unwrap_or(f64::NAN),
-            ndcg20: e.valid.get("ndcg@20").copied().unwrap_or(f64::NAN),
+            recall: at(e, "recall"),
+            ndcg: at(e, "ndcg"),
         })
         .collect();
     // The picture is a convenience: a drawing failure is logged, never fatal to training.
-    match render_svg(run, &points, state.best_epoch) {
+    match render_svg(run, &points, select_k, state.best_epoch) {
         Ok(svg) => ws.put_atomic(&curves_key(run), svg.into_bytes()).await?,
         Err(e) => tracing::warn!("{run}: {e}"),
     }
