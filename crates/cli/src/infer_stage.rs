@@ -18,6 +18,7 @@ use diffrec_trainer::train::{
     Summary, diffusion_of, evaluate, model_input, resolve_input, run_dir, summary_key,
 };
 
+use crate::differences::differing_keys;
 use crate::pipeline::Loaded;
 use crate::progress::headline_metrics;
 use crate::usage::UsageError;
@@ -110,23 +111,6 @@ async fn trained_model(ws: &Workspace, run: &str) -> Result<Option<ModelConfig>>
     serde_json::from_value(manifest.config["model"].clone())
         .map(Some)
         .context("the run manifest holds no readable model configuration")
-}
-
-/// Appends `path: a (trained) vs b (now)` for every leaf where `a` and `b` differ.
-fn differing_keys(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
-    use serde_json::Value;
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            for k in keys {
-                let null = Value::Null;
-                let (u, v) = (x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null));
-                differing_keys(&format!("{path}.{k}"), u, v, out);
-            }
-        }
-        _ if a != b => out.push(format!("`{path}` {a} (trained) vs {b} (now)")),
-        _ => {}
-    }
 }
 
 /// Re-evaluates the best checkpoint on valid and test and updates `summary.json`.

@@ -9,6 +9,7 @@
 //! It must not: hold algorithms (those live in the library crates).
 
 mod cluster_stage;
+mod differences;
 mod infer_stage;
 mod malloc;
 mod pipeline;
@@ -19,7 +20,7 @@ mod train_stage;
 mod usage;
 
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -93,13 +94,15 @@ enum Command {
         /// Where to write the workspace.
         #[arg(long, default_value = "diffrec-demo")]
         workspace: String,
-        /// Rerun stages even when up to date.
+        /// Regenerate the synthetic log and rerun every stage even when up to date, from the
+        /// start: training then ignores its checkpoints instead of resuming.
         #[arg(long)]
         force: bool,
     },
     /// Write a synthetic interaction log as CSV (user_id,item_id,timestamp,rating).
     Generate {
-        /// Output CSV file.
+        /// Output CSV file (its folder must exist; a `.parquet` or `.npy` name is refused,
+        /// since the file is CSV whatever its name).
         #[arg(long)]
         out: PathBuf,
         /// Number of users.
@@ -267,6 +270,7 @@ async fn dispatch(command: Command) -> Result<()> {
                 let flag = field.replace('_', "-");
                 return Err(usage::UsageError(format!("--{flag} {why}")).into());
             }
+            check_generate_out(&out)?;
             let file = std::fs::File::create(&out)
                 .with_context(|| format!("creating {}", out.display()))?;
             let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
@@ -309,6 +313,28 @@ async fn dispatch(command: Command) -> Result<()> {
             burn_collective::start_global_orchestrator(port).await;
             Ok(())
         }
+    }
+}
+
+/// `generate --out`: refuses (exit 2) a path whose folder is missing or whose name says
+/// another format than the CSV written.
+fn check_generate_out(out: &Path) -> Result<()> {
+    let ext = out
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    if let Some(ext) = ext.filter(|e| ["parquet", "npy", "json", "dat"].contains(&e.as_str())) {
+        return Err(usage::UsageError(format!(
+            "--out {}: generate writes CSV, not .{ext}; give a .csv name",
+            out.display()
+        ))
+        .into());
+    }
+    match out.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(usage::UsageError(
+            format!("--out {}: no folder {}", out.display(), dir.display()),
+        )
+        .into()),
+        _ => Ok(()),
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use diffrec_cluster::ClusterConfig;
 use diffrec_data::DataConfig;
+use diffrec_data::config::SplitMethod;
 use diffrec_model::ModelConfig;
 use diffrec_trainer::{EvaluateConfig, Parallel, RecommendConfig, TrainConfig};
 use serde::{Deserialize, Serialize};
@@ -148,23 +149,20 @@ pub fn from_yaml(
             Value::String(ws.to_owned()),
         );
     }
-    let pipeline: Pipeline = serde_path_to_error::deserialize(value).map_err(|e| {
-        let key = e.path().to_string();
-        PipelineError::Key {
-            path: shown.to_owned(),
-            key: if key == "." {
-                "(top level)".into()
-            } else {
-                key
-            },
-            message: e.into_inner().to_string(),
-        }
-    })?;
     let key_err = |key: String, message: String| PipelineError::Key {
         path: shown.to_owned(),
+        message: format!("{message}{}", given_by_set(sets, &key)),
         key,
-        message,
     };
+    let pipeline: Pipeline = serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." {
+            "(top level)".into()
+        } else {
+            key
+        };
+        key_err(key, e.into_inner().to_string())
+    })?;
     validate(&pipeline).map_err(|(k, m)| key_err(k, m))?;
     let workspace = pipeline.workspace.clone().ok_or_else(|| {
         key_err(
@@ -178,6 +176,25 @@ pub fn from_yaml(
         workspace,
         source: shown.to_owned(),
     })
+}
+
+/// ` (given by --set K=V)` when the last `--set` that touches `key` (the key itself, a key
+/// inside it, or a section holding it) is the likely source of its error; empty otherwise.
+fn given_by_set(sets: &[String], key: &str) -> String {
+    let touches = |set: &str| {
+        let k = set.split_once('=').map_or(set, |(k, _)| k).trim();
+        let inside = |outer: &str, inner: &str| {
+            inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.starts_with('.'))
+        };
+        k == key || inside(key, k) || inside(k, key)
+    };
+    sets.iter()
+        .rev()
+        .find(|s| touches(s))
+        .map(|s| format!(" (given by --set {s})"))
+        .unwrap_or_default()
 }
 
 /// Cross-section and per-section checks; returns (key, message) on the first problem.
@@ -212,6 +229,22 @@ fn validate(p: &Pipeline) -> Result<(), (String, String)> {
                 "model spreads L-DiffRec's cluster encoders over the devices; {} has none \
                  (use train.parallel: data)",
                 p.model.variant.name()
+            ),
+        ));
+    }
+    // Known from the settings alone (the runtime check in the train stage catches a split that
+    // comes out empty for other reasons): a 0 valid share cuts no validation row for anyone.
+    let valid_share = p.data.split.ratios[1];
+    if p.data.split_method() != SplitMethod::Predefined && valid_share <= 0.0 && p.train.evaluates()
+    {
+        return Err((
+            "data.split.ratios".into(),
+            format!(
+                "the validation split is empty (valid share {valid_share} in {:?}), and each \
+                 evaluation (train.eval_every {} ≤ train.epochs {}) selects the best epoch on \
+                 it: give validation a share, or set train.eval_every above train.epochs to \
+                 train without evaluating",
+                p.data.split.ratios, p.train.eval_every, p.train.epochs
             ),
         ));
     }
@@ -304,10 +337,24 @@ mod tests {
             .to_string();
         assert!(e.contains("`train`") || e.contains("train.sed"), "{e}");
         assert!(e.contains("unknown field `sed`"), "{e}");
-        let e = load_str(MINI, &["model.diffusion.stepz=4"])
+        assert!(
+            !e.contains("--set"),
+            "a typo in the file is not blamed on --set: {e}"
+        );
+        let e = load_str(MINI, &["train.seed=2", "model.diffusion.stepz=4"])
             .unwrap_err()
             .to_string();
         assert!(e.contains("model.diffusion") && e.contains("stepz"), "{e}");
+        assert!(
+            e.ends_with(" (given by --set model.diffusion.stepz=4)"),
+            "{e}"
+        );
+        // A value refused by validation names the --set that gave it, the last one that did.
+        let e = load_str(MINI, &["train.lr=0.1", "train.lr=-1", "train.seed=2"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`train.lr`"), "{e}");
+        assert!(e.ends_with(" (given by --set train.lr=-1)"), "{e}");
     }
 
     #[test]
@@ -323,6 +370,22 @@ mod tests {
             e.contains("`data.split.ratios`") && e.contains("train share"),
             "{e}"
         );
+        // No validation share while the run evaluates: refused here, not after ingest.
+        let e = load_str(MINI, &["data.split.ratios=[0.9, 0, 0.1]"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`data.split.ratios`") && e.contains("the validation split is empty"),
+            "{e}"
+        );
+        let no_eval = [
+            "data.split.ratios=[0.9, 0, 0.1]",
+            "train.epochs=3",
+            "train.eval_every=4",
+        ];
+        assert!(load_str(MINI, &no_eval).is_ok());
+        let predefined = "data.source={format: diffrec-npy, path: d}";
+        assert!(load_str(MINI, &[predefined, "data.split.ratios=[0.9, 0, 0.1]"]).is_ok());
         let e = load_str(MINI, &["model.variant=t-diffrec"])
             .unwrap_err()
             .to_string();

@@ -13,8 +13,9 @@ use diffrec_data::{Workspace, load_splits};
 use diffrec_trainer::train::{
     best_key, check_resumable, curves_key, metrics_key, run_dir, summary_key,
 };
-use diffrec_trainer::{Progress, RunSpec, train_on};
+use diffrec_trainer::{Progress, RunSpec, TrainError, train_on};
 
+use crate::differences::differing_keys;
 use crate::pipeline::Loaded;
 use crate::progress::{EpochBar, headline_metrics};
 use crate::usage::UsageError;
@@ -42,6 +43,39 @@ async fn clean_temporaries(ws: &Workspace, name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// What differs between a finished run's manifest and the settings and inputs a new training
+/// would fingerprint (`trajectory`: the manifest's config without what the fingerprint leaves
+/// out), for a checkpoint that cannot be resumed. `None` without a readable manifest (a run
+/// killed before it finished: its checkpoint alone knows only the fingerprint).
+async fn changed_since_trained(
+    ws: &Workspace,
+    dir: &str,
+    trajectory: &serde_json::Value,
+    inputs: &BTreeMap<String, String>,
+) -> Option<String> {
+    let manifest: StageManifest = ws.get_json(&manifest_key(dir)).await.ok().flatten()?;
+    let mut trained = manifest.config;
+    if let Some(t) = trained.get_mut("train").and_then(|t| t.as_object_mut()) {
+        for key in FINGERPRINT_LEAVES_OUT {
+            t.remove(*key);
+        }
+    }
+    let mut changed = Vec::new();
+    differing_keys("", &trained, trajectory, &mut changed);
+    let names: std::collections::BTreeSet<&String> =
+        manifest.inputs.keys().chain(inputs.keys()).collect();
+    for name in names {
+        if manifest.inputs.get(name) != inputs.get(name) {
+            changed.push(format!("input `{name}` changed"));
+        }
+    }
+    (!changed.is_empty()).then(|| changed.join("; "))
+}
+
+/// The `train` keys the checkpoint fingerprint leaves out: how long to train and when to stop
+/// do not change the trajectory, so a run can be extended or resumed with more epochs.
+const FINGERPRINT_LEAVES_OUT: &[&str] = &["epochs", "patience"];
 
 pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     let p = &loaded.pipeline;
@@ -91,13 +125,24 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     // train, when to stop), so a run can be extended or resumed with more epochs.
     let mut trajectory = config.clone();
     if let Some(t) = trajectory.get_mut("train").and_then(|t| t.as_object_mut()) {
-        t.remove("epochs");
-        t.remove("patience");
+        for key in FINGERPRINT_LEAVES_OUT {
+            t.remove(*key);
+        }
     }
     let fingerprint = sha256_hex(serde_json::to_string(&(&trajectory, &inputs))?.as_bytes());
     // Before the manifest goes, what would stop the run: a finished run stays as it was.
-    if !force {
-        check_resumable(ws, &p.name, &fingerprint).await?;
+    if !force && let Err(e) = check_resumable(ws, &p.name, &fingerprint).await {
+        return Err(
+            match (
+                e,
+                changed_since_trained(ws, &dir, &trajectory, &inputs).await,
+            ) {
+                (TrainError::Input(why), Some(changed)) => {
+                    UsageError(format!("{why}. Since it was trained: {changed}")).into()
+                }
+                (e, _) => e.into(),
+            },
+        );
     }
     let data = load_splits(ws).await?;
     if data.valid.nnz() == 0 && p.train.evaluates() {

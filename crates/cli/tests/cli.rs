@@ -338,6 +338,22 @@ fn config_errors_exit_2_and_name_the_key() {
         text(&out)
     );
     assert!(!ws.join("data").exists());
+
+    // generate: an output it cannot or should not write is the caller's mistake (exit 2).
+    for (out_name, says) in [
+        ("no-such-folder/log.csv", "no folder"),
+        ("log.parquet", "generate writes CSV, not .parquet"),
+    ] {
+        let path = dir.join(out_name);
+        let out = diffrec()
+            .args(["generate", "--out", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{out_name}: {t}");
+        assert!(t.contains(says), "{out_name}: {t}");
+        assert!(!path.exists(), "{out_name}: {t}");
+    }
 }
 
 #[test]
@@ -743,6 +759,13 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
         t.contains("another configuration") && t.contains("--force"),
         "{t}"
     );
+    // It names what changed since the run was trained, and only that.
+    let since = t.split("Since it was trained: ").nth(1).unwrap_or_default();
+    assert!(
+        since.starts_with("`train.lr` ") && since.contains(" (trained) vs 0.01 (now)"),
+        "{t}"
+    );
+    assert!(!since.contains(';'), "{t}");
     assert!(ws.join("runs/r/_manifest.json").exists(), "{t}");
     // Put the other run's model record into our latest checkpoint, keeping our state (and so
     // our fingerprint) and optimizer.
@@ -1464,8 +1487,8 @@ fn a_run_that_evaluates_nothing_says_so() {
     );
 }
 
-/// A run that would evaluate on an empty validation split is refused before training (exit 2),
-/// saying why and the two ways out; without evaluation it trains.
+/// A run that would evaluate on an empty validation split is refused when the pipeline loads
+/// (exit 2), saying why and the two ways out; without evaluation it trains.
 #[test]
 fn an_empty_validation_split_is_refused_when_the_run_evaluates() {
     let dir = tmpdir("novalid");
@@ -1488,8 +1511,18 @@ fn an_empty_validation_split_is_refused_when_the_run_evaluates() {
     let out = train(&[]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
-    assert!(t.contains("the validation split is empty"), "{t}");
+    assert!(
+        t.contains("`data.split.ratios`") && t.contains("the validation split is empty"),
+        "{t}"
+    );
+    // Refused when the pipeline loads: not even ingest ran.
+    assert!(!ws.join("data").exists(), "{t}");
     assert!(!ws.join("runs/v").exists(), "{t}");
+    let out = diffrec()
+        .args(["validate", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let out = train(&["--set", "train.eval_every=3"]);
     assert!(out.status.success(), "{}", text(&out));
 }

@@ -1,0 +1,53 @@
+//! Where two settings trees differ, leaf by leaf: what the evaluate, recommend and train
+//! stages name when a run was trained with other settings than the pipeline's.
+
+use serde_json::Value;
+
+/// Appends `` `path` a (trained) vs b (now) `` for every leaf where `a` and `b` differ; `path`
+/// is the dotted key of `a` and `b` (empty at the top).
+pub fn differing_keys(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let (u, v) = (
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                );
+                let key = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                differing_keys(&key, u, v, out);
+            }
+        }
+        _ if a != b => out.push(format!("`{path}` {a} (trained) vs {b} (now)")),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_differing_leaf_is_named_by_its_dotted_key() {
+        let trained = json!({"train": {"lr": 0.0001, "seed": 1}, "model": {"dims": [300]}});
+        let now = json!({"train": {"lr": 0.001, "seed": 1}, "model": {"dims": [600]}, "x": 2});
+        let mut out = Vec::new();
+        differing_keys("", &trained, &now, &mut out);
+        assert_eq!(
+            out,
+            [
+                "`model.dims` [300] (trained) vs [600] (now)",
+                "`train.lr` 0.0001 (trained) vs 0.001 (now)",
+                "`x` null (trained) vs 2 (now)",
+            ]
+        );
+        out.clear();
+        differing_keys("model", &json!({"a": 1}), &json!({"a": 1}), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+    }
+}
