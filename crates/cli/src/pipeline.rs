@@ -497,10 +497,12 @@ mod doc_sync {
 
     #[test]
     fn docs_list_every_key() {
+        // Optional sections, `None` values and the keys serialised only away from their default
+        // (`skip_serializing_if`: latent_share, input, ema_decay, ema_warmup) are all set here.
         let text = "name: t\nworkspace: w\ndata:\n  source: {format: csv, path: a.csv, columns: {rating: r}}\n  \
                     min_rating: 1\n  k_core: 1\n  temporal: {}\n  noise: {kind: random}\n  split: {method: per_user_ratio}\n\
                     cluster: {embeddings: e.npy}\nmodel: {diffusion: {beta_fixed: true}, \
-                    autoencoder: {latent_share: interactions}}\n\
+                    autoencoder: {latent_share: interactions, input: sparse}}\n\
                     train: {ema_decay: 0.999, ema_warmup: debias}\n";
         let l = from_yaml(text, "p", ".".into(), &[], None).unwrap();
         let mut keys = Vec::new();
