@@ -101,8 +101,8 @@ enum Command {
     },
     /// Write a synthetic interaction log as CSV (user_id,item_id,timestamp,rating).
     Generate {
-        /// Output CSV file (its folder must exist; a `.parquet` or `.npy` name is refused,
-        /// since the file is CSV whatever its name).
+        /// Output CSV file (its folder must exist; a `.parquet`, `.npy`, `.json` or `.dat`
+        /// name is refused, since the file is CSV whatever its name).
         #[arg(long)]
         out: PathBuf,
         /// Number of users.
@@ -328,6 +328,10 @@ fn check_generate_out(out: &Path) -> Result<()> {
             out.display()
         ))
         .into());
+    }
+    if out.is_dir() {
+        let why = format!("--out {}: a folder; give a file name", out.display());
+        return Err(usage::UsageError(why).into());
     }
     match out.parent() {
         Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => Err(usage::UsageError(

@@ -183,10 +183,11 @@ pub fn from_yaml(
 fn given_by_set(sets: &[String], key: &str) -> String {
     let touches = |set: &str| {
         let k = set.split_once('=').map_or(set, |(k, _)| k).trim();
+        // `evaluate.ks[1]` (a list element, as error paths name it) is inside `evaluate.ks`.
         let inside = |outer: &str, inner: &str| {
             inner
                 .strip_prefix(outer)
-                .is_some_and(|rest| rest.starts_with('.'))
+                .is_some_and(|rest| rest.starts_with(['.', '[']))
         };
         k == key || inside(key, k) || inside(k, key)
     };
@@ -332,7 +333,7 @@ mod tests {
 
     #[test]
     fn typos_are_refused_by_name_before_work() {
-        let e = load_str(&format!("{MINI}train:\n  sed: 3\n"), &[])
+        let e = load_str(&format!("{MINI}train:\n  sed: 3\n"), &["train.seed=2"])
             .unwrap_err()
             .to_string();
         assert!(e.contains("`train`") || e.contains("train.sed"), "{e}");
@@ -355,6 +356,11 @@ mod tests {
             .to_string();
         assert!(e.contains("`train.lr`"), "{e}");
         assert!(e.ends_with(" (given by --set train.lr=-1)"), "{e}");
+        let e = load_str(MINI, &["evaluate.ks=[5, x]"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("evaluate.ks[1]"), "{e}");
+        assert!(e.ends_with(" (given by --set evaluate.ks=[5, x])"), "{e}");
     }
 
     #[test]

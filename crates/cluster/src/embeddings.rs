@@ -1,7 +1,7 @@
 //! Item embeddings a user brings (`cluster.embeddings`): `.npy` (f32 or f64, `n_items × d`, row
 //! i = item index i, like the DiffRec authors' `item_emb.npy`) or `.parquet` with an `embedding`
 //! column (fixed-size or variable list of f32 or f64). f64 values are rounded to f32; one beyond
-//! f32's range is refused, naming its row and column. Parquet rows are placed by their `item_id` column
+//! f32's range is refused, naming its row and element. Parquet rows are placed by their `item_id` column
 //! when there is one (matched against this workspace's item ids, so another workspace's
 //! `cluster/item_embeddings.parquet` works), else by an `item_idx` column, else in row order.
 //!
@@ -208,12 +208,13 @@ fn parse_parquet(file: &str, bytes: Bytes, item_ids: &[String]) -> Result<Embedd
                 filled = vec![false; n_items];
             }
             if std::mem::replace(&mut filled[at], true) {
+                let what = match placement {
+                    Placement::ById(_) => format!("column item_id: {:?}", item_ids[at]),
+                    _ => format!("column item_idx: item {at}"),
+                };
                 return Err(bad(
                     file,
-                    format!(
-                        "row {}, column item_idx: item {at} appears twice",
-                        nth(row, r)
-                    ),
+                    format!("row {}, {what} appears twice", nth(row, r)),
                 ));
             }
             values[at * d..(at + 1) * d].copy_from_slice(&v);

@@ -92,8 +92,8 @@ impl SourceLocation {
                     p.display().to_string(),
                     None,
                     None,
-                    "is a folder: `data.source.path` names the file itself (for MovieLens, \
-                     ratings.dat or ratings.csv inside it)",
+                    "is a folder, not a file (for a MovieLens source, give its ratings.dat or \
+                     ratings.csv)",
                 )),
                 Err(e) => Err(DataError::bad_input(
                     p.display().to_string(),
@@ -345,7 +345,12 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
         // Inference guessed a type that a later row breaks: read as text and let the column
         // checks find the row.
         Err(first) => read(true).map_err(|e| {
-            if let Some((row, fields)) = first_long_row(&bytes, sep, header.len()) {
+            // The reader refuses a long row only when it reads every column (with fewer it
+            // drops the extra fields), so only then is a long row the cause.
+            let long = (wanted.len() == header.len())
+                .then(|| first_long_row(&bytes, sep, header.len()))
+                .flatten();
+            if let Some((row, fields)) = long {
                 return DataError::bad_input(
                     file,
                     Some(row),
@@ -384,29 +389,32 @@ fn delimiter_hint(header: &[String], sep: char) -> String {
 }
 
 /// The first data row (from 1) with more fields than the header's `width`, and its field count.
-/// Quoted fields may hold the delimiter and line breaks; blank lines are skipped, as the reader
-/// skips them. Only run after the reader failed, so one pass over the bytes is cheap enough.
+/// Quoted fields may hold the delimiter and line breaks; as for the reader, a quote opens one
+/// only as a field's first byte (`12" vinyl` is plain text). A blank line counts as a row, as
+/// the reader counts it (a row of nulls), so the other checks' row numbers agree with these.
+/// Only run after the reader failed, so one pass over the bytes is cheap enough.
 fn first_long_row(bytes: &[u8], sep: u8, width: usize) -> Option<(u64, usize)> {
     let (mut record, mut fields, mut in_quotes, mut empty) = (0u64, 1usize, false, true);
+    // Whether this byte starts a field, and whether the one before closed a quoted field.
+    let (mut field_start, mut closed) = (true, false);
     for &b in bytes {
+        let starts = std::mem::replace(&mut field_start, false);
+        let after_close = std::mem::replace(&mut closed, false);
         match b {
-            b'"' => {
-                in_quotes = !in_quotes;
-                empty = false;
-            }
+            b'"' if in_quotes => (in_quotes, closed) = (false, true),
+            // `""` inside a quoted field is an escaped quote: the field goes on.
+            b'"' if starts || after_close => (in_quotes, empty) = (true, false),
             b'\n' if !in_quotes => {
-                if !empty {
-                    if record > 0 && fields > width {
-                        return Some((record, fields));
-                    }
-                    record += 1;
+                if record > 0 && fields > width {
+                    return Some((record, fields));
                 }
-                (fields, empty) = (1, true);
+                record += 1;
+                (fields, empty, field_start) = (1, true, true);
             }
-            b'\r' if !in_quotes => {}
+            b'\r' if !in_quotes => field_start = starts,
             _ if b == sep && !in_quotes => {
                 fields += 1;
-                empty = false;
+                (empty, field_start) = (false, true);
             }
             _ => empty = false,
         }
@@ -620,6 +628,21 @@ fn rating_column(file: &str, name: &str, col: &Column) -> Result<Column> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_long_row_is_found_as_the_reader_splits_fields() {
+        let long = |csv: &str| first_long_row(csv.as_bytes(), b',', 2);
+        assert_eq!(long("a,b\n1,2\n3,4,5\n"), Some((2, 3)));
+        assert_eq!(long("a,b\n1,2\n"), None);
+        // A quote inside a field is text, not the start of a quoted field.
+        assert_eq!(long("a,b\n12\" vinyl,x\n1,2,3\n"), Some((2, 3)));
+        // Quoted fields hold delimiters, escaped quotes and line breaks.
+        assert_eq!(long("a,b\n\"x \"\"y\"\", z\",1\n1,2,3\n"), Some((2, 3)));
+        assert_eq!(long("a,b\n\"line\nbreak, on\",1\n1,2,3\n"), Some((2, 3)));
+        // A blank line is a row; CRLF ends lines; the last line needs no line break.
+        assert_eq!(long("a,b\r\n1,2\r\n\r\n1,2,3"), Some((3, 3)));
+        assert_eq!(long("a,b\r\n1,2\r\n1,2\r\n"), None);
+    }
 
     #[test]
     fn timestamps_parse_in_all_documented_forms() {

@@ -330,18 +330,25 @@ async fn bad_input_names_file_row_and_column() {
     .await;
     assert!(e.contains("row 1, column `item_id`: missing id"), "{e}");
 
-    // A row with more fields than the header: named by its row (a quoted field holding the
-    // delimiter and a blank line before it do not shift the count), with no reader internals.
+    // A row with more fields than the header: named by its row, with no reader internals. A
+    // quoted field holding the delimiter does not shift the count; a blank line is a row, as it
+    // is for the other checks (below: a blank line's row is named as missing its id).
     let e = ingest_err(
         "user_id,item_id,timestamp,rating\n1,\"a,b\",5,5\n\n2,3,6,5\n2,4,7,5,9,9\n3,4,8,5\n",
         serde_json::json!({}),
     )
     .await;
     assert!(
-        e.contains("bad.csv, row 3: 6 fields where the header has 4"),
+        e.contains("bad.csv, row 4: 6 fields where the header has 4"),
         "{e}"
     );
     assert!(!e.contains("truncate_ragged_lines"), "{e}");
+    let e = ingest_err(
+        "user_id,item_id,timestamp,rating\r\n1,2,5,5\r\n\r\n2,3,6,5\r\n",
+        serde_json::json!({}),
+    )
+    .await;
+    assert!(e.contains("row 2, column `user_id`: missing id"), "{e}");
 
     // A semicolon file read with the default delimiter: the hint names the key to set.
     let e = ingest_err(
