@@ -298,8 +298,14 @@ async fn dispatch(command: Command) -> Result<()> {
         }
         Command::Orchestrator { bind } => {
             let port = diffrec_trainer::config::host_port(&bind).ok_or_else(|| {
-                usage::UsageError(format!("--bind: expected HOST:PORT, got {bind:?}"))
+                usage::UsageError(format!(
+                    "--bind: expected HOST:PORT with a port from 1 to 65535, got {bind:?}"
+                ))
             })?;
+            // burn-collective only logs a failed bind and returns, so try the port first: a
+            // port in use is an error here, not a "listening" line and exit 0.
+            std::net::TcpListener::bind(("0.0.0.0", port))
+                .with_context(|| format!("--bind {bind}: cannot listen on port {port}"))?;
             tracing::info!(
                 port,
                 "orchestrator: serving (burn-collective, all interfaces)"

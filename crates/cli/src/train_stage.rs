@@ -97,12 +97,13 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
             )))?;
         inputs.insert(ITEM_CLUSTERS.to_owned(), hash);
     }
-    // Where this process sits among several nodes is no part of the run's identity: every
-    // node of a multi-node run sees the same manifest and shares the checkpoints node 0 writes.
+    // Where this process sits among several nodes, and how long it waits for them, is no part
+    // of the run's identity: every node of a multi-node run sees the same manifest and shares
+    // the checkpoints node 0 writes.
     let mut config =
         serde_json::json!({"model": p.model, "train": p.train, "evaluate": p.evaluate});
     if let Some(t) = config.get_mut("train").and_then(|t| t.as_object_mut()) {
-        for key in ["node_rank", "orchestrator", "node_address"] {
+        for key in ["node_rank", "orchestrator", "node_address", "peer_timeout"] {
             t.remove(key);
         }
     }

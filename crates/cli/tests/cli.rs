@@ -1587,40 +1587,69 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
             .unwrap(),
     );
     std::thread::sleep(Duration::from_millis(500));
-    let nodes: Vec<_> = (0..2)
-        .map(|rank| {
-            let sets = [
-                "train.nodes=2".to_string(),
-                format!("train.node_rank={rank}"),
-                format!("train.orchestrator={orch}"),
-                format!("train.node_address=127.0.0.1:{}", base + 1 + rank),
-            ];
-            let log = |what: &str| std::fs::File::create(dir.join(format!("node{rank}.{what}")));
-            stage("train", &two, &sets)
-                .stdout(log("out").unwrap())
-                .stderr(log("err").unwrap())
-                .spawn()
-                .unwrap()
-        })
-        .map(Reaped)
-        .collect();
-    let node_err = |rank: usize| {
-        std::fs::read_to_string(dir.join(format!("node{rank}.err"))).unwrap_or_default()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    for (rank, mut node) in nodes.into_iter().enumerate() {
-        let status = loop {
-            if let Some(status) = node.0.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "node {rank} did not finish within 2 minutes (all-reduce stall?): {}",
-                node_err(rank)
-            );
-            std::thread::sleep(Duration::from_millis(100));
+    // A second orchestrator on the same port fails instead of claiming to listen.
+    let out = diffrec()
+        .args(["orchestrator", "--bind", &orch])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("cannot listen on port"), "{}", text(&out));
+    assert!(!text(&out).contains("listening on"), "{}", text(&out));
+    // Nodes `ranks` of a 2-node run in `ws`, rank r with `extra(r)`; each one's exit status
+    // and stderr once all have ended (a node still running after two minutes fails the test).
+    let run_nodes =
+        |tag: &str, ws: &Path, ranks: &[usize], extra: &dyn Fn(usize) -> Vec<String>| {
+            let nodes: Vec<_> = ranks
+                .iter()
+                .map(|&rank| {
+                    let mut sets = vec![
+                        "train.nodes=2".to_string(),
+                        format!("train.node_rank={rank}"),
+                        format!("train.orchestrator={orch}"),
+                        format!("train.node_address=127.0.0.1:{}", base + 1 + rank as u16),
+                    ];
+                    sets.extend(extra(rank));
+                    let log = |what: &str| {
+                        std::fs::File::create(dir.join(format!("{tag}{rank}.{what}"))).unwrap()
+                    };
+                    Reaped(
+                        stage("train", ws, &sets)
+                            .stdout(log("out"))
+                            .stderr(log("err"))
+                            .spawn()
+                            .unwrap(),
+                    )
+                })
+                .collect();
+            let err = |rank: usize| {
+                std::fs::read_to_string(dir.join(format!("{tag}{rank}.err"))).unwrap_or_default()
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            let ends: Vec<(std::process::ExitStatus, String)> = nodes
+            .into_iter()
+            .zip(ranks)
+            .map(|(mut node, &rank): (Reaped, &usize)| {
+                let status = loop {
+                    if let Some(status) = node.0.try_wait().unwrap() {
+                        break status;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{tag} node {rank} did not finish within 2 minutes (all-reduce stall?): {}",
+                        err(rank)
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                };
+                (status, err(rank))
+            })
+            .collect();
+            ends
         };
-        assert!(status.success(), "node {rank}: {}", node_err(rank));
+    for (rank, (status, err)) in run_nodes("node", &two, &[0, 1], &|_| vec![])
+        .iter()
+        .enumerate()
+    {
+        assert!(status.success(), "node {rank}: {err}");
     }
     let ckpt = |ws: &Path| checkpoint_state(&ws.join("runs/g/checkpoints/latest.ckpt"));
     let (a, b) = (ckpt(&one), ckpt(&two));
@@ -1641,6 +1670,34 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     }
     // Training moved: the last epoch's loss is below the first's.
     assert!(la[3] < la[0], "{la:?}");
+
+    // Nodes that would train different runs (another seed on node 1) all stop before the first
+    // step, as a user mistake, saying so; nothing is trained.
+    let three = dir.join("three");
+    let out = stage("ingest", &three, &[]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let seed = |rank: usize| match rank {
+        1 => vec!["train.seed=7".to_string()],
+        _ => vec![],
+    };
+    for (rank, (status, err)) in run_nodes("seed", &three, &[0, 1], &seed).iter().enumerate() {
+        assert_eq!(status.code(), Some(2), "node {rank}: {err}");
+        assert!(
+            err.contains("the nodes train different runs"),
+            "node {rank}: {err}"
+        );
+    }
+    assert!(!three.join("runs/g/_manifest.json").exists());
+
+    // A node whose peer never comes stops after train.peer_timeout, saying what it waited for.
+    let alone = |_| vec!["train.peer_timeout=2".to_string()];
+    let ends = run_nodes("alone", &three, &[0], &alone);
+    let (status, err) = &ends[0];
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("node 0 waited train.peer_timeout (2 s) for all 2 nodes to join"),
+        "{err}"
+    );
 }
 
 /// L-DiffRec end to end on a small synthetic log with planted item groups: cluster → train →

@@ -147,6 +147,13 @@ pub struct TrainConfig {
     /// (burn-collective listens on that port on every interface; needed when nodes > 1).
     #[serde(default)]
     pub node_address: Option<String>,
+    /// `train.peer_timeout`: seconds a data-parallel run waits for the other replicas: at the
+    /// start for every node to join the orchestrator, then at each all-reduce (which waits as
+    /// long as the slowest node's evaluation). Past it the run stops with an error instead of
+    /// hanging on a node that never came or stopped. Default 1800 (PyTorch's default for
+    /// `init_process_group`).
+    #[serde(default = "default_peer_timeout")]
+    pub peer_timeout: u64,
     /// `train.lr`: AdamW learning rate of the denoiser (lr2 of L-DiffRec). Default 0.001.
     #[serde(default = "default_lr")]
     pub lr: f64,
@@ -219,6 +226,7 @@ impl Default for TrainConfig {
             node_rank: 0,
             orchestrator: None,
             node_address: None,
+            peer_timeout: default_peer_timeout(),
             lr: default_lr(),
             weight_decay: 0.0,
             ae_lr: default_lr(),
@@ -257,6 +265,9 @@ fn default_parallel() -> Parallel {
 }
 fn default_nodes() -> usize {
     1
+}
+fn default_peer_timeout() -> u64 {
+    1800
 }
 fn default_lr() -> f64 {
     1e-3
@@ -309,6 +320,7 @@ impl TrainConfig {
             ("train.epochs", self.epochs),
             ("train.batch_size", self.batch_size),
             ("train.eval_every", self.eval_every),
+            ("train.peer_timeout", self.peer_timeout as usize),
         ] {
             if v == 0 {
                 return Err(err(key, "must be ≥ 1"));
@@ -406,12 +418,14 @@ impl TrainConfig {
     }
 }
 
-/// The port of `HOST:PORT` (an optional `ws://` prefix allowed).
+/// The port of `HOST:PORT` (an optional `ws://` prefix allowed). Port 0 (any free port) is
+/// refused: the other side could not know which one was taken. So is another scheme or a path
+/// (`http://h:1`, `h:1/x`), which burn-collective would turn into an address nobody serves.
 pub fn host_port(s: &str) -> Option<u16> {
     let s = s.strip_prefix("ws://").unwrap_or(s);
     let (host, port) = s.rsplit_once(':')?;
-    (!host.is_empty()).then_some(())?;
-    port.parse().ok()
+    (!host.is_empty() && !host.contains('/')).then_some(())?;
+    port.parse().ok().filter(|&p| p != 0)
 }
 
 impl EvaluateConfig {
@@ -458,6 +472,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.validate().unwrap_err().key, "train.node_address");
+        for bad in ["127.0.0.1:0", "http://127.0.0.1:4000", "h:1/x", ":4000"] {
+            assert_eq!(host_port(bad), None, "{bad}");
+        }
+        assert_eq!(host_port("ws://h:4000"), Some(4000));
+        assert_eq!(host_port("[::1]:4000"), Some(4000));
         let t: TrainConfig = serde_json::from_str(r#"{"nodes": 2, "node_rank": 2}"#).unwrap();
         assert_eq!(t.validate().unwrap_err().key, "train.node_rank");
         // Patience must outlast the first evaluation, unless the run evaluates nothing.

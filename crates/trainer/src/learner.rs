@@ -107,6 +107,12 @@ pub(crate) trait Learner<B: AutodiffBackend>: Sized {
     fn reads_sparse(&self) -> bool {
         false
     }
+    /// Checks, before the first step, that every node of a multi-node run trains the run
+    /// `fingerprint` names from the same `epoch`, each under its own rank. Nothing to check
+    /// within one process.
+    fn agree(&self, _fingerprint: &str, _epoch: usize) -> Result<(), TrainError> {
+        Ok(())
+    }
 }
 
 pub(crate) fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {

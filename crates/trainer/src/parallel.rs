@@ -15,8 +15,10 @@
 //! backend type.
 
 use std::str::FromStr;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use burn_communication::Address;
 
@@ -51,7 +53,19 @@ impl Shard {
 }
 
 fn collective_err(what: &str, e: CollectiveError) -> TrainError {
-    TrainError::Collective(format!("{what}: {e:?}"))
+    let raw = format!("{e:?}");
+    // burn-collective's errors name the symptom; say what usually causes it.
+    let hint = if raw.contains("DoubleRegister") {
+        ": the orchestrator already holds a node at this train.node_address, either another \
+         node given the same address or an earlier session that did not end cleanly (the \
+         orchestrator keeps those: restart `diffrec orchestrator`)"
+    } else if raw.contains("LocalServerMissing") || raw.contains("PeerLost") {
+        ": another replica or node stopped (its log says why); the last checkpoint is kept, so \
+         rerunning every node resumes from it"
+    } else {
+        ""
+    };
+    TrainError::Collective(format!("{what}: {raw}{hint}"))
 }
 
 /// Sums the gradients over the replicas (identity without a shard).
@@ -84,23 +98,54 @@ pub(crate) fn gather<B: AutodiffBackend>(
         *slot = *w as f32;
     }
     v[s.total] = out.loss as f32;
-    let t = Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(v, [s.total + 1]), device);
-    let summed = collective::all_reduce::<B::InnerBackend>(
-        s.peer,
-        t.into_primitive().tensor(),
-        ReduceOperation::Sum,
-    )
-    .map_err(|e| collective_err("statistics all-reduce", e))?;
-    let host: Vec<f32> =
-        Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(summed))
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap_or_default();
+    let host = sum_over_replicas::<B>("statistics all-reduce", v, s.peer, device)?;
     Ok(StepOut {
         loss: host[s.total] as f64,
         weighted: host[..s.total].iter().map(|&w| w as f64).collect(),
     })
+}
+
+/// What a wait on the replicas was for, to say so when it times out.
+#[derive(Debug, Clone, Copy)]
+enum Waiting {
+    Join,
+    Step,
+}
+
+/// The first 48 bits of a hex fingerprint as three 16-bit words (exact in f32 sums).
+fn fingerprint_words(fingerprint: &str) -> [u16; 3] {
+    let mut words = [0u16; 3];
+    for (w, chunk) in words.iter_mut().zip(fingerprint.as_bytes().chunks(4)) {
+        *w = std::str::from_utf8(chunk)
+            .ok()
+            .and_then(|c| u16::from_str_radix(c, 16).ok())
+            .unwrap_or(0);
+    }
+    words
+}
+
+/// `values` summed over every replica of every node (`what` names the reduction in errors).
+fn sum_over_replicas<B: AutodiffBackend>(
+    what: &str,
+    values: Vec<f32>,
+    peer: PeerId,
+    device: &B::Device,
+) -> Result<Vec<f32>, TrainError> {
+    let n = values.len();
+    let t = Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(values, [n]), device);
+    let summed = collective::all_reduce::<B::InnerBackend>(
+        peer,
+        t.into_primitive().tensor(),
+        ReduceOperation::Sum,
+    )
+    .map_err(|e| collective_err(what, e))?;
+    Ok(
+        Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(summed))
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap_or_default(),
+    )
 }
 
 /// Where this process sits among the replicas.
@@ -110,6 +155,10 @@ pub struct Topology {
     pub nodes: usize,
     /// This machine's rank (`train.node_rank`).
     pub node_rank: usize,
+    /// How long to wait for the other replicas (`train.peer_timeout`).
+    pub timeout: Duration,
+    /// `train.orchestrator`, for messages.
+    pub orchestrator: Option<String>,
     /// The collective configuration (local devices, and the global level when `nodes > 1`).
     pub config: CollectiveConfig,
 }
@@ -144,6 +193,8 @@ pub fn topology(train: &TrainConfig, local: usize) -> Result<Topology, TrainErro
     Ok(Topology {
         nodes: train.nodes,
         node_rank: train.node_rank,
+        timeout: Duration::from_secs(train.peer_timeout),
+        orchestrator: train.orchestrator.clone(),
         config,
     })
 }
@@ -157,6 +208,8 @@ pub(crate) fn shard_rows(total: usize, replicas: usize, g: usize) -> (usize, usi
 
 enum Job {
     Step(Batch, StepAt, Shard),
+    /// Sum these values over every replica (the start's agreement check).
+    Sum(Vec<f32>),
     Recommender,
     ModelBytes,
     OptimBytes,
@@ -166,6 +219,7 @@ enum Job {
 enum Reply<B: AutodiffBackend> {
     Registered(Result<(), TrainError>),
     Step(Result<StepOut, TrainError>),
+    Summed(Result<Vec<f32>, TrainError>),
     Recommender(Recommender<B::InnerBackend>),
     Bytes(Result<Vec<u8>, TrainError>),
     Loaded(Result<(), TrainError>),
@@ -184,6 +238,11 @@ pub(crate) struct DataParallel<B: AutodiffBackend> {
     node_rank: usize,
     params: usize,
     reads_sparse: bool,
+    timeout: Duration,
+    orchestrator: Option<String>,
+    /// A wait timed out: some replica thread may be blocked in the collective for good, so
+    /// dropping leaves the threads to the process's exit instead of joining them.
+    stuck: AtomicBool,
 }
 
 fn gone() -> TrainError {
@@ -232,14 +291,116 @@ where
             node_rank: topology.node_rank,
             params,
             reads_sparse,
+            timeout: topology.timeout,
+            orchestrator: topology.orchestrator.clone(),
+            stuck: AtomicBool::new(false),
         };
-        for r in &dp.replicas {
-            match r.replies.recv() {
-                Ok(Reply::Registered(res)) => res?,
+        for i in 0..dp.replicas.len() {
+            match dp.reply(i, Waiting::Join)? {
+                Reply::Registered(res) => res?,
                 _ => return Err(gone()),
             }
         }
         Ok(dp)
+    }
+
+    /// Replica `i`'s next reply, waiting at most `train.peer_timeout`.
+    fn reply(&self, i: usize, waiting: Waiting) -> Result<Reply<B>, TrainError> {
+        match self.replicas[i].replies.recv_timeout(self.timeout) {
+            Ok(r) => Ok(r),
+            Err(RecvTimeoutError::Disconnected) => Err(gone()),
+            Err(RecvTimeoutError::Timeout) => {
+                self.stuck.store(true, Ordering::Relaxed);
+                Err(self.timed_out(waiting))
+            }
+        }
+    }
+
+    fn timed_out(&self, waiting: Waiting) -> TrainError {
+        let secs = self.timeout.as_secs();
+        let rank = self.node_rank;
+        TrainError::Collective(match (waiting, self.nodes) {
+            (Waiting::Join, 1) => {
+                format!("the local replicas did not register within train.peer_timeout ({secs} s)")
+            }
+            (Waiting::Join, n) => format!(
+                "node {rank} waited train.peer_timeout ({secs} s) for all {n} nodes to join \
+                 through the orchestrator at {}: check that `diffrec orchestrator` runs there \
+                 and that every node started, each with its own train.node_rank; an \
+                 orchestrator that saw a node stop uncleanly must be restarted",
+                self.orchestrator.as_deref().unwrap_or("(none)")
+            ),
+            (Waiting::Step, _) => format!(
+                "node {rank}: no all-reduce answer within train.peer_timeout ({secs} s): \
+                 another node stopped or hangs (its log says why); the last checkpoint is \
+                 kept, so rerunning every node resumes from it"
+            ),
+        })
+    }
+
+    /// Checks that every node trains the same run from the same epoch and that each rank is
+    /// taken once; with one node there is nothing to check. Every node reaches the same verdict
+    /// (they sum the same values), so they all stop, each saying why.
+    fn check_agreement(&self, fingerprint: &str, epoch: usize) -> Result<(), TrainError> {
+        if self.nodes < 2 {
+            return Ok(());
+        }
+        let local = self.replicas.len();
+        let total = (local * self.nodes) as f32;
+        // Each replica: a 1 in its node's slot, then 16-bit words of the fingerprint and the
+        // epoch, all exact in f32 sums over up to 256 replicas.
+        let mut v = vec![0f32; self.nodes];
+        v[self.node_rank] = 1.0;
+        let words = fingerprint_words(fingerprint);
+        v.extend(words.iter().map(|&w| w as f32));
+        v.push((epoch % 65_536) as f32);
+        for i in 0..local {
+            self.send(i, Job::Sum(v.clone()))?;
+        }
+        let mut summed = None;
+        for i in 0..local {
+            match self.reply(i, Waiting::Step)? {
+                Reply::Summed(s) => {
+                    summed.get_or_insert(s?);
+                }
+                _ => return Err(gone()),
+            }
+        }
+        let s = summed.ok_or_else(gone)?;
+        let ranks = &s[..self.nodes];
+        if ranks.iter().any(|&c| c != local as f32) {
+            let twice: Vec<usize> = (0..self.nodes)
+                .filter(|&r| ranks[r] > local as f32)
+                .collect();
+            let missing: Vec<usize> = (0..self.nodes).filter(|&r| ranks[r] == 0.0).collect();
+            return Err(TrainError::Input(format!(
+                "the nodes' train.node_rank values clash: rank(s) {twice:?} taken by more than \
+                 one node, {missing:?} by none (or the nodes have different numbers of devices); \
+                 give each of the {} nodes its own rank 0..{}, with the same train.devices count",
+                self.nodes,
+                self.nodes - 1
+            )));
+        }
+        let own = &v[self.nodes..];
+        let theirs = &s[self.nodes..];
+        let differs = |k: usize| theirs[k] != own[k] * total;
+        if (0..words.len()).any(differs) {
+            return Err(TrainError::Input(
+                "the nodes train different runs: their pipelines (other than the node keys) or \
+                 their ingested data differ; run every node with the same pipeline file on the \
+                 same data"
+                    .into(),
+            ));
+        }
+        if differs(words.len()) {
+            return Err(TrainError::Input(format!(
+                "the nodes start from different epochs (node {} from epoch {epoch}): their \
+                 workspaces hold different checkpoints of the run; share one workspace, or start \
+                 every node over with --force",
+                self.node_rank
+            )));
+        }
+        Ok(())
     }
 
     fn send(&self, i: usize, job: Job) -> Result<(), TrainError> {
@@ -252,6 +413,7 @@ where
     }
 
     fn ask_first_bytes(&self, job: Job) -> Result<Vec<u8>, TrainError> {
+        // Local work only (no collective): a plain wait.
         self.send(0, job)?;
         match self.replicas[0].replies.recv() {
             Ok(Reply::Bytes(b)) => b,
@@ -269,7 +431,7 @@ fn replica_loop<B: AutodiffBackend, L: Learner<B>>(
     jobs: mpsc::Receiver<Job>,
     replies: mpsc::Sender<Reply<B>>,
 ) {
-    let registered = collective::register::<B::InnerBackend>(peer, device, config)
+    let registered = collective::register::<B::InnerBackend>(peer, device.clone(), config)
         .map_err(|e| collective_err("registering with the collective", e));
     let ok = registered.is_ok();
     if replies.send(Reply::Registered(registered)).is_err() || !ok {
@@ -290,6 +452,12 @@ fn replica_loop<B: AutodiffBackend, L: Learner<B>>(
                     }
                 }
             }
+            Job::Sum(values) => Reply::Summed(sum_over_replicas::<B>(
+                "agreement all-reduce",
+                values,
+                peer,
+                &device,
+            )),
             Job::Recommender => Reply::Recommender(learner.recommender()),
             Job::ModelBytes => Reply::Bytes(learner.model_bytes()),
             Job::OptimBytes => Reply::Bytes(learner.optim_bytes()),
@@ -323,6 +491,10 @@ where
 
     fn reads_sparse(&self) -> bool {
         self.reads_sparse
+    }
+
+    fn agree(&self, fingerprint: &str, epoch: usize) -> Result<(), TrainError> {
+        self.check_agreement(fingerprint, epoch)
     }
 
     fn step(
@@ -374,9 +546,9 @@ where
             self.send(i, Job::Step(part, at, shard))?;
         }
         let mut first = None;
-        for r in &self.replicas {
-            match r.replies.recv() {
-                Ok(Reply::Step(out)) => {
+        for i in 0..local {
+            match self.reply(i, Waiting::Step)? {
+                Reply::Step(out) => {
                     let out = out?;
                     first.get_or_insert(out);
                 }
@@ -428,6 +600,9 @@ impl<B: AutodiffBackend> Drop for DataParallel<B> {
     fn drop(&mut self) {
         for r in &mut self.replicas {
             r.jobs.take();
+        }
+        if self.stuck.load(Ordering::Relaxed) {
+            return;
         }
         for r in &mut self.replicas {
             if let Some(t) = r.thread.take() {
@@ -551,6 +726,8 @@ mod tests {
         let topology = Topology {
             nodes: 1,
             node_rank: 0,
+            timeout: Duration::from_secs(600),
+            orchestrator: None,
             config: CollectiveConfig::default().with_num_devices(replicas),
         };
         let mut dp = DataParallel::<AB>::start(learners, diffusion, &topology).unwrap();

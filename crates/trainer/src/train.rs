@@ -284,6 +284,16 @@ where
             let learner = replicate(make, &devices, &diffusion, spec)?;
             run_loop(ws, data, spec, learner, Some(clusters), device, progress).await
         } else {
+            let k = clusters.weights().len();
+            if cfg.parallel == Parallel::Model && devices.len() > k {
+                tracing::warn!(
+                    devices = devices.len(),
+                    clusters = k,
+                    "train.parallel: model spreads the cluster encoders over the devices; with \
+                     more devices than clusters, {} device(s) hold no encoder",
+                    devices.len() - k
+                );
+            }
             let learner = LatentLearner::<B>::new(&clusters, spec, &devices);
             run_loop(ws, data, spec, learner, Some(clusters), device, progress).await
         }
@@ -438,6 +448,8 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
              no best checkpoint (fine for timing the training alone)"
         );
     }
+    // Off rayon's pool: the replicas' all-reduce needs it (see `waits_on_other_threads`).
+    learner.agree(&spec.fingerprint, state.epoch)?;
     let step_on_pool = computes_on_pool(cfg.backend) && !learner.waits_on_other_threads();
     let reads_sparse = learner.reads_sparse();
     let mut epoch = state.epoch + 1;
