@@ -1593,7 +1593,11 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("cannot listen on port"), "{}", text(&out));
+    assert!(
+        text(&out).contains("cannot listen on port"),
+        "{}",
+        text(&out)
+    );
     assert!(!text(&out).contains("listening on"), "{}", text(&out));
     // Nodes `ranks` of a 2-node run in `ws`, rank r with `extra(r)`; each one's exit status
     // and stderr once all have ended (a node still running after two minutes fails the test).
@@ -1688,6 +1692,30 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
         );
     }
     assert!(!three.join("runs/g/_manifest.json").exists());
+    let epochs = |rank: usize| match rank {
+        1 => vec!["train.epochs=6".to_string()],
+        _ => vec![],
+    };
+    for (rank, (status, err)) in run_nodes("epochs", &three, &[0, 1], &epochs)
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(status.code(), Some(2), "node {rank}: {err}");
+        assert!(
+            err.contains("would stop at different epochs"),
+            "node {rank}: {err}"
+        );
+    }
+    // A node whose tensor-service port is taken says so at once (exit 2).
+    let taken = std::net::TcpListener::bind(("0.0.0.0", base + 1)).unwrap();
+    let ends = run_nodes("taken", &three, &[0], &|_| vec![]);
+    drop(taken);
+    let (status, err) = &ends[0];
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on port {}", base + 1)),
+        "{err}"
+    );
 
     // A node whose peer never comes stops after train.peer_timeout, saying what it waited for.
     let alone = |_| vec!["train.peer_timeout=2".to_string()];

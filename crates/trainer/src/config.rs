@@ -132,8 +132,9 @@ pub struct TrainConfig {
     #[serde(default = "default_parallel")]
     pub parallel: Parallel,
     /// `train.nodes`: machines training together (data-parallel through `diffrec orchestrator`),
-    /// each with the same number of devices and the same pipeline except `node_rank` and
-    /// `node_address`. Default 1.
+    /// each with the same pipeline (the same `train.devices` included) except `node_rank`,
+    /// `node_address`, `orchestrator` and `peer_timeout`; checked before the first step.
+    /// Default 1.
     #[serde(default = "default_nodes")]
     pub nodes: usize,
     /// `train.node_rank`: this machine's rank, 0..nodes; node 0 writes the run's artifacts.
@@ -147,11 +148,12 @@ pub struct TrainConfig {
     /// (burn-collective listens on that port on every interface; needed when nodes > 1).
     #[serde(default)]
     pub node_address: Option<String>,
-    /// `train.peer_timeout`: seconds a data-parallel run waits for the other replicas: at the
-    /// start for every node to join the orchestrator, then at each all-reduce (which waits as
-    /// long as the slowest node's evaluation). Past it the run stops with an error instead of
-    /// hanging on a node that never came or stopped. Default 1800 (PyTorch's default for
-    /// `init_process_group`).
+    /// `train.peer_timeout`: seconds a multi-node run waits for the other nodes: at the start
+    /// for every node to join the orchestrator (and for node 0 to claim and load the run),
+    /// then at each all-reduce (which waits as long as the slowest node's evaluation or node
+    /// 0's checkpoint writes). Past it the run stops with an error instead of hanging on a node
+    /// that never came or stopped. Within one machine there is no limit. Default 1800
+    /// (PyTorch's default for `init_process_group`).
     #[serde(default = "default_peer_timeout")]
     pub peer_timeout: u64,
     /// `train.lr`: AdamW learning rate of the denoiser (lr2 of L-DiffRec). Default 0.001.
@@ -396,6 +398,13 @@ impl TrainConfig {
             ));
         }
         if self.nodes > 1 {
+            // The nodes' start check sums 16-bit words over a node's devices in f32.
+            if self.devices.len() > 256 {
+                return Err(err(
+                    "train.devices",
+                    "at most 256 devices per node when train.nodes > 1",
+                ));
+            }
             if self.parallel == Parallel::Model {
                 return Err(err(
                     "train.parallel",

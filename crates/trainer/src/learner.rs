@@ -107,10 +107,10 @@ pub(crate) trait Learner<B: AutodiffBackend>: Sized {
     fn reads_sparse(&self) -> bool {
         false
     }
-    /// Checks, before the first step, that every node of a multi-node run trains the run
-    /// `fingerprint` names from the same `epoch`, each under its own rank. Nothing to check
-    /// within one process.
-    fn agree(&self, _fingerprint: &str, _epoch: usize) -> Result<(), TrainError> {
+    /// Checks, before the first step, that every node of a multi-node run starts from the same
+    /// `epoch` (their workspaces may hold different checkpoints). Nothing to check within one
+    /// process.
+    fn agree_on_start(&self, _epoch: usize) -> Result<(), TrainError> {
         Ok(())
     }
 }

@@ -43,6 +43,9 @@ pub(crate) struct Shard {
     pub rows: usize,
     /// Rows of the whole batch over every replica of every node.
     pub total: usize,
+    /// Nodes taking part: burn-collective's ring all-reduce needs a vector of at least this
+    /// many values.
+    pub nodes: usize,
 }
 
 impl Shard {
@@ -93,7 +96,9 @@ pub(crate) fn gather<B: AutodiffBackend>(
     let Some(s) = shard else {
         return Ok(out);
     };
-    let mut v = vec![0f32; s.total + 1];
+    // One value per row and the loss, padded to the ring's minimum (a last batch of one row
+    // over three nodes).
+    let mut v = vec![0f32; (s.total + 1).max(s.nodes)];
     for (slot, w) in v[s.offset..s.offset + s.rows].iter_mut().zip(&out.weighted) {
         *slot = *w as f32;
     }
@@ -184,6 +189,13 @@ pub fn topology(train: &TrainConfig, local: usize) -> Result<Topology, TrainErro
                 "train.node_address: expected HOST:PORT, got {node:?}"
             ))
         })?;
+        // burn-collective only logs a failed bind of the node's tensor service, and the run
+        // would then wait out train.peer_timeout: try the port first.
+        std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| {
+            TrainError::Input(format!(
+                "train.node_address {node}: cannot listen on port {port}: {e}"
+            ))
+        })?;
         config = config
             .with_num_nodes(train.nodes as u32)
             .with_global_address(ws_address(orchestrator)?)
@@ -240,8 +252,9 @@ pub(crate) struct DataParallel<B: AutodiffBackend> {
     reads_sparse: bool,
     timeout: Duration,
     orchestrator: Option<String>,
-    /// A wait timed out: some replica thread may be blocked in the collective for good, so
-    /// dropping leaves the threads to the process's exit instead of joining them.
+    /// A wait timed out or a replica stopped: some replica thread may be blocked in the
+    /// collective for good, so dropping leaves the threads to the process's exit instead of
+    /// joining them.
     stuck: AtomicBool,
 }
 
@@ -304,16 +317,24 @@ where
         Ok(dp)
     }
 
-    /// Replica `i`'s next reply, waiting at most `train.peer_timeout`.
+    /// Replica `i`'s next reply, waiting at most `train.peer_timeout` when other nodes take
+    /// part (within one process every replica answers, however slow a step is).
     fn reply(&self, i: usize, waiting: Waiting) -> Result<Reply<B>, TrainError> {
-        match self.replicas[i].replies.recv_timeout(self.timeout) {
-            Ok(r) => Ok(r),
-            Err(RecvTimeoutError::Disconnected) => Err(gone()),
-            Err(RecvTimeoutError::Timeout) => {
-                self.stuck.store(true, Ordering::Relaxed);
-                Err(self.timed_out(waiting))
+        let replies = &self.replicas[i].replies;
+        let got = if self.nodes > 1 {
+            replies.recv_timeout(self.timeout)
+        } else {
+            replies.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        };
+        // A replica that stopped may leave the others blocked in a collective call, as a
+        // timeout may: either way dropping must not join them.
+        got.map_err(|e| {
+            self.stuck.store(true, Ordering::Relaxed);
+            match e {
+                RecvTimeoutError::Disconnected => gone(),
+                RecvTimeoutError::Timeout => self.timed_out(waiting),
             }
-        }
+        })
     }
 
     fn timed_out(&self, waiting: Waiting) -> TrainError {
@@ -338,22 +359,26 @@ where
         })
     }
 
-    /// Checks that every node trains the same run from the same epoch and that each rank is
-    /// taken once; with one node there is nothing to check. Every node reaches the same verdict
-    /// (they sum the same values), so they all stop, each saying why.
-    fn check_agreement(&self, fingerprint: &str, epoch: usize) -> Result<(), TrainError> {
+    /// Checks that every node holds the same `values` (16-bit words), each node under its own
+    /// rank; `clash(k)` says what a difference in `values[k]` means. With one node there is
+    /// nothing to check. The values are gathered by a sum: node r's replicas write a 1 and the
+    /// values into slot r of a zero vector, so every node sees the same table and reaches the
+    /// same verdict (all stop, each saying why). Exact in f32 for up to 256 local devices.
+    fn check_same(
+        &self,
+        values: &[u16],
+        clash: impl Fn(usize) -> String,
+    ) -> Result<(), TrainError> {
         if self.nodes < 2 {
             return Ok(());
         }
-        let local = self.replicas.len();
-        let total = (local * self.nodes) as f32;
-        // Each replica: a 1 in its node's slot, then 16-bit words of the fingerprint and the
-        // epoch, all exact in f32 sums over up to 256 replicas.
-        let mut v = vec![0f32; self.nodes];
-        v[self.node_rank] = 1.0;
-        let words = fingerprint_words(fingerprint);
-        v.extend(words.iter().map(|&w| w as f32));
-        v.push((epoch % 65_536) as f32);
+        let (local, width) = (self.replicas.len(), values.len() + 1);
+        let mut v = vec![0f32; self.nodes * width];
+        let slot = &mut v[self.node_rank * width..(self.node_rank + 1) * width];
+        slot[0] = 1.0;
+        for (x, &w) in slot[1..].iter_mut().zip(values) {
+            *x = w as f32;
+        }
         for i in 0..local {
             self.send(i, Job::Sum(v.clone()))?;
         }
@@ -366,41 +391,45 @@ where
                 _ => return Err(gone()),
             }
         }
-        let s = summed.ok_or_else(gone)?;
-        let ranks = &s[..self.nodes];
-        if ranks.iter().any(|&c| c != local as f32) {
-            let twice: Vec<usize> = (0..self.nodes)
-                .filter(|&r| ranks[r] > local as f32)
-                .collect();
-            let missing: Vec<usize> = (0..self.nodes).filter(|&r| ranks[r] == 0.0).collect();
+        let table = summed.ok_or_else(gone)?;
+        let slots: Vec<&[f32]> = table.chunks(width).collect();
+        if slots.iter().any(|s| s[0] != local as f32) {
+            let count = |r: usize| slots[r][0] / local as f32;
+            let twice: Vec<usize> = (0..self.nodes).filter(|&r| count(r) > 1.0).collect();
+            let missing: Vec<usize> = (0..self.nodes).filter(|&r| count(r) == 0.0).collect();
             return Err(TrainError::Input(format!(
                 "the nodes' train.node_rank values clash: rank(s) {twice:?} taken by more than \
                  one node, {missing:?} by none (or the nodes have different numbers of devices); \
-                 give each of the {} nodes its own rank 0..{}, with the same train.devices count",
+                 give each of the {} nodes its own rank 0..{}, with the same train.devices",
                 self.nodes,
                 self.nodes - 1
             )));
         }
-        let own = &v[self.nodes..];
-        let theirs = &s[self.nodes..];
-        let differs = |k: usize| theirs[k] != own[k] * total;
-        if (0..words.len()).any(differs) {
-            return Err(TrainError::Input(
-                "the nodes train different runs: their pipelines (other than the node keys) or \
-                 their ingested data differ; run every node with the same pipeline file on the \
-                 same data"
-                    .into(),
-            ));
+        match (1..width).find(|&k| slots.iter().any(|s| s[k] != slots[0][k])) {
+            Some(k) => Err(TrainError::Input(clash(k - 1))),
+            None => Ok(()),
         }
-        if differs(words.len()) {
-            return Err(TrainError::Input(format!(
-                "the nodes start from different epochs (node {} from epoch {epoch}): their \
-                 workspaces hold different checkpoints of the run; share one workspace, or start \
-                 every node over with --force",
-                self.node_rank
-            )));
-        }
-        Ok(())
+    }
+
+    /// Before anything is trained: every node runs the same pipeline (other than the node
+    /// keys) on the same data, for as long.
+    pub(crate) fn check_same_run(
+        &self,
+        fingerprint: &str,
+        train: &TrainConfig,
+    ) -> Result<(), TrainError> {
+        let [a, b, c] = fingerprint_words(fingerprint);
+        let short = |n: usize| (n % 65_536) as u16;
+        let values = [a, b, c, short(train.epochs), short(train.patience)];
+        self.check_same(&values, |k| match k {
+            0..=2 => "the nodes train different runs: their pipelines (other than the node keys \
+                      and train.peer_timeout) or their ingested data differ; run every node with \
+                      the same pipeline file, the same train.devices and backend, on the same data"
+                .into(),
+            _ => "the nodes would stop at different epochs: give every node the same \
+                  train.epochs and train.patience"
+                .into(),
+        })
     }
 
     fn send(&self, i: usize, job: Job) -> Result<(), TrainError> {
@@ -493,8 +522,15 @@ where
         self.reads_sparse
     }
 
-    fn agree(&self, fingerprint: &str, epoch: usize) -> Result<(), TrainError> {
-        self.check_agreement(fingerprint, epoch)
+    fn agree_on_start(&self, epoch: usize) -> Result<(), TrainError> {
+        self.check_same(&[(epoch % 65_536) as u16], |_| {
+            format!(
+                "the nodes start from different epochs (node {} from epoch {epoch}): their \
+                 workspaces hold different checkpoints of the run; share one workspace, or start \
+                 every node over with --force",
+                self.node_rank
+            )
+        })
     }
 
     fn step(
@@ -542,6 +578,7 @@ where
                 offset,
                 rows,
                 total: batch.rows,
+                nodes: self.nodes,
             };
             self.send(i, Job::Step(part, at, shard))?;
         }

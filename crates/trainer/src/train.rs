@@ -330,7 +330,10 @@ where
         node_rank = spec.train.node_rank,
         "train: data-parallel"
     );
-    DataParallel::start(learners, diffusion, &topology)
+    let dp = DataParallel::start(learners, diffusion, &topology)?;
+    // Before the run is claimed or anything deleted: the nodes run the same thing.
+    dp.check_same_run(&spec.fingerprint, &spec.train)?;
+    Ok(dp)
 }
 
 /// The loop of spec §5 over any [`Learner`].
@@ -449,7 +452,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
         );
     }
     // Off rayon's pool: the replicas' all-reduce needs it (see `waits_on_other_threads`).
-    learner.agree(&spec.fingerprint, state.epoch)?;
+    learner.agree_on_start(state.epoch)?;
     let step_on_pool = computes_on_pool(cfg.backend) && !learner.waits_on_other_threads();
     let reads_sparse = learner.reads_sparse();
     let mut epoch = state.epoch + 1;
