@@ -59,9 +59,9 @@ fn collective_err(what: &str, e: CollectiveError) -> TrainError {
     let raw = format!("{e:?}");
     // burn-collective's errors name the symptom; say what usually causes it.
     let hint = if raw.contains("DoubleRegister") {
-        ": the orchestrator already holds a node at this train.node_address, either another \
-         node given the same address or an earlier session that did not end cleanly (the \
-         orchestrator keeps those: restart `diffrec orchestrator`)"
+        ": the orchestrator already holds a node at this train.node_address: another node \
+         given the same address, or one still running from an earlier attempt (stop it, or \
+         restart `diffrec orchestrator`)"
     } else if raw.contains("LocalServerMissing") || raw.contains("PeerLost") {
         ": another replica or node stopped (its log says why); the last checkpoint is kept, so \
          rerunning every node resumes from it"
@@ -347,8 +347,7 @@ where
             (Waiting::Join, n) => format!(
                 "node {rank} waited train.peer_timeout ({secs} s) for all {n} nodes to join \
                  through the orchestrator at {}: check that `diffrec orchestrator` runs there \
-                 and that every node started, each with its own train.node_rank; an \
-                 orchestrator that saw a node stop uncleanly must be restarted",
+                 and that every node started, each with its own train.node_rank",
                 self.orchestrator.as_deref().unwrap_or("(none)")
             ),
             (Waiting::Step, _) => format!(

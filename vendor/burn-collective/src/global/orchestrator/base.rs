@@ -99,32 +99,43 @@ impl GlobalOrchestrator {
 
         let mut session_id = None;
 
-        loop {
-            let packet = stream.recv().await?;
-            let Some(msg) = packet else {
-                log::info!("Peer closed the connection");
-                break;
-            };
+        let served: Result<(), GlobalCollectiveError> = async {
+            loop {
+                let packet = stream.recv().await?;
+                let Some(msg) = packet else {
+                    log::info!("Peer closed the connection");
+                    break;
+                };
 
-            let mut state = self.state.lock().await;
+                let mut state = self.state.lock().await;
 
-            let msg = rmp_serde::from_slice::<CollectiveMessage>(&msg.data)
-                .map_err(|_| GlobalCollectiveError::InvalidMessage)?;
-            match msg {
-                CollectiveMessage::Init(id) => {
-                    state.init_session(id);
-                    session_id = Some(id);
-                }
-                CollectiveMessage::Request(request_id, remote_request) => {
-                    let session_id = session_id.ok_or(GlobalCollectiveError::FirstMsgNotInit)?;
-                    state
-                        .process_request(session_id, request_id, remote_request)
-                        .await;
+                let msg = rmp_serde::from_slice::<CollectiveMessage>(&msg.data)
+                    .map_err(|_| GlobalCollectiveError::InvalidMessage)?;
+                match msg {
+                    CollectiveMessage::Init(id) => {
+                        state.init_session(id);
+                        session_id = Some(id);
+                    }
+                    CollectiveMessage::Request(request_id, remote_request) => {
+                        let session_id =
+                            session_id.ok_or(GlobalCollectiveError::FirstMsgNotInit)?;
+                        state
+                            .process_request(session_id, request_id, remote_request)
+                            .await;
+                    }
                 }
             }
+            Ok(())
         }
+        .await;
 
-        Ok(())
+        // diffrec patch: a node whose connection ends (killed, or stopped without `Finish`) is
+        // forgotten; the published 0.21.0 kept it registered, so every later session failed
+        // with `DoubleRegister` or waited forever until the orchestrator was restarted.
+        if let Some(id) = session_id {
+            self.state.lock().await.forget_session(id);
+        }
+        served
     }
 }
 

@@ -121,6 +121,24 @@ impl GlobalCollectiveState {
         }
     }
 
+    /// diffrec patch: forgets a session whose request connection ended: its node (when still
+    /// registered), its pending register request and its response channel. A session that
+    /// finished cleanly only loses its channel. With no node left, the next register may give
+    /// another node count.
+    pub(crate) fn forget_session(&mut self, session_id: SessionId) {
+        if let Some(node_id) = self.registered_nodes.remove(&session_id) {
+            log::warn!("node {node_id:?} left without finishing: forgotten");
+            self.node_addresses.remove(&node_id);
+            self.node_peers.remove(&node_id);
+            self.num_global_peers = self.node_peers.values().map(|p| p.len() as u32).sum();
+        }
+        self.register_requests.retain(|(s, _, _)| *s != session_id);
+        if self.registered_nodes.is_empty() {
+            self.cur_num_nodes = None;
+        }
+        self.sessions.remove(&session_id);
+    }
+
     /// Un-register a node. Any pending requests will be cancelled, returning error responses.
     async fn finish(
         &mut self,
@@ -185,7 +203,12 @@ impl GlobalCollectiveState {
 
         self.num_global_peers += peers.len() as u32;
 
-        let node_id: NodeId = self.registered_nodes.len().into();
+        // diffrec patch: the smallest id no registered node holds (the published 0.21.0 took the
+        // count of registered nodes, which repeats a live node's id once another has left).
+        let node_id: NodeId = (0u32..)
+            .map(NodeId::from)
+            .find(|id| !self.registered_nodes.values().any(|n| n == id))
+            .expect("fewer nodes than ids");
         self.registered_nodes.insert(session_id, node_id);
         if self.node_addresses.values().any(|addr| node_addr == *addr) {
             return Err(GlobalCollectiveError::DoubleRegister);
