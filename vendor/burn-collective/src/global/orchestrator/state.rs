@@ -130,13 +130,20 @@ impl GlobalCollectiveState {
             log::warn!("node {node_id:?} left without finishing: forgotten");
             self.node_addresses.remove(&node_id);
             self.node_peers.remove(&node_id);
-            self.num_global_peers = self.node_peers.values().map(|p| p.len() as u32).sum();
         }
         self.register_requests.retain(|(s, _, _)| *s != session_id);
+        self.recount();
+        self.sessions.remove(&session_id);
+    }
+
+    /// diffrec patch: the peer count of the nodes still registered, and no expected node count
+    /// once none is (the published 0.21.0 set the count to 0 on any `Finish`, wrong while other
+    /// nodes stay registered, and kept the node count for good).
+    fn recount(&mut self) {
+        self.num_global_peers = self.node_peers.values().map(|p| p.len() as u32).sum();
         if self.registered_nodes.is_empty() {
             self.cur_num_nodes = None;
         }
-        self.sessions.remove(&session_id);
     }
 
     /// Un-register a node. Any pending requests will be cancelled, returning error responses.
@@ -151,7 +158,7 @@ impl GlobalCollectiveState {
             .ok_or(GlobalCollectiveError::NotRegisteredOnFinish)?;
         self.node_addresses.remove(&node_id);
         self.node_peers.remove(&node_id);
-        self.num_global_peers = 0;
+        self.recount();
 
         let mut register_requests = vec![];
         core::mem::swap(&mut register_requests, &mut self.register_requests);
@@ -201,6 +208,14 @@ impl GlobalCollectiveState {
             }
         }
 
+        // diffrec patch: refused before any state changes (the published 0.21.0 first counted
+        // the peers and registered the session, leaving a half-registered node that counted
+        // towards `num_nodes` and orphaned the session's earlier entry).
+        if self.registered_nodes.contains_key(&session_id)
+            || self.node_addresses.values().any(|addr| node_addr == *addr)
+        {
+            return Err(GlobalCollectiveError::DoubleRegister);
+        }
         self.num_global_peers += peers.len() as u32;
 
         // diffrec patch: the smallest id no registered node holds (the published 0.21.0 took the
@@ -210,9 +225,6 @@ impl GlobalCollectiveState {
             .find(|id| !self.registered_nodes.values().any(|n| n == id))
             .expect("fewer nodes than ids");
         self.registered_nodes.insert(session_id, node_id);
-        if self.node_addresses.values().any(|addr| node_addr == *addr) {
-            return Err(GlobalCollectiveError::DoubleRegister);
-        }
         self.node_addresses.insert(node_id, node_addr);
         self.node_peers.insert(node_id, peers);
 
