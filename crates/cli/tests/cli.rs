@@ -1577,16 +1577,26 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 
-    let base = 20000 + (nonce() % 20000) as u16;
+    // Ports below Linux's ephemeral range (32768 and up), where another test's outgoing
+    // connection can hold any port; an orchestrator that still cannot listen (exit 1 at once)
+    // is started again on other ports.
+    let (base, _orchestrator) = (0..5)
+        .find_map(|_| {
+            let base = 20000 + (nonce() % 12000) as u16;
+            let mut orchestrator = Reaped(
+                diffrec()
+                    .args(["orchestrator", "--bind", &format!("127.0.0.1:{base}")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+            std::thread::sleep(Duration::from_millis(500));
+            let listening = orchestrator.0.try_wait().unwrap().is_none();
+            listening.then_some((base, orchestrator))
+        })
+        .expect("an orchestrator listening on one of five port ranges");
     let orch = format!("127.0.0.1:{base}");
-    let _orchestrator = Reaped(
-        diffrec()
-            .args(["orchestrator", "--bind", &orch])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(500));
     // A second orchestrator on the same port fails instead of claiming to listen.
     let out = diffrec()
         .args(["orchestrator", "--bind", &orch])
