@@ -304,7 +304,7 @@ async fn dispatch(command: Command) -> Result<()> {
             })?;
             // burn-collective only logs a failed bind and returns, so try the port first: a
             // port in use is an error here, not a "listening" line and exit 0.
-            std::net::TcpListener::bind(("0.0.0.0", port))
+            diffrec_trainer::config::try_listen(port)
                 .with_context(|| format!("--bind {bind}: cannot listen on port {port}"))?;
             tracing::info!(
                 port,

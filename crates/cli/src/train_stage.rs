@@ -56,11 +56,7 @@ async fn changed_since_trained(
 ) -> Option<String> {
     let manifest: StageManifest = ws.get_json(&manifest_key(dir)).await.ok().flatten()?;
     let mut trained = manifest.config;
-    if let Some(t) = trained.get_mut("train").and_then(|t| t.as_object_mut()) {
-        for key in FINGERPRINT_LEAVES_OUT {
-            t.remove(*key);
-        }
-    }
+    remove_train_keys(&mut trained, FINGERPRINT_LEAVES_OUT);
     let mut changed = Vec::new();
     differing_keys("", &trained, trajectory, &mut changed);
     let names: std::collections::BTreeSet<&String> =
@@ -76,6 +72,15 @@ async fn changed_since_trained(
 /// The `train` keys the checkpoint fingerprint leaves out: how long to train and when to stop
 /// do not change the trajectory, so a run can be extended or resumed with more epochs.
 const FINGERPRINT_LEAVES_OUT: &[&str] = &["epochs", "patience"];
+
+/// Removes `keys` from the `train` section of a stage's config tree.
+fn remove_train_keys(config: &mut serde_json::Value, keys: &[&str]) {
+    if let Some(t) = config.get_mut("train").and_then(|t| t.as_object_mut()) {
+        for key in keys {
+            t.remove(*key);
+        }
+    }
+}
 
 pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     let p = &loaded.pipeline;
@@ -102,11 +107,10 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     // the checkpoints node 0 writes.
     let mut config =
         serde_json::json!({"model": p.model, "train": p.train, "evaluate": p.evaluate});
-    if let Some(t) = config.get_mut("train").and_then(|t| t.as_object_mut()) {
-        for key in ["node_rank", "orchestrator", "node_address", "peer_timeout"] {
-            t.remove(key);
-        }
-    }
+    remove_train_keys(
+        &mut config,
+        &["node_rank", "orchestrator", "node_address", "peer_timeout"],
+    );
     let writer = p.train.node_rank == 0;
     if writer {
         clean_temporaries(ws, &p.name).await?;
@@ -125,11 +129,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     // The checkpoint fingerprint leaves out what does not change the trajectory (how long to
     // train, when to stop), so a run can be extended or resumed with more epochs.
     let mut trajectory = config.clone();
-    if let Some(t) = trajectory.get_mut("train").and_then(|t| t.as_object_mut()) {
-        for key in FINGERPRINT_LEAVES_OUT {
-            t.remove(*key);
-        }
-    }
+    remove_train_keys(&mut trajectory, FINGERPRINT_LEAVES_OUT);
     let fingerprint = sha256_hex(serde_json::to_string(&(&trajectory, &inputs))?.as_bytes());
     // Before the manifest goes, what would stop the run: a finished run stays as it was.
     if !force && let Err(e) = check_resumable(ws, &p.name, &fingerprint).await {

@@ -427,6 +427,12 @@ impl TrainConfig {
     }
 }
 
+/// Fails when `port` cannot be listened on (on every interface, as burn-collective's servers
+/// listen): they only log a failed bind, so the orchestrator and each node try it first.
+pub fn try_listen(port: u16) -> std::io::Result<()> {
+    std::net::TcpListener::bind(("0.0.0.0", port)).map(drop)
+}
+
 /// The port of `HOST:PORT` (an optional `ws://` prefix allowed). Port 0 (any free port) is
 /// refused: the other side could not know which one was taken. So is another scheme or a path
 /// (`http://h:1`, `h:1/x`), which burn-collective would turn into an address nobody serves.

@@ -29,7 +29,7 @@ use burn::tensor::TensorPrimitive;
 use burn::tensor::backend::AutodiffBackend;
 use diffrec_model::{GaussianDiffusion, Recommender};
 
-use crate::config::{TrainConfig, host_port};
+use crate::config::{TrainConfig, host_port, try_listen};
 use crate::error::TrainError;
 use crate::learner::{Batch, Learner, StepAt, StepOut};
 
@@ -189,9 +189,8 @@ pub fn topology(train: &TrainConfig, local: usize) -> Result<Topology, TrainErro
                 "train.node_address: expected HOST:PORT, got {node:?}"
             ))
         })?;
-        // burn-collective only logs a failed bind of the node's tensor service, and the run
-        // would then wait out train.peer_timeout: try the port first.
-        std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| {
+        // Else a taken port would only be logged, and the run wait out train.peer_timeout.
+        try_listen(port).map_err(|e| {
             TrainError::Input(format!(
                 "train.node_address {node}: cannot listen on port {port}: {e}"
             ))
@@ -340,17 +339,16 @@ where
     fn timed_out(&self, waiting: Waiting) -> TrainError {
         let secs = self.timeout.as_secs();
         let rank = self.node_rank;
-        TrainError::Collective(match (waiting, self.nodes) {
-            (Waiting::Join, 1) => {
-                format!("the local replicas did not register within train.peer_timeout ({secs} s)")
-            }
-            (Waiting::Join, n) => format!(
-                "node {rank} waited train.peer_timeout ({secs} s) for all {n} nodes to join \
+        // Only waits with other nodes time out (`reply`).
+        TrainError::Collective(match waiting {
+            Waiting::Join => format!(
+                "node {rank} waited train.peer_timeout ({secs} s) for all {} nodes to join \
                  through the orchestrator at {}: check that `diffrec orchestrator` runs there \
                  and that every node started, each with its own train.node_rank",
+                self.nodes,
                 self.orchestrator.as_deref().unwrap_or("(none)")
             ),
-            (Waiting::Step, _) => format!(
+            Waiting::Step => format!(
                 "node {rank}: no all-reduce answer within train.peer_timeout ({secs} s): \
                  another node stopped or hangs (its log says why); the last checkpoint is \
                  kept, so rerunning every node resumes from it"
@@ -358,14 +356,14 @@ where
         })
     }
 
-    /// Checks that every node holds the same `values` (16-bit words), each node under its own
-    /// rank; `clash(k)` says what a difference in `values[k]` means. With one node there is
+    /// Checks that every node holds the same `values` (compared mod 2^16), each node under its
+    /// own rank; `clash(k)` says what a difference in `values[k]` means. With one node there is
     /// nothing to check. The values are gathered by a sum: node r's replicas write a 1 and the
     /// values into slot r of a zero vector, so every node sees the same table and reaches the
     /// same verdict (all stop, each saying why). Exact in f32 for up to 256 local devices.
     fn check_same(
         &self,
-        values: &[u16],
+        values: &[usize],
         clash: impl Fn(usize) -> String,
     ) -> Result<(), TrainError> {
         if self.nodes < 2 {
@@ -376,7 +374,7 @@ where
         let slot = &mut v[self.node_rank * width..(self.node_rank + 1) * width];
         slot[0] = 1.0;
         for (x, &w) in slot[1..].iter_mut().zip(values) {
-            *x = w as f32;
+            *x = (w % 65_536) as f32;
         }
         for i in 0..local {
             self.send(i, Job::Sum(v.clone()))?;
@@ -417,9 +415,8 @@ where
         fingerprint: &str,
         train: &TrainConfig,
     ) -> Result<(), TrainError> {
-        let [a, b, c] = fingerprint_words(fingerprint);
-        let short = |n: usize| (n % 65_536) as u16;
-        let values = [a, b, c, short(train.epochs), short(train.patience)];
+        let [a, b, c] = fingerprint_words(fingerprint).map(usize::from);
+        let values = [a, b, c, train.epochs, train.patience];
         self.check_same(&values, |k| match k {
             0..=2 => "the nodes train different runs: their pipelines (other than the node keys \
                       and train.peer_timeout) or their ingested data differ; run every node with \
@@ -522,7 +519,7 @@ where
     }
 
     fn agree_on_start(&self, epoch: usize) -> Result<(), TrainError> {
-        self.check_same(&[(epoch % 65_536) as u16], |_| {
+        self.check_same(&[epoch], |_| {
             format!(
                 "the nodes start from different epochs (node {} from epoch {epoch}): their \
                  workspaces hold different checkpoints of the run; share one workspace, or start \
