@@ -157,11 +157,6 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     }
     if writer {
         ws.delete(&manifest_key(&dir)).await?;
-        if force {
-            for key in ws.list(&format!("{dir}/checkpoints")).await? {
-                ws.delete(&key).await?;
-            }
-        }
     }
     let started = Utc::now();
     let item_clusters = if latent {
@@ -182,8 +177,8 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         backend: format!("{:?}", p.train.backend).to_lowercase(),
         fingerprint,
         item_clusters,
-        // --force starts over on every node (node 0 deletes the checkpoints, the others must
-        // not read them meanwhile).
+        // --force starts over on every node: none reads the checkpoints, and node 0 deletes
+        // them once the nodes agree to train together.
         fresh: force,
     };
     tracing::info!(

@@ -1622,12 +1622,16 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
                         format!("train.orchestrator={orch}"),
                         format!("train.node_address=127.0.0.1:{}", base + 1 + rank as u16),
                     ];
-                    sets.extend(extra(rank));
+                    // `extra` gives `--set` values and flags (`--force`).
+                    let (flags, more): (Vec<String>, Vec<String>) =
+                        extra(rank).into_iter().partition(|s| s.starts_with("--"));
+                    sets.extend(more);
                     let log = |what: &str| {
                         std::fs::File::create(dir.join(format!("{tag}{rank}.{what}"))).unwrap()
                     };
                     Reaped(
                         stage("train", ws, &sets)
+                            .args(&flags)
                             .stdout(log("out"))
                             .stderr(log("err"))
                             .spawn()
@@ -1684,6 +1688,17 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     }
     // Training moved: the last epoch's loss is below the first's.
     assert!(la[3] < la[0], "{la:?}");
+    // `--force` on nodes that then refuse to train together (another seed on node 1) leaves
+    // the trained run's checkpoints as they were: node 0 deletes them only once all agree.
+    let force = |rank: usize| match rank {
+        1 => vec!["--force".to_string(), "train.seed=7".to_string()],
+        _ => vec!["--force".to_string()],
+    };
+    for (rank, (status, err)) in run_nodes("force", &two, &[0, 1], &force).iter().enumerate() {
+        assert_eq!(status.code(), Some(2), "node {rank}: {err}");
+    }
+    assert_eq!(losses(&ckpt(&two)), lb);
+    assert!(two.join("runs/g/checkpoints/best.ckpt").exists());
 
     // Nodes that would train different runs (another seed on node 1) all stop before the first
     // step, as a user mistake, saying so; nothing is trained.

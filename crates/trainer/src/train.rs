@@ -61,7 +61,9 @@ pub struct RunSpec {
     /// L-DiffRec/LT-DiffRec: each item's cluster (`cluster/item_clusters.parquet`); `None` for
     /// the other variants.
     pub item_clusters: Option<Vec<u32>>,
-    /// Start over even when a latest checkpoint exists (the caller deleted or will delete it).
+    /// Start over even when a latest checkpoint exists: no node reads it, and node 0 deletes
+    /// the run's checkpoints once every node has agreed to start (so nodes that refuse to
+    /// train together leave the old run as it was).
     pub fresh: bool,
 }
 
@@ -153,6 +155,18 @@ async fn claim_run(ws: &Workspace, run: &str) -> Result<String, TrainError> {
     ws.put_atomic(&owner_key(run), token.clone().into_bytes())
         .await?;
     Ok(token)
+}
+
+/// Deletes a run's checkpoints, all but the claim `token` this process holds: what `fresh`
+/// (`--force`) starts over from.
+async fn forget_checkpoints(ws: &Workspace, run: &str, token: &str) -> Result<(), TrainError> {
+    ensure_sole_writer(ws, run, token).await?;
+    for key in ws.list(&format!("runs/{run}/checkpoints")).await? {
+        if key != owner_key(run) {
+            ws.delete(&key).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Fails when another process has claimed the run since this one did (`claim_run`): both
@@ -453,6 +467,9 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
     }
     // Off rayon's pool: the replicas' all-reduce needs it (see `waits_on_other_threads`).
     learner.agree_on_start(state.epoch)?;
+    if let Some(token) = token.as_deref().filter(|_| spec.fresh) {
+        forget_checkpoints(ws, &spec.run, token).await?;
+    }
     let step_on_pool = computes_on_pool(cfg.backend) && !learner.waits_on_other_threads();
     let reads_sparse = learner.reads_sparse();
     let mut epoch = state.epoch + 1;
