@@ -36,7 +36,9 @@ use crate::stages::Stage;
 #[derive(Parser, Debug)]
 #[command(name = "diffrec", version, about, long_about = None)]
 struct Cli {
-    /// More log output (-v debug, -vv trace). RUST_LOG overrides it.
+    /// More log output: -v diffrec's debug lines and other crates' info, -vv trace and debug.
+    /// By default diffrec logs at info and other crates from warn up (the orchestrator: info).
+    /// RUST_LOG overrides it (e.g. RUST_LOG=info,diffrec=debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     #[command(subcommand)]
@@ -163,7 +165,9 @@ fn main() -> ExitCode {
     let kept = malloc::keep_freed_memory();
     let pool = threads::build_global_pool();
     let cli = Cli::parse();
-    progress::init_logging(cli.verbose);
+    // The orchestrator's own work is burn-collective's (its connection events, a few per node).
+    let others_at_info = matches!(cli.command, Command::Orchestrator { .. });
+    progress::init_logging(cli.verbose, others_at_info);
     tracing::debug!(kept, "allocator keeps freed memory (mallopt)");
     tracing::debug!(threads = ?pool, "rayon pool with 8 MiB stacks");
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -85,13 +85,9 @@ impl EpochBar {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` wins, else `-v` (debug) / `-vv` (trace) / info.
-pub fn init_logging(verbose: u8) {
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
+/// Logs to stderr; `RUST_LOG` wins, else [`log_filter`].
+pub fn init_logging(verbose: u8, others_at_info: bool) {
+    let default = log_filter(verbose, others_at_info);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -99,6 +95,20 @@ pub fn init_logging(verbose: u8) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
+}
+
+/// The default log filter: diffrec's own lines at info, other crates' only from warn up (at info
+/// burn-collective and burn-communication log every tensor a multi-node all-reduce moves:
+/// thousands of lines an epoch). `-v` shows diffrec's debug lines and other crates' info,
+/// `-vv` diffrec's trace and other crates' debug. `others_at_info` starts other crates at info
+/// (`diffrec orchestrator`, whose events are burn-collective's).
+pub fn log_filter(verbose: u8, others_at_info: bool) -> &'static str {
+    match (verbose, others_at_info) {
+        (0, false) => "warn,diffrec=info",
+        (0, true) => "info",
+        (1, _) => "info,diffrec=debug",
+        _ => "debug,diffrec=trace",
+    }
 }
 
 /// The figures a stage's last line shows: Recall and NDCG at the cut-offs 10 and 20 where
@@ -127,7 +137,32 @@ pub fn headline_metrics(metrics: &std::collections::BTreeMap<String, f64>, ks: &
 
 #[cfg(test)]
 mod tests {
-    use super::headline_metrics;
+    use super::{headline_metrics, log_filter};
+    use tracing::Level;
+    use tracing_subscriber::EnvFilter;
+
+    /// Which of (diffrec_trainer info, diffrec debug, burn_communication info, burn_collective
+    /// warn) `log_filter(verbose, others_at_info)` lets through.
+    fn shown(verbose: u8, others_at_info: bool) -> [bool; 4] {
+        let filter = EnvFilter::new(log_filter(verbose, others_at_info));
+        let subscriber = tracing_subscriber::fmt().with_env_filter(filter).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            [
+                tracing::enabled!(target: "diffrec_trainer::train", Level::INFO),
+                tracing::enabled!(target: "diffrec", Level::DEBUG),
+                tracing::enabled!(target: "burn_communication::data_service", Level::INFO),
+                tracing::enabled!(target: "burn_collective::global", Level::WARN),
+            ]
+        })
+    }
+
+    #[test]
+    fn by_default_other_crates_log_only_warnings() {
+        assert_eq!(shown(0, false), [true, false, false, true]);
+        assert_eq!(shown(0, true), [true, false, true, true]);
+        assert_eq!(shown(1, false), [true, true, true, true]);
+        assert_eq!(shown(2, true), [true, true, true, true]);
+    }
 
     #[test]
     fn headline_shows_the_cut_offs_that_were_evaluated() {

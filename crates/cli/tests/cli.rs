@@ -1629,9 +1629,11 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
                     let log = |what: &str| {
                         std::fs::File::create(dir.join(format!("{tag}{rank}.{what}"))).unwrap()
                     };
+                    // The default log filter, as a user runs it.
                     Reaped(
                         stage("train", ws, &sets)
                             .args(&flags)
+                            .env_remove("RUST_LOG")
                             .stdout(log("out"))
                             .stderr(log("err"))
                             .spawn()
@@ -1668,6 +1670,15 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
         .enumerate()
     {
         assert!(status.success(), "node {rank}: {err}");
+        // By default a node says it waits for the others, and burn-collective's per-tensor
+        // info lines (thousands an epoch) and its stdout prints stay out.
+        assert!(
+            err.contains("joining the orchestrator"),
+            "node {rank}: {err}"
+        );
+        assert!(!err.contains("Downloading tensor"), "node {rank}: {err}");
+        let out = std::fs::read_to_string(dir.join(format!("node{rank}.out"))).unwrap();
+        assert!(!out.contains("Connecting to"), "node {rank}: {out}");
     }
     let ckpt = |ws: &Path| checkpoint_state(&ws.join("runs/g/checkpoints/latest.ckpt"));
     let (a, b) = (ckpt(&one), ckpt(&two));

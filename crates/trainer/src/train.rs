@@ -338,12 +338,19 @@ where
         learners.push((make(d).load(bytes.clone(), None)?, d.clone()));
     }
     let topology = topology(&spec.train, devices.len())?;
-    tracing::info!(
-        replicas = devices.len() * spec.train.nodes,
-        nodes = spec.train.nodes,
-        node_rank = spec.train.node_rank,
-        "train: data-parallel"
-    );
+    let replicas = devices.len() * spec.train.nodes;
+    match &spec.train.orchestrator {
+        Some(orchestrator) if spec.train.nodes > 1 => tracing::info!(
+            replicas,
+            nodes = spec.train.nodes,
+            node_rank = spec.train.node_rank,
+            orchestrator,
+            peer_timeout = spec.train.peer_timeout,
+            "train: data-parallel over nodes: joining the orchestrator and waiting for every node \
+             (at most train.peer_timeout seconds)"
+        ),
+        _ => tracing::info!(replicas, "train: data-parallel"),
+    }
     let dp = DataParallel::start(learners, diffusion, &topology)?;
     // Before the run is claimed or anything deleted: the nodes run the same thing.
     dp.check_same_run(&spec.fingerprint, &spec.train)?;
