@@ -155,9 +155,6 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         ))
         .into());
     }
-    if writer {
-        ws.delete(&manifest_key(&dir)).await?;
-    }
     let started = Utc::now();
     let item_clusters = if latent {
         use diffrec_cluster::artifacts::{ITEM_CLUSTERS, read_item_clusters};

@@ -1699,8 +1699,13 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     }
     // Training moved: the last epoch's loss is below the first's.
     assert!(la[3] < la[0], "{la:?}");
-    // `--force` on nodes that then refuse to train together (another seed on node 1) leaves
-    // the trained run's checkpoints as they were: node 0 deletes them only once all agree.
+    // Nodes that refuse to train together leave the trained run as it was (checkpoints and
+    // manifest): node 0 gives them up only once all agree. With `--force` and another seed on
+    // node 1 they differ at once (the runs' fingerprints) ...
+    let run_is_intact = |why: &str| {
+        assert_eq!(losses(&ckpt(&two)), lb, "{why}");
+        assert!(two.join("runs/g/checkpoints/best.ckpt").exists(), "{why}");
+    };
     let force = |rank: usize| match rank {
         1 => vec!["--force".to_string(), "train.seed=7".to_string()],
         _ => vec!["--force".to_string()],
@@ -1708,8 +1713,26 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     for (rank, (status, err)) in run_nodes("force", &two, &[0, 1], &force).iter().enumerate() {
         assert_eq!(status.code(), Some(2), "node {rank}: {err}");
     }
-    assert_eq!(losses(&ckpt(&two)), lb);
-    assert!(two.join("runs/g/checkpoints/best.ckpt").exists());
+    run_is_intact("another seed");
+    assert!(two.join("runs/g/_manifest.json").exists());
+    // ... with `--force` on node 0 alone, at the start epoch: node 1 resumes after epoch 4
+    // (its run made stale by removing the manifest, else it would skip the run as up to date).
+    std::fs::remove_file(two.join("runs/g/_manifest.json")).unwrap();
+    let node_0_forced = |rank: usize| match rank {
+        0 => vec!["--force".to_string()],
+        _ => vec![],
+    };
+    for (rank, (status, err)) in run_nodes("force0", &two, &[0, 1], &node_0_forced)
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(status.code(), Some(2), "node {rank}: {err}");
+        assert!(
+            err.contains("only some nodes were given --force"),
+            "node {rank}: {err}"
+        );
+    }
+    run_is_intact("--force on node 0 alone");
 
     // Nodes that would train different runs (another seed on node 1) all stop before the first
     // step, as a user mistake, saying so; nothing is trained.

@@ -344,7 +344,8 @@ where
             Waiting::Join => format!(
                 "node {rank} waited train.peer_timeout ({secs} s) for all {} nodes to join \
                  through the orchestrator at {}: check that `diffrec orchestrator` runs there \
-                 and that every node started, each with its own train.node_rank",
+                 and that every node started, each with its own train.node_rank and the same \
+                 flags (a node without --force finds a completed run up to date and exits)",
                 self.nodes,
                 self.orchestrator.as_deref().unwrap_or("(none)")
             ),
@@ -522,8 +523,9 @@ where
         self.check_same(&[epoch], |_| {
             format!(
                 "the nodes start from different epochs (node {} from epoch {epoch}): their \
-                 workspaces hold different checkpoints of the run; share one workspace, or start \
-                 every node over with --force",
+                 workspaces hold different checkpoints of the run, or only some nodes were \
+                 given --force; share one workspace, and give every node the same flags \
+                 (--force on all to start over)",
                 self.node_rank
             )
         })

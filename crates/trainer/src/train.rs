@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use diffrec_data::manifest::manifest_key;
 use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
 use diffrec_model::{
     EncoderInput, GaussianDiffusion, ItemClusters, ModelConfig, Prepared, Recommender, RowNonzeros,
@@ -63,7 +64,8 @@ pub struct RunSpec {
     pub item_clusters: Option<Vec<u32>>,
     /// Start over even when a latest checkpoint exists: no node reads it, and node 0 deletes
     /// the run's checkpoints once every node has agreed to start (so nodes that refuse to
-    /// train together leave the old run as it was).
+    /// train together leave the old run as it was; its manifest too, which node 0 deletes
+    /// at that point in every run).
     pub fresh: bool,
 }
 
@@ -157,13 +159,24 @@ async fn claim_run(ws: &Workspace, run: &str) -> Result<String, TrainError> {
     Ok(token)
 }
 
-/// Deletes a run's checkpoints, all but the claim `token` this process holds: what `fresh`
-/// (`--force`) starts over from.
-async fn forget_checkpoints(ws: &Workspace, run: &str, token: &str) -> Result<(), TrainError> {
+/// What node 0 gives up once every node has agreed to train, so that nodes which refuse to
+/// train together leave the run as it was: the manifest that calls the run complete, and with
+/// `fresh` (`--force`) the checkpoints, all but the claim `token` this process holds.
+/// `latest.ckpt` goes first: a kill in between leaves no old epoch to resume without its best.
+async fn give_up_previous(
+    ws: &Workspace,
+    run: &str,
+    token: &str,
+    fresh: bool,
+) -> Result<(), TrainError> {
     ensure_sole_writer(ws, run, token).await?;
-    for key in ws.list(&format!("runs/{run}/checkpoints")).await? {
-        if key != owner_key(run) {
-            ws.delete(&key).await?;
+    ws.delete(&manifest_key(&run_dir(run))).await?;
+    if fresh {
+        ws.delete(&latest_key(run)).await?;
+        for key in ws.list(&format!("runs/{run}/checkpoints")).await? {
+            if key != owner_key(run) {
+                ws.delete(&key).await?;
+            }
         }
     }
     Ok(())
@@ -474,8 +487,8 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
     }
     // Off rayon's pool: the replicas' all-reduce needs it (see `waits_on_other_threads`).
     learner.agree_on_start(state.epoch)?;
-    if let Some(token) = token.as_deref().filter(|_| spec.fresh) {
-        forget_checkpoints(ws, &spec.run, token).await?;
+    if let Some(token) = token.as_deref() {
+        give_up_previous(ws, &spec.run, token, spec.fresh).await?;
     }
     let step_on_pool = computes_on_pool(cfg.backend) && !learner.waits_on_other_threads();
     let reads_sparse = learner.reads_sparse();
