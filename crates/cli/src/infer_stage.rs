@@ -236,6 +236,8 @@ pub async fn recommend_one(
             let mut hist = Vec::new();
             for id in h.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 match items.iter().position(|x| x == id) {
+                    // An item named twice is one interaction, as in training.
+                    Some(i) if hist.contains(&(i as u32, 1.0)) => {}
                     Some(i) => hist.push((i as u32, 1.0)),
                     None => tracing::warn!("item {id:?} is unknown to the model, ignored"),
                 }

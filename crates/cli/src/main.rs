@@ -237,7 +237,17 @@ async fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run { args, until, force } => {
             let loaded = pipeline::load(&args.pipeline, &args.sets, args.workspace.as_deref())?;
-            stages::run_stages(&loaded, &stages::until(until), force).await
+            let all = stages::until(until);
+            let here = stages::for_node(all.clone(), &loaded.pipeline.train);
+            if here != all {
+                let t = &loaded.pipeline.train;
+                println!(
+                    "run: node {} of {} runs only the train stage (node 0 runs the others and \
+                     writes the run's artifacts)",
+                    t.node_rank, t.nodes
+                );
+            }
+            stages::run_stages(&loaded, &here, force).await
         }
         Command::Stage { name, args, force } => {
             let loaded = pipeline::load(&args.pipeline, &args.sets, args.workspace.as_deref())?;

@@ -223,6 +223,12 @@ fn validate(p: &Pipeline) -> Result<(), (String, String)> {
     p.train.validate().map_err(|e| (e.key, e.message))?;
     p.evaluate.validate().map_err(|e| (e.key, e.message))?;
     p.recommend.validate().map_err(|e| (e.key, e.message))?;
+    if p.model.variant.is_latent() {
+        p.model
+            .autoencoder
+            .check_clusters(p.cluster.k)
+            .map_err(|e| (e.key, e.message))?;
+    }
     if p.train.parallel == Parallel::Model && !p.model.variant.is_latent() {
         return Err((
             "train.parallel".into(),
@@ -398,6 +404,25 @@ mod tests {
         assert!(e.contains("data.temporal"), "{e}");
         let e = load_str(MINI, &["name=a/b"]).unwrap_err().to_string();
         assert!(e.contains("`name`"), "{e}");
+        // Each of L-DiffRec's layers is split among the cluster encoders, each at least 1 wide.
+        let latent = ["model.variant=l-diffrec", "cluster.k=3"];
+        let e = load_str(
+            MINI,
+            &[&latent[..], &["model.autoencoder.dims=[64, 2]"]].concat(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`model.autoencoder.dims`") && e.contains("layer 1 is 2 wide"),
+            "{e}"
+        );
+        assert!(
+            load_str(
+                MINI,
+                &[&latent[..], &["model.autoencoder.dims=[3]"]].concat()
+            )
+            .is_ok()
+        );
     }
 
     /// Settings that only the train stage used to reject (after ingest had run) fail at load.
@@ -414,6 +439,13 @@ mod tests {
         }
         assert!(refusal(&["train.parallel=model"]).contains("diffrec has none"));
         assert!(refusal(&["train.devices=[cpu, gpu:0]"]).contains("\"gpu:0\" is not a cpu device"));
+        assert!(
+            refusal(&["train.devices=[cuda:0]"]).contains("or set train.backend: cuda for it"),
+            "{}",
+            refusal(&["train.devices=[cuda:0]"])
+        );
+        assert!(refusal(&["train.devices=[wgpu:0]"]).contains("train.backend: wgpu"));
+        assert!(!refusal(&["train.devices=[tpu:0]"]).contains("train.backend"));
         // A backend this binary lacks loads (ingest, cluster and evaluate do not need it);
         // only a run that trains is refused, before its first stage.
         let cuda = load_str(

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use diffrec_data::{Workspace, run_ingest};
+use diffrec_trainer::TrainConfig;
 
 use crate::pipeline::Loaded;
 use crate::progress::Spinner;
@@ -41,11 +42,7 @@ pub async fn run_stages(loaded: &Loaded, stages: &[Stage], force: bool) -> Resul
     let ws = if stages.first() == Some(&Stage::Ingest) {
         Workspace::open(&loaded.workspace)?
     } else {
-        Workspace::open_existing(&loaded.workspace).map_err(|e| {
-            crate::usage::UsageError(format!(
-                "{e}; only the ingest stage starts a workspace: check the path, or run ingest first"
-            ))
-        })?
+        open_existing(loaded).await?
     };
     tracing::info!(workspace = %ws.url(), pipeline = %loaded.pipeline.name, "opened workspace");
     for &stage in stages {
@@ -97,6 +94,56 @@ async fn run_stage(ws: &Workspace, loaded: &Loaded, stage: Stage, force: bool) -
 }
 
 /// The stages of `diffrec run … --until STAGE`.
+/// The workspace, which a stage other than ingest does not create. A node other than node 0
+/// of a multi-node run waits for it up to `train.peer_timeout` (node 0's ingest creates it).
+async fn open_existing(loaded: &Loaded) -> Result<Workspace> {
+    let t = &loaded.pipeline.train;
+    let waits = t.nodes > 1 && t.node_rank > 0;
+    let deadline = Instant::now() + std::time::Duration::from_secs(t.peer_timeout);
+    let mut said = false;
+    loop {
+        let e = match Workspace::open_existing(&loaded.workspace) {
+            Ok(ws) => return Ok(ws),
+            Err(e) => e,
+        };
+        if !waits || Instant::now() >= deadline {
+            let waited = if waits {
+                format!(
+                    " (node {} waited train.peer_timeout, {} s)",
+                    t.node_rank, t.peer_timeout
+                )
+            } else {
+                String::new()
+            };
+            return Err(crate::usage::UsageError(format!(
+                "{e}; only the ingest stage starts a workspace: check the path, or run ingest \
+                 first{waited}"
+            ))
+            .into());
+        }
+        if !said {
+            tracing::info!(
+                "node {} waits for node 0's ingest stage to start the workspace ({e})",
+                t.node_rank
+            );
+            said = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// The stages of `stages` that `diffrec run` runs on this node: all of them, except on a node
+/// other than node 0 of a multi-node run, which takes part in training only. Node 0 runs the
+/// stages before it (the train stage of the others waits for them) and writes the run's
+/// evaluation and recommendations; run elsewhere too, those would race node 0's writes and
+/// could evaluate before node 0 had written the last best checkpoint.
+pub fn for_node(stages: Vec<Stage>, train: &TrainConfig) -> Vec<Stage> {
+    if train.nodes <= 1 || train.node_rank == 0 {
+        return stages;
+    }
+    stages.into_iter().filter(|s| *s == Stage::Train).collect()
+}
+
 pub fn until(last: Option<Stage>) -> Vec<Stage> {
     ALL.into_iter()
         .filter(|s| last.is_none_or(|l| *s <= l))
@@ -106,6 +153,19 @@ pub fn until(last: Option<Stage>) -> Vec<Stage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_nodes_run_only_the_train_stage() {
+        let node = |nodes, node_rank| TrainConfig {
+            nodes,
+            node_rank,
+            ..TrainConfig::default()
+        };
+        assert_eq!(for_node(until(None), &node(1, 0)).len(), 5);
+        assert_eq!(for_node(until(None), &node(2, 0)).len(), 5);
+        assert_eq!(for_node(until(None), &node(2, 1)), vec![Stage::Train]);
+        assert!(for_node(until(Some(Stage::Cluster)), &node(3, 2)).is_empty());
+    }
 
     #[test]
     fn until_cuts_the_stage_list() {

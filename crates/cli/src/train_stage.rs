@@ -82,26 +82,76 @@ fn remove_train_keys(config: &mut serde_json::Value, keys: &[&str]) {
     }
 }
 
-pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
+/// The hashes of what training reads from the stages before it (the ingest artifacts, and
+/// L-DiffRec's item clusters), or why they cannot be read yet: a stage not completed.
+async fn upstream(
+    ws: &Workspace,
+    loaded: &Loaded,
+) -> Result<Result<BTreeMap<String, String>, String>> {
     let p = &loaded.pipeline;
-    let dir = run_dir(&p.name);
-    let mut inputs = upstream_hashes(ws, diffrec_data::ingest::STAGE_DIR)
-        .await?
-        .ok_or_else(|| UsageError("the ingest stage has not completed in this workspace (no data/_manifest.json): run it first".into()))?;
+    let Some(mut inputs) = upstream_hashes(ws, diffrec_data::ingest::STAGE_DIR).await? else {
+        return Ok(Err(
+            "the ingest stage has not completed in this workspace (no \
+                       data/_manifest.json): run it first"
+                .into(),
+        ));
+    };
     // L-DiffRec reads the item clusters: their hash (not the cluster stage's timings) decides
     // whether training is stale.
-    let latent = p.model.variant.is_latent();
-    if latent {
+    if p.model.variant.is_latent() {
         use diffrec_cluster::artifacts::{ITEM_CLUSTERS, STAGE_DIR};
         let hash = upstream_hashes(ws, STAGE_DIR)
             .await?
-            .and_then(|mut h| h.remove(ITEM_CLUSTERS))
-            .ok_or_else(|| UsageError(format!(
-                "model.variant {} needs {ITEM_CLUSTERS}, and the cluster stage has not completed in this workspace: run it first",
+            .and_then(|mut h| h.remove(ITEM_CLUSTERS));
+        let Some(hash) = hash else {
+            return Ok(Err(format!(
+                "model.variant {} needs {ITEM_CLUSTERS}, and the cluster stage has not \
+                 completed in this workspace: run it first",
                 p.model.variant.name()
-            )))?;
+            )));
+        };
         inputs.insert(ITEM_CLUSTERS.to_owned(), hash);
     }
+    Ok(Ok(inputs))
+}
+
+/// [`upstream`], where a node other than node 0 of a multi-node run waits (up to
+/// `train.peer_timeout`) for node 0 to complete the stages before training: all nodes may be
+/// started at once with the same `diffrec run`.
+async fn upstream_for_node(ws: &Workspace, loaded: &Loaded) -> Result<BTreeMap<String, String>> {
+    let t = &loaded.pipeline.train;
+    let waits = t.nodes > 1 && t.node_rank > 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(t.peer_timeout);
+    let mut said = false;
+    loop {
+        let why = match upstream(ws, loaded).await? {
+            Ok(inputs) => return Ok(inputs),
+            Err(why) if !waits => return Err(UsageError(why).into()),
+            Err(why) => why,
+        };
+        if std::time::Instant::now() >= deadline {
+            return Err(UsageError(format!(
+                "{why} (node {} waited train.peer_timeout, {} s, for node 0 to run it)",
+                t.node_rank, t.peer_timeout
+            ))
+            .into());
+        }
+        if !said {
+            tracing::info!(
+                "train: node {} waits for node 0 to complete the stages before training ({why})",
+                t.node_rank
+            );
+            said = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
+    let p = &loaded.pipeline;
+    let dir = run_dir(&p.name);
+    let inputs = upstream_for_node(ws, loaded).await?;
+    let latent = p.model.variant.is_latent();
     // Where this process sits among several nodes, and how long it waits for them, is no part
     // of the run's identity: every node of a multi-node run sees the same manifest and shares
     // the checkpoints node 0 writes.

@@ -192,6 +192,17 @@ fn demo_runs_every_stage_and_beats_popularity() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    // An item named twice counts once, as in training.
+    let history = |items: &str| {
+        let out = diffrec()
+            .args(["recommend", "--workspace", ws.to_str().unwrap()])
+            .args(["--run", "quickstart", "--history", items])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(history("1,2,2,3,1"), history("1,2,3"));
 
     // Mistakes in the arguments exit with 2 and say what is wrong.
     let recommend = ["recommend", "--workspace", ws.to_str().unwrap()];
@@ -1560,8 +1571,11 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     );
     let stage = |stage: &str, ws: &Path, sets: &[String]| {
         let mut c = diffrec();
-        c.args(["stage", stage, p.to_str().unwrap(), "--workspace"])
-            .arg(ws);
+        match stage {
+            "run" => c.args(["run", p.to_str().unwrap(), "--workspace"]),
+            _ => c.args(["stage", stage, p.to_str().unwrap(), "--workspace"]),
+        }
+        .arg(ws);
         for s in sets {
             c.args(["--set", s]);
         }
@@ -1611,41 +1625,45 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     assert!(!text(&out).contains("listening on"), "{}", text(&out));
     // Nodes `ranks` of a 2-node run in `ws`, rank r with `extra(r)`; each one's exit status
     // and stderr once all have ended (a node still running after two minutes fails the test).
-    let run_nodes =
-        |tag: &str, ws: &Path, ranks: &[usize], extra: &dyn Fn(usize) -> Vec<String>| {
-            let nodes: Vec<_> = ranks
-                .iter()
-                .map(|&rank| {
-                    let mut sets = vec![
-                        "train.nodes=2".to_string(),
-                        format!("train.node_rank={rank}"),
-                        format!("train.orchestrator={orch}"),
-                        format!("train.node_address=127.0.0.1:{}", base + 1 + rank as u16),
-                    ];
-                    // `extra` gives `--set` values and flags (`--force`).
-                    let (flags, more): (Vec<String>, Vec<String>) =
-                        extra(rank).into_iter().partition(|s| s.starts_with("--"));
-                    sets.extend(more);
-                    let log = |what: &str| {
-                        std::fs::File::create(dir.join(format!("{tag}{rank}.{what}"))).unwrap()
-                    };
-                    // The default log filter, as a user runs it.
-                    Reaped(
-                        stage("train", ws, &sets)
-                            .args(&flags)
-                            .env_remove("RUST_LOG")
-                            .stdout(log("out"))
-                            .stderr(log("err"))
-                            .spawn()
-                            .unwrap(),
-                    )
-                })
-                .collect();
-            let err = |rank: usize| {
-                std::fs::read_to_string(dir.join(format!("{tag}{rank}.err"))).unwrap_or_default()
-            };
-            let deadline = std::time::Instant::now() + Duration::from_secs(120);
-            let ends: Vec<(std::process::ExitStatus, String)> = nodes
+    // `what`: "train" (`diffrec stage train`) or "run" (`diffrec run`).
+    let run_nodes = |what: &str,
+                     tag: &str,
+                     ws: &Path,
+                     ranks: &[usize],
+                     extra: &dyn Fn(usize) -> Vec<String>| {
+        let nodes: Vec<_> = ranks
+            .iter()
+            .map(|&rank| {
+                let mut sets = vec![
+                    "train.nodes=2".to_string(),
+                    format!("train.node_rank={rank}"),
+                    format!("train.orchestrator={orch}"),
+                    format!("train.node_address=127.0.0.1:{}", base + 1 + rank as u16),
+                ];
+                // `extra` gives `--set` values and flags (`--force`).
+                let (flags, more): (Vec<String>, Vec<String>) =
+                    extra(rank).into_iter().partition(|s| s.starts_with("--"));
+                sets.extend(more);
+                let log = |what: &str| {
+                    std::fs::File::create(dir.join(format!("{tag}{rank}.{what}"))).unwrap()
+                };
+                // The default log filter, as a user runs it.
+                Reaped(
+                    stage(what, ws, &sets)
+                        .args(&flags)
+                        .env_remove("RUST_LOG")
+                        .stdout(log("out"))
+                        .stderr(log("err"))
+                        .spawn()
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let err = |rank: usize| {
+            std::fs::read_to_string(dir.join(format!("{tag}{rank}.err"))).unwrap_or_default()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let ends: Vec<(std::process::ExitStatus, String)> = nodes
             .into_iter()
             .zip(ranks)
             .map(|(mut node, &rank): (Reaped, &usize)| {
@@ -1663,9 +1681,9 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
                 (status, err(rank))
             })
             .collect();
-            ends
-        };
-    for (rank, (status, err)) in run_nodes("node", &two, &[0, 1], &|_| vec![])
+        ends
+    };
+    for (rank, (status, err)) in run_nodes("train", "node", &two, &[0, 1], &|_| vec![])
         .iter()
         .enumerate()
     {
@@ -1710,7 +1728,10 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
         1 => vec!["--force".to_string(), "train.seed=7".to_string()],
         _ => vec!["--force".to_string()],
     };
-    for (rank, (status, err)) in run_nodes("force", &two, &[0, 1], &force).iter().enumerate() {
+    for (rank, (status, err)) in run_nodes("train", "force", &two, &[0, 1], &force)
+        .iter()
+        .enumerate()
+    {
         assert_eq!(status.code(), Some(2), "node {rank}: {err}");
     }
     run_is_intact("another seed");
@@ -1722,7 +1743,7 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
         0 => vec!["--force".to_string()],
         _ => vec![],
     };
-    for (rank, (status, err)) in run_nodes("force0", &two, &[0, 1], &node_0_forced)
+    for (rank, (status, err)) in run_nodes("train", "force0", &two, &[0, 1], &node_0_forced)
         .iter()
         .enumerate()
     {
@@ -1743,7 +1764,10 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
         1 => vec!["train.seed=7".to_string()],
         _ => vec![],
     };
-    for (rank, (status, err)) in run_nodes("seed", &three, &[0, 1], &seed).iter().enumerate() {
+    for (rank, (status, err)) in run_nodes("train", "seed", &three, &[0, 1], &seed)
+        .iter()
+        .enumerate()
+    {
         assert_eq!(status.code(), Some(2), "node {rank}: {err}");
         assert!(
             err.contains("the nodes train different runs"),
@@ -1755,7 +1779,7 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
         1 => vec!["train.epochs=6".to_string()],
         _ => vec![],
     };
-    for (rank, (status, err)) in run_nodes("epochs", &three, &[0, 1], &epochs)
+    for (rank, (status, err)) in run_nodes("train", "epochs", &three, &[0, 1], &epochs)
         .iter()
         .enumerate()
     {
@@ -1767,7 +1791,7 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     }
     // A node whose tensor-service port is taken says so at once (exit 2).
     let taken = std::net::TcpListener::bind(("0.0.0.0", base + 1)).unwrap();
-    let ends = run_nodes("taken", &three, &[0], &|_| vec![]);
+    let ends = run_nodes("train", "taken", &three, &[0], &|_| vec![]);
     drop(taken);
     let (status, err) = &ends[0];
     assert_eq!(status.code(), Some(2), "{err}");
@@ -1778,7 +1802,7 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
 
     // A node whose peer never comes stops after train.peer_timeout, saying what it waited for.
     let alone = |_| vec!["train.peer_timeout=2".to_string()];
-    let ends = run_nodes("alone", &three, &[0], &alone);
+    let ends = run_nodes("train", "alone", &three, &[0], &alone);
     let (status, err) = &ends[0];
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(
@@ -1789,13 +1813,31 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     // in vendor/; before, it kept it and refused its address as `DoubleRegister`), so the same
     // nodes train on the same orchestrator without a restart.
     std::thread::sleep(Duration::from_millis(300));
-    for (rank, (status, err)) in run_nodes("again", &three, &[0, 1], &|_| vec![])
+    for (rank, (status, err)) in run_nodes("train", "again", &three, &[0, 1], &|_| vec![])
         .iter()
         .enumerate()
     {
         assert!(status.success(), "node {rank}: {err}");
     }
     assert!(three.join("runs/g/_manifest.json").exists());
+
+    // The same `diffrec run` started at once on both nodes, in a new workspace: node 1 waits
+    // for node 0's ingest, trains, and leaves evaluation and recommendations to node 0.
+    let four = dir.join("four");
+    for (rank, (status, err)) in run_nodes("run", "whole", &four, &[0, 1], &|_| vec![])
+        .iter()
+        .enumerate()
+    {
+        assert!(status.success(), "node {rank}: {err}");
+    }
+    let out = |rank: usize| std::fs::read_to_string(dir.join(format!("whole{rank}.out"))).unwrap();
+    assert!(
+        out(1).contains("node 1 of 2 runs only the train stage") && !out(1).contains("evaluate:"),
+        "{}",
+        out(1)
+    );
+    assert!(out(0).contains("evaluate:"), "{}", out(0));
+    assert!(four.join("runs/g/recommendations.parquet").exists());
 }
 
 /// L-DiffRec end to end on a small synthetic log with planted item groups: cluster → train →

@@ -22,8 +22,10 @@ use crate::sparse::{RowNonzeros, sparse_linear};
 
 /// Per-cluster widths of every encoder layer: for layer j, cluster c < C−1 gets
 /// `floor(w_c / Σw · dims[j])` (at least 1) and the last cluster the remainder, so the widths
-/// sum to `dims[j]`. With item counts as the weights `w` this is spec §4.2. Returns
-/// `[cluster][layer]`.
+/// sum to `dims[j]`. With item counts as the weights `w` this is spec §4.2. A width is capped
+/// so that every later cluster keeps at least 1 (a small weight raised to 1 ahead of a large
+/// one would otherwise take the last cluster's share); the cap binds only there. Needs
+/// `dims[j] ≥ C` ([`AutoEncoderConfig::check_clusters`]). Returns `[cluster][layer]`.
 pub fn latent_dims(weights: &[u64], dims: &[usize]) -> Vec<Vec<usize>> {
     let total = weights.iter().sum::<u64>().max(1) as f64;
     let c = weights.len();
@@ -32,7 +34,10 @@ pub fn latent_dims(weights: &[u64], dims: &[usize]) -> Vec<Vec<usize>> {
         let mut used = 0;
         for (k, &w) in weights.iter().enumerate() {
             let width = if k + 1 < c {
-                ((w as f64 / total * d as f64).floor() as usize).max(1)
+                let later = c - 1 - k;
+                ((w as f64 / total * d as f64).floor() as usize)
+                    .max(1)
+                    .min(d.saturating_sub(used + later).max(1))
             } else {
                 d.saturating_sub(used).max(1)
             };
@@ -564,6 +569,12 @@ mod tests {
         );
         // A tiny cluster still gets width 1; the last takes the remainder.
         assert_eq!(latent_dims(&[1, 999], &[10]), vec![vec![1], vec![9]]);
+        // A small first cluster raised to 1 leaves the large middle one 2 of floor(3.92) = 3,
+        // so the last keeps 1 and the widths still sum to 4.
+        assert_eq!(
+            latent_dims(&[1, 98, 1], &[4]),
+            vec![vec![1], vec![2], vec![1]]
+        );
         assert_eq!(latent_dims(&[5], &[64, 8]), vec![vec![64, 8]]);
     }
 

@@ -227,6 +227,23 @@ pub struct AutoEncoderConfig {
 }
 
 impl AutoEncoderConfig {
+    /// Every layer of `dims` is split among the `clusters` encoders, each at least 1 wide, so
+    /// none may be narrower than the number of clusters.
+    pub fn check_clusters(&self, clusters: usize) -> Result<(), ConfigError> {
+        match self.dims.iter().position(|&d| d < clusters) {
+            Some(j) => Err(err(
+                "model.autoencoder.dims",
+                format!(
+                    "{:?}: layer {j} is {} wide, split among {clusters} cluster encoders (each at \
+                     least 1 wide): make every entry at least {clusters} (cluster.k), or use fewer \
+                     clusters",
+                    self.dims, self.dims[j]
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// λ after `completed_epochs` epochs (0 during the first).
     pub fn lambda_at(&self, completed_epochs: usize) -> f64 {
         if self.lambda_anneal_epochs == 0 {

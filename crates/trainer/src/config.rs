@@ -376,10 +376,16 @@ impl TrainConfig {
         }
         let backend = self.backend;
         if let Some(d) = self.devices.iter().find(|d| !backend.accepts_device(d)) {
+            // A device of another backend: say which train.backend takes it.
+            let other = [Backend::Wgpu, Backend::Cuda, Backend::Cpu]
+                .into_iter()
+                .find(|b| b.accepts_device(d))
+                .map(|b| format!(", or set train.backend: {} for it", b.name()))
+                .unwrap_or_default();
             return Err(err(
                 "train.devices",
                 format!(
-                    "{d:?} is not a {} device (use {})",
+                    "{d:?} is not a {} device (use {}{other})",
                     backend.name(),
                     backend.device_hint()
                 ),

@@ -18,7 +18,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use burn_communication::Address;
 
@@ -257,6 +257,20 @@ pub(crate) struct DataParallel<B: AutodiffBackend> {
     stuck: AtomicBool,
 }
 
+/// Whether a TCP connection to `host_port` opens within 2 s (a diagnosis only: the
+/// orchestrator's protocol is burn-collective's); the reason when it does not.
+fn orchestrator_answers(host_port: &str) -> Result<(), String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let address = match host_port.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(address)) => address,
+        Ok(None) => return Err("resolves to no address".into()),
+        Err(e) => return Err(format!("cannot be resolved ({e})")),
+    };
+    TcpStream::connect_timeout(&address, Duration::from_secs(2))
+        .map(drop)
+        .map_err(|e| format!("does not answer ({e})"))
+}
+
 fn gone() -> TrainError {
     TrainError::Collective("a data-parallel replica stopped unexpectedly".into())
 }
@@ -321,7 +335,10 @@ where
     fn reply(&self, i: usize, waiting: Waiting) -> Result<Reply<B>, TrainError> {
         let replies = &self.replicas[i].replies;
         let got = if self.nodes > 1 {
-            replies.recv_timeout(self.timeout)
+            match waiting {
+                Waiting::Join => self.join_reply(replies),
+                Waiting::Step => replies.recv_timeout(self.timeout),
+            }
         } else {
             replies.recv().map_err(|_| RecvTimeoutError::Disconnected)
         };
@@ -334,6 +351,40 @@ where
                 RecvTimeoutError::Timeout => self.timed_out(waiting),
             }
         })
+    }
+
+    /// `replies.recv_timeout(self.timeout)` for a replica's registration, saying after 10 s and
+    /// then every 30 s that the node still waits for the others, and whether the orchestrator
+    /// answers at all: a mistyped address must not look like a hang.
+    fn join_reply(&self, replies: &mpsc::Receiver<Reply<B>>) -> Result<Reply<B>, RecvTimeoutError> {
+        let start = Instant::now();
+        let mut note_at = Duration::from_secs(10);
+        loop {
+            let until = note_at.min(self.timeout);
+            match replies.recv_timeout(until.saturating_sub(start.elapsed())) {
+                Err(RecvTimeoutError::Timeout) if start.elapsed() < self.timeout => {
+                    let orchestrator = self.orchestrator.as_deref().unwrap_or("(none)");
+                    let (rank, nodes) = (self.node_rank, self.nodes);
+                    let waited = start.elapsed().as_secs();
+                    let limit = self.timeout.as_secs();
+                    match orchestrator_answers(orchestrator) {
+                        Ok(()) => tracing::info!(
+                            "train: node {rank} still waits for all {nodes} nodes to join \
+                             ({waited} s of train.peer_timeout {limit} s); the orchestrator at \
+                             {orchestrator} answers"
+                        ),
+                        Err(why) => tracing::warn!(
+                            "train: node {rank} still waits for all {nodes} nodes to join \
+                             ({waited} s of train.peer_timeout {limit} s); the orchestrator at \
+                             {orchestrator} {why}: check train.orchestrator and that \
+                             `diffrec orchestrator` runs there"
+                        ),
+                    }
+                    note_at += Duration::from_secs(30);
+                }
+                got => return got,
+            }
+        }
     }
 
     fn timed_out(&self, waiting: Waiting) -> TrainError {
@@ -421,7 +472,9 @@ where
         self.check_same(&values, |k| match k {
             0..=2 => "the nodes train different runs: their pipelines (other than the node keys \
                       and train.peer_timeout) or their ingested data differ; run every node with \
-                      the same pipeline file, the same train.devices and backend, on the same data"
+                      the same pipeline file, the same train.devices and backend, on the same data \
+                      (with `diffrec run` on every node, a node may also have started on the \
+                      data node 0 was still ingesting anew: rerun them all)"
                 .into(),
             _ => "the nodes would stop at different epochs: give every node the same \
                   train.epochs and train.patience"
@@ -660,6 +713,19 @@ mod tests {
 
     type AB = Autodiff<burn_flex::Flex>;
     const ITEMS: usize = 12;
+
+    /// A node waiting to join says whether anything listens at the orchestrator's address.
+    #[test]
+    fn orchestrator_probe_tells_a_listener_from_none() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = listener.local_addr().unwrap().to_string();
+        assert_eq!(orchestrator_answers(&at), Ok(()));
+        drop(listener);
+        let why = orchestrator_answers(&at).unwrap_err();
+        assert!(why.starts_with("does not answer ("), "{why}");
+        let why = orchestrator_answers("no port").unwrap_err();
+        assert!(why.starts_with("cannot be resolved ("), "{why}");
+    }
 
     /// Real noise, dropout and reparameterisation: every random draw is keyed by the row's
     /// index in the whole batch (`diffrec_model::noise`), so a replica draws for its rows what

@@ -304,6 +304,18 @@ where
             spec.model.autoencoder.latent_share,
             &data.train.col_counts(),
         );
+        // cluster.k was checked at load; the clusters file is what counts.
+        spec.model
+            .autoencoder
+            .check_clusters(clusters.weights().len())
+            .map_err(|e| {
+                TrainError::Input(format!(
+                    "`{}` {} (cluster/item_clusters.parquet has {} clusters)",
+                    e.key,
+                    e.message,
+                    clusters.weights().len()
+                ))
+            })?;
         tracing::info!(weights = ?clusters.weights(), "train: latent shared by cluster weight");
         if data_parallel {
             let make =
@@ -319,6 +331,13 @@ where
                     "train.parallel: model spreads the cluster encoders over the devices; with \
                      more devices than clusters, {} device(s) hold no encoder",
                     devices.len() - k
+                );
+            }
+            if devices.len() > 1 {
+                tracing::info!(
+                    devices = devices.len(),
+                    clusters = k,
+                    "train: model-parallel: the cluster encoders spread over the devices"
                 );
             }
             let learner = LatentLearner::<B>::new(&clusters, spec, &devices);
