@@ -241,6 +241,14 @@ async fn dispatch(command: Command) -> Result<()> {
             let here = stages::for_node(all.clone(), &loaded.pipeline.train);
             if here != all {
                 let t = &loaded.pipeline.train;
+                if here.is_empty() {
+                    println!(
+                        "run: nothing to run on node {} of {} (node 0 runs the stages before \
+                         training)",
+                        t.node_rank, t.nodes
+                    );
+                    return Ok(());
+                }
                 println!(
                     "run: node {} of {} runs only the train stage (node 0 runs the others and \
                      writes the run's artifacts)",

@@ -404,7 +404,19 @@ mod tests {
         assert!(e.contains("data.temporal"), "{e}");
         let e = load_str(MINI, &["name=a/b"]).unwrap_err().to_string();
         assert!(e.contains("`name`"), "{e}");
-        // Each of L-DiffRec's layers is split among the cluster encoders, each at least 1 wide.
+        // L-DiffRec's latent is split among the cluster encoders, each at least 1 wide (an
+        // inner layer narrower than cluster.k only makes those encoders wider than asked).
+        assert!(
+            load_str(
+                MINI,
+                &[
+                    "model.variant=l-diffrec",
+                    "cluster.k=3",
+                    "model.autoencoder.dims=[2, 30]"
+                ]
+            )
+            .is_ok()
+        );
         let latent = ["model.variant=l-diffrec", "cluster.k=3"];
         let e = load_str(
             MINI,
@@ -413,7 +425,8 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("`model.autoencoder.dims`") && e.contains("layer 1 is 2 wide"),
+            e.contains("`model.autoencoder.dims`")
+                && e.contains("the latent (its last entry) is 2 wide"),
             "{e}"
         );
         assert!(

@@ -42,7 +42,7 @@ pub async fn run_stages(loaded: &Loaded, stages: &[Stage], force: bool) -> Resul
     let ws = if stages.first() == Some(&Stage::Ingest) {
         Workspace::open(&loaded.workspace)?
     } else {
-        open_existing(loaded).await?
+        open_existing(loaded, stages.contains(&Stage::Train)).await?
     };
     tracing::info!(workspace = %ws.url(), pipeline = %loaded.pipeline.name, "opened workspace");
     for &stage in stages {
@@ -93,12 +93,12 @@ async fn run_stage(ws: &Workspace, loaded: &Loaded, stage: Stage, force: bool) -
     }
 }
 
-/// The stages of `diffrec run … --until STAGE`.
-/// The workspace, which a stage other than ingest does not create. A node other than node 0
-/// of a multi-node run waits for it up to `train.peer_timeout` (node 0's ingest creates it).
-async fn open_existing(loaded: &Loaded) -> Result<Workspace> {
+/// The workspace, which a stage other than ingest does not create. For training, a node other
+/// than node 0 of a multi-node run waits for it up to `train.peer_timeout` (node 0's ingest
+/// creates it).
+async fn open_existing(loaded: &Loaded, trains: bool) -> Result<Workspace> {
     let t = &loaded.pipeline.train;
-    let waits = t.nodes > 1 && t.node_rank > 0;
+    let waits = trains && t.nodes > 1 && t.node_rank > 0;
     let deadline = Instant::now() + std::time::Duration::from_secs(t.peer_timeout);
     let mut said = false;
     loop {
@@ -144,6 +144,7 @@ pub fn for_node(stages: Vec<Stage>, train: &TrainConfig) -> Vec<Stage> {
     stages.into_iter().filter(|s| *s == Stage::Train).collect()
 }
 
+/// The stages of `diffrec run … --until STAGE`.
 pub fn until(last: Option<Stage>) -> Vec<Stage> {
     ALL.into_iter()
         .filter(|s| last.is_none_or(|l| *s <= l))

@@ -115,6 +115,39 @@ async fn upstream(
     Ok(Ok(inputs))
 }
 
+/// Which stage before training, if any, completed with other settings than this pipeline's
+/// (`data`; `cluster` for L-DiffRec, its LightGCN settings aside): node 0 is about to run it
+/// anew, and a node that trained on the old outputs would be refused by the nodes' check.
+async fn upstream_settings_differ(ws: &Workspace, loaded: &Loaded) -> Result<Option<String>> {
+    let p = &loaded.pipeline;
+    let settings = |dir: &'static str| async move {
+        let m: Option<StageManifest> = ws.get_json(&manifest_key(dir)).await?;
+        anyhow::Ok(m.map(|m| m.config))
+    };
+    let data = settings(diffrec_data::ingest::STAGE_DIR).await?;
+    if data.is_some_and(|c| c != serde_json::to_value(&p.data).unwrap_or_default()) {
+        return Ok(Some(
+            "the ingest stage completed with other data settings".into(),
+        ));
+    }
+    if p.model.variant.is_latent() {
+        let without_lightgcn = |mut c: serde_json::Value| {
+            if let Some(m) = c.as_object_mut() {
+                m.remove("lightgcn");
+            }
+            c
+        };
+        let done = settings(diffrec_cluster::artifacts::STAGE_DIR).await?;
+        let mine = without_lightgcn(serde_json::to_value(&p.cluster).unwrap_or_default());
+        if done.is_some_and(|c| without_lightgcn(c["cluster"].clone()) != mine) {
+            return Ok(Some(
+                "the cluster stage completed with other cluster settings".into(),
+            ));
+        }
+    }
+    Ok(None)
+}
+
 /// [`upstream`], where a node other than node 0 of a multi-node run waits (up to
 /// `train.peer_timeout`) for node 0 to complete the stages before training: all nodes may be
 /// started at once with the same `diffrec run`.
@@ -124,7 +157,15 @@ async fn upstream_for_node(ws: &Workspace, loaded: &Loaded) -> Result<BTreeMap<S
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(t.peer_timeout);
     let mut said = false;
     loop {
-        let why = match upstream(ws, loaded).await? {
+        let found = match upstream(ws, loaded).await? {
+            // Upstream manifests of other settings are node 0's to replace: wait for that.
+            Ok(_) if waits => match upstream_settings_differ(ws, loaded).await? {
+                Some(why) => Err(why),
+                None => upstream(ws, loaded).await?,
+            },
+            found => found,
+        };
+        let why = match found {
             Ok(inputs) => return Ok(inputs),
             Err(why) if !waits => return Err(UsageError(why).into()),
             Err(why) => why,

@@ -22,10 +22,10 @@ use crate::sparse::{RowNonzeros, sparse_linear};
 
 /// Per-cluster widths of every encoder layer: for layer j, cluster c < C−1 gets
 /// `floor(w_c / Σw · dims[j])` (at least 1) and the last cluster the remainder, so the widths
-/// sum to `dims[j]`. With item counts as the weights `w` this is spec §4.2. A width is capped
-/// so that every later cluster keeps at least 1 (a small weight raised to 1 ahead of a large
-/// one would otherwise take the last cluster's share); the cap binds only there. Needs
-/// `dims[j] ≥ C` ([`AutoEncoderConfig::check_clusters`]). Returns `[cluster][layer]`.
+/// sum to `dims[j]`. With item counts as the weights `w` this is spec §4.2. A small weight
+/// raised to 1 ahead of a large one can make the widths sum to more than `dims[j]` (weights
+/// [1, 98, 1] over 4: 1 + 3 + 1); the concatenated latent is then that much wider, and the
+/// shared decoder reads it ([`ClusteredAutoEncoder::latent_width`]). Returns `[cluster][layer]`.
 pub fn latent_dims(weights: &[u64], dims: &[usize]) -> Vec<Vec<usize>> {
     let total = weights.iter().sum::<u64>().max(1) as f64;
     let c = weights.len();
@@ -34,10 +34,7 @@ pub fn latent_dims(weights: &[u64], dims: &[usize]) -> Vec<Vec<usize>> {
         let mut used = 0;
         for (k, &w) in weights.iter().enumerate() {
             let width = if k + 1 < c {
-                let later = c - 1 - k;
-                ((w as f64 / total * d as f64).floor() as usize)
-                    .max(1)
-                    .min(d.saturating_sub(used + later).max(1))
+                ((w as f64 / total * d as f64).floor() as usize).max(1)
             } else {
                 d.saturating_sub(used).max(1)
             };
@@ -235,7 +232,9 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
                     .collect()
             })
             .collect();
-        let total = *cfg.dims.last().expect("validated: dims is not empty");
+        // The concatenated latent: `dims`'s last entry, or more where small clusters were
+        // raised to width 1 (`latent_dims`).
+        let total = dims.iter().map(|d| d[d.len() - 1]).sum();
         let decoders = match cfg.decoder {
             DecoderKind::Shared => vec![vec![linear(total, labels.len(), init, device)]],
             DecoderKind::PerCluster => sizes
@@ -569,11 +568,10 @@ mod tests {
         );
         // A tiny cluster still gets width 1; the last takes the remainder.
         assert_eq!(latent_dims(&[1, 999], &[10]), vec![vec![1], vec![9]]);
-        // A small first cluster raised to 1 leaves the large middle one 2 of floor(3.92) = 3,
-        // so the last keeps 1 and the widths still sum to 4.
+        // A small first cluster raised to 1 ahead of floor(3.92) = 3: the widths sum to 5.
         assert_eq!(
             latent_dims(&[1, 98, 1], &[4]),
-            vec![vec![1], vec![2], vec![1]]
+            vec![vec![1], vec![3], vec![1]]
         );
         assert_eq!(latent_dims(&[5], &[64, 8]), vec![vec![64, 8]]);
     }
@@ -627,6 +625,26 @@ mod tests {
     }
 
     /// Reference of encode/decode for interleaved clusters, computed by hand from the weights.
+    /// Widths raised to 1 make the latent wider than `dims`'s last entry; the shared decoder
+    /// reads all of it (it read `dims`'s last entry and failed in its matmul).
+    #[test]
+    fn shared_decoder_reads_a_latent_wider_than_dims() {
+        let dev = Default::default();
+        let mut labels = vec![1u32; 98];
+        labels.extend([0, 2]);
+        let cfg = AutoEncoderConfig {
+            dims: vec![4],
+            dropout: 0.0,
+            ..AutoEncoderConfig::default()
+        };
+        let m = ClusteredAutoEncoder::<B>::new(&ItemClusters::by_items(&labels), &cfg, &dev);
+        assert_eq!(m.cluster_widths(), &[1, 3, 1]);
+        let x = Tensor::<B, 2>::ones([2, labels.len()], &dev);
+        let e = m.encode(x, None, false);
+        assert_eq!(e.mu.dims(), [2, 5]);
+        assert_eq!(m.decode(e.mu).dims(), [2, labels.len()]);
+    }
+
     #[test]
     fn clusters_see_their_own_items_and_scores_come_back_in_item_order() {
         let dev = Default::default();

@@ -227,20 +227,21 @@ pub struct AutoEncoderConfig {
 }
 
 impl AutoEncoderConfig {
-    /// Every layer of `dims` is split among the `clusters` encoders, each at least 1 wide, so
-    /// none may be narrower than the number of clusters.
+    /// The latent (`dims`'s last entry) is split among the `clusters` encoders, each at least 1
+    /// wide, so it may not be narrower than the number of clusters. (A narrower inner layer
+    /// only makes those encoders wider than asked, as it always did.)
     pub fn check_clusters(&self, clusters: usize) -> Result<(), ConfigError> {
-        match self.dims.iter().position(|&d| d < clusters) {
-            Some(j) => Err(err(
+        match self.dims.last() {
+            Some(&latent) if latent < clusters => Err(err(
                 "model.autoencoder.dims",
                 format!(
-                    "{:?}: layer {j} is {} wide, split among {clusters} cluster encoders (each at \
-                     least 1 wide): make every entry at least {clusters} (cluster.k), or use fewer \
-                     clusters",
-                    self.dims, self.dims[j]
+                    "{:?}: the latent (its last entry) is {latent} wide, split among {clusters} \
+                     cluster encoders (each at least 1 wide): make it at least {clusters} \
+                     (cluster.k), or use fewer clusters",
+                    self.dims
                 ),
             )),
-            None => Ok(()),
+            _ => Ok(()),
         }
     }
 

@@ -261,6 +261,7 @@ pub(crate) struct DataParallel<B: AutodiffBackend> {
 /// orchestrator's protocol is burn-collective's); the reason when it does not.
 fn orchestrator_answers(host_port: &str) -> Result<(), String> {
     use std::net::{TcpStream, ToSocketAddrs};
+    let host_port = host_port.strip_prefix("ws://").unwrap_or(host_port);
     let address = match host_port.to_socket_addrs().map(|mut a| a.next()) {
         Ok(Some(address)) => address,
         Ok(None) => return Err("resolves to no address".into()),
@@ -720,6 +721,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let at = listener.local_addr().unwrap().to_string();
         assert_eq!(orchestrator_answers(&at), Ok(()));
+        assert_eq!(orchestrator_answers(&format!("ws://{at}")), Ok(()));
         drop(listener);
         let why = orchestrator_answers(&at).unwrap_err();
         assert!(why.starts_with("does not answer ("), "{why}");
