@@ -94,38 +94,50 @@ async fn run_stage(ws: &Workspace, loaded: &Loaded, stage: Stage, force: bool) -
 }
 
 /// The workspace, which a stage other than ingest does not create. For training, a node other
-/// than node 0 of a multi-node run waits for it up to `train.peer_timeout` (node 0's ingest
-/// creates it).
+/// than node 0 of a multi-node run waits for it (node 0's ingest creates it).
 async fn open_existing(loaded: &Loaded, trains: bool) -> Result<Workspace> {
     let t = &loaded.pipeline.train;
-    let waits = trains && t.nodes > 1 && t.node_rank > 0;
-    let deadline = Instant::now() + std::time::Duration::from_secs(t.peer_timeout);
+    wait_for_node_0(t, trains, || async {
+        Ok(Workspace::open_existing(&loaded.workspace).map_err(|e| {
+            format!(
+                "{e}; only the ingest stage starts a workspace: check the path, or run ingest \
+                 first"
+            )
+        }))
+    })
+    .await
+}
+
+/// `attempt`'s value, or its reason (exit 2). On a node other than node 0 of a multi-node run
+/// that `trains`, what node 0 has yet to do: retried once a second up to `train.peer_timeout`,
+/// saying once what it waits for, so every node may be started at once with one `diffrec run`.
+pub async fn wait_for_node_0<T, Attempt, Tried>(
+    train: &TrainConfig,
+    trains: bool,
+    mut attempt: Attempt,
+) -> Result<T>
+where
+    Attempt: FnMut() -> Tried,
+    Tried: std::future::Future<Output = Result<Result<T, String>>>,
+{
+    let waits = trains && train.nodes > 1 && train.node_rank > 0;
+    let deadline = Instant::now() + std::time::Duration::from_secs(train.peer_timeout);
     let mut said = false;
     loop {
-        let e = match Workspace::open_existing(&loaded.workspace) {
-            Ok(ws) => return Ok(ws),
-            Err(e) => e,
+        let why = match attempt().await? {
+            Ok(value) => return Ok(value),
+            Err(why) if !waits => return Err(crate::usage::UsageError(why).into()),
+            Err(why) => why,
         };
-        if !waits || Instant::now() >= deadline {
-            let waited = if waits {
-                format!(
-                    " (node {} waited train.peer_timeout, {} s)",
-                    t.node_rank, t.peer_timeout
-                )
-            } else {
-                String::new()
-            };
+        if Instant::now() >= deadline {
             return Err(crate::usage::UsageError(format!(
-                "{e}; only the ingest stage starts a workspace: check the path, or run ingest \
-                 first{waited}"
+                "{why} (node {} waited train.peer_timeout, {} s, for node 0)",
+                train.node_rank, train.peer_timeout
             ))
             .into());
         }
         if !said {
-            tracing::info!(
-                "node {} waits for node 0's ingest stage to start the workspace ({e})",
-                t.node_rank
-            );
+            tracing::info!("node {} waits for node 0: {why}", train.node_rank);
             said = true;
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;

@@ -18,6 +18,7 @@ use diffrec_trainer::{Progress, RunSpec, TrainError, train_on};
 use crate::differences::differing_keys;
 use crate::pipeline::Loaded;
 use crate::progress::{EpochBar, headline_metrics};
+use crate::stages::wait_for_node_0;
 use crate::usage::UsageError;
 
 /// Removes what an interrupted run of `name` was writing (checkpoints, metrics, curves, summary,
@@ -148,44 +149,19 @@ async fn upstream_settings_differ(ws: &Workspace, loaded: &Loaded) -> Result<Opt
     Ok(None)
 }
 
-/// [`upstream`], where a node other than node 0 of a multi-node run waits (up to
-/// `train.peer_timeout`) for node 0 to complete the stages before training: all nodes may be
-/// started at once with the same `diffrec run`.
+/// [`upstream`], for which a node other than node 0 of a multi-node run waits
+/// ([`wait_for_node_0`]); also while the stages completed with other settings than this
+/// pipeline's, which node 0 is about to run anew.
 async fn upstream_for_node(ws: &Workspace, loaded: &Loaded) -> Result<BTreeMap<String, String>> {
     let t = &loaded.pipeline.train;
-    let waits = t.nodes > 1 && t.node_rank > 0;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(t.peer_timeout);
-    let mut said = false;
-    loop {
-        let found = match upstream(ws, loaded).await? {
-            // Upstream manifests of other settings are node 0's to replace: wait for that.
-            Ok(_) if waits => match upstream_settings_differ(ws, loaded).await? {
-                Some(why) => Err(why),
-                None => upstream(ws, loaded).await?,
-            },
-            found => found,
-        };
-        let why = match found {
-            Ok(inputs) => return Ok(inputs),
-            Err(why) if !waits => return Err(UsageError(why).into()),
-            Err(why) => why,
-        };
-        if std::time::Instant::now() >= deadline {
-            return Err(UsageError(format!(
-                "{why} (node {} waited train.peer_timeout, {} s, for node 0 to run it)",
-                t.node_rank, t.peer_timeout
-            ))
-            .into());
+    let other_node = t.nodes > 1 && t.node_rank > 0;
+    wait_for_node_0(t, true, || async {
+        if other_node && let Some(why) = upstream_settings_differ(ws, loaded).await? {
+            return Ok(Err(why));
         }
-        if !said {
-            tracing::info!(
-                "train: node {} waits for node 0 to complete the stages before training ({why})",
-                t.node_rank
-            );
-            said = true;
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    }
+        upstream(ws, loaded).await
+    })
+    .await
 }
 
 pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
