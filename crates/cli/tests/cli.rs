@@ -928,6 +928,17 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
         text(&out)
     );
     assert_eq!(summary(&c), reference);
+    // Cut back to half: nothing is trained, and the run says it keeps its longer training.
+    let out = run(&c, &["--set", &half]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "already trained {epochs} epochs, more than train.epochs ({})",
+            epochs / 2
+        )),
+        "{}",
+        text(&out)
+    );
 
     // Killed between the two checkpoint writes of the epoch that set a new best (`latest` is
     // written first): the resume rebuilds `best` from `latest`, so the model that evaluate and

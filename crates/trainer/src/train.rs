@@ -483,6 +483,18 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
         // The checkpoints written from here on are this version's.
         state.written_by = this_diffrec();
         progress(Progress::Resumed { epoch: state.epoch });
+        if state.epoch > cfg.epochs {
+            tracing::warn!(
+                "run `{}` already trained {} epochs, more than train.epochs ({}): nothing more \
+                 is trained, and its best epoch stays the one chosen among all {} (use --force \
+                 to train it anew with {} epochs)",
+                spec.run,
+                state.epoch,
+                cfg.epochs,
+                state.epoch,
+                cfg.epochs
+            );
+        }
     }
     let select_k = if spec.ks.contains(&20) {
         20
