@@ -372,7 +372,9 @@ where
                         Ok(()) => tracing::info!(
                             "train: node {rank} still waits for all {nodes} nodes to join \
                              ({waited} s of train.peer_timeout {limit} s); the orchestrator at \
-                             {orchestrator} answers"
+                             {orchestrator} answers. If another node already stopped (its log \
+                             says why: the same train.node_address as this node, say), stop \
+                             this one too and rerun them all"
                         ),
                         Err(why) => tracing::warn!(
                             "train: node {rank} still waits for all {nodes} nodes to join \
