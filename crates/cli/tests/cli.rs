@@ -1694,6 +1694,13 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
             .collect();
         ends
     };
+    // Every node of `ends` exited with `code`, saying `says` on stderr.
+    let each_ends = |ends: Vec<(std::process::ExitStatus, String)>, code: i32, says: &str| {
+        for (rank, (status, err)) in ends.iter().enumerate() {
+            assert_eq!(status.code(), Some(code), "node {rank}: {err}");
+            assert!(err.contains(says), "node {rank}: {err}");
+        }
+    };
     for (rank, (status, err)) in run_nodes("train", "node", &two, &[0, 1], &|_| vec![])
         .iter()
         .enumerate()
@@ -1739,12 +1746,7 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
         1 => vec!["--force".to_string(), "train.seed=7".to_string()],
         _ => vec!["--force".to_string()],
     };
-    for (rank, (status, err)) in run_nodes("train", "force", &two, &[0, 1], &force)
-        .iter()
-        .enumerate()
-    {
-        assert_eq!(status.code(), Some(2), "node {rank}: {err}");
-    }
+    each_ends(run_nodes("train", "force", &two, &[0, 1], &force), 2, "");
     run_is_intact("another seed");
     assert!(two.join("runs/g/_manifest.json").exists());
     // ... with `--force` on node 0 alone, at the start epoch: node 1 resumes after epoch 4
@@ -1754,16 +1756,11 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
         0 => vec!["--force".to_string()],
         _ => vec![],
     };
-    for (rank, (status, err)) in run_nodes("train", "force0", &two, &[0, 1], &node_0_forced)
-        .iter()
-        .enumerate()
-    {
-        assert_eq!(status.code(), Some(2), "node {rank}: {err}");
-        assert!(
-            err.contains("only some nodes were given --force"),
-            "node {rank}: {err}"
-        );
-    }
+    each_ends(
+        run_nodes("train", "force0", &two, &[0, 1], &node_0_forced),
+        2,
+        "only some nodes were given --force",
+    );
     run_is_intact("--force on node 0 alone");
 
     // Nodes that would train different runs (another seed on node 1) all stop before the first
@@ -1775,72 +1772,53 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
         1 => vec!["train.seed=7".to_string()],
         _ => vec![],
     };
-    for (rank, (status, err)) in run_nodes("train", "seed", &three, &[0, 1], &seed)
-        .iter()
-        .enumerate()
-    {
-        assert_eq!(status.code(), Some(2), "node {rank}: {err}");
-        assert!(
-            err.contains("the nodes train different runs"),
-            "node {rank}: {err}"
-        );
-    }
+    each_ends(
+        run_nodes("train", "seed", &three, &[0, 1], &seed),
+        2,
+        "the nodes train different runs",
+    );
     assert!(!three.join("runs/g/_manifest.json").exists());
     let epochs = |rank: usize| match rank {
         1 => vec!["train.epochs=6".to_string()],
         _ => vec![],
     };
-    for (rank, (status, err)) in run_nodes("train", "epochs", &three, &[0, 1], &epochs)
-        .iter()
-        .enumerate()
-    {
-        assert_eq!(status.code(), Some(2), "node {rank}: {err}");
-        assert!(
-            err.contains("would stop at different epochs"),
-            "node {rank}: {err}"
-        );
-    }
+    each_ends(
+        run_nodes("train", "epochs", &three, &[0, 1], &epochs),
+        2,
+        "would stop at different epochs",
+    );
     // A node whose tensor-service port is taken says so at once (exit 2).
     let taken = std::net::TcpListener::bind(("0.0.0.0", base + 1)).unwrap();
     let ends = run_nodes("train", "taken", &three, &[0], &|_| vec![]);
     drop(taken);
-    let (status, err) = &ends[0];
-    assert_eq!(status.code(), Some(2), "{err}");
-    assert!(
-        err.contains(&format!("cannot listen on port {}", base + 1)),
-        "{err}"
-    );
+    each_ends(ends, 2, &format!("cannot listen on port {}", base + 1));
 
     // A node whose peer never comes stops after train.peer_timeout, saying what it waited for.
     let alone = |_| vec!["train.peer_timeout=2".to_string()];
-    let ends = run_nodes("train", "alone", &three, &[0], &alone);
-    let (status, err) = &ends[0];
-    assert_eq!(status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("node 0 waited train.peer_timeout (2 s) for all 2 nodes to join"),
-        "{err}"
+    each_ends(
+        run_nodes("train", "alone", &three, &[0], &alone),
+        1,
+        "node 0 waited train.peer_timeout (2 s) for all 2 nodes to join",
     );
     // The orchestrator forgets the node that left without finishing (burn-collective patched
     // in vendor/; before, it kept it and refused its address as `DoubleRegister`), so the same
     // nodes train on the same orchestrator without a restart.
     std::thread::sleep(Duration::from_millis(300));
-    for (rank, (status, err)) in run_nodes("train", "again", &three, &[0, 1], &|_| vec![])
-        .iter()
-        .enumerate()
-    {
-        assert!(status.success(), "node {rank}: {err}");
-    }
+    each_ends(
+        run_nodes("train", "again", &three, &[0, 1], &|_| vec![]),
+        0,
+        "",
+    );
     assert!(three.join("runs/g/_manifest.json").exists());
 
     // The same `diffrec run` started at once on both nodes, in a new workspace: node 1 waits
     // for node 0's ingest, trains, and leaves evaluation and recommendations to node 0.
     let four = dir.join("four");
-    for (rank, (status, err)) in run_nodes("run", "whole", &four, &[0, 1], &|_| vec![])
-        .iter()
-        .enumerate()
-    {
-        assert!(status.success(), "node {rank}: {err}");
-    }
+    each_ends(
+        run_nodes("run", "whole", &four, &[0, 1], &|_| vec![]),
+        0,
+        "",
+    );
     let out = |rank: usize| std::fs::read_to_string(dir.join(format!("whole{rank}.out"))).unwrap();
     assert!(
         out(1).contains("node 1 of 2 runs only the train stage") && !out(1).contains("evaluate:"),
