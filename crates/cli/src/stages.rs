@@ -120,7 +120,7 @@ where
     Attempt: FnMut() -> Tried,
     Tried: std::future::Future<Output = Result<Result<T, String>>>,
 {
-    let waits = trains && train.nodes > 1 && train.node_rank > 0;
+    let waits = trains && other_node(train);
     let deadline = Instant::now() + std::time::Duration::from_secs(train.peer_timeout);
     let mut said = false;
     loop {
@@ -150,10 +150,16 @@ where
 /// evaluation and recommendations; run elsewhere too, those would race node 0's writes and
 /// could evaluate before node 0 had written the last best checkpoint.
 pub fn for_node(stages: Vec<Stage>, train: &TrainConfig) -> Vec<Stage> {
-    if train.nodes <= 1 || train.node_rank == 0 {
+    if !other_node(train) {
         return stages;
     }
     stages.into_iter().filter(|s| *s == Stage::Train).collect()
+}
+
+/// Whether this process is a node other than node 0 of a multi-node run: it trains, and
+/// leaves the other stages and the run's artifacts to node 0.
+pub fn other_node(train: &TrainConfig) -> bool {
+    train.nodes > 1 && train.node_rank > 0
 }
 
 /// The stages of `diffrec run … --until STAGE`.

@@ -18,7 +18,7 @@ use diffrec_trainer::{Progress, RunSpec, TrainError, train_on};
 use crate::differences::differing_keys;
 use crate::pipeline::Loaded;
 use crate::progress::{EpochBar, headline_metrics};
-use crate::stages::wait_for_node_0;
+use crate::stages::{other_node, wait_for_node_0};
 use crate::usage::UsageError;
 
 /// Removes what an interrupted run of `name` was writing (checkpoints, metrics, curves, summary,
@@ -154,9 +154,10 @@ async fn upstream_settings_differ(ws: &Workspace, loaded: &Loaded) -> Result<Opt
 /// pipeline's, which node 0 is about to run anew.
 async fn upstream_for_node(ws: &Workspace, loaded: &Loaded) -> Result<BTreeMap<String, String>> {
     let t = &loaded.pipeline.train;
-    let other_node = t.nodes > 1 && t.node_rank > 0;
     wait_for_node_0(t, true, || async {
-        if other_node && let Some(why) = upstream_settings_differ(ws, loaded).await? {
+        if other_node(t)
+            && let Some(why) = upstream_settings_differ(ws, loaded).await?
+        {
             return Ok(Err(why));
         }
         upstream(ws, loaded).await
