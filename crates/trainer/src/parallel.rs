@@ -260,6 +260,22 @@ pub(crate) struct DataParallel<B: AutodiffBackend> {
 /// Whether a TCP connection to `host_port` opens within 2 s (a diagnosis only: the
 /// orchestrator's protocol is burn-collective's); the reason when it does not.
 fn orchestrator_answers(host_port: &str) -> Result<(), String> {
+    // The name lookup has no timeout of its own (a resolver may retry for tens of seconds),
+    // so it runs on a thread of its own and the wait for a reply is bounded here: the
+    // still-waiting line must not delay the node's own peer_timeout.
+    const PROBE_LIMIT: Duration = Duration::from_secs(5);
+    let (tx, rx) = mpsc::channel();
+    let host_port = host_port.to_string();
+    std::thread::spawn(move || drop(tx.send(probe(&host_port))));
+    rx.recv_timeout(PROBE_LIMIT).unwrap_or_else(|_| {
+        Err(format!(
+            "does not answer within {} s (name lookup and connection)",
+            PROBE_LIMIT.as_secs()
+        ))
+    })
+}
+
+fn probe(host_port: &str) -> Result<(), String> {
     use std::net::{TcpStream, ToSocketAddrs};
     let host_port = host_port.strip_prefix("ws://").unwrap_or(host_port);
     let address = match host_port.to_socket_addrs().map(|mut a| a.next()) {
