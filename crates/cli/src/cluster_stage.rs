@@ -71,9 +71,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
             l.train_seconds
         );
     }
-    for note in &s.notes {
-        println!("cluster: note: {note}");
-    }
+    // `s.notes` were logged as warnings when they arose (and are kept in cluster/summary.json).
     let (clusters, sizes) = if s.k == 1 {
         ("cluster", "size")
     } else {

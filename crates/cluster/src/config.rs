@@ -140,6 +140,17 @@ impl ClusterConfig {
         if self.n_runs == 0 {
             return Err(err("cluster.n_runs", "must be ≥ 1"));
         }
+        if self
+            .embeddings
+            .as_deref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
+            return Err(err(
+                "cluster.embeddings",
+                "is empty: name a .npy or .parquet file, or leave the key out to pre-train \
+                 LightGCN",
+            ));
+        }
         let l = &self.lightgcn;
         for (key, v) in [
             ("cluster.lightgcn.dim", l.dim),
@@ -179,6 +190,8 @@ mod tests {
         c.validate().unwrap();
         let bad: ClusterConfig = serde_json::from_str(r#"{"k": 0}"#).unwrap();
         assert_eq!(bad.validate().unwrap_err().key, "cluster.k");
+        let empty: ClusterConfig = serde_json::from_str(r#"{"embeddings": " "}"#).unwrap();
+        assert_eq!(empty.validate().unwrap_err().key, "cluster.embeddings");
         assert!(serde_json::from_str::<ClusterConfig>(r#"{"kk": 2}"#).is_err());
     }
 }

@@ -9,7 +9,7 @@
 //! NumPy indices (given beside a `.npy` row) count from 0, as the arrays do.
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, Float64Type, Int64Type, UInt32Type};
+use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef};
 use arrow_schema::DataType;
 use bytes::Bytes;
@@ -111,6 +111,34 @@ fn nth(before: usize, r: usize) -> usize {
     before + r + 1
 }
 
+/// An `item_id` column as the ids ingest writes: strings of any Arrow width (pandas and
+/// pyarrow write `large_string`), or integers in decimal, as integer ids of a source become.
+fn id_strings(file: &str, c: &ArrayRef) -> Result<Vec<Option<String>>> {
+    fn all<T: ToString>(
+        n: usize,
+        valid: impl Fn(usize) -> bool,
+        v: impl Fn(usize) -> T,
+    ) -> Vec<Option<String>> {
+        (0..n).map(|r| valid(r).then(|| v(r).to_string())).collect()
+    }
+    let (n, valid) = (c.len(), |r| c.is_valid(r));
+    Ok(match c.data_type() {
+        DataType::Utf8 => all(n, valid, |r| c.as_string::<i32>().value(r)),
+        DataType::LargeUtf8 => all(n, valid, |r| c.as_string::<i64>().value(r)),
+        DataType::Utf8View => all(n, valid, |r| c.as_string_view().value(r)),
+        DataType::Int64 => all(n, valid, |r| c.as_primitive::<Int64Type>().value(r)),
+        DataType::Int32 => all(n, valid, |r| c.as_primitive::<Int32Type>().value(r)),
+        DataType::UInt64 => all(n, valid, |r| c.as_primitive::<UInt64Type>().value(r)),
+        DataType::UInt32 => all(n, valid, |r| c.as_primitive::<UInt32Type>().value(r)),
+        other => {
+            return Err(bad(
+                file,
+                format!("column item_id has type {other}, expected strings or integers"),
+            ));
+        }
+    })
+}
+
 /// Where each row of a batch goes.
 enum Placement {
     ById(Vec<usize>),
@@ -140,22 +168,16 @@ fn parse_parquet(file: &str, bytes: Bytes, item_ids: &[String]) -> Result<Embedd
             .column_by_name("embedding")
             .ok_or_else(|| bad(file, "no column `embedding`"))?;
         let placement = if let Some(c) = batch.column_by_name("item_id") {
-            let ids = c.as_string_opt::<i32>().ok_or_else(|| {
-                bad(
-                    file,
-                    format!("column item_id has type {}, expected utf8", c.data_type()),
-                )
-            })?;
+            let ids = id_strings(file, c)?;
             let mut at = Vec::with_capacity(ids.len());
-            for r in 0..ids.len() {
-                if ids.is_null(r) {
+            for (r, id) in ids.iter().enumerate() {
+                let Some(id) = id else {
                     return Err(bad(
                         file,
                         format!("row {}, column item_id: null", nth(row, r)),
                     ));
-                }
-                let id = ids.value(r);
-                at.push(*by_id.get(id).ok_or_else(|| {
+                };
+                at.push(*by_id.get(id.as_str()).ok_or_else(|| {
                     bad(
                         file,
                         format!(
@@ -501,5 +523,32 @@ mod tests {
                 && err.contains("\"m2\""),
             "{err}"
         );
+    }
+
+    /// pandas and pyarrow write string ids as `large_string`; integer ids are their decimal
+    /// strings, as ingest stores integer ids of a source.
+    #[test]
+    fn parquet_item_ids_may_be_large_strings_or_integers() {
+        use arrow_array::{Int64Array, LargeStringArray, RecordBatch};
+        // Rows 0, 1, 2 hold [0, 1], [2, 3], [4, 5].
+        let values: Vec<f32> = (0..6).map(|v| v as f32).collect();
+        let emb = crate::artifacts::embeddings_batch("item", &ids(3), &values, 2).unwrap();
+        let with_ids = |ids: ArrayRef| {
+            let schema = arrow_schema::Schema::new(vec![
+                arrow_schema::Field::new("item_id", ids.data_type().clone(), true),
+                emb.schema().field_with_name("embedding").unwrap().clone(),
+            ]);
+            let col = emb.column_by_name("embedding").unwrap().clone();
+            RecordBatch::try_new(std::sync::Arc::new(schema), vec![ids, col]).unwrap()
+        };
+        let large = with_ids(std::sync::Arc::new(LargeStringArray::from(vec![
+            "m2", "m0", "m1",
+        ])));
+        let e = parse("l.parquet", parquet_bytes(large), &ids(3)).unwrap();
+        assert_eq!(e.values, vec![2.0, 3.0, 4.0, 5.0, 0.0, 1.0]);
+        let numbered: Vec<String> = ["7", "10", "300"].map(String::from).to_vec();
+        let ints = with_ids(std::sync::Arc::new(Int64Array::from(vec![300, 7, 10])));
+        let e = parse("i.parquet", parquet_bytes(ints), &numbered).unwrap();
+        assert_eq!(e.values, vec![2.0, 3.0, 4.0, 5.0, 0.0, 1.0]);
     }
 }

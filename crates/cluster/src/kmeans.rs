@@ -161,7 +161,10 @@ fn centroids_of(data: &Array2<f64>, labels: &[u32], k: usize) -> Vec<Vec<f64>> {
 
 /// Moves the members of clusters smaller than [`MIN_CLUSTER`] to the nearest centroid of the
 /// remaining clusters, smallest cluster first, until none is left (or one cluster remains).
+/// One note says how many were merged (there may be hundreds with a large `cluster.k`).
 fn merge_small(data: &Array2<f64>, labels: &mut [u32], notes: &mut Vec<String>) {
+    let mut merged = Vec::new();
+    let mut remain = 0;
     loop {
         let k = labels.iter().map(|&c| c as usize + 1).max().unwrap_or(0);
         let sizes = sizes_of(labels, k);
@@ -171,10 +174,10 @@ fn merge_small(data: &Array2<f64>, labels: &mut [u32], notes: &mut Vec<String>) 
             .filter(|&&c| sizes[c] < MIN_CLUSTER)
             .min_by_key(|&&c| sizes[c])
         else {
-            return;
+            break;
         };
         if alive.len() <= 1 {
-            return;
+            break;
         }
         let centroids = centroids_of(data, labels, k);
         for i in 0..labels.len() {
@@ -192,14 +195,25 @@ fn merge_small(data: &Array2<f64>, labels: &mut [u32], notes: &mut Vec<String>) 
                 labels[i] = to as u32;
             }
         }
-        let note = format!(
-            "merged a cluster of {} item(s) into its nearest neighbour; {} clusters remain",
-            sizes[small],
-            alive.len() - 1
-        );
-        tracing::warn!("{note}");
-        notes.push(note);
+        merged.push(sizes[small]);
+        remain = alive.len() - 1;
     }
+    if merged.is_empty() {
+        return;
+    }
+    let n = merged.len();
+    let (clusters, them) = if n == 1 {
+        ("a cluster", "its nearest neighbour")
+    } else {
+        ("clusters", "their nearest neighbours")
+    };
+    let note = format!(
+        "merged {n} {clusters} of fewer than {MIN_CLUSTER} items ({} item(s) in all) into \
+         {them}; {remain} clusters remain",
+        merged.iter().sum::<usize>()
+    );
+    tracing::warn!("{note}");
+    notes.push(note);
 }
 
 /// Renumbers clusters 0..k in the order of their lowest item index (drops empty ids).

@@ -92,14 +92,14 @@ impl SourceLocation {
                     p.display().to_string(),
                     None,
                     None,
-                    "is a folder, not a file (for a MovieLens source, give its ratings.dat or \
+                    "is a folder, not a file (for a MovieLens source, name its ratings.dat or \
                      ratings.csv)",
                 )),
                 Err(e) => Err(DataError::bad_input(
                     p.display().to_string(),
                     None,
                     None,
-                    format!("cannot read the source file: {e}"),
+                    format!("cannot read the file: {e}"),
                 )),
             },
             SourceLocation::InWorkspace(k) => ws.get(k).await.map_err(|e| match e {
