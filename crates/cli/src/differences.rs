@@ -4,7 +4,8 @@
 use serde_json::Value;
 
 /// Appends `` `path` a (trained) vs b (now) `` for every leaf where `a` and `b` differ; `path`
-/// is the dotted key of `a` and `b` (empty at the top).
+/// is the dotted key of `a` and `b` (empty at the top). A key absent or null is shown as "the
+/// default": settings at their default are left out of the trees or left unset.
 pub fn differing_keys(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
@@ -22,8 +23,19 @@ pub fn differing_keys(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
                 differing_keys(&key, u, v, out);
             }
         }
-        _ if a != b => out.push(format!("`{path}` {a} (trained) vs {b} (now)")),
+        _ if a != b => out.push(format!(
+            "`{path}` {} (trained) vs {} (now)",
+            shown(a),
+            shown(b)
+        )),
         _ => {}
+    }
+}
+
+fn shown(v: &Value) -> String {
+    match v {
+        Value::Null => "the default".into(),
+        v => v.to_string(),
     }
 }
 
@@ -43,7 +55,7 @@ mod tests {
             [
                 "`model.dims` [300] (trained) vs [600] (now)",
                 "`train.lr` 0.0001 (trained) vs 0.001 (now)",
-                "`x` null (trained) vs 2 (now)",
+                "`x` the default (trained) vs 2 (now)",
             ]
         );
         out.clear();

@@ -8,14 +8,16 @@ use anyhow::{Context, Result};
 use arrow_array::{Float32Array, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema};
 use diffrec_data::artifacts::load_ids;
-use diffrec_data::manifest::{StageManifest, manifest_key};
+use diffrec_data::config::TemporalConfig;
+use diffrec_data::manifest::{StageManifest, manifest_key, upstream_hashes};
 use diffrec_data::{Workspace, load_splits};
 use diffrec_model::ModelConfig;
 use diffrec_trainer::config::Backend;
 use diffrec_trainer::infer::{load_best, recommend_all, recommend_history};
 use diffrec_trainer::pool::on_pool_thread;
 use diffrec_trainer::train::{
-    Summary, diffusion_of, evaluate, model_input, resolve_input, run_dir, summary_key,
+    Summary, diffusion_of, evaluate, model_input, recommendations_key, resolve_input, run_dir,
+    summary_key,
 };
 
 use crate::differences::differing_keys;
@@ -61,10 +63,15 @@ impl RunModel {
 /// reverse pass's own settings (`sampling_steps`, `sampling_noise`) may change, and so may
 /// `model.autoencoder.input` (dense and sparse first layers compute the same function of the
 /// same parameters); the autoencoder's do not matter to DiffRec/T-DiffRec. A run without a
-/// manifest (still training, or killed) is left to the checkpoint's shape check.
+/// manifest (still training, or stopped) is refused: its best checkpoint may be the one of an
+/// unfinished training.
 async fn check_trained_settings(ws: &Workspace, run: &str, model: &ModelConfig) -> Result<()> {
     let Some(trained) = trained_model(ws, run).await? else {
-        return Ok(());
+        return Err(UsageError(format!(
+            "run `{run}` has not finished training (no runs/{run}/_manifest.json): run the \
+             train stage first (a stopped run resumes)"
+        ))
+        .into());
     };
     let latent = trained.variant.is_latent() || model.variant.is_latent();
     let comparable = |m: &ModelConfig| -> Result<serde_json::Value> {
@@ -89,12 +96,41 @@ async fn check_trained_settings(ws: &Workspace, run: &str, model: &ModelConfig) 
         &mut differences,
     );
     if differences.is_empty() {
-        return Ok(());
+        return check_trained_data(ws, run).await;
     }
     Err(UsageError(format!(
         "run `{run}` was trained with other model settings: {}. Use the settings it was trained \
          with (`config.model` in runs/{run}/_manifest.json), or retrain it with `--force`",
         differences.join("; ")
+    ))
+    .into())
+}
+
+/// Refuses a finished run whose ingested data changed since it was trained (its manifest's
+/// `inputs` against the ingest stage's outputs now): the same item count can hold other
+/// interactions, weights or splits, and the evaluation would silently score those. The item
+/// clusters may change: the checkpoint keeps those it was trained with.
+async fn check_trained_data(ws: &Workspace, run: &str) -> Result<()> {
+    let key = manifest_key(&run_dir(run));
+    let Some(manifest) = ws.get_json::<StageManifest>(&key).await? else {
+        return Ok(());
+    };
+    let stage = diffrec_data::ingest::STAGE_DIR;
+    let now = upstream_hashes(ws, stage).await?.unwrap_or_default();
+    let changed: Vec<&str> = manifest
+        .inputs
+        .iter()
+        .filter(|(k, v)| k.starts_with(&format!("{stage}/")) && now.get(*k) != Some(*v))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "run `{run}` was trained on other data: {} changed since (re-ingested with other \
+         settings or another source). Ingest with the settings it was trained on, or retrain it \
+         with `--force`",
+        changed.join(", ")
     ))
     .into())
 }
@@ -119,7 +155,9 @@ pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     // Read first: without it there is nothing to update, and the evaluation would be wasted.
     let mut summary: Summary = ws.get_json(&summary_key(&p.name)).await?.ok_or_else(|| {
         UsageError(format!(
-            "no {}: run the train stage first",
+            "run `{}` has not finished training (no {}): run the train stage first (a stopped \
+             run resumes)",
+            p.name,
             summary_key(&p.name)
         ))
     })?;
@@ -188,7 +226,7 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
             Arc::new(Float32Array::from(score)),
         ],
     )?;
-    let key = format!("{}/recommendations.parquet", run_dir(&p.name));
+    let key = recommendations_key(&p.name);
     ws.clean_temporaries_of(&key).await?;
     ws.write_parquet(&key, schema, [batch]).await?;
     println!(
@@ -196,6 +234,24 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
         recs.len()
     );
     Ok(())
+}
+
+/// The time weights the workspace's data was ingested with (`data.temporal` in its manifest),
+/// which T-DiffRec and LT-DiffRec runs were trained on.
+async fn temporal_weights(ws: &Workspace) -> Result<TemporalConfig> {
+    let key = manifest_key(diffrec_data::ingest::STAGE_DIR);
+    let manifest: StageManifest = ws
+        .get_json(&key)
+        .await?
+        .ok_or_else(|| UsageError(format!("no {key}: the workspace has no ingested data")))?;
+    serde_json::from_value::<Option<TemporalConfig>>(manifest.config["temporal"].clone())
+        .with_context(|| format!("{key} holds no readable data.temporal"))?
+        .ok_or_else(|| {
+            UsageError(format!(
+                "the run is time-weighted, but {key} records no data.temporal"
+            ))
+            .into()
+        })
 }
 
 /// `diffrec recommend`: top-K for one known user, or for a history of item ids.
@@ -213,6 +269,7 @@ pub async fn recommend_one(
             "run `{run}` has not finished training in {ws_url} (no runs/{run}/_manifest.json)"
         ))
     })?;
+    check_trained_data(&ws, run).await?;
     let items = load_ids(&ws, "item").await?;
     let dev = Default::default();
     let data = load_splits(&ws).await?;
@@ -245,13 +302,22 @@ pub async fn recommend_one(
             if hist.is_empty() {
                 return Err(UsageError("--history names no item known to the model".into()).into());
             }
+            if model_cfg.variant.is_temporal() {
+                // Time-weighted as ingest weighs a user's train rows, oldest first.
+                let weights = temporal_weights(&ws).await?.weights(hist.len());
+                for ((_, w), weight) in hist.iter_mut().zip(weights) {
+                    *w = weight;
+                }
+            }
             recommend_history(&model, &model_cfg, items.len(), &hist, k, &dev)?
         }
         _ => return Err(UsageError("pass exactly one of --user or --history".into()).into()),
     };
-    println!("rank\titem_id\tscore");
-    for (r, (i, s)) in recs.iter().enumerate() {
-        println!("{}\t{}\t{:.5}", r + 1, items[*i as usize], s);
-    }
-    Ok(())
+    crate::stdout::write_data(|out| {
+        writeln!(out, "rank\titem_id\tscore")?;
+        for (r, (i, s)) in recs.iter().enumerate() {
+            writeln!(out, "{}\t{}\t{:.5}", r + 1, items[*i as usize], s)?;
+        }
+        Ok(())
+    })
 }

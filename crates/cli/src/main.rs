@@ -15,6 +15,7 @@ mod malloc;
 mod pipeline;
 mod progress;
 mod stages;
+mod stdout;
 mod threads;
 mod train_stage;
 mod usage;
@@ -139,7 +140,10 @@ enum Command {
         /// Original user id (a user of the training data).
         #[arg(long)]
         user: Option<String>,
-        /// Comma-separated original item ids: score a user not seen in training (fold-in).
+        /// Comma-separated original item ids, oldest first: score a user not seen in
+        /// training (fold-in). For T-DiffRec and LT-DiffRec runs they are time-weighted as
+        /// ingest weighs a user's train items (`data.temporal`: w_min for the first, w_max for
+        /// the last); an item named twice counts once, at its first place.
         #[arg(long)]
         history: Option<String>,
         /// How many items (at least 1).
@@ -263,7 +267,8 @@ async fn dispatch(command: Command) -> Result<()> {
         }
         Command::Validate { args } => {
             let loaded = pipeline::load(&args.pipeline, &args.sets, args.workspace.as_deref())?;
-            print!("{}", serde_norway::to_string(&loaded.pipeline)?);
+            let yaml = serde_norway::to_string(&loaded.pipeline)?;
+            stdout::write_data(|out| out.write_all(yaml.as_bytes()))?;
             eprintln!("{}: valid", args.pipeline.display());
             if let Err(e) = loaded.check_can_train() {
                 eprintln!("note: this binary cannot run the train stage: {e}");

@@ -154,7 +154,7 @@ pub fn from_yaml(
         message: format!("{message}{}", given_by_set(sets, &key)),
         key,
     };
-    let pipeline: Pipeline = serde_path_to_error::deserialize(value).map_err(|e| {
+    let mut pipeline: Pipeline = serde_path_to_error::deserialize(value).map_err(|e| {
         let key = e.path().to_string();
         let key = if key == "." {
             "(top level)".into()
@@ -164,6 +164,7 @@ pub fn from_yaml(
         key_err(key, e.into_inner().to_string())
     })?;
     validate(&pipeline).map_err(|(k, m)| key_err(k, m))?;
+    pipeline.model.unset_spelled_defaults();
     let workspace = pipeline.workspace.clone().ok_or_else(|| {
         key_err(
             "workspace".into(),
@@ -200,7 +201,7 @@ fn given_by_set(sets: &[String], key: &str) -> String {
 
 /// Cross-section and per-section checks; returns (key, message) on the first problem.
 fn validate(p: &Pipeline) -> Result<(), (String, String)> {
-    if p.name.is_empty()
+    if p.name.chars().all(|c| c == '.')
         || !p
             .name
             .chars()
@@ -209,7 +210,8 @@ fn validate(p: &Pipeline) -> Result<(), (String, String)> {
         return Err((
             "name".into(),
             format!(
-                "{:?} must be non-empty letters, digits, '.', '_' or '-'",
+                "{:?} must be letters, digits, '.', '_' or '-', not only dots (the run's \
+                 folder is runs/<name>)",
                 p.name
             ),
         ));
@@ -369,6 +371,23 @@ mod tests {
         assert!(e.ends_with(" (given by --set evaluate.ks=[5, x])"), "{e}");
     }
 
+    /// A default spelled out is the same setting as the default left out: a run trained
+    /// without it is no other run (its manifest and fingerprint compare settings as written).
+    #[test]
+    fn spelled_out_defaults_load_as_unset() {
+        let unset = load_str(MINI, &["model.variant=l-diffrec"]).unwrap();
+        for (variant, default, other) in [("l-diffrec", false, true), ("diffrec", true, false)] {
+            let v = format!("model.variant={variant}");
+            let spelled = format!("model.diffusion.beta_fixed={default}");
+            let l = load_str(MINI, &[&v, &spelled]).unwrap();
+            assert_eq!(l.pipeline.model.diffusion.beta_fixed, None, "{variant}");
+            assert_eq!(l.pipeline.model.beta_fixed(), default, "{variant}");
+            let l = load_str(MINI, &[&v, &format!("model.diffusion.beta_fixed={other}")]);
+            assert_eq!(l.unwrap().pipeline.model.diffusion.beta_fixed, Some(other));
+        }
+        assert_eq!(unset.pipeline.model.diffusion.beta_fixed, None);
+    }
+
     #[test]
     fn values_are_validated_with_their_key() {
         let e = load_str(MINI, &["data.split.ratios=[0.5, 0.5, 0.5]"])
@@ -402,8 +421,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("data.temporal"), "{e}");
-        let e = load_str(MINI, &["name=a/b"]).unwrap_err().to_string();
-        assert!(e.contains("`name`"), "{e}");
+        for name in ["a/b", ".", ".."] {
+            let e = load_str(MINI, &[&format!("name={name}")]).unwrap_err();
+            assert!(e.to_string().contains("`name`"), "{name}: {e}");
+        }
+        assert!(load_str(MINI, &["name=v1.2-a_b"]).is_ok());
         // L-DiffRec's latent is split among the cluster encoders, each at least 1 wide (an
         // inner layer narrower than cluster.k only makes those encoders wider than asked).
         assert!(

@@ -207,7 +207,22 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
                 changed_since_trained(ws, &dir, &trajectory, &inputs).await,
             ) {
                 (TrainError::Input(why), Some(changed)) => {
-                    UsageError(format!("{why}. Since it was trained: {changed}")).into()
+                    UsageError(format!("{why}. Since it was trained: {changed}{}", {
+                        // The reverse pass's settings pick the best epoch while training
+                        // (so they are the run's), and the inference stages take them anew.
+                        let sampling = ["sampling_steps", "sampling_noise"]
+                            .map(|k| format!("`model.diffusion.{k}`"));
+                        let only_sampling = changed
+                            .split("; ")
+                            .all(|c| sampling.iter().any(|k| c.starts_with(k.as_str())));
+                        if only_sampling {
+                            ". To score the trained run with them instead, run `diffrec stage \
+                             evaluate` and `diffrec stage recommend` with these settings"
+                        } else {
+                            ""
+                        }
+                    }))
+                    .into()
                 }
                 (e, _) => e.into(),
             },

@@ -232,10 +232,9 @@ fn demo_runs_every_stage_and_beats_popularity() {
             "{args:?}: {t}"
         );
     }
-    // Evaluating the DiffRec run as another model: exit 2. With the run's manifest, the
-    // settings that differ from the trained ones are named; without it (a run killed before
-    // it finished), the checkpoint's own check names what does not fit (burn itself would load
-    // the other shapes and panic in a matrix product).
+    // Evaluating the DiffRec run as another model: exit 2, naming the settings that differ
+    // from the trained ones. Without the run's manifest (a run stopped before it finished),
+    // its best checkpoint may be an unfinished training's: refused too.
     let pipeline = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../pipelines/quickstart.yaml"
@@ -256,15 +255,8 @@ fn demo_runs_every_stage_and_beats_popularity() {
         ),
         (
             false,
-            "model.denoiser.dims=[50]",
-            "runs/quickstart/checkpoints/best.ckpt does not fit the configured model: \
-             `in_layers.0.weight` is [1010, 200] in the checkpoint but [1010, 50]",
-        ),
-        (
-            false,
-            "model.variant=l-diffrec",
-            "runs/quickstart/checkpoints/best.ckpt does not fit the configured model: it holds \
-             no item clusters",
+            "train.seed=1",
+            "run `quickstart` has not finished training (no runs/quickstart/_manifest.json)",
         ),
     ] {
         if !with_manifest {
@@ -278,6 +270,33 @@ fn demo_runs_every_stage_and_beats_popularity() {
         .args(["stage", "evaluate", pipeline, "--workspace"])
         .arg(&ws)
         .args(["--set", "model.diffusion.sampling_steps=5"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // Data re-ingested with other settings (the same items, other weights) since the run was
+    // trained: evaluate refuses it, naming what changed; ingested again as trained, it runs.
+    let ingest = |sets: &[&str]| {
+        let mut c = diffrec();
+        c.args(["stage", "ingest", pipeline, "--workspace"])
+            .arg(&ws);
+        for set in sets {
+            c.args(["--set", set]);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    ingest(&["data.temporal={w_min: 0.5, w_max: 1.0}"]);
+    assert_stage_refuses(
+        "evaluate",
+        pipeline,
+        &ws,
+        &[],
+        "run `quickstart` was trained on other data: data/interactions.parquet",
+    );
+    ingest(&[]);
+    let out = diffrec()
+        .args(["stage", "evaluate", pipeline, "--workspace"])
+        .arg(&ws)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -908,6 +927,35 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
         .collect();
     assert!(left.is_empty(), "temporaries left: {left:?}");
 
+    // A finished run trained again with --force and killed: the outputs that described the
+    // finished run's best checkpoint are gone with its manifest (they would sit beside the
+    // new training's best), so evaluate refuses the run instead of mixing the two. The
+    // training then resumes to the same result. (For the plain run only: the other settings
+    // add nothing to it.)
+    if settings.is_empty() {
+        kill_after_each_checkpoint(
+            || {
+                let mut c = run(&a, &[]);
+                c.arg("--force");
+                c
+            },
+            &a.join("runs/r/checkpoints/latest.ckpt"),
+            &a.join("runs/r/_manifest.json"),
+        );
+        for gone in ["summary.json", "curves.svg"] {
+            assert!(!a.join("runs/r").join(gone).exists(), "{gone} left");
+        }
+        assert_stage_refuses(
+            "evaluate",
+            p.to_str().unwrap(),
+            &a,
+            &[],
+            "run `r` has not finished training",
+        );
+        assert!(run(&a, &[]).output().unwrap().status.success());
+        assert_eq!(summary(&a), reference);
+    }
+
     // Half the epochs, then extended to all: the same as all in one go.
     let epochs = reference["epochs"].as_u64().unwrap();
     let c = dir.join("c");
@@ -1193,6 +1241,79 @@ fn parquet_columns(path: &Path) -> (Vec<String>, usize) {
         .collect();
     let rows = b.metadata().file_metadata().num_rows() as usize;
     (cols, rows)
+}
+
+/// `diffrec recommend --history` weighs a T-DiffRec history by time as ingest weighs a user's
+/// train items: a known user's train items, oldest first, rank and score exactly as `--user`
+/// does; the same items newest first do not.
+#[test]
+fn history_of_a_time_weighted_run_is_weighted_by_time() {
+    use arrow_array::cast::AsArray;
+    let (dir, p) = synthetic_project(
+        "t-history",
+        &["--users", "300", "--items", "100"],
+        "name: t\ndata:\n  source: {format: csv, path: log.csv}\n  temporal: {w_min: 0.1, w_max: 1.0}\n\
+         model:\n  variant: t-diffrec\n  diffusion: {steps: 5}\n  denoiser: {dims: [32]}\n\
+         train: {epochs: 2, eval_every: 1, batch_size: 64}\n",
+    );
+    let ws = dir.join("ws");
+    let out = diffrec()
+        .args([
+            "run",
+            p.to_str().unwrap(),
+            "--until",
+            "train",
+            "--workspace",
+        ])
+        .arg(&ws)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // The first user's train items in the stored (time) order.
+    let bytes = bytes::Bytes::from(std::fs::read(ws.join("data/interactions.parquet")).unwrap());
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap();
+    let (mut user, mut items) = (None, Vec::new());
+    for batch in reader {
+        let batch = batch.unwrap();
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_string::<i32>()
+                .clone()
+        };
+        let (users, item_ids, split) = (col("user_id"), col("item_id"), col("split"));
+        for r in 0..batch.num_rows() {
+            let u = user.get_or_insert_with(|| users.value(r).to_string());
+            if users.value(r) == u && split.value(r) == "train" {
+                items.push(item_ids.value(r).to_string());
+            }
+        }
+    }
+    let user = user.unwrap();
+    assert!(items.len() > 2, "{items:?}");
+    let recommend = |who: &[&str]| {
+        let out = diffrec()
+            .args([
+                "recommend",
+                "--workspace",
+                ws.to_str().unwrap(),
+                "--run",
+                "t",
+            ])
+            .args(who)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let known = recommend(&["--user", &user]);
+    assert_eq!(recommend(&["--history", &items.join(",")]), known);
+    items.reverse();
+    assert_ne!(recommend(&["--history", &items.join(",")]), known);
 }
 
 #[test]
@@ -2007,33 +2128,38 @@ fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
     }
 
     // Evaluating with a model configuration other than the trained one is a user error (exit
-    // code 2): the run's manifest names the settings that differ; without the manifest, the
-    // checkpoint's check names the first parameter that does not fit. Another latent size,
-    // and another number of denoiser layers (burn itself would have panicked).
+    // code 2): the run's manifest names the settings that differ. Where the manifest agrees
+    // and the best checkpoint does not (one copied from another run, say), the checkpoint's
+    // check names the first parameter that does not fit. Another latent size, and another
+    // number of denoiser layers (burn itself would have panicked).
     let manifest = ws.join("runs/li/_manifest.json");
-    for (set, trained, checked) in [
+    for (set, pointer, value, trained, checked) in [
         (
             "model.autoencoder.dims=[32]",
+            "/config/model/autoencoder/dims",
+            serde_json::json!([32]),
             "`model.autoencoder.dims` [48] (trained) vs [32] (now)",
             "`autoencoder.encoders.0.0.weight` is",
         ),
         (
             "model.denoiser.dims=[64, 64]",
+            "/config/model/denoiser/dims",
+            serde_json::json!([64, 64]),
             "`model.denoiser.dims` [64] (trained) vs [64,64] (now)",
             "only in the configured model `denoiser.in_layers.1.weight`",
         ),
     ] {
+        let sets = [
+            "name=li",
+            "model.autoencoder.latent_share=interactions",
+            set,
+        ];
         let kept = std::fs::read(&manifest).unwrap();
-        for says in [trained, checked] {
-            let sets = [
-                "name=li",
-                "model.autoencoder.latent_share=interactions",
-                set,
-            ];
-            assert_stage_refuses("evaluate", p.to_str().unwrap(), &ws, &sets, says);
-            // The second check runs without the manifest.
-            std::fs::remove_file(&manifest).ok();
-        }
+        assert_stage_refuses("evaluate", p.to_str().unwrap(), &ws, &sets, trained);
+        let mut agreeing: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+        *agreeing.pointer_mut(pointer).unwrap() = value;
+        std::fs::write(&manifest, serde_json::to_vec(&agreeing).unwrap()).unwrap();
+        assert_stage_refuses("evaluate", p.to_str().unwrap(), &ws, &sets, checked);
         std::fs::write(&manifest, kept).unwrap();
     }
 }

@@ -146,6 +146,22 @@ pub struct TemporalConfig {
     pub w_max: f64,
 }
 
+impl TemporalConfig {
+    /// The weights of `n` interactions in time order, oldest first, as ingest gives a user's
+    /// `n` train rows: `w_min + (w_max − w_min)·m/(n − 1)` for the m-th, in f64 and stored as
+    /// f32 (`w_min` alone when n = 1). For histories given outside the workspace (`diffrec
+    /// recommend --history`).
+    pub fn weights(&self, n: usize) -> Vec<f32> {
+        if n == 1 {
+            return vec![self.w_min as f32];
+        }
+        let span = (n - 1) as f64;
+        (0..n)
+            .map(|m| (self.w_min + (self.w_max - self.w_min) * m as f64 / span) as f32)
+            .collect()
+    }
+}
+
 /// `data.noise.kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -287,6 +303,13 @@ impl DataConfig {
                     format!("w_min ({}) must not exceed w_max ({})", t.w_min, t.w_max),
                 ));
             }
+            if t.w_max == 0.0 {
+                return Err(DataError::config(
+                    "data.temporal.w_max",
+                    "must be > 0: with w_max 0 every train interaction weighs 0, and the model \
+                     input is all zeros",
+                ));
+            }
             if t.w_min == 0.0 {
                 tracing::warn!(
                     "data.temporal.w_min = 0 gives each user's oldest train item weight 0; \
@@ -406,6 +429,12 @@ mod tests {
         });
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("data.temporal.w_min"), "{e}");
+        c.temporal = Some(TemporalConfig {
+            w_min: 0.0,
+            w_max: 0.0,
+        });
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("data.temporal.w_max"), "{e}");
     }
 
     #[test]

@@ -426,7 +426,8 @@ fn assign_split(lf: LazyFrame, method: SplitMethod, r: [f64; 3]) -> Result<LazyF
 
 /// Adds `weight`: train rows get `w_min + (w_max − w_min)·m/(M−1)` for the m-th of a user's M
 /// train rows in time order (w_min when M = 1); other rows 1.0. Computed in f64, stored as f32.
-/// Without `data.temporal` every weight is 1.0.
+/// Without `data.temporal` every weight is 1.0. ([`crate::config::TemporalConfig::weights`] is the same rule
+/// for one history; a test checks they agree.)
 fn add_weights(lf: LazyFrame, temporal: Option<(f64, f64)>) -> Result<LazyFrame> {
     let Some((w_min, w_max)) = temporal else {
         return Ok(lf.with_column(lit(1.0f64).cast(DataType::Float32).alias("weight")));

@@ -208,6 +208,10 @@ async fn ties_in_time_keep_source_order_and_k_core_iterates() {
         .collect();
     assert_eq!(items[..4], ["a", "b", "c", "d"]);
     assert_eq!(w[..4], [0.4, 0.6, 0.8, 1.0]);
+    // The rule for a history given to `diffrec recommend` gives the same f32 weights.
+    let t = c.temporal.as_ref().unwrap();
+    assert_eq!(t.weights(4), w[..4]);
+    assert_eq!(t.weights(1), [0.4]);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -97,7 +97,11 @@ fn unframe_all(bytes: &[u8]) -> Result<Vec<Vec<u8>>, TrainError> {
 
 /// The part starting at `pos` (its length prefix, then its bytes); advances `pos` past it.
 fn next_part(bytes: &[u8], pos: &mut usize) -> Result<Vec<u8>, TrainError> {
-    let bad = || TrainError::Checkpoint("truncated checkpoint".to_owned());
+    let bad = || {
+        TrainError::Checkpoint(
+            "truncated checkpoint (the file is damaged: retrain the run with `--force`)".to_owned(),
+        )
+    };
     let len_bytes: [u8; 8] = bytes
         .get(*pos..*pos + 8)
         .and_then(|b| b.try_into().ok())

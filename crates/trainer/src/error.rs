@@ -40,10 +40,15 @@ pub enum TrainError {
 impl TrainError {
     /// The same error with the checkpoint file it concerns named, where it is a
     /// [`TrainError::ModelMismatch`] about a record (e.g. "the model record in
-    /// runs/r/checkpoints/latest.ckpt").
+    /// runs/r/checkpoints/latest.ckpt") or a [`TrainError::Checkpoint`] (a file that does not
+    /// decode).
     pub fn within(mut self, key: &str) -> Self {
-        if let TrainError::ModelMismatch { checkpoint, .. } = &mut self {
-            *checkpoint = format!("{checkpoint} in {key}");
+        match &mut self {
+            TrainError::ModelMismatch { checkpoint, .. } => {
+                *checkpoint = format!("{checkpoint} in {key}");
+            }
+            TrainError::Checkpoint(what) => *what = format!("{key}: {what}"),
+            _ => {}
         }
         self
     }

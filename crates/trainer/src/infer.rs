@@ -33,7 +33,7 @@ pub async fn load_best<B: Backend>(
         state,
         model: model_bytes,
         ..
-    } = decode(&bytes)?;
+    } = decode(&bytes).map_err(|e| e.within(&best_key(run)))?;
     let key = best_key(run);
     // A record that does not load may come from another diffrec version: its errors say which.
     let writer = state.other_writer();

@@ -145,6 +145,10 @@ pub fn curves_key(run: &str) -> String {
 pub fn metrics_key(run: &str) -> String {
     format!("runs/{run}/metrics.parquet")
 }
+/// Written by the recommend stage (the CLI); named here because training gives it up.
+pub fn recommendations_key(run: &str) -> String {
+    format!("runs/{run}/recommendations.parquet")
+}
 
 /// Who is writing the run: the token of the process that started training it last.
 fn owner_key(run: &str) -> String {
@@ -160,9 +164,12 @@ async fn claim_run(ws: &Workspace, run: &str) -> Result<String, TrainError> {
 }
 
 /// What node 0 gives up once every node has agreed to train, so that nodes which refuse to
-/// train together leave the run as it was: the manifest that calls the run complete, and with
-/// `fresh` (`--force`) the checkpoints, all but the claim `token` this process holds.
-/// `latest.ckpt` goes first: a kill in between leaves no old epoch to resume without its best.
+/// train together leave the run as it was: the manifest that calls the run complete, the
+/// outputs that describe the finished run's best checkpoint (`summary.json`, `curves.svg`,
+/// `recommendations.parquet`: a kill during this training would leave them beside another best
+/// checkpoint, and the evaluate stage would mix the two), and with `fresh` (`--force`) the
+/// checkpoints, all but the claim `token` this process holds. `latest.ckpt` goes first: a kill
+/// in between leaves no old epoch to resume without its best.
 async fn give_up_previous(
     ws: &Workspace,
     run: &str,
@@ -171,6 +178,9 @@ async fn give_up_previous(
 ) -> Result<(), TrainError> {
     ensure_sole_writer(ws, run, token).await?;
     ws.delete(&manifest_key(&run_dir(run))).await?;
+    for key in [summary_key(run), curves_key(run), recommendations_key(run)] {
+        ws.delete(&key).await?;
+    }
     if fresh {
         ws.delete(&latest_key(run)).await?;
         for key in ws.list(&format!("runs/{run}/checkpoints")).await? {
@@ -446,7 +456,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
             model: model_bytes,
             optim: optim_bytes,
             ema: ema_bytes,
-        } = decode(&bytes)?;
+        } = decode(&bytes).map_err(|e| e.within(&latest_key(&spec.run)))?;
         if st.fingerprint != spec.fingerprint {
             return Err(foreign_run(&spec.run));
         }
@@ -574,9 +584,15 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
             if !out.loss.is_finite() {
                 // Stopped before the step sampler or a checkpoint takes it in: the latest
                 // checkpoint stays the last finite state.
+                let lower = if spec.model.variant.is_latent() {
+                    "a lower train.lr or train.ae_lr, or check model.autoencoder's loss \
+                     weights (lambda, lambda_cap, kl_cap)"
+                } else {
+                    "a lower train.lr"
+                };
                 return Err(TrainError::Diverged(format!(
                     "the training loss is {} at epoch {epoch}, batch {}: training diverged; \
-                     the latest checkpoint holds the last finite state (try a lower train.lr)",
+                     the latest checkpoint holds the last finite state (try {lower})",
                     out.loss,
                     b + 1
                 )));
