@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
-use diffrec_data::manifest::{
-    Freshness, OutputInfo, StageManifest, freshness, manifest_key, upstream_hashes,
-};
+use diffrec_data::manifest::{Freshness, StageManifest, freshness, manifest_key, upstream_hashes};
 use diffrec_data::workspace::sha256_hex;
 use diffrec_data::{Workspace, load_splits};
 use diffrec_trainer::train::{
@@ -318,13 +316,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         best_key(&p.name),
     ] {
         if ws.exists(&key).await? {
-            outputs.insert(
-                key.clone(),
-                OutputInfo {
-                    sha256: ws.sha256(&key).await?,
-                    rows: None,
-                },
-            );
+            outputs.insert(key.clone(), ws.output_info(&key, None).await?);
         }
     }
     let manifest = StageManifest {

@@ -8,9 +8,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use diffrec_data::artifacts::load_ids;
-use diffrec_data::manifest::{
-    Freshness, OutputInfo, StageManifest, freshness, manifest_key, upstream_hashes,
-};
+use diffrec_data::manifest::{Freshness, StageManifest, freshness, manifest_key, upstream_hashes};
 use diffrec_data::metrics::{MetricsTable, median};
 use diffrec_data::source::read_path;
 use diffrec_data::workspace::sha256_hex;
@@ -213,21 +211,9 @@ pub async fn run_cluster(
     ws.put_json(SUMMARY, &summary).await?;
     let mut infos = BTreeMap::new();
     for (key, rows) in outputs {
-        infos.insert(
-            key.clone(),
-            OutputInfo {
-                sha256: ws.sha256(&key).await?,
-                rows: Some(rows),
-            },
-        );
+        infos.insert(key.clone(), ws.output_info(&key, Some(rows)).await?);
     }
-    infos.insert(
-        SUMMARY.to_owned(),
-        OutputInfo {
-            sha256: ws.sha256(SUMMARY).await?,
-            rows: None,
-        },
-    );
+    infos.insert(SUMMARY.to_owned(), ws.output_info(SUMMARY, None).await?);
     let manifest = StageManifest {
         stage: "cluster".into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),

@@ -12,7 +12,7 @@ use crate::artifacts::{
 };
 use crate::config::DataConfig;
 use crate::error::{DataError, Result};
-use crate::manifest::{Freshness, OutputInfo, StageManifest, freshness, manifest_key};
+use crate::manifest::{Freshness, StageManifest, freshness, manifest_key};
 use crate::source::load_source;
 use crate::transform::prepare;
 use crate::workspace::Workspace;
@@ -97,22 +97,10 @@ pub async fn run_ingest(
         (INTERACTIONS, &prepared.interactions, interactions_schema()),
     ] {
         let rows = write_frame(ws, key, df, schema).await?;
-        outputs.insert(
-            key.to_owned(),
-            OutputInfo {
-                sha256: ws.sha256(key).await?,
-                rows: Some(rows),
-            },
-        );
+        outputs.insert(key.to_owned(), ws.output_info(key, Some(rows)).await?);
     }
     ws.put_json(STATS, &stats).await?;
-    outputs.insert(
-        STATS.to_owned(),
-        OutputInfo {
-            sha256: ws.sha256(STATS).await?,
-            rows: None,
-        },
-    );
+    outputs.insert(STATS.to_owned(), ws.output_info(STATS, None).await?);
 
     let manifest = StageManifest {
         stage: "ingest".into(),

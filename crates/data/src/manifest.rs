@@ -21,6 +21,11 @@ pub struct OutputInfo {
     /// Rows, for tabular artifacts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
+    /// Size in bytes (manifests written since 2026-12-01): an output of another size than
+    /// recorded (cut short, replaced) makes the stage stale, checked from the store's metadata
+    /// without reading the output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 /// `<stage dir>/_manifest.json`.
@@ -80,9 +85,16 @@ pub async fn freshness(
     if &m.inputs != inputs {
         return Ok(Freshness::Stale("an input changed".into()));
     }
-    for key in m.outputs.keys() {
-        if !ws.exists(key).await? {
-            return Ok(Freshness::Stale(format!("output {key} is missing")));
+    for (key, info) in &m.outputs {
+        match (ws.size(key).await?, info.bytes) {
+            (None, _) => return Ok(Freshness::Stale(format!("output {key} is missing"))),
+            (Some(now), Some(recorded)) if now != recorded => {
+                return Ok(Freshness::Stale(format!(
+                    "output {key} has {now} bytes, its manifest records {recorded} (damaged or \
+                     replaced)"
+                )));
+            }
+            _ => {}
         }
     }
     Ok(Freshness::UpToDate)

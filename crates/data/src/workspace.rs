@@ -26,6 +26,7 @@ use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 
 use crate::error::{DataError, Result};
+use crate::manifest::OutputInfo;
 
 /// Marker in the names of temporary keys.
 const TMP_MARKER: &str = ".tmp-";
@@ -354,9 +355,23 @@ impl Workspace {
             })
     }
 
-    /// SHA-256 of an artifact, hex.
-    pub async fn sha256(&self, key: &str) -> Result<String> {
-        Ok(sha256_hex(&self.get(key).await?))
+    /// What a stage manifest records of an output it wrote: its hash and size (and `rows`).
+    pub async fn output_info(&self, key: &str, rows: Option<u64>) -> Result<OutputInfo> {
+        let bytes = self.get(key).await?;
+        Ok(OutputInfo {
+            sha256: sha256_hex(&bytes),
+            rows,
+            bytes: Some(bytes.len() as u64),
+        })
+    }
+
+    /// An artifact's size in bytes from the store's metadata; `None` when it is absent.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>> {
+        match self.store.head(&self.path(key)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Self::store_err(key)(e)),
+        }
     }
 
     /// Removes temporary keys left under `prefix` by an interrupted write; returns how many.

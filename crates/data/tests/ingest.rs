@@ -156,6 +156,12 @@ async fn csv_ingest_matches_hand_computed_rows() {
 
     // A second run with the same config and input is skipped; a changed config reruns.
     assert!(run_ingest(&ws, &c, &dir, false).await.unwrap().skipped);
+    // An output cut short (a copy or disk that failed) is no longer up to date: rerun, whole.
+    let path = dir.join("ws").join(INTERACTIONS);
+    let whole = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &whole[..whole.len() - 1]).unwrap();
+    assert!(!run_ingest(&ws, &c, &dir, false).await.unwrap().skipped);
+    assert_eq!(std::fs::read(&path).unwrap(), whole);
     let mut c2 = c.clone();
     c2.temporal = None;
     let r2 = run_ingest(&ws, &c2, &dir, false).await.unwrap();
