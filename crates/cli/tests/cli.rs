@@ -273,6 +273,21 @@ fn demo_runs_every_stage_and_beats_popularity() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    // A rewritten summary.json (here with other cut-offs, so surely of another size) leaves
+    // the trained run up to date.
+    let out = diffrec()
+        .args(["stage", "evaluate", pipeline, "--workspace"])
+        .arg(&ws)
+        .args(["--set", "evaluate.ks=[5]"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = diffrec()
+        .args(["run", pipeline, "--until", "train", "--workspace"])
+        .arg(&ws)
+        .output()
+        .unwrap();
+    assert!(text(&out).contains("train: up to date"), "{}", text(&out));
     // Data re-ingested with other settings (the same items, other weights) since the run was
     // trained: evaluate refuses it, naming what changed; ingested again as trained, it runs.
     let ingest = |sets: &[&str]| {
