@@ -226,10 +226,18 @@ fn validate(p: &Pipeline) -> Result<(), (String, String)> {
     p.evaluate.validate().map_err(|e| (e.key, e.message))?;
     p.recommend.validate().map_err(|e| (e.key, e.message))?;
     if p.model.variant.is_latent() {
-        p.model
-            .autoencoder
-            .check_clusters(p.cluster.k)
+        let a = &p.model.autoencoder;
+        a.check_clusters(p.cluster.k)
             .map_err(|e| (e.key, e.message))?;
+        if let Some(&narrow) = a.dims.iter().find(|&&d| d < p.cluster.k) {
+            tracing::warn!(
+                "model.autoencoder.dims {:?}: the layer of {narrow} is split among {k} cluster \
+                 encoders, each at least 1 wide, so together they are at least {k} wide, wider \
+                 than asked",
+                a.dims,
+                k = p.cluster.k,
+            );
+        }
     }
     if p.train.parallel == Parallel::Model && !p.model.variant.is_latent() {
         return Err((

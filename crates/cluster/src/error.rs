@@ -12,7 +12,9 @@ pub enum ClusterError {
     #[error("{file}: {message}")]
     BadEmbeddings { file: String, message: String },
     #[error(
-        "cluster.k = {k} is larger than the number of items ({n_items}); choose k ≤ {n_items} (k = 1 disables clustering)"
+        "cluster.k = {k} is too large for {n_items} items: every cluster needs at least {min} items, so choose k ≤ {max} (k = 1 disables clustering)",
+        min = crate::kmeans::MIN_CLUSTER,
+        max = n_items / crate::kmeans::MIN_CLUSTER
     )]
     TooManyClusters { k: usize, n_items: usize },
     #[error("{0}")]

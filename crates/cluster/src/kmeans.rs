@@ -57,9 +57,7 @@ pub fn cluster(
         )));
     }
     let n = embeddings.len() / dim;
-    if k > n {
-        return Err(ClusterError::TooManyClusters { k, n_items: n });
-    }
+    check_k(k, n)?;
     let data = Array2::from_shape_vec((n, dim), embeddings.iter().map(|&x| x as f64).collect())
         .map_err(|e| ClusterError::KMeans(e.to_string()))?;
     let mut notes = Vec::new();
@@ -157,6 +155,16 @@ fn centroids_of(data: &Array2<f64>, labels: &[u32], k: usize) -> Vec<Vec<f64>> {
         s.iter_mut().for_each(|x| *x /= c.max(1) as f64);
     }
     sums
+}
+
+/// Refuses a `cluster.k` that cannot give every cluster [`MIN_CLUSTER`] of the `n_items`
+/// items: k-means would re-seed and merge its way down, for minutes on a large catalogue,
+/// to fewer clusters than asked anyway.
+pub fn check_k(k: usize, n_items: usize) -> Result<()> {
+    if k.saturating_mul(MIN_CLUSTER) > n_items {
+        return Err(ClusterError::TooManyClusters { k, n_items });
+    }
+    Ok(())
 }
 
 /// Moves the members of clusters smaller than [`MIN_CLUSTER`] to the nearest centroid of the
@@ -259,14 +267,20 @@ mod tests {
         assert!(c.distances.iter().all(|&d| d < 1.0));
     }
 
+    /// k up to half the items is tried; beyond, no partition gives every cluster 2 items, and
+    /// the error says the largest k that does.
     #[test]
-    fn k_above_item_count_is_a_clear_error() {
-        let e = cluster(&[0.0, 1.0, 2.0], 1, 4, 1, 1).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("larger than the number of items (3)"),
-            "{e}"
-        );
+    fn k_beyond_half_the_items_is_a_clear_error() {
+        let x: Vec<f32> = (0..10).map(|i| i as f32).collect();
+        assert!(cluster(&x, 1, 5, 1, 1).is_ok());
+        for k in [6, 11] {
+            let e = cluster(&x, 1, k, 1, 1).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("cluster.k = {k} is too large for 10 items"))
+                    && e.contains("k ≤ 5"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -121,9 +121,7 @@ pub async fn run_cluster(
     let n_items = item_ids.len();
     // Fail before minutes of pre-training, not after, and before the earlier outputs stop
     // being vouched for.
-    if cfg.k > n_items {
-        return Err(ClusterError::TooManyClusters { k: cfg.k, n_items });
-    }
+    crate::kmeans::check_k(cfg.k, n_items)?;
     let given = match user_file {
         Some((name, bytes)) => Some((embeddings::parse(&name, bytes, &item_ids)?, name)),
         None => None,
