@@ -53,6 +53,23 @@ pub async fn run_stages(loaded: &Loaded, stages: &[Stage], force: bool) -> Resul
             );
             continue;
         }
+        // A training that evaluates nothing (for timing it alone) writes no best checkpoint:
+        // the stages after it, run with it, have nothing to score. Run alone, they say so.
+        let after_train = matches!(stage, Stage::Evaluate | Stage::Recommend);
+        if after_train && stages.contains(&Stage::Train) && !loaded.pipeline.train.evaluates() {
+            println!(
+                "{}: skipped: train.eval_every ({}) is more than train.epochs ({}), so training \
+                 evaluated nothing and wrote no best checkpoint",
+                if stage == Stage::Evaluate {
+                    "evaluate"
+                } else {
+                    "recommend"
+                },
+                loaded.pipeline.train.eval_every,
+                loaded.pipeline.train.epochs
+            );
+            continue;
+        }
         run_stage(&ws, loaded, stage, force).await?;
     }
     Ok(())

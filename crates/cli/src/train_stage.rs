@@ -99,6 +99,20 @@ async fn upstream(
     // whether training is stale.
     if p.model.variant.is_latent() {
         use diffrec_cluster::artifacts::{ITEM_CLUSTERS, STAGE_DIR};
+        // Clusters of other data than the workspace holds now (ingest ran again since, with the
+        // same items or not): the cluster stage must run again first.
+        let clustered: Option<StageManifest> = ws.get_json(&manifest_key(STAGE_DIR)).await?;
+        if let Some(key) = clustered.and_then(|m| {
+            m.inputs
+                .into_iter()
+                .find(|(k, v)| inputs.contains_key(k) && inputs.get(k) != Some(v))
+                .map(|(k, _)| k)
+        }) {
+            return Ok(Err(format!(
+                "the cluster stage ran on other data than this workspace holds now ({key} \
+                 changed since): run it again"
+            )));
+        }
         let hash = upstream_hashes(ws, STAGE_DIR)
             .await?
             .and_then(|mut h| h.remove(ITEM_CLUSTERS));

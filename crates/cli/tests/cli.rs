@@ -1432,6 +1432,24 @@ fn cluster_stage_writes_its_artifacts_and_takes_given_embeddings() {
     assert!(!ws.join("cluster/user_embeddings.parquet").exists());
     let (cols, _) = parquet_columns(&ws.join("cluster/item_embeddings.parquet"));
     assert_eq!(cols[2], "embedding:FixedSizeList(4 x non-null Float32)");
+
+    // Ingested again with other settings (the same items, other weights): the clusters are of
+    // other data, and the train stage alone says to run the cluster stage first.
+    let out = diffrec()
+        .args(["stage", "ingest", p.to_str().unwrap(), "--workspace"])
+        .arg(&ws)
+        .args(["--set", "data.temporal={w_min: 0.5, w_max: 1.0}"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_stage_refuses(
+        "train",
+        p.to_str().unwrap(),
+        &ws,
+        &["cluster.embeddings=emb.npy"],
+        "the cluster stage ran on other data than this workspace holds now \
+         (data/interactions.parquet changed since): run it again",
+    );
 }
 
 /// The GPU code path on every change: the same tiny pipeline trained with `train.backend: wgpu`
@@ -1643,6 +1661,22 @@ fn a_run_that_evaluates_nothing_says_so() {
         t.contains("train.epochs must reach train.eval_every"),
         "{t}"
     );
+    // The whole pipeline, which runs the stages after training with it, skips them saying why.
+    let out = diffrec()
+        .args(["run", p.to_str().unwrap(), "--workspace"])
+        .arg(&ws)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for stage in ["evaluate", "recommend"] {
+        assert!(
+            t.contains(&format!(
+                "{stage}: skipped: train.eval_every (5) is more than train.epochs (2)"
+            )),
+            "{t}"
+        );
+    }
 }
 
 /// A run that would evaluate on an empty validation split is refused when the pipeline loads
