@@ -61,7 +61,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
             m.get(k).copied().unwrap_or(f64::NAN)
         };
         println!(
-            "cluster: lightgcn best epoch {} of {}: valid recall@20 {:.4}; test recall@20 {:.4} ndcg@20 {:.4}; {:.2} s/epoch, {:.0} s in all",
+            "cluster: lightgcn best epoch {} of {}: valid recall@20 {:.4}; test recall@20 {:.4} ndcg@20 {:.4}; {:.2} s/epoch, {:.1} s in all",
             l.best_epoch,
             l.epochs_run,
             get(&l.valid, "recall@20"),
@@ -77,9 +77,14 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     } else {
         ("clusters", "sizes")
     };
+    let over = if s.dim == 0 {
+        "no embeddings (cluster.k = 1)".to_owned()
+    } else {
+        format!("{}-d {} embeddings", s.dim, s.embeddings)
+    };
     println!(
-        "cluster: {} {clusters} of {sizes} {:?} over {}-d {} embeddings ({:.1}s)",
-        s.k, s.sizes, s.dim, s.embeddings, s.seconds
+        "cluster: {} {clusters} of {sizes} {:?} over {over} ({:.1}s)",
+        s.k, s.sizes, s.seconds
     );
     Ok(())
 }

@@ -1450,6 +1450,25 @@ fn cluster_stage_writes_its_artifacts_and_takes_given_embeddings() {
         "the cluster stage ran on other data than this workspace holds now \
          (data/interactions.parquet changed since): run it again",
     );
+
+    // cluster.k = 1: every item in one cluster, with no pre-training and no embeddings.
+    let out = run(&["--set", "cluster.k=1"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains(&format!(
+            "cluster: 1 cluster of size [{items}] over no embeddings"
+        )),
+        "{t}"
+    );
+    assert!(!t.contains("lightgcn best epoch"), "{t}");
+    for gone in ["item_embeddings.parquet", "user_embeddings.parquet"] {
+        assert!(!ws.join("cluster").join(gone).exists(), "{gone}");
+    }
+    assert_eq!(
+        parquet_columns(&ws.join("cluster/item_clusters.parquet")).1,
+        items
+    );
 }
 
 /// The GPU code path on every change: the same tiny pipeline trained with `train.backend: wgpu`

@@ -93,9 +93,12 @@ pub async fn run_cluster(
         }
         None => None,
     };
-    // Only what shapes this stage's outputs: with given embeddings, LightGCN's settings and the
-    // evaluation cut-offs do not matter.
-    let config = if cfg.embeddings.is_some() {
+    // `cluster.k` 1 without given embeddings: every item in the one cluster, no embeddings to
+    // compute (LightGCN's pre-training would take minutes for nothing).
+    let one_cluster = cfg.k == 1 && cfg.embeddings.is_none();
+    // Only what shapes this stage's outputs: with given embeddings, or with one cluster,
+    // LightGCN's settings and the evaluation cut-offs do not matter.
+    let config = if cfg.embeddings.is_some() || one_cluster {
         let mut c = serde_json::to_value(cfg).unwrap_or_default();
         if let Some(m) = c.as_object_mut() {
             m.remove("lightgcn");
@@ -133,7 +136,19 @@ pub async fn run_cluster(
     }
 
     let mut outputs = BTreeMap::new();
+    if one_cluster {
+        tracing::info!("cluster: cluster.k = 1, every item in one cluster; no pre-training");
+        for key in [
+            USER_EMBEDDINGS,
+            ITEM_EMBEDDINGS,
+            LIGHTGCN_METRICS,
+            checkpoint::KEY,
+        ] {
+            ws.delete(key).await?;
+        }
+    }
     let (item_emb, dim, source, lightgcn) = match given {
+        _ if one_cluster => (Vec::new(), 0, "none (cluster.k = 1)".to_owned(), None),
         Some((e, name)) => {
             tracing::info!(file = %name, rows = e.rows, dim = e.dim, "cluster: using the given item embeddings");
             // Outputs of an earlier pre-training run no longer belong to this stage.
@@ -184,13 +199,23 @@ pub async fn run_cluster(
             (p.items, p.dim, "lightgcn".to_owned(), Some(summary))
         }
     };
-    let batch = embeddings_batch("item", &item_ids, &item_emb, dim)?;
-    ws.write_parquet(ITEM_EMBEDDINGS, embeddings_schema("item", dim), [batch])
-        .await?;
-    outputs.insert(ITEM_EMBEDDINGS.to_owned(), n_items as u64);
-
-    tracing::info!(k = cfg.k, n_runs = cfg.n_runs, "cluster: k-means");
-    let c = kmeans::cluster(&item_emb, dim, cfg.k, cfg.n_runs, cfg.seed)?;
+    let c = if one_cluster {
+        kmeans::Clustering {
+            k: 1,
+            labels: vec![0; n_items],
+            distances: vec![0.0; n_items],
+            sizes: vec![n_items],
+            inertia: 0.0,
+            notes: Vec::new(),
+        }
+    } else {
+        let batch = embeddings_batch("item", &item_ids, &item_emb, dim)?;
+        ws.write_parquet(ITEM_EMBEDDINGS, embeddings_schema("item", dim), [batch])
+            .await?;
+        outputs.insert(ITEM_EMBEDDINGS.to_owned(), n_items as u64);
+        tracing::info!(k = cfg.k, n_runs = cfg.n_runs, "cluster: k-means");
+        kmeans::cluster(&item_emb, dim, cfg.k, cfg.n_runs, cfg.seed)?
+    };
     let batch = clusters_batch(&item_ids, &c.labels, &c.distances)?;
     ws.write_parquet(ITEM_CLUSTERS, clusters_schema(), [batch])
         .await?;
