@@ -44,18 +44,18 @@ async fn clean_temporaries(ws: &Workspace, name: &str) -> Result<()> {
 }
 
 /// What differs between a finished run's manifest and the settings and inputs a new training
-/// would fingerprint (`trajectory`: the manifest's config without what the fingerprint leaves
-/// out), for a checkpoint that cannot be resumed. `None` without a readable manifest (a run
+/// would fingerprint (`trajectory`: the config without the `train` keys `leaves_out`, as the
+/// fingerprint leaves them out), for a checkpoint that cannot be resumed. `None` without a readable manifest (a run
 /// killed before it finished: its checkpoint alone knows only the fingerprint).
 async fn changed_since_trained(
     ws: &Workspace,
     dir: &str,
-    trajectory: &serde_json::Value,
+    (trajectory, leaves_out): (&serde_json::Value, &[&str]),
     inputs: &BTreeMap<String, String>,
 ) -> Option<String> {
     let manifest: StageManifest = ws.get_json(&manifest_key(dir)).await.ok().flatten()?;
     let mut trained = manifest.config;
-    remove_train_keys(&mut trained, FINGERPRINT_LEAVES_OUT);
+    remove_train_keys(&mut trained, leaves_out);
     let mut changed = Vec::new();
     differing_keys("", &trained, trajectory, &mut changed);
     let names: std::collections::BTreeSet<&String> =
@@ -69,8 +69,15 @@ async fn changed_since_trained(
 }
 
 /// The `train` keys the checkpoint fingerprint leaves out: how long to train and when to stop
-/// do not change the trajectory, so a run can be extended or resumed with more epochs.
-const FINGERPRINT_LEAVES_OUT: &[&str] = &["epochs", "patience"];
+/// do not change the trajectory, so a run can be extended or resumed with more epochs; nor do
+/// the devices and how they share the work (data- and model-parallel training equal one
+/// device's up to float error, as the trainer's tests show), so a run resumes on other devices,
+/// after losing a GPU, say.
+const FINGERPRINT_LEAVES_OUT: &[&str] = &["epochs", "patience", "devices", "parallel"];
+
+/// What the fingerprint left out before 2026-12-01: the checkpoints of runs started then carry
+/// this one, and those runs keep their devices.
+const LEGACY_LEAVES_OUT: &[&str] = &["epochs", "patience"];
 
 /// Removes `keys` from the `train` section of a stage's config tree.
 fn remove_train_keys(config: &mut serde_json::Value, keys: &[&str]) {
@@ -207,38 +214,62 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         }
     }
     // The checkpoint fingerprint leaves out what does not change the trajectory (how long to
-    // train, when to stop), so a run can be extended or resumed with more epochs.
-    let mut trajectory = config.clone();
-    remove_train_keys(&mut trajectory, FINGERPRINT_LEAVES_OUT);
-    let fingerprint = sha256_hex(serde_json::to_string(&(&trajectory, &inputs))?.as_bytes());
+    // train, when to stop, on which devices), so a run can be extended or resumed.
+    let trajectory_without = |keys: &[&str]| {
+        let mut t = config.clone();
+        remove_train_keys(&mut t, keys);
+        t
+    };
+    let fingerprint_of = |t: &serde_json::Value| -> Result<String> {
+        Ok(sha256_hex(serde_json::to_string(&(t, &inputs))?.as_bytes()))
+    };
+    let trajectory = trajectory_without(FINGERPRINT_LEAVES_OUT);
+    let mut fingerprint = fingerprint_of(&trajectory)?;
+    let legacy = trajectory_without(LEGACY_LEAVES_OUT);
+    if !force && check_resumable(ws, &p.name, &fingerprint).await.is_err() {
+        let legacy = fingerprint_of(&legacy)?;
+        if check_resumable(ws, &p.name, &legacy).await.is_ok() {
+            fingerprint = legacy;
+        }
+    }
     // Before the manifest goes, what would stop the run: a finished run stays as it was.
     if !force && let Err(e) = check_resumable(ws, &p.name, &fingerprint).await {
-        return Err(
-            match (
-                e,
-                changed_since_trained(ws, &dir, &trajectory, &inputs).await,
-            ) {
-                (TrainError::Input(why), Some(changed)) => {
-                    UsageError(format!("{why}. Since it was trained: {changed}{}", {
-                        // The reverse pass's settings pick the best epoch while training
-                        // (so they are the run's), and the inference stages take them anew.
-                        let sampling = ["sampling_steps", "sampling_noise"]
-                            .map(|k| format!("`model.diffusion.{k}`"));
-                        let only_sampling = changed
-                            .split("; ")
-                            .all(|c| sampling.iter().any(|k| c.starts_with(k.as_str())));
-                        if only_sampling {
-                            ". To score the trained run with them instead, run `diffrec stage \
+        let changed =
+            match changed_since_trained(ws, &dir, (&trajectory, FINGERPRINT_LEAVES_OUT), &inputs)
+                .await
+            {
+                Some(changed) => Some(changed),
+                // Nothing the fingerprint covers now: a run started before the devices left it.
+                None => changed_since_trained(ws, &dir, (&legacy, LEGACY_LEAVES_OUT), &inputs)
+                    .await
+                    .map(|changed| {
+                        format!(
+                            "{changed} (a run started before diffrec let runs resume on other \
+                         devices keeps its train.devices and train.parallel)"
+                        )
+                    }),
+            };
+        return Err(match (e, changed) {
+            (TrainError::Input(why), Some(changed)) => {
+                UsageError(format!("{why}. Since it was trained: {changed}{}", {
+                    // The reverse pass's settings pick the best epoch while training
+                    // (so they are the run's), and the inference stages take them anew.
+                    let sampling = ["sampling_steps", "sampling_noise"]
+                        .map(|k| format!("`model.diffusion.{k}`"));
+                    let only_sampling = changed
+                        .split("; ")
+                        .all(|c| sampling.iter().any(|k| c.starts_with(k.as_str())));
+                    if only_sampling {
+                        ". To score the trained run with them instead, run `diffrec stage \
                              evaluate` and `diffrec stage recommend` with these settings"
-                        } else {
-                            ""
-                        }
-                    }))
-                    .into()
-                }
-                (e, _) => e.into(),
-            },
-        );
+                    } else {
+                        ""
+                    }
+                }))
+                .into()
+            }
+            (e, _) => e.into(),
+        });
     }
     let data = load_splits(ws).await?;
     if data.valid.nnz() == 0 && p.train.evaluates() {

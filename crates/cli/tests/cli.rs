@@ -1698,6 +1698,38 @@ fn a_run_that_evaluates_nothing_says_so() {
     }
 }
 
+/// A run started on two (logical) devices resumes on one: the devices are no part of the run's
+/// identity (data-parallel training equals one device's up to float error).
+#[test]
+fn a_run_resumes_on_other_devices() {
+    let (_dir, p, ws, out) = tiny_train_run(
+        "devices",
+        "{epochs: 2, eval_every: 1, batch_size: 20, devices: [cpu, cpu]}",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    for (devices, epochs) in [("[]", 4), ("[cpu, cpu, cpu]", 6)] {
+        let out = diffrec()
+            .args([
+                "run",
+                p.to_str().unwrap(),
+                "--until",
+                "train",
+                "--workspace",
+            ])
+            .arg(&ws)
+            .args(["--set", &format!("train.devices={devices}")])
+            .args(["--set", &format!("train.epochs={epochs}")])
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert!(out.status.success(), "{t}");
+        assert!(
+            t.contains(&format!("resuming after epoch {}", epochs - 2)),
+            "{t}"
+        );
+    }
+}
+
 /// A run that would evaluate on an empty validation split is refused when the pipeline loads
 /// (exit 2), saying why and the two ways out; without evaluation it trains.
 #[test]

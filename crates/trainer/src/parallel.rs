@@ -29,7 +29,7 @@ use burn::tensor::TensorPrimitive;
 use burn::tensor::backend::AutodiffBackend;
 use diffrec_model::{GaussianDiffusion, Recommender};
 
-use crate::config::{TrainConfig, host_port, try_listen};
+use crate::config::{Parallel, TrainConfig, host_port, try_listen};
 use crate::error::TrainError;
 use crate::learner::{Batch, Learner, StepAt, StepOut};
 
@@ -487,17 +487,21 @@ where
         train: &TrainConfig,
     ) -> Result<(), TrainError> {
         let [a, b, c] = fingerprint_words(fingerprint).map(usize::from);
-        let values = [a, b, c, train.epochs, train.patience];
+        // The fingerprint leaves the devices out (a run may resume on others); the nodes must
+        // still use them alike (`check_same` compares their device counts).
+        let model_parallel = usize::from(train.parallel == Parallel::Model);
+        let values = [a, b, c, train.epochs, train.patience, model_parallel];
         self.check_same(&values, |k| match k {
             0..=2 => "the nodes train different runs: their pipelines (other than the node keys \
                       and train.peer_timeout) or their ingested data differ; run every node with \
-                      the same pipeline file, the same train.devices and backend, on the same data \
-                      (with `diffrec run` on every node, a node may also have started on the \
-                      data node 0 was still ingesting anew: rerun them all)"
+                      the same pipeline file and backend, on the same data (with `diffrec run` \
+                      on every node, a node may also have started on the data node 0 was still \
+                      ingesting anew: rerun them all)"
                 .into(),
-            _ => "the nodes would stop at different epochs: give every node the same \
-                  train.epochs and train.patience"
+            3 | 4 => "the nodes would stop at different epochs: give every node the same \
+                      train.epochs and train.patience"
                 .into(),
+            _ => "the nodes use different train.parallel settings: give every node the same".into(),
         })
     }
 
