@@ -116,7 +116,14 @@ async fn check_trained_data(ws: &Workspace, run: &str) -> Result<()> {
         return Ok(());
     };
     let stage = diffrec_data::ingest::STAGE_DIR;
-    let now = upstream_hashes(ws, stage).await?.unwrap_or_default();
+    let Some(now) = upstream_hashes(ws, stage).await? else {
+        return Err(UsageError(format!(
+            "the workspace's ingested data is incomplete (no {}: the ingest stage is running, \
+             or stopped before it finished): run it to the end first",
+            manifest_key(stage)
+        ))
+        .into());
+    };
     let changed: Vec<&str> = manifest
         .inputs
         .iter()

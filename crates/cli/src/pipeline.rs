@@ -154,7 +154,7 @@ pub fn from_yaml(
         message: format!("{message}{}", given_by_set(sets, &key)),
         key,
     };
-    let mut pipeline: Pipeline = serde_path_to_error::deserialize(value).map_err(|e| {
+    let pipeline: Pipeline = serde_path_to_error::deserialize(value).map_err(|e| {
         let key = e.path().to_string();
         let key = if key == "." {
             "(top level)".into()
@@ -164,7 +164,6 @@ pub fn from_yaml(
         key_err(key, e.into_inner().to_string())
     })?;
     validate(&pipeline).map_err(|(k, m)| key_err(k, m))?;
-    pipeline.model.unset_spelled_defaults();
     let workspace = pipeline.workspace.clone().ok_or_else(|| {
         key_err(
             "workspace".into(),
@@ -377,23 +376,6 @@ mod tests {
             .to_string();
         assert!(e.contains("evaluate.ks[1]"), "{e}");
         assert!(e.ends_with(" (given by --set evaluate.ks=[5, x])"), "{e}");
-    }
-
-    /// A default spelled out is the same setting as the default left out: a run trained
-    /// without it is no other run (its manifest and fingerprint compare settings as written).
-    #[test]
-    fn spelled_out_defaults_load_as_unset() {
-        let unset = load_str(MINI, &["model.variant=l-diffrec"]).unwrap();
-        for (variant, default, other) in [("l-diffrec", false, true), ("diffrec", true, false)] {
-            let v = format!("model.variant={variant}");
-            let spelled = format!("model.diffusion.beta_fixed={default}");
-            let l = load_str(MINI, &[&v, &spelled]).unwrap();
-            assert_eq!(l.pipeline.model.diffusion.beta_fixed, None, "{variant}");
-            assert_eq!(l.pipeline.model.beta_fixed(), default, "{variant}");
-            let l = load_str(MINI, &[&v, &format!("model.diffusion.beta_fixed={other}")]);
-            assert_eq!(l.unwrap().pipeline.model.diffusion.beta_fixed, Some(other));
-        }
-        assert_eq!(unset.pipeline.model.diffusion.beta_fixed, None);
     }
 
     #[test]

@@ -157,11 +157,11 @@ fn centroids_of(data: &Array2<f64>, labels: &[u32], k: usize) -> Vec<Vec<f64>> {
     sums
 }
 
-/// Refuses a `cluster.k` that cannot give every cluster [`MIN_CLUSTER`] of the `n_items`
-/// items: k-means would re-seed and merge its way down, for minutes on a large catalogue,
+/// Refuses a `cluster.k` above 1 that cannot give every cluster [`MIN_CLUSTER`] of the
+/// `n_items` items: k-means would re-seed and merge its way down, for minutes on a large catalogue,
 /// to fewer clusters than asked anyway.
 pub fn check_k(k: usize, n_items: usize) -> Result<()> {
-    if k.saturating_mul(MIN_CLUSTER) > n_items {
+    if k > 1 && k.saturating_mul(MIN_CLUSTER) > n_items {
         return Err(ClusterError::TooManyClusters { k, n_items });
     }
     Ok(())
@@ -273,6 +273,10 @@ mod tests {
     fn k_beyond_half_the_items_is_a_clear_error() {
         let x: Vec<f32> = (0..10).map(|i| i as f32).collect();
         assert!(cluster(&x, 1, 5, 1, 1).is_ok());
+        assert!(
+            cluster(&[0.5], 1, 1, 1, 1).is_ok(),
+            "one cluster of one item"
+        );
         for k in [6, 11] {
             let e = cluster(&x, 1, k, 1, 1).unwrap_err().to_string();
             assert!(

@@ -94,11 +94,12 @@ pub async fn run_cluster(
         None => None,
     };
     // `cluster.k` 1 without given embeddings: every item in the one cluster, no embeddings to
-    // compute (LightGCN's pre-training would take minutes for nothing).
+    // compute (LightGCN's pre-training would take minutes for nothing). Its config is kept as
+    // it was when this stage still pre-trained, so such workspaces stay up to date.
     let one_cluster = cfg.k == 1 && cfg.embeddings.is_none();
-    // Only what shapes this stage's outputs: with given embeddings, or with one cluster,
-    // LightGCN's settings and the evaluation cut-offs do not matter.
-    let config = if cfg.embeddings.is_some() || one_cluster {
+    // Only what shapes this stage's outputs: with given embeddings, LightGCN's settings and the
+    // evaluation cut-offs do not matter.
+    let config = if cfg.embeddings.is_some() {
         let mut c = serde_json::to_value(cfg).unwrap_or_default();
         if let Some(m) = c.as_object_mut() {
             m.remove("lightgcn");

@@ -442,14 +442,6 @@ fn default_dropout() -> f64 {
 }
 
 impl ModelConfig {
-    /// Unsets `beta_fixed` where it names the variant's default: runs compare their settings
-    /// as written (the manifests, the checkpoint fingerprint), and spelling out a default must
-    /// not read as another setting.
-    pub fn unset_spelled_defaults(&mut self) {
-        let default = !self.variant.is_latent();
-        self.diffusion.beta_fixed = self.diffusion.beta_fixed.filter(|&b| b != default);
-    }
-
     /// `beta_fixed` with the variant's default applied.
     pub fn beta_fixed(&self) -> bool {
         self.diffusion

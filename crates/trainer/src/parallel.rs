@@ -29,7 +29,7 @@ use burn::tensor::TensorPrimitive;
 use burn::tensor::backend::AutodiffBackend;
 use diffrec_model::{GaussianDiffusion, Recommender};
 
-use crate::config::{Parallel, TrainConfig, host_port, try_listen};
+use crate::config::{TrainConfig, host_port, try_listen};
 use crate::error::TrainError;
 use crate::learner::{Batch, Learner, StepAt, StepOut};
 
@@ -488,9 +488,9 @@ where
     ) -> Result<(), TrainError> {
         let [a, b, c] = fingerprint_words(fingerprint).map(usize::from);
         // The fingerprint leaves the devices out (a run may resume on others); the nodes must
-        // still use them alike (`check_same` compares their device counts).
-        let model_parallel = usize::from(train.parallel == Parallel::Model);
-        let values = [a, b, c, train.epochs, train.patience, model_parallel];
+        // still use as many each (`check_same` compares their device counts), and several
+        // nodes train data-parallel only (validated).
+        let values = [a, b, c, train.epochs, train.patience];
         self.check_same(&values, |k| match k {
             0..=2 => "the nodes train different runs: their pipelines (other than the node keys \
                       and train.peer_timeout) or their ingested data differ; run every node with \
@@ -498,10 +498,9 @@ where
                       on every node, a node may also have started on the data node 0 was still \
                       ingesting anew: rerun them all)"
                 .into(),
-            3 | 4 => "the nodes would stop at different epochs: give every node the same \
-                      train.epochs and train.patience"
+            _ => "the nodes would stop at different epochs: give every node the same \
+                  train.epochs and train.patience"
                 .into(),
-            _ => "the nodes use different train.parallel settings: give every node the same".into(),
         })
     }
 

@@ -165,11 +165,13 @@ async fn claim_run(ws: &Workspace, run: &str) -> Result<String, TrainError> {
 
 /// What node 0 gives up once every node has agreed to train, so that nodes which refuse to
 /// train together leave the run as it was: the manifest that calls the run complete, the
-/// outputs that describe the finished run's best checkpoint (`summary.json`, `curves.svg`,
+/// outputs that describe the finished run's best checkpoint (`summary.json` and
 /// `recommendations.parquet`: a kill during this training would leave them beside another best
-/// checkpoint, and the evaluate stage would mix the two), and with `fresh` (`--force`) the
-/// checkpoints, all but the claim `token` this process holds. `latest.ckpt` goes first: a kill
-/// in between leaves no old epoch to resume without its best.
+/// checkpoint, and the evaluate stage would mix the two; the training writes the summary again
+/// when it ends, whether or not it evaluates), and with `fresh` (`--force`) the checkpoints, all
+/// but the claim `token` this process holds. `latest.ckpt` goes first: a kill in between leaves
+/// no old epoch to resume without its best. (`curves.svg` stays: it is rewritten with
+/// `metrics.parquet` at each evaluation, so it always shows the evaluations so far.)
 async fn give_up_previous(
     ws: &Workspace,
     run: &str,
@@ -178,7 +180,7 @@ async fn give_up_previous(
 ) -> Result<(), TrainError> {
     ensure_sole_writer(ws, run, token).await?;
     ws.delete(&manifest_key(&run_dir(run))).await?;
-    for key in [summary_key(run), curves_key(run), recommendations_key(run)] {
+    for key in [summary_key(run), recommendations_key(run)] {
         ws.delete(&key).await?;
     }
     if fresh {
