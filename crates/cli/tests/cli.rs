@@ -265,23 +265,21 @@ fn demo_runs_every_stage_and_beats_popularity() {
         assert_stage_refuses("evaluate", pipeline, &ws, &[set], says);
     }
     std::fs::write(&manifest, kept).unwrap();
+    // `diffrec stage STAGE` of the quickstart with `sets`, which must succeed.
+    let stage_ok = |stage: &str, sets: &[&str]| {
+        let mut c = diffrec();
+        c.args(["stage", stage, pipeline, "--workspace"]).arg(&ws);
+        for set in sets {
+            c.args(["--set", set]);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{stage} {sets:?}: {}", text(&out));
+    };
     // The reverse pass's own settings may change at evaluation.
-    let out = diffrec()
-        .args(["stage", "evaluate", pipeline, "--workspace"])
-        .arg(&ws)
-        .args(["--set", "model.diffusion.sampling_steps=5"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    stage_ok("evaluate", &["model.diffusion.sampling_steps=5"]);
     // A rewritten summary.json (here with other cut-offs, so surely of another size) leaves
     // the trained run up to date.
-    let out = diffrec()
-        .args(["stage", "evaluate", pipeline, "--workspace"])
-        .arg(&ws)
-        .args(["--set", "evaluate.ks=[5]"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    stage_ok("evaluate", &["evaluate.ks=[5]"]);
     let out = diffrec()
         .args(["run", pipeline, "--until", "train", "--workspace"])
         .arg(&ws)
@@ -290,17 +288,7 @@ fn demo_runs_every_stage_and_beats_popularity() {
     assert!(text(&out).contains("train: up to date"), "{}", text(&out));
     // Data re-ingested with other settings (the same items, other weights) since the run was
     // trained: evaluate refuses it, naming what changed; ingested again as trained, it runs.
-    let ingest = |sets: &[&str]| {
-        let mut c = diffrec();
-        c.args(["stage", "ingest", pipeline, "--workspace"])
-            .arg(&ws);
-        for set in sets {
-            c.args(["--set", set]);
-        }
-        let out = c.output().unwrap();
-        assert!(out.status.success(), "{}", text(&out));
-    };
-    ingest(&["data.temporal={w_min: 0.5, w_max: 1.0}"]);
+    stage_ok("ingest", &["data.temporal={w_min: 0.5, w_max: 1.0}"]);
     assert_stage_refuses(
         "evaluate",
         pipeline,
@@ -308,13 +296,8 @@ fn demo_runs_every_stage_and_beats_popularity() {
         &[],
         "run `quickstart` was trained on other data: data/interactions.parquet",
     );
-    ingest(&[]);
-    let out = diffrec()
-        .args(["stage", "evaluate", pipeline, "--workspace"])
-        .arg(&ws)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    stage_ok("ingest", &[]);
+    stage_ok("evaluate", &[]);
     // A stage started before the stage it reads from: exit 2, saying which to run.
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty).unwrap(); // a workspace where nothing ran yet
@@ -1270,17 +1253,7 @@ fn history_of_a_time_weighted_run_is_weighted_by_time() {
          train: {epochs: 2, eval_every: 1, batch_size: 64}\n",
     );
     let ws = dir.join("ws");
-    let out = diffrec()
-        .args([
-            "run",
-            p.to_str().unwrap(),
-            "--until",
-            "train",
-            "--workspace",
-        ])
-        .arg(&ws)
-        .output()
-        .unwrap();
+    let out = run_until_train(&p, &ws);
     assert!(out.status.success(), "{}", text(&out));
     // The first user's train items in the stored (time) order.
     let bytes = bytes::Bytes::from(std::fs::read(ws.join("data/interactions.parquet")).unwrap());
@@ -1531,6 +1504,21 @@ fn wgpu_backend_trains_like_the_cpu_backend() {
     assert!((r(&gpu) - r(&cpu)).abs() < 0.05, "wgpu {gpu} vs cpu {cpu}");
 }
 
+/// `diffrec run PIPELINE --until train --workspace WS`.
+fn run_until_train(p: &Path, ws: &Path) -> Output {
+    diffrec()
+        .args([
+            "run",
+            p.to_str().unwrap(),
+            "--until",
+            "train",
+            "--workspace",
+        ])
+        .arg(ws)
+        .output()
+        .unwrap()
+}
+
 /// A 60-user × 40-item synthetic log and a tiny DiffRec pipeline with the given `train:` flow
 /// mapping, run up to the train stage in `<dir>/ws`: the directory, the pipeline, the
 /// workspace and the run's output.
@@ -1545,17 +1533,7 @@ fn tiny_train_run(tag: &str, train: &str) -> (TestDir, PathBuf, PathBuf, Output)
         ),
     );
     let ws = dir.join("ws");
-    let out = diffrec()
-        .args([
-            "run",
-            p.to_str().unwrap(),
-            "--until",
-            "train",
-            "--workspace",
-        ])
-        .arg(&ws)
-        .output()
-        .unwrap();
+    let out = run_until_train(&p, &ws);
     (dir, p, ws, out)
 }
 
