@@ -238,6 +238,12 @@ fn validate(p: &Pipeline) -> Result<(), (String, String)> {
             );
         }
     }
+    if p.train.parallel == Parallel::Model && p.train.devices.len() < 2 {
+        tracing::warn!(
+            "train.parallel: model spreads the cluster encoders over train.devices, and there \
+             is only one device: training runs as on one device"
+        );
+    }
     if p.train.parallel == Parallel::Model && !p.model.variant.is_latent() {
         return Err((
             "train.parallel".into(),

@@ -330,18 +330,19 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
             .with_columns(Some(names.clone()))
             .with_infer_schema_length(Some(10_000))
             .map_parse_options(|o| o.with_separator(sep));
-        if as_strings {
-            let schema: Schema = wanted
-                .iter()
-                .map(|(_, n)| Field::new(n.as_str().into(), DataType::String))
-                .collect();
-            opts = opts.with_schema_overwrite(Some(Arc::new(schema)));
-        }
+        // Ids are read as text always (type inference would read `007` as 7 and merge it
+        // with `7`); with `as_strings`, every column.
+        let schema: Schema = wanted
+            .iter()
+            .filter(|(role, _)| as_strings || matches!(*role, "user" | "item"))
+            .map(|(_, n)| Field::new(n.as_str().into(), DataType::String))
+            .collect();
+        opts = opts.with_schema_overwrite(Some(Arc::new(schema)));
         opts.into_reader_with_file_handle(Cursor::new(bytes.clone()))
             .finish()
     };
     match read(false) {
-        Ok(df) => Ok(df),
+        Ok(df) => ids_as_written(df, &wanted),
         // Inference guessed a type that a later row breaks: read as text and let the column
         // checks find the row.
         Err(first) => read(true).map_err(|e| {
@@ -373,6 +374,38 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
             DataError::bad_input(file, None, None, message)
         }),
     }
+}
+
+/// The CSV's id columns as their text, except a column whose every value is an integer as an
+/// integer is written (`-3`, `0`, `42`; no sign `+`, no leading zero, within i64), which is
+/// typed `Int64` as inference would type it, so numeric ids keep sorting numerically. `007`
+/// stays text, apart from `7`.
+fn ids_as_written(mut df: DataFrame, wanted: &[(&str, String)]) -> Result<DataFrame> {
+    for (role, name) in wanted {
+        if !matches!(*role, "user" | "item") {
+            continue;
+        }
+        let Ok(col) = df.column(name.as_str()) else {
+            continue;
+        };
+        let Ok(text) = col.str() else { continue };
+        let canonical = |s: &str| {
+            let digits = s.strip_prefix('-').unwrap_or(s);
+            !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && (digits == "0" || !digits.starts_with('0'))
+                && !(s.starts_with('-') && digits == "0")
+                && s.parse::<i64>().is_ok()
+        };
+        if text.null_count() == 0 && text.iter().all(|v| v.is_some_and(canonical)) {
+            let ints = col
+                .strict_cast(&DataType::Int64)
+                .map_err(polars_err("typing integer ids"))?;
+            df.with_column(ints)
+                .map_err(polars_err("typing integer ids"))?;
+        }
+    }
+    Ok(df)
 }
 
 /// A hint when a one-field header holds another common delimiter: the file was likely written
@@ -490,8 +523,11 @@ fn id_column(file: &str, name: &str, col: &Column) -> Result<Column> {
     }
     match col.dtype() {
         DataType::String => Ok(col.clone()),
+        // Integer ids beyond i64 (large uint64 values) are kept as their decimal text: a
+        // plain cast would turn them into nulls and drop their rows.
         dt if dt.is_integer() => col
-            .cast(&DataType::Int64)
+            .strict_cast(&DataType::Int64)
+            .or_else(|_| col.cast(&DataType::String))
             .map_err(polars_err("casting ids")),
         other => Err(DataError::bad_input(
             file,
@@ -512,9 +548,21 @@ fn timestamp_column(file: &str, name: &str, col: &Column) -> Result<Column> {
         ));
     }
     let ts: Column = match col.dtype() {
-        dt if dt.is_integer() => col
-            .cast(&DataType::Int64)
-            .map_err(polars_err("casting timestamps"))?,
+        dt if dt.is_integer() => {
+            let ts = col
+                .cast(&DataType::Int64)
+                .map_err(polars_err("casting timestamps"))?;
+            // A value beyond i64 (a large uint64) casts to null: name it, as a missing one.
+            if let Some(row) = first_null_row(&ts) {
+                return Err(DataError::bad_input(
+                    file,
+                    Some(row),
+                    Some(name),
+                    "timestamp beyond the 64-bit signed range of seconds",
+                ));
+            }
+            ts
+        }
         DataType::String => {
             let ca = col.str().map_err(polars_err("reading timestamps"))?;
             let mut out = Vec::with_capacity(ca.len());
@@ -590,10 +638,27 @@ fn rating_column(file: &str, name: &str, col: &Column) -> Result<Column> {
         ));
     }
     match col.dtype() {
-        dt if dt.is_primitive_numeric() => Ok(col
-            .cast(&DataType::Float64)
-            .map_err(polars_err("casting ratings"))?
-            .with_name("rating".into())),
+        dt if dt.is_primitive_numeric() => {
+            let r = col
+                .cast(&DataType::Float64)
+                .map_err(polars_err("casting ratings"))?
+                .with_name("rating".into());
+            // NaN is no rating (it would pass every `min_rating` comparison as kept).
+            let values = r.f64().map_err(polars_err("reading ratings"))?;
+            if let Some(row) = values
+                .iter()
+                .position(|v| v.is_some_and(|v| !v.is_finite()))
+            {
+                let v = values.get(row).unwrap_or(f64::NAN);
+                return Err(DataError::bad_input(
+                    file,
+                    Some(row as u64 + 1),
+                    Some(name),
+                    format!("rating must be a finite number, got {v}"),
+                ));
+            }
+            Ok(r)
+        }
         DataType::String => {
             let ca = col.str().map_err(polars_err("reading ratings"))?;
             let mut out = Vec::with_capacity(ca.len());

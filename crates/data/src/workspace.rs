@@ -105,7 +105,12 @@ impl Workspace {
                         source: e,
                     })?;
                 } else if !std::path::Path::new(dir).is_dir() {
-                    return Err(bad("no such directory".into()));
+                    let what = if std::path::Path::new(dir).exists() {
+                        "a file, not a directory: a workspace is the folder the stages write"
+                    } else {
+                        "no such directory"
+                    };
+                    return Err(bad(what.into()));
                 }
                 // Every write reaches the disk (file and directory entry) before it returns,
                 // as on S3: a checkpoint or manifest a finished write left must survive a host
@@ -689,6 +694,11 @@ mod tests {
         assert!(!dir.exists());
         Workspace::open(&url).unwrap();
         assert!(Workspace::open_existing(&url).is_ok());
+        // A file where the workspace should be is named as such.
+        let file = dir.join("f.csv");
+        std::fs::write(&file, "x").unwrap();
+        let e = Workspace::open_existing(file.to_str().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("a file, not a directory"), "{e}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -221,6 +221,40 @@ async fn ties_in_time_keep_source_order_and_k_core_iterates() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// CSV ids are the text written: `007` and `7`, `01` and `1` are different ids (type inference
+/// read them as the same integers and merged them). Ids that are all plain integers still
+/// sort numerically (2 before 10), as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn csv_ids_keep_their_text_and_plain_integers_sort_numerically() {
+    let dir = tmpdir("ids");
+    let csv = "user_id,item_id,timestamp\n1,007,1\n1,7,2\n1,3,3\n01,007,1\n01,8,2\n01,9,3\n";
+    std::fs::write(dir.join("z.csv"), csv).unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "csv", "path": "z.csv"},
+        "split": {"ratios": [1.0, 0.0, 0.0]}
+    }));
+    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
+    let r = run_ingest(&ws, &c, &dir, false).await.unwrap();
+    assert_eq!((r.stats.users, r.stats.items), (2, 5));
+    let items = strs(&read_back(&ws, ITEMS).await, "item_id");
+    assert_eq!(items, ["007", "3", "7", "8", "9"], "text ids sort as text");
+
+    let csv = "user_id,item_id,timestamp\n10,2,1\n10,10,2\n2,-1,1\n2,0,2\n";
+    std::fs::write(dir.join("n.csv"), csv).unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "csv", "path": "n.csv"},
+        "split": {"ratios": [1.0, 0.0, 0.0]}
+    }));
+    let ws = Workspace::open(dir.join("ws2").to_str().unwrap()).unwrap();
+    run_ingest(&ws, &c, &dir, false).await.unwrap();
+    assert_eq!(strs(&read_back(&ws, USERS).await, "user_id"), ["2", "10"]);
+    assert_eq!(
+        strs(&read_back(&ws, ITEMS).await, "item_id"),
+        ["-1", "0", "2", "10"]
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn iso_timestamps_and_parquet_sources() {
     let dir = tmpdir("iso");
@@ -320,6 +354,17 @@ async fn bad_input_names_file_row_and_column() {
     .await;
     assert!(
         e.contains("row 1, column `rating`: rating must be numeric"),
+        "{e}"
+    );
+
+    // NaN is no rating: it would pass any min_rating.
+    let e = ingest_err(
+        "user_id,item_id,timestamp,rating\n1,2,5,4\n1,3,6,NaN\n",
+        serde_json::json!({"min_rating": 9}),
+    )
+    .await;
+    assert!(
+        e.contains("row 2, column `rating`: rating must be a finite number, got NaN"),
         "{e}"
     );
 
