@@ -47,8 +47,8 @@ pub async fn run_stages(loaded: &Loaded, stages: &[Stage], force: bool) -> Resul
     tracing::info!(workspace = %ws.url(), pipeline = %loaded.pipeline.name, "opened workspace");
     for &stage in stages {
         if stage == Stage::Cluster && !loaded.pipeline.model.variant.is_latent() {
-            tracing::info!(
-                "cluster: not needed for {}, skipping",
+            println!(
+                "cluster: not needed for {}, skipped",
                 loaded.pipeline.model.variant.name()
             );
             continue;

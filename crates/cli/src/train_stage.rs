@@ -188,6 +188,16 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     let p = &loaded.pipeline;
     let dir = run_dir(&p.name);
     let inputs = upstream_for_node(ws, loaded).await?;
+    // Run alone (`diffrec stage train`, from a scheduler), training must not take data or
+    // clusters made with other settings than this pipeline's for its own (a node other than 0
+    // waited above for node 0 to redo them).
+    if let Some(why) = upstream_settings_differ(ws, loaded).await? {
+        return Err(UsageError(format!(
+            "{why} than this pipeline's: run that stage with this pipeline first (`diffrec run` \
+             runs every stage in order)"
+        ))
+        .into());
+    }
     let latent = p.model.variant.is_latent();
     // Where this process sits among several nodes, and how long it waits for them, is no part
     // of the run's identity: every node of a multi-node run sees the same manifest and shares

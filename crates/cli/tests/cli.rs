@@ -298,6 +298,15 @@ fn demo_runs_every_stage_and_beats_popularity() {
     );
     stage_ok("ingest", &[]);
     stage_ok("evaluate", &[]);
+    // Training run alone with other data settings than the ingest ran with: refused, not
+    // trained on the old data.
+    assert_stage_refuses(
+        "train",
+        pipeline,
+        &ws,
+        &["data.min_rating=5"],
+        "the ingest stage completed with other data settings than this pipeline's",
+    );
     // A stage started before the stage it reads from: exit 2, saying which to run.
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty).unwrap(); // a workspace where nothing ran yet

@@ -296,6 +296,12 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
         Some(_) => bytes.slice(3..),
         None => bytes,
     };
+    // Blank lines at the end (an editor's or a concatenation's) are no rows; the reader would
+    // read each as a row of nulls ("missing id").
+    let bytes = match bytes.iter().rposition(|b| !b.is_ascii_whitespace()) {
+        Some(last) => bytes.slice(..=last),
+        None => bytes,
+    };
     // Check the header ourselves so a missing column is named with the ones that exist.
     let first_line = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
     let header: Vec<String> = String::from_utf8_lossy(first_line)
@@ -579,6 +585,58 @@ fn timestamp_column(file: &str, name: &str, col: &Column) -> Result<Column> {
                     )
                 })?;
                 out.push(t);
+            }
+            Column::new("ts".into(), out)
+        }
+        // Parquet datetimes (what pandas writes) and dates, to seconds.
+        DataType::Datetime(unit, _) => {
+            let per_second = match unit {
+                TimeUnit::Milliseconds => 1_000,
+                TimeUnit::Microseconds => 1_000_000,
+                TimeUnit::Nanoseconds => 1_000_000_000,
+            };
+            let ticks = col
+                .to_physical_repr()
+                .cast(&DataType::Int64)
+                .map_err(polars_err("casting timestamps"))?;
+            let ca = ticks.i64().map_err(polars_err("reading timestamps"))?;
+            Column::new(
+                "ts".into(),
+                ca.iter()
+                    .map(|v| v.map(|t| t.div_euclid(per_second)))
+                    .collect::<Vec<_>>(),
+            )
+        }
+        DataType::Date => {
+            let days = col
+                .to_physical_repr()
+                .cast(&DataType::Int64)
+                .map_err(polars_err("casting dates"))?;
+            let ca = days.i64().map_err(polars_err("reading dates"))?;
+            Column::new(
+                "ts".into(),
+                ca.iter().map(|v| v.map(|d| d * 86_400)).collect::<Vec<_>>(),
+            )
+        }
+        // Floats (a column with a decimal somewhere): whole values are seconds; the first
+        // other one is named with its row.
+        dt if dt.is_float() => {
+            let f = col
+                .cast(&DataType::Float64)
+                .map_err(polars_err("casting timestamps"))?;
+            let ca = f.f64().map_err(polars_err("reading timestamps"))?;
+            let mut out = Vec::with_capacity(ca.len());
+            for (i, v) in ca.iter().enumerate() {
+                let v = v.unwrap_or(f64::NAN);
+                if v.fract() != 0.0 || !v.is_finite() || v.abs() > 9.2e18 {
+                    return Err(DataError::bad_input(
+                        file,
+                        Some(i as u64 + 1),
+                        Some(name),
+                        format!("timestamps must be integer seconds or ISO-8601 text, got {v}"),
+                    ));
+                }
+                out.push(v as i64);
             }
             Column::new("ts".into(), out)
         }

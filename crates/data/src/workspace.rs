@@ -99,7 +99,12 @@ impl Workspace {
         let (store, prefix): (Arc<dyn ObjectStore>, Path) = match scheme {
             None | Some("file") => {
                 let dir = url.strip_prefix("file://").unwrap_or(url);
-                if create {
+                if create && std::path::Path::new(dir).is_file() {
+                    return Err(bad(
+                        "a file, not a directory: a workspace is the folder the stages write"
+                            .into(),
+                    ));
+                } else if create {
                     std::fs::create_dir_all(dir).map_err(|e| DataError::Io {
                         path: dir.to_owned(),
                         source: e,
@@ -697,8 +702,15 @@ mod tests {
         // A file where the workspace should be is named as such.
         let file = dir.join("f.csv");
         std::fs::write(&file, "x").unwrap();
-        let e = Workspace::open_existing(file.to_str().unwrap()).unwrap_err();
-        assert!(e.to_string().contains("a file, not a directory"), "{e}");
+        for e in [
+            Workspace::open_existing(file.to_str().unwrap()).unwrap_err(),
+            Workspace::open(file.to_str().unwrap()).unwrap_err(),
+        ] {
+            assert!(
+                e.is_input() && e.to_string().contains("a file, not a directory"),
+                "{e}"
+            );
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 

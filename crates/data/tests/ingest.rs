@@ -255,6 +255,67 @@ async fn csv_ids_keep_their_text_and_plain_integers_sort_numerically() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Blank lines closing a CSV are no rows; Parquet datetimes (what pandas writes) are seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn trailing_blank_lines_and_parquet_datetimes() {
+    use arrow_array::{RecordBatch, StringArray, TimestampMillisecondArray};
+    let dir = tmpdir("blank");
+    std::fs::write(
+        dir.join("b.csv"),
+        "user_id,item_id,timestamp\na,1,1\na,2,2\n\n \n",
+    )
+    .unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "csv", "path": "b.csv"},
+        "split": {"ratios": [1.0, 0.0, 0.0]}
+    }));
+    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
+    assert_eq!(
+        run_ingest(&ws, &c, &dir, false).await.unwrap().stats.rows["train"],
+        2
+    );
+
+    let batch = RecordBatch::try_from_iter([
+        (
+            "user_id",
+            std::sync::Arc::new(StringArray::from(vec!["a", "a"])) as _,
+        ),
+        (
+            "item_id",
+            std::sync::Arc::new(StringArray::from(vec!["x", "y"])) as _,
+        ),
+        (
+            "when",
+            std::sync::Arc::new(
+                TimestampMillisecondArray::from(vec![1_704_153_600_999, 1_704_067_200_000])
+                    .with_timezone("UTC"),
+            ) as _,
+        ),
+    ])
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    std::fs::write(dir.join("t.parquet"), buf).unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "parquet", "path": "t.parquet", "columns": {"user": "user_id", "item": "item_id", "timestamp": "when"}},
+        "split": {"ratios": [1.0, 0.0, 0.0]}
+    }));
+    let ws = Workspace::open(dir.join("ws2").to_str().unwrap()).unwrap();
+    run_ingest(&ws, &c, &dir, false).await.unwrap();
+    let df = read_back(&ws, INTERACTIONS).await;
+    let ts: Vec<i64> = df
+        .column("timestamp")
+        .unwrap()
+        .i64()
+        .unwrap()
+        .into_no_null_iter()
+        .collect();
+    assert_eq!(ts, [1_704_067_200, 1_704_153_600], "seconds, in time order");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn iso_timestamps_and_parquet_sources() {
     let dir = tmpdir("iso");
@@ -354,6 +415,20 @@ async fn bad_input_names_file_row_and_column() {
     .await;
     assert!(
         e.contains("row 1, column `rating`: rating must be numeric"),
+        "{e}"
+    );
+
+    // A decimal timestamp among the first rows (the column is read as floats) is named by row.
+    let e = ingest_err(
+        "user_id,item_id,timestamp,rating\n1,2,5,4\n1,3,2.5,4\n",
+        serde_json::json!({}),
+    )
+    .await;
+    assert!(
+        e.contains(
+            "row 2, column `timestamp`: timestamps must be integer seconds or ISO-8601 \
+             text, got 2.5"
+        ),
         "{e}"
     );
 
