@@ -246,6 +246,24 @@ impl DataConfig {
                 "must be a single ASCII character",
             ));
         }
+        let c = &self.source.columns;
+        let mapped: Vec<(&str, &str)> = [
+            ("user", Some(&c.user)),
+            ("item", Some(&c.item)),
+            ("timestamp", c.timestamp.as_ref()),
+            ("rating", c.rating.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(role, name)| name.map(|n| (role, n.as_str())))
+        .collect();
+        for (i, (role, name)) in mapped.iter().enumerate() {
+            if let Some((other, _)) = mapped[..i].iter().find(|(_, n)| n == name) {
+                return Err(DataError::config(
+                    "data.source.columns",
+                    format!("{other} and {role} both name column {name:?}: map each to its own"),
+                ));
+            }
+        }
         let r = self.split.ratios;
         if r.iter().any(|x| !x.is_finite() || *x < 0.0) {
             return Err(DataError::config(
@@ -418,6 +436,17 @@ mod tests {
         c.split.ratios = [0.7, 0.2, 0.2];
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("data.split.ratios") && e.contains("sum"), "{e}");
+    }
+
+    #[test]
+    fn one_column_for_two_roles_is_refused() {
+        let mut c = base();
+        c.source.columns.item = c.source.columns.user.clone();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("data.source.columns") && e.contains("user and item both name column"),
+            "{e}"
+        );
     }
 
     #[test]
