@@ -66,13 +66,7 @@ impl RunModel {
 /// manifest (still training, or stopped) is refused: its best checkpoint may be the one of an
 /// unfinished training.
 async fn check_trained_settings(ws: &Workspace, run: &str, model: &ModelConfig) -> Result<()> {
-    let Some(trained) = trained_model(ws, run).await? else {
-        return Err(UsageError(format!(
-            "run `{run}` has not finished training (no runs/{run}/_manifest.json): run the \
-             train stage first (a stopped run resumes)"
-        ))
-        .into());
-    };
+    let (trained, manifest) = trained_run(ws, run).await?;
     let latent = trained.variant.is_latent() || model.variant.is_latent();
     let comparable = |m: &ModelConfig| -> Result<serde_json::Value> {
         let mut v = serde_json::to_value(m)?;
@@ -96,7 +90,7 @@ async fn check_trained_settings(ws: &Workspace, run: &str, model: &ModelConfig) 
         &mut differences,
     );
     if differences.is_empty() {
-        return check_trained_data(ws, run).await;
+        return check_trained_data(ws, run, &manifest).await;
     }
     Err(UsageError(format!(
         "run `{run}` was trained with other model settings: {}. Use the settings it was trained \
@@ -110,11 +104,7 @@ async fn check_trained_settings(ws: &Workspace, run: &str, model: &ModelConfig) 
 /// `inputs` against the ingest stage's outputs now): the same item count can hold other
 /// interactions, weights or splits, and the evaluation would silently score those. The item
 /// clusters may change: the checkpoint keeps those it was trained with.
-async fn check_trained_data(ws: &Workspace, run: &str) -> Result<()> {
-    let key = manifest_key(&run_dir(run));
-    let Some(manifest) = ws.get_json::<StageManifest>(&key).await? else {
-        return Ok(());
-    };
+async fn check_trained_data(ws: &Workspace, run: &str, manifest: &StageManifest) -> Result<()> {
     let stage = diffrec_data::ingest::STAGE_DIR;
     let Some(now) = upstream_hashes(ws, stage).await? else {
         return Err(UsageError(format!(
@@ -142,32 +132,34 @@ async fn check_trained_data(ws: &Workspace, run: &str) -> Result<()> {
     .into())
 }
 
-/// The model settings a finished run was trained with (its manifest's `config.model`); `None`
-/// when the run has no manifest.
-async fn trained_model(ws: &Workspace, run: &str) -> Result<Option<ModelConfig>> {
-    let Some(manifest) = ws
+/// The model settings a finished run was trained with (its manifest's `config.model`), and
+/// the manifest; refused when the run has none (still training, or stopped).
+async fn trained_run(ws: &Workspace, run: &str) -> Result<(ModelConfig, StageManifest)> {
+    let manifest = ws
         .get_json::<StageManifest>(&manifest_key(&run_dir(run)))
         .await?
-    else {
-        return Ok(None);
-    };
-    serde_json::from_value(manifest.config["model"].clone())
-        .map(Some)
-        .context("the run manifest holds no readable model configuration")
+        .ok_or_else(|| unfinished(run, &format!("runs/{run}/_manifest.json")))?;
+    let model = serde_json::from_value(manifest.config["model"].clone())
+        .context("the run manifest holds no readable model configuration")?;
+    Ok((model, manifest))
+}
+
+/// A run that has not finished training (`missing` is the artifact that shows it).
+fn unfinished(run: &str, missing: &str) -> UsageError {
+    UsageError(format!(
+        "run `{run}` has not finished training (no {missing}): run the train stage first (a \
+         stopped run resumes)"
+    ))
 }
 
 /// Re-evaluates the best checkpoint on valid and test and updates `summary.json`.
 pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     let p = &loaded.pipeline;
     // Read first: without it there is nothing to update, and the evaluation would be wasted.
-    let mut summary: Summary = ws.get_json(&summary_key(&p.name)).await?.ok_or_else(|| {
-        UsageError(format!(
-            "run `{}` has not finished training (no {}): run the train stage first (a stopped \
-             run resumes)",
-            p.name,
-            summary_key(&p.name)
-        ))
-    })?;
+    let mut summary: Summary = ws
+        .get_json(&summary_key(&p.name))
+        .await?
+        .ok_or_else(|| unfinished(&p.name, &summary_key(&p.name)))?;
     let RunModel {
         data,
         model,
@@ -271,12 +263,8 @@ pub async fn recommend_one(
 ) -> Result<()> {
     let ws = Workspace::open_existing(ws_url)
         .map_err(|e| UsageError(format!("{e}: no run to recommend from; check --workspace")))?;
-    let model_cfg = trained_model(&ws, run).await?.ok_or_else(|| {
-        UsageError(format!(
-            "run `{run}` has not finished training in {ws_url} (no runs/{run}/_manifest.json)"
-        ))
-    })?;
-    check_trained_data(&ws, run).await?;
+    let (model_cfg, manifest) = trained_run(&ws, run).await?;
+    check_trained_data(&ws, run, &manifest).await?;
     let items = load_ids(&ws, "item").await?;
     let dev = Default::default();
     let data = load_splits(&ws).await?;

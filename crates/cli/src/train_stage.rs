@@ -236,14 +236,18 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     let trajectory = trajectory_without(FINGERPRINT_LEAVES_OUT);
     let mut fingerprint = fingerprint_of(&trajectory)?;
     let legacy = trajectory_without(LEGACY_LEAVES_OUT);
-    if !force && check_resumable(ws, &p.name, &fingerprint).await.is_err() {
-        let legacy = fingerprint_of(&legacy)?;
-        if check_resumable(ws, &p.name, &legacy).await.is_ok() {
-            fingerprint = legacy;
+    // Before the manifest goes, what would stop the run: a finished run stays as it was.
+    let mut resumable = match force {
+        true => Ok(()),
+        false => check_resumable(ws, &p.name, &fingerprint).await,
+    };
+    if resumable.is_err() {
+        let old = fingerprint_of(&legacy)?;
+        if check_resumable(ws, &p.name, &old).await.is_ok() {
+            (fingerprint, resumable) = (old, Ok(()));
         }
     }
-    // Before the manifest goes, what would stop the run: a finished run stays as it was.
-    if !force && let Err(e) = check_resumable(ws, &p.name, &fingerprint).await {
+    if let Err(e) = resumable {
         let changed =
             match changed_since_trained(ws, &dir, (&trajectory, FINGERPRINT_LEAVES_OUT), &inputs)
                 .await

@@ -589,11 +589,12 @@ fn timestamp_column(file: &str, name: &str, col: &Column) -> Result<Column> {
             Column::new("ts".into(), out)
         }
         // Parquet datetimes (what pandas writes) and dates, to seconds.
-        DataType::Datetime(unit, _) => {
-            let per_second = match unit {
-                TimeUnit::Milliseconds => 1_000,
-                TimeUnit::Microseconds => 1_000_000,
-                TimeUnit::Nanoseconds => 1_000_000_000,
+        dt @ (DataType::Datetime(..) | DataType::Date) => {
+            let to_seconds = |t: i64| match dt {
+                DataType::Datetime(TimeUnit::Milliseconds, _) => t.div_euclid(1_000),
+                DataType::Datetime(TimeUnit::Microseconds, _) => t.div_euclid(1_000_000),
+                DataType::Datetime(TimeUnit::Nanoseconds, _) => t.div_euclid(1_000_000_000),
+                _ => t * 86_400, // days
             };
             let ticks = col
                 .to_physical_repr()
@@ -602,20 +603,7 @@ fn timestamp_column(file: &str, name: &str, col: &Column) -> Result<Column> {
             let ca = ticks.i64().map_err(polars_err("reading timestamps"))?;
             Column::new(
                 "ts".into(),
-                ca.iter()
-                    .map(|v| v.map(|t| t.div_euclid(per_second)))
-                    .collect::<Vec<_>>(),
-            )
-        }
-        DataType::Date => {
-            let days = col
-                .to_physical_repr()
-                .cast(&DataType::Int64)
-                .map_err(polars_err("casting dates"))?;
-            let ca = days.i64().map_err(polars_err("reading dates"))?;
-            Column::new(
-                "ts".into(),
-                ca.iter().map(|v| v.map(|d| d * 86_400)).collect::<Vec<_>>(),
+                ca.iter().map(|v| v.map(to_seconds)).collect::<Vec<_>>(),
             )
         }
         // Floats (a column with a decimal somewhere): whole values are seconds; the first

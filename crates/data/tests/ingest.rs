@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use diffrec_data::artifacts::{INTERACTIONS, ITEMS, USERS};
-use diffrec_data::{DataConfig, Workspace, load_splits, run_ingest};
+use diffrec_data::{DataConfig, IngestReport, Workspace, load_splits, run_ingest};
 use polars::prelude::*;
 
 fn tmpdir(tag: &str) -> PathBuf {
@@ -221,6 +221,26 @@ async fn ties_in_time_keep_source_order_and_k_core_iterates() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// The `timestamp` column of the workspace's interactions, in stored order.
+async fn timestamps(ws: &Workspace) -> Vec<i64> {
+    let df = read_back(ws, INTERACTIONS).await;
+    let ts = df.column("timestamp").unwrap().i64().unwrap();
+    ts.into_no_null_iter().collect()
+}
+
+/// Ingests `csv` (written to `<dir>/<name>.csv`, default columns, every row train) into the
+/// workspace `<dir>/<name>-ws`.
+async fn ingest_all_train(dir: &Path, name: &str, csv: &str) -> (Workspace, IngestReport) {
+    std::fs::write(dir.join(format!("{name}.csv")), csv).unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "csv", "path": format!("{name}.csv")},
+        "split": {"ratios": [1.0, 0.0, 0.0]}
+    }));
+    let ws = Workspace::open(dir.join(format!("{name}-ws")).to_str().unwrap()).unwrap();
+    let r = run_ingest(&ws, &c, dir, false).await.unwrap();
+    (ws, r)
+}
+
 /// CSV ids are the text written: `007` and `7`, `01` and `1` are different ids (type inference
 /// read them as the same integers and merged them). Ids that are all plain integers still
 /// sort numerically (2 before 10), as before.
@@ -228,25 +248,13 @@ async fn ties_in_time_keep_source_order_and_k_core_iterates() {
 async fn csv_ids_keep_their_text_and_plain_integers_sort_numerically() {
     let dir = tmpdir("ids");
     let csv = "user_id,item_id,timestamp\n1,007,1\n1,7,2\n1,3,3\n01,007,1\n01,8,2\n01,9,3\n";
-    std::fs::write(dir.join("z.csv"), csv).unwrap();
-    let c = cfg(serde_json::json!({
-        "source": {"format": "csv", "path": "z.csv"},
-        "split": {"ratios": [1.0, 0.0, 0.0]}
-    }));
-    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
-    let r = run_ingest(&ws, &c, &dir, false).await.unwrap();
+    let (ws, r) = ingest_all_train(&dir, "z", csv).await;
     assert_eq!((r.stats.users, r.stats.items), (2, 5));
     let items = strs(&read_back(&ws, ITEMS).await, "item_id");
     assert_eq!(items, ["007", "3", "7", "8", "9"], "text ids sort as text");
 
     let csv = "user_id,item_id,timestamp\n10,2,1\n10,10,2\n2,-1,1\n2,0,2\n";
-    std::fs::write(dir.join("n.csv"), csv).unwrap();
-    let c = cfg(serde_json::json!({
-        "source": {"format": "csv", "path": "n.csv"},
-        "split": {"ratios": [1.0, 0.0, 0.0]}
-    }));
-    let ws = Workspace::open(dir.join("ws2").to_str().unwrap()).unwrap();
-    run_ingest(&ws, &c, &dir, false).await.unwrap();
+    let (ws, _) = ingest_all_train(&dir, "n", csv).await;
     assert_eq!(strs(&read_back(&ws, USERS).await, "user_id"), ["2", "10"]);
     assert_eq!(
         strs(&read_back(&ws, ITEMS).await, "item_id"),
@@ -260,20 +268,9 @@ async fn csv_ids_keep_their_text_and_plain_integers_sort_numerically() {
 async fn trailing_blank_lines_and_parquet_datetimes() {
     use arrow_array::{RecordBatch, StringArray, TimestampMillisecondArray};
     let dir = tmpdir("blank");
-    std::fs::write(
-        dir.join("b.csv"),
-        "user_id,item_id,timestamp\na,1,1\na,2,2\n\n \n",
-    )
-    .unwrap();
-    let c = cfg(serde_json::json!({
-        "source": {"format": "csv", "path": "b.csv"},
-        "split": {"ratios": [1.0, 0.0, 0.0]}
-    }));
-    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
-    assert_eq!(
-        run_ingest(&ws, &c, &dir, false).await.unwrap().stats.rows["train"],
-        2
-    );
+    let (_, r) =
+        ingest_all_train(&dir, "b", "user_id,item_id,timestamp\na,1,1\na,2,2\n\n \n").await;
+    assert_eq!(r.stats.rows["train"], 2);
 
     let batch = RecordBatch::try_from_iter([
         (
@@ -304,14 +301,7 @@ async fn trailing_blank_lines_and_parquet_datetimes() {
     }));
     let ws = Workspace::open(dir.join("ws2").to_str().unwrap()).unwrap();
     run_ingest(&ws, &c, &dir, false).await.unwrap();
-    let df = read_back(&ws, INTERACTIONS).await;
-    let ts: Vec<i64> = df
-        .column("timestamp")
-        .unwrap()
-        .i64()
-        .unwrap()
-        .into_no_null_iter()
-        .collect();
+    let ts = timestamps(&ws).await;
     assert_eq!(ts, [1_704_067_200, 1_704_153_600], "seconds, in time order");
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -327,14 +317,7 @@ async fn iso_timestamps_and_parquet_sources() {
         "split": {"ratios": [1.0, 0.0, 0.0]}
     }));
     run_ingest(&ws, &c, &dir, false).await.unwrap();
-    let df = read_back(&ws, INTERACTIONS).await;
-    let ts: Vec<i64> = df
-        .column("timestamp")
-        .unwrap()
-        .i64()
-        .unwrap()
-        .into_no_null_iter()
-        .collect();
+    let ts = timestamps(&ws).await;
     assert_eq!(
         ts,
         [1704067200, 1704153600],
