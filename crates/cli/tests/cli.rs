@@ -1053,6 +1053,14 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
 /// Starts `start()` three times and kills each as soon as it has written `checkpoint` anew (so
 /// in the work after that write: these runs take well under a second, and kills at fixed times
 /// landed after their end). Asserts that none got as far as writing `manifest`.
+/// A two-node test's per-node extra argument: `arg` on node `rank` only.
+fn on_rank(rank: usize, arg: &'static str) -> impl Fn(usize) -> Vec<String> {
+    move |r| match r == rank {
+        true => vec![arg.to_string()],
+        false => vec![],
+    }
+}
+
 fn kill_after_each_checkpoint(start: impl Fn() -> Command, checkpoint: &Path, manifest: &Path) {
     let written = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     for _ in 0..3 {
@@ -1958,10 +1966,7 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     // ... with `--force` on node 0 alone, at the start epoch: node 1 resumes after epoch 4
     // (its run made stale by removing the manifest, else it would skip the run as up to date).
     std::fs::remove_file(two.join("runs/g/_manifest.json")).unwrap();
-    let node_0_forced = |rank: usize| match rank {
-        0 => vec!["--force".to_string()],
-        _ => vec![],
-    };
+    let node_0_forced = on_rank(0, "--force");
     each_ends(
         run_nodes("train", "force0", &two, &[0, 1], &node_0_forced),
         2,
@@ -1974,20 +1979,14 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     let three = dir.join("three");
     let out = stage("ingest", &three, &[]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let seed = |rank: usize| match rank {
-        1 => vec!["train.seed=7".to_string()],
-        _ => vec![],
-    };
+    let seed = on_rank(1, "train.seed=7");
     each_ends(
         run_nodes("train", "seed", &three, &[0, 1], &seed),
         2,
         "the nodes train different runs",
     );
     assert!(!three.join("runs/g/_manifest.json").exists());
-    let epochs = |rank: usize| match rank {
-        1 => vec!["train.epochs=6".to_string()],
-        _ => vec![],
-    };
+    let epochs = on_rank(1, "train.epochs=6");
     each_ends(
         run_nodes("train", "epochs", &three, &[0, 1], &epochs),
         2,
