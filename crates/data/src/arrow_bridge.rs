@@ -1,4 +1,5 @@
-//! Hands Polars frames to arrow-rs through the Arrow C Data Interface.
+//! Hands Polars frames to arrow-rs, and arrow-rs columns to Polars, through the Arrow C Data
+//! Interface.
 //!
 //! Polars has its own Arrow implementation (`polars-arrow`); the Parquet writer and readers are
 //! arrow-rs. Both speak the C Data Interface, so a column crosses without copying its buffers:
@@ -10,11 +11,11 @@
 
 use std::sync::Arc;
 
-use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi};
+use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
 use arrow_array::{Array, ArrayRef, LargeStringArray, RecordBatch, StringArray, make_array};
 use arrow_buffer::{OffsetBuffer, ScalarBuffer};
 use arrow_schema::{ArrowError, DataType, SchemaRef};
-use polars::prelude::{CompatLevel, DataFrame};
+use polars::prelude::{CompatLevel, DataFrame, Series};
 
 use crate::error::{DataError, Result};
 
@@ -81,4 +82,39 @@ pub fn dataframe_to_batch(df: &DataFrame, schema: &SchemaRef) -> Result<RecordBa
         context: "assembling a record batch".into(),
         source,
     })
+}
+
+/// Moves arrow-rs arrays (one column's chunks) into one Polars series named `name` (zero-copy
+/// for the buffers). The reverse of [`dataframe_to_batch`]'s per-column step.
+pub fn series_from_arrow(name: &str, chunks: Vec<ArrayRef>) -> Result<Series> {
+    let mut field = None;
+    let mut arrays = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        let (c_array, c_schema) = to_ffi(&chunk.to_data()).map_err(|source| DataError::Arrow {
+            context: format!("exporting column `{name}` to polars"),
+            source,
+        })?;
+        // SAFETY: as in `column_to_arrow`, the two crates' C Data Interface structs have one
+        // layout; ownership of the buffers moves to polars with arrow-rs' release callback.
+        let (c_array, c_schema): (
+            polars_arrow::ffi::ArrowArray,
+            polars_arrow::ffi::ArrowSchema,
+        ) = unsafe { (std::mem::transmute(c_array), std::mem::transmute(c_schema)) };
+        // SAFETY: the structs come straight from arrow-rs' exporter.
+        let f = unsafe { polars_arrow::ffi::import_field_from_c(&c_schema) }
+            .map_err(DataError::polars(format!("importing column `{name}`")))?;
+        let array = unsafe { polars_arrow::ffi::import_array_from_c(c_array, f.dtype.clone()) }
+            .map_err(DataError::polars(format!("importing column `{name}`")))?;
+        arrays.push(array);
+        field.get_or_insert(f);
+    }
+    let Some(field) = field else {
+        return Ok(Series::new_empty(
+            name.into(),
+            &polars::prelude::DataType::Null,
+        ));
+    };
+    let field = polars_arrow::datatypes::Field::new(name.into(), field.dtype, true);
+    Series::try_from((&field, arrays))
+        .map_err(DataError::polars(format!("importing column `{name}`")))
 }

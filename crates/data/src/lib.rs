@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod movielens;
 pub mod npy;
+mod parquet_source;
 pub mod source;
 pub mod synthetic;
 pub mod transform;

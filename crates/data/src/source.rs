@@ -17,6 +17,7 @@ use crate::config::{DataConfig, SourceFormat};
 use crate::error::{DataError, Result};
 use crate::movielens::parse_movielens;
 use crate::npy::parse_npy;
+use crate::parquet_source::read_parquet;
 use crate::workspace::{Workspace, sha256_hex};
 
 /// The raw interactions of one source, before any transform.
@@ -179,16 +180,9 @@ pub async fn load_source(
                     mapped_frame(&name, df, cfg)
                 }
                 SourceFormat::Parquet => {
-                    let df = ParquetReader::new(Cursor::new(bytes))
-                        .finish()
-                        .map_err(|e| {
-                            DataError::bad_input(
-                                &name,
-                                None,
-                                None,
-                                format!("cannot read Parquet: {e}"),
-                            )
-                        })?;
+                    let wanted: Vec<String> =
+                        wanted_columns(cfg).into_iter().map(|(_, n)| n).collect();
+                    let df = read_parquet(&name, bytes, &wanted)?;
                     mapped_frame(&name, df, cfg)
                 }
                 SourceFormat::DiffrecNpy => unreachable!("handled above"),

@@ -306,6 +306,81 @@ async fn trailing_blank_lines_and_parquet_datetimes() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Parquet as pandas writes it: `category` ids (dictionaries), 8- and 16-bit integers, and
+/// unmapped columns of any type. Polars' reader refused the small integers (its build leaves
+/// them out) and read dictionaries as categoricals, which no id check accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn parquet_dictionaries_and_small_integers() {
+    use arrow_array::types::Int8Type;
+    use arrow_array::{
+        ArrayRef, DictionaryArray, Int8Array, Int16Array, Int64Array, RecordBatch, UInt16Array,
+    };
+    use std::sync::Arc;
+    let dir = tmpdir("pq-types");
+    let write = |name: &str, columns: Vec<(&str, ArrayRef)>| {
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let mut buf = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        std::fs::write(dir.join(name), buf).unwrap();
+    };
+    let note: ArrayRef = Arc::new(Int8Array::from(vec![-1, 0, 1, 2]));
+    let users: DictionaryArray<Int8Type> = vec!["b", "a", "b", "a"].into_iter().collect();
+    write(
+        "small.parquet",
+        vec![
+            ("user_id", Arc::new(users) as ArrayRef),
+            ("item_id", Arc::new(UInt16Array::from(vec![10, 2, 2, 10]))),
+            ("when", Arc::new(Int16Array::from(vec![3, 1, 2, 4]))),
+            ("stars", Arc::new(Int8Array::from(vec![5, 4, 3, 5]))),
+            ("note", note.clone()),
+        ],
+    );
+    // Plain 64-bit columns beside an unmapped 8-bit one: Polars' reader, mapped columns only.
+    write(
+        "wide.parquet",
+        vec![
+            (
+                "user_id",
+                Arc::new(Int64Array::from(vec![7, 5, 7, 5])) as ArrayRef,
+            ),
+            ("item_id", Arc::new(Int64Array::from(vec![10, 2, 2, 10]))),
+            ("when", Arc::new(Int64Array::from(vec![3, 1, 2, 4]))),
+            ("stars", Arc::new(Int64Array::from(vec![5, 4, 3, 5]))),
+            ("note", note),
+        ],
+    );
+    for (file, users) in [("small.parquet", ["a", "b"]), ("wide.parquet", ["5", "7"])] {
+        let c = cfg(serde_json::json!({
+            "source": {"format": "parquet", "path": file,
+                       "columns": {"user": "user_id", "item": "item_id", "timestamp": "when", "rating": "stars"}},
+            "min_rating": 4,
+            "split": {"ratios": [1.0, 0.0, 0.0]}
+        }));
+        let ws = Workspace::open(dir.join(format!("ws-{file}")).to_str().unwrap()).unwrap();
+        let r = run_ingest(&ws, &c, &dir, false).await.unwrap();
+        assert_eq!(
+            r.stats.rows["train"], 3,
+            "{file}: the 3-star row is filtered"
+        );
+        assert_eq!(
+            strs(&read_back(&ws, USERS).await, "user_id"),
+            users,
+            "{file}"
+        );
+        assert_eq!(
+            strs(&read_back(&ws, ITEMS).await, "item_id"),
+            ["2", "10"],
+            "{file}: integer ids sort numerically"
+        );
+        let mut ts = timestamps(&ws).await;
+        ts.sort();
+        assert_eq!(ts, [1, 3, 4], "{file}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn iso_timestamps_and_parquet_sources() {
     let dir = tmpdir("iso");
