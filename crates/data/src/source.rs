@@ -341,29 +341,32 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
         opts.into_reader_with_file_handle(Cursor::new(bytes.clone()))
             .finish()
     };
-    match read(false) {
-        Ok(df) => ids_as_written(df, &wanted),
+    let long_row = |(row, fields): (u64, usize)| {
+        DataError::bad_input(
+            file,
+            Some(row),
+            None,
+            format!(
+                "{fields} fields where the header has {} (a stray {:?}? \
+                 `data.source.delimiter` is {:?})",
+                header.len(),
+                sep as char,
+                sep as char
+            ),
+        )
+    };
+    let df = match read(false) {
+        Ok(df) => ids_as_written(df, &wanted)?,
         // Inference guessed a type that a later row breaks: read as text and let the column
         // checks find the row.
         Err(first) => read(true).map_err(|e| {
-            // The reader refuses a long row only when it reads every column (with fewer it
-            // drops the extra fields), so only then is a long row the cause.
+            // The reader refuses a long row only when it reads every column, so only then is
+            // a long row the cause.
             let long = (wanted.len() == header.len())
                 .then(|| first_long_row(&bytes, sep, header.len()))
                 .flatten();
-            if let Some((row, fields)) = long {
-                return DataError::bad_input(
-                    file,
-                    Some(row),
-                    None,
-                    format!(
-                        "{fields} fields where the header has {} (a stray {:?}? \
-                         `data.source.delimiter` is {:?})",
-                        header.len(),
-                        sep as char,
-                        sep as char
-                    ),
-                );
+            if let Some(long) = long {
+                return long_row(long);
             }
             let (e, first) = (e.to_string(), first.to_string());
             let message = if e == first {
@@ -372,8 +375,17 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
                 format!("cannot parse CSV: {e} (read with inferred types: {first})")
             };
             DataError::bad_input(file, None, None, message)
-        }),
+        })?,
+    };
+    // With fewer columns than the header the reader drops a long row's extra fields silently,
+    // and a stray delimiter in a mapped field shifts the fields after it: one pass over the
+    // bytes finds such a row, only for files with unmapped columns.
+    if wanted.len() < header.len() {
+        if let Some(long) = first_long_row(&bytes, sep, header.len()) {
+            return Err(long_row(long));
+        }
     }
+    Ok(df)
 }
 
 /// The CSV's id columns as their text, except a column whose every value is an integer as an

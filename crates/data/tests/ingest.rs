@@ -531,6 +531,17 @@ async fn bad_input_names_file_row_and_column() {
         "{e}"
     );
     assert!(!e.contains("truncate_ragged_lines"), "{e}");
+    // The same when the long row's extra fields would fall in an unmapped last column, which
+    // the reader would cut silently: a stray comma in the user id shifts the item and time.
+    let e = ingest_err(
+        "user_id,item_id,timestamp,rating,note\n1,2,5,5,x\n1,2,3,6,5,y\n",
+        serde_json::json!({}),
+    )
+    .await;
+    assert!(
+        e.contains("bad.csv, row 2: 6 fields where the header has 5"),
+        "{e}"
+    );
     let e = ingest_err(
         "user_id,item_id,timestamp,rating\r\n1,2,5,5\r\n\r\n2,3,6,5\r\n",
         serde_json::json!({}),
