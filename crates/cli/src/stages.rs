@@ -45,6 +45,14 @@ pub async fn run_stages(loaded: &Loaded, stages: &[Stage], force: bool) -> Resul
         open_existing(loaded, stages.contains(&Stage::Train)).await?
     };
     tracing::info!(workspace = %ws.url(), pipeline = %loaded.pipeline.name, "opened workspace");
+    let ran = stages_in(&ws, loaded, stages, force).await;
+    if ran.is_err() {
+        ws.remove_if_unused();
+    }
+    ran
+}
+
+async fn stages_in(ws: &Workspace, loaded: &Loaded, stages: &[Stage], force: bool) -> Result<()> {
     for &stage in stages {
         if stage == Stage::Cluster && !loaded.pipeline.model.variant.is_latent() {
             println!(
@@ -70,7 +78,7 @@ pub async fn run_stages(loaded: &Loaded, stages: &[Stage], force: bool) -> Resul
             );
             continue;
         }
-        run_stage(&ws, loaded, stage, force).await?;
+        run_stage(ws, loaded, stage, force).await?;
     }
     Ok(())
 }

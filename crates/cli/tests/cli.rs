@@ -374,7 +374,7 @@ fn config_errors_exit_2_and_name_the_key() {
         "{}",
         text(&out)
     );
-    assert!(!ws.join("data").exists());
+    assert!(!ws.exists(), "the failed first ingest leaves no empty workspace folder");
 
     // generate: an output it cannot or should not write is the caller's mistake (exit 2).
     for (out_name, says) in [

@@ -44,6 +44,8 @@ pub struct Workspace {
     /// where a temporary's writer may be a process on another machine. `None`: no age rule
     /// (a local workspace has the pid rule, `memory://` one process).
     temp_grace: Option<std::time::Duration>,
+    /// The outermost directory opening this local workspace created (`None` when it existed).
+    created: Option<std::path::PathBuf>,
 }
 
 /// How long cleaning leaves an S3 temporary alone: an upload in flight is at most this old.
@@ -96,6 +98,7 @@ impl Workspace {
         let scheme = url.split_once("://").map(|(s, _)| s);
         let mut local_root = None;
         let mut temp_grace = None;
+        let mut created = None;
         let (store, prefix): (Arc<dyn ObjectStore>, Path) = match scheme {
             None | Some("file") => {
                 let dir = url.strip_prefix("file://").unwrap_or(url);
@@ -105,6 +108,11 @@ impl Workspace {
                             .into(),
                     ));
                 } else if create {
+                    created = std::path::Path::new(dir)
+                        .ancestors()
+                        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+                        .last()
+                        .map(std::path::Path::to_path_buf);
                     std::fs::create_dir_all(dir).map_err(|e| DataError::Io {
                         path: dir.to_owned(),
                         source: e,
@@ -167,7 +175,27 @@ impl Workspace {
             url: url.to_owned(),
             local_root,
             temp_grace,
+            created,
         })
+    }
+
+    /// Removes the directories opening this workspace created, when no file was written under
+    /// them: a first stage that failed (a bad source) leaves no empty folder behind. Anything
+    /// written keeps them all. Best effort: a failure leaves them, which loses nothing.
+    pub fn remove_if_unused(&self) {
+        fn holds_files(dir: &std::path::Path) -> bool {
+            match std::fs::read_dir(dir) {
+                Ok(entries) => entries
+                    .flatten()
+                    .any(|e| !e.file_type().is_ok_and(|t| t.is_dir()) || holds_files(&e.path())),
+                Err(_) => true,
+            }
+        }
+        if let Some(top) = &self.created {
+            if !holds_files(top) {
+                let _ = std::fs::remove_dir_all(top);
+            }
+        }
     }
 
     /// Sets how long cleaning leaves a temporary alone after its store's `last_modified`
@@ -711,6 +739,39 @@ mod tests {
                 "{e}"
             );
         }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// What opening created goes when nothing was written; an existing folder, or one with a
+    /// file anywhere below, stays.
+    #[tokio::test]
+    async fn unused_new_folders_are_removed() {
+        let dir = std::env::temp_dir().join(format!("diffrec-ws-unused-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let nested = dir.join("a").join("b");
+        let ws = Workspace::open(nested.to_str().unwrap()).unwrap();
+        assert!(nested.is_dir());
+        ws.remove_if_unused();
+        assert!(!dir.join("a").exists(), "both new levels are removed");
+        assert!(dir.is_dir(), "the existing parent stays");
+
+        let ws = Workspace::open(nested.to_str().unwrap()).unwrap();
+        std::fs::create_dir_all(nested.join("data/empty")).unwrap();
+        ws.remove_if_unused();
+        assert!(!dir.join("a").exists(), "empty folders are no use either");
+
+        let ws = Workspace::open(nested.to_str().unwrap()).unwrap();
+        ws.put_atomic("data/x.json", b"{}".to_vec()).await.unwrap();
+        ws.remove_if_unused();
+        assert!(
+            nested.join("data/x.json").is_file(),
+            "a written file keeps them"
+        );
+
+        let again = Workspace::open(nested.to_str().unwrap()).unwrap();
+        std::fs::remove_file(nested.join("data/x.json")).unwrap();
+        again.remove_if_unused();
+        assert!(nested.is_dir(), "a folder that existed is never removed");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
