@@ -392,7 +392,12 @@ async fn demo(workspace: &str, force: bool) -> Result<()> {
         &[],
         Some(workspace),
     )?;
-    stages::run_stages(&loaded, &stages::until(None), force).await?;
-    println!("demo: done; artifacts are in {workspace}");
+    // The workspace opened here, not by URL again: a `memory://` one exists only in this value.
+    stages::run_stages_in(&ws, &loaded, &stages::until(None), force).await?;
+    if workspace.starts_with("memory://") {
+        println!("demo: done; the artifacts were in memory and end with this command");
+    } else {
+        println!("demo: done; artifacts are in {workspace}");
+    }
     Ok(())
 }

@@ -34,9 +34,6 @@ pub const ALL: [Stage; 5] = [
 
 /// Runs `stages` in order.
 pub async fn run_stages(loaded: &Loaded, stages: &[Stage], force: bool) -> Result<()> {
-    if stages.contains(&Stage::Train) {
-        loaded.check_can_train()?;
-    }
     // Only ingest starts a workspace; every later stage reads one, so a mistyped path is an
     // error rather than a new empty directory.
     let ws = if stages.first() == Some(&Stage::Ingest) {
@@ -45,14 +42,23 @@ pub async fn run_stages(loaded: &Loaded, stages: &[Stage], force: bool) -> Resul
         open_existing(loaded, stages.contains(&Stage::Train)).await?
     };
     tracing::info!(workspace = %ws.url(), pipeline = %loaded.pipeline.name, "opened workspace");
-    let ran = stages_in(&ws, loaded, stages, force).await;
+    let ran = run_stages_in(&ws, loaded, stages, force).await;
     if ran.is_err() {
         ws.remove_if_unused();
     }
     ran
 }
 
-async fn stages_in(ws: &Workspace, loaded: &Loaded, stages: &[Stage], force: bool) -> Result<()> {
+/// Runs `stages` in order in the open workspace `ws` (a `memory://` one lives in the value).
+pub async fn run_stages_in(
+    ws: &Workspace,
+    loaded: &Loaded,
+    stages: &[Stage],
+    force: bool,
+) -> Result<()> {
+    if stages.contains(&Stage::Train) {
+        loaded.check_can_train()?;
+    }
     for &stage in stages {
         if stage == Stage::Cluster && !loaded.pipeline.model.variant.is_latent() {
             println!(

@@ -149,6 +149,25 @@ fn demo_runs_every_stage_and_beats_popularity() {
         "model recall@20 {model:.4} vs popularity {popularity:.4}"
     );
     check_recommendations(&rt, &ws, "quickstart", 20);
+    // In a `memory://` workspace the demo runs too (its stages share the store the generated
+    // log went to) and trains the same model.
+    let memory = diffrec()
+        .args(["demo", "--workspace", "memory://demo"])
+        .output()
+        .unwrap();
+    let evaluated = |t: &str| {
+        t.lines()
+            .find(|l| l.starts_with("evaluate: "))
+            .map(|l| l.rsplit_once(" (").unwrap().0.to_owned()) // without its timing
+    };
+    assert!(memory.status.success(), "{}", text(&memory));
+    assert_eq!(
+        evaluated(&text(&memory)),
+        evaluated(&t),
+        "{}",
+        text(&memory)
+    );
+    assert!(evaluated(&t).is_some(), "{t}");
     // Second run: every stage up to date or cheap; ingest and train are skipped.
     let again = diffrec()
         .args(["demo", "--workspace", ws.to_str().unwrap()])
@@ -374,7 +393,10 @@ fn config_errors_exit_2_and_name_the_key() {
         "{}",
         text(&out)
     );
-    assert!(!ws.exists(), "the failed first ingest leaves no empty workspace folder");
+    assert!(
+        !ws.exists(),
+        "the failed first ingest leaves no empty workspace folder"
+    );
 
     // generate: an output it cannot or should not write is the caller's mistake (exit 2).
     for (out_name, says) in [
