@@ -117,7 +117,9 @@ enum Command {
         /// Number of item groups (latent tastes).
         #[arg(long, default_value_t = 16)]
         clusters: usize,
-        /// Mean interactions per user (at least 5 each).
+        /// Mean rows per user (at least 5 each). Items are drawn with replacement, so a user
+        /// may click an item again (ingest keeps the last click), and the low-rated noise clicks
+        /// fall below a `min_rating` of 3: after ingest a user can have fewer than 5 items.
         #[arg(long, default_value_t = 40.0)]
         mean_interactions: f64,
         /// Share of low-rated random clicks (natural noise).

@@ -17,7 +17,9 @@ pub struct SyntheticSpec {
     pub users: usize,
     pub items: usize,
     pub clusters: usize,
-    /// Mean interactions per user (at least 5 each).
+    /// Mean rows per user (at least 5 each). Items are drawn with replacement: a repeated
+    /// (user, item) pair is a re-click, which ingest's dedup removes, so a user may end with
+    /// fewer than 5 distinct items (and fewer still after the noise's low ratings are filtered).
     pub mean_interactions: f64,
     /// Share of interactions that are low-rated random popular clicks.
     pub false_positive_rate: f64,
