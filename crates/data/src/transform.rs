@@ -378,17 +378,26 @@ fn k_core(mut df: DataFrame, k: u32, file: &str) -> Result<DataFrame> {
 /// Adds `split` by position in time order: per user (`per_user_ratio`, on the frame's existing
 /// (user, time) order) or overall (`global_time`). With shares r0, r1, r2 and n rows, the first
 /// `floor(r0·n)+1` go to train and up to `floor((r0+r1)·n)+1` to valid (capped at n) — the rule
-/// that reproduces the train counts of the DiffRec paper's ML-1M split.
+/// that reproduces the train counts of the DiffRec paper's ML-1M split. With `global_time` a
+/// time is never cut: its rows go where its first row goes.
 fn assign_split(lf: LazyFrame, method: SplitMethod, r: [f64; 3]) -> Result<LazyFrame> {
     let (lf, pos, n) = match method {
         SplitMethod::Predefined => return Ok(lf),
         SplitMethod::PerUserRatio => (lf, col("_pos"), col("_n")),
         SplitMethod::GlobalTime => {
-            // Rank every row in global time order, then return to (user, time) order.
+            // Rank every row in global time order, then return to (user, time) order. Rows of
+            // one time share the rank of its first row, so a tie at a cut stays on its earlier
+            // side: nothing in valid or test is as old as anything in train. (In time order a
+            // time's rows are adjacent: its first row's rank, carried forward.)
+            let first_of_time = when(col("ts").neq_missing(col("ts").shift(lit(1))))
+                .then(col("_row"))
+                .otherwise(lit(NULL).cast(IDX_DTYPE))
+                .fill_null_with_strategy(FillNullStrategy::Forward(None));
             let lf = lf
                 .with_row_index("_back", None)
                 .sort_by_exprs([col("ts"), col("order")], sort_opts(2))
                 .with_row_index("_row", None)
+                .with_column(first_of_time.alias("_row"))
                 .sort(["_back"], SortMultipleOptions::default())
                 .drop(cols(["_back"]));
             (

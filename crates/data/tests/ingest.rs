@@ -743,6 +743,20 @@ async fn global_time_split_cuts_all_users_at_one_time() {
         .map(|(u, i, s)| (u.to_string(), i.to_string(), s.to_string()))
         .collect();
     assert_eq!(got, expect);
+
+    // b's third click at a's third click's time: the 5th and 6th rows tie at the train cut and
+    // both go to train (before, source order sent b's to valid, as old as a train row).
+    std::fs::write(dir.join("g.csv"), csv.replace("b,3,6", "b,3,5")).unwrap();
+    run_ingest(&ws, &c, &dir, true).await.unwrap();
+    let df = read_back(&ws, INTERACTIONS).await;
+    let splits = strs(&df, "split");
+    let b3 = expect
+        .iter()
+        .position(|e| e.0 == "b" && e.1 == "3")
+        .unwrap();
+    let mut expect_splits: Vec<String> = expect.iter().map(|e| e.2.clone()).collect();
+    expect_splits[b3] = "train".into();
+    assert_eq!(splits, expect_splits);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
