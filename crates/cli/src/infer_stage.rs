@@ -253,12 +253,12 @@ async fn temporal_weights(ws: &Workspace) -> Result<TemporalConfig> {
         })
 }
 
-/// `diffrec recommend`: top-K for one known user, or for a history of item ids.
+/// `diffrec recommend`: top-K for one known user, or for a history of item ids (oldest first).
 pub async fn recommend_one(
     ws_url: &str,
     run: &str,
     user: Option<&str>,
-    history: Option<&str>,
+    history: Option<Vec<String>>,
     k: usize,
 ) -> Result<()> {
     let ws = Workspace::open_existing(ws_url)
@@ -276,7 +276,7 @@ pub async fn recommend_one(
             let users = load_ids(&ws, "user").await?;
             let u = users.iter().position(|x| x == id).ok_or_else(|| {
                 UsageError(format!(
-                    "user {id:?} is not in the training data; pass --history instead"
+                    "user {id:?} is not in the training data; pass --history or --history-file instead"
                 ))
             })?;
             let input = model_input(&data.train, model_cfg.variant);
@@ -286,7 +286,7 @@ pub async fn recommend_one(
         }
         (None, Some(h)) => {
             let mut hist = Vec::new();
-            for id in h.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            for id in h.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
                 match items.iter().position(|x| x == id) {
                     // An item named twice is one interaction, as in training.
                     Some(i) if hist.contains(&(i as u32, 1.0)) => {}
@@ -295,7 +295,9 @@ pub async fn recommend_one(
                 }
             }
             if hist.is_empty() {
-                return Err(UsageError("--history names no item known to the model".into()).into());
+                return Err(
+                    UsageError("the history names no item known to the model".into()).into(),
+                );
             }
             if model_cfg.variant.is_temporal() {
                 // Time-weighted as ingest weighs a user's train rows, oldest first.
@@ -306,7 +308,9 @@ pub async fn recommend_one(
             }
             recommend_history(&model, &model_cfg, items.len(), &hist, k, &dev)?
         }
-        _ => return Err(UsageError("pass exactly one of --user or --history".into()).into()),
+        _ => {
+            return Err(UsageError("pass one of --user, --history or --history-file".into()).into());
+        }
     };
     crate::stdout::write_data(|out| {
         writeln!(out, "rank\titem_id\tscore")?;

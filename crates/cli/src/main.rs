@@ -131,7 +131,7 @@ enum Command {
     },
     /// Print top-K items from a trained run's best checkpoint, for one user of the training
     /// data (`--user`) or for any list of items (`--history`, no retraining needed).
-    #[command(group(ArgGroup::new("who").required(true).args(["user", "history"])))]
+    #[command(group(ArgGroup::new("who").required(true).args(["user", "history", "history_file"])))]
     Recommend {
         /// Workspace URL holding the run.
         #[arg(long)]
@@ -148,6 +148,11 @@ enum Command {
         /// the last); an item named twice counts once, at its first place.
         #[arg(long)]
         history: Option<String>,
+        /// As --history, one item id per line (`-`: standard input), for ids that hold commas
+        /// and for long histories. Blank lines are skipped; ids are used as written, spaces
+        /// around them removed.
+        #[arg(long, value_name = "FILE")]
+        history_file: Option<PathBuf>,
         /// How many items (at least 1).
         #[arg(long, default_value_t = NonZeroUsize::new(20).expect("20 > 0"))]
         k: NonZeroUsize,
@@ -314,16 +319,15 @@ async fn dispatch(command: Command) -> Result<()> {
             run,
             user,
             history,
+            history_file,
             k,
         } => {
-            infer_stage::recommend_one(
-                &workspace,
-                &run,
-                user.as_deref(),
-                history.as_deref(),
-                k.get(),
-            )
-            .await
+            let history = match (history, history_file) {
+                (Some(list), _) => Some(list.split(',').map(str::to_owned).collect()),
+                (None, Some(file)) => Some(read_history_file(&file)?),
+                (None, None) => None,
+            };
+            infer_stage::recommend_one(&workspace, &run, user.as_deref(), history, k.get()).await
         }
         Command::Orchestrator { bind } => {
             let port = diffrec_trainer::config::host_port(&bind).ok_or_else(|| {
@@ -375,6 +379,17 @@ fn check_generate_out(out: &Path) -> Result<()> {
         .into()),
         _ => Ok(()),
     }
+}
+
+/// The lines of `--history-file` (`-`: standard input).
+fn read_history_file(file: &std::path::Path) -> Result<Vec<String>> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading --history-file from stdin")?
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|e| usage::UsageError(format!("--history-file {}: {e}", file.display())))?
+    };
+    Ok(text.lines().map(str::to_owned).collect())
 }
 
 /// Generates the synthetic log into the workspace and runs the quickstart pipeline on it.

@@ -222,6 +222,36 @@ fn demo_runs_every_stage_and_beats_popularity() {
         String::from_utf8(out.stdout).unwrap()
     };
     assert_eq!(history("1,2,2,3,1"), history("1,2,3"));
+    // The same history one id per line on stdin (spaces and blank lines aside); a line is one
+    // id, commas and all, so `1,2` is an unknown id, not two.
+    let history_file = |lines: &str| {
+        let mut child = diffrec()
+            .args(["recommend", "--workspace", ws.to_str().unwrap()])
+            .args(["--run", "quickstart", "--history-file", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lines.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = history_file("1\n 2 \n\n3\n");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), history("1,2,3"));
+    let out = history_file("1,2\n");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown to the model") && text(&out).contains("\"1,2\""),
+        "{}",
+        text(&out)
+    );
 
     // Mistakes in the arguments exit with 2 and say what is wrong.
     let recommend = ["recommend", "--workspace", ws.to_str().unwrap()];
@@ -241,7 +271,7 @@ fn demo_runs_every_stage_and_beats_popularity() {
         ),
         (
             &["--run", "quickstart", "--history", "nosuch"],
-            "--history names no item",
+            "the history names no item",
         ),
     ] {
         let out = diffrec().args(recommend).args(args).output().unwrap();
