@@ -309,7 +309,9 @@ pub async fn recommend_one(
             recommend_history(&model, &model_cfg, items.len(), &hist, k, &dev)?
         }
         _ => {
-            return Err(UsageError("pass one of --user, --history or --history-file".into()).into());
+            return Err(
+                UsageError("pass one of --user, --history or --history-file".into()).into(),
+            );
         }
     };
     crate::stdout::write_data(|out| {

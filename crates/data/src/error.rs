@@ -92,6 +92,15 @@ pub enum DataError {
         source: std::io::Error,
     },
 
+    /// Another process started the same stage in the workspace after this one.
+    #[error(
+        "another process started the {stage} stage in this workspace after this one ({key} \
+         changed): a second run of the pipeline, or a scheduler's retry while the first attempt \
+         still ran. This process stopped before writing anything more and leaves the stage to \
+         the other one"
+    )]
+    Concurrent { stage: String, key: String },
+
     #[error("JSON error on `{key}`: {source}")]
     Json {
         key: String,

@@ -10,11 +10,12 @@ use crate::arrow_bridge::dataframe_to_batch;
 use crate::artifacts::{
     DatasetStats, INTERACTIONS, ITEMS, STATS, USERS, ids_schema, interactions_schema,
 };
+use crate::claim::Claim;
 use crate::config::DataConfig;
 use crate::error::{DataError, Result};
-use crate::manifest::{Freshness, StageManifest, freshness, manifest_key};
+use crate::manifest::{Freshness, OutputInfo, StageManifest, freshness, manifest_key};
 use crate::source::load_source;
-use crate::transform::prepare;
+use crate::transform::{Prepared, prepare};
 use crate::workspace::Workspace;
 
 /// The directory (and manifest location) of the ingest stage.
@@ -66,11 +67,22 @@ pub async fn run_ingest(
             Freshness::Stale(why) => tracing::info!("ingest: running ({why})"),
         }
     }
+    // The last process to start writing the stage owns it; an earlier one stops (below).
+    let claim = Claim::take(ws, OWNER).await?;
     tracing::info!(rows = raw.df.height(), "ingest: transforming");
     let weighted = cfg.temporal.is_some();
     // Transformed before anything in the workspace changes: data that cannot be ingested
     // (e.g. a k-core that removes every row) leaves the earlier outputs vouched for.
-    let prepared = prepare(raw, cfg)?;
+    let prepared = match prepare(raw, cfg) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            // Nothing was written: the claim goes too, if no other process took it since.
+            if claim.held(ws).await.unwrap_or(false) {
+                let _ = ws.delete(OWNER).await;
+            }
+            return Err(e);
+        }
+    };
     let stats = compute_stats(
         &prepared.interactions,
         prepared.users.height(),
@@ -78,8 +90,48 @@ pub async fn run_ingest(
         prepared.noise_rows,
         weighted,
     )?;
+    let outputs = write_outputs(ws, &claim, &prepared, &stats).await?;
+    let manifest = StageManifest {
+        stage: "ingest".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        config,
+        inputs,
+        outputs,
+        started_at,
+        finished_at: Utc::now(),
+    };
+    ensure_held(ws, &claim).await?;
+    ws.put_json(&manifest_key(STAGE_DIR), &manifest).await?;
+    Ok(IngestReport {
+        skipped: false,
+        stats,
+        manifest,
+    })
+}
 
-    // From here on the old outputs are no longer vouched for.
+/// Who writes the stage's outputs ([`Claim`]).
+pub const OWNER: &str = "data/_owner";
+
+async fn ensure_held(ws: &Workspace, claim: &Claim) -> Result<()> {
+    if claim.held(ws).await? {
+        return Ok(());
+    }
+    Err(DataError::Concurrent {
+        stage: "ingest".into(),
+        key: claim.key().into(),
+    })
+}
+
+/// Writes the stage's outputs, each only while this process holds `claim`: the manifest goes
+/// first (the old outputs are no longer vouched for), then users, items, interactions, stats.
+/// Returns what the manifest records of them.
+async fn write_outputs(
+    ws: &Workspace,
+    claim: &Claim,
+    prepared: &Prepared,
+    stats: &DatasetStats,
+) -> Result<BTreeMap<String, OutputInfo>> {
+    ensure_held(ws, claim).await?;
     ws.delete(&manifest_key(STAGE_DIR)).await?;
     let cleaned = ws.clean_temporaries(STAGE_DIR).await?;
     if cleaned > 0 {
@@ -96,27 +148,14 @@ pub async fn run_ingest(
         (ITEMS, &prepared.items, ids_schema("item")),
         (INTERACTIONS, &prepared.interactions, interactions_schema()),
     ] {
+        ensure_held(ws, claim).await?;
         let rows = write_frame(ws, key, df, schema).await?;
         outputs.insert(key.to_owned(), ws.output_info(key, Some(rows)).await?);
     }
-    ws.put_json(STATS, &stats).await?;
+    ensure_held(ws, claim).await?;
+    ws.put_json(STATS, stats).await?;
     outputs.insert(STATS.to_owned(), ws.output_info(STATS, None).await?);
-
-    let manifest = StageManifest {
-        stage: "ingest".into(),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        config,
-        inputs,
-        outputs,
-        started_at,
-        finished_at: Utc::now(),
-    };
-    ws.put_json(&manifest_key(STAGE_DIR), &manifest).await?;
-    Ok(IngestReport {
-        skipped: false,
-        stats,
-        manifest,
-    })
+    Ok(outputs)
 }
 
 /// Rows per batch when writing (bounds the writer's memory).
@@ -166,4 +205,56 @@ fn compute_stats(
         noise_rows,
         weighted,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::load_source;
+
+    /// A process whose claim a later one took writes nothing more: not the manifest's removal,
+    /// not one output. The later one then writes all of them.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_process_that_lost_the_claim_writes_nothing() {
+        let dir = std::env::temp_dir().join(format!("diffrec-claim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("log.csv"),
+            "user_id,item_id,timestamp\na,x,1\na,y,2\nb,x,3\n",
+        )
+        .unwrap();
+        let cfg: DataConfig = serde_json::from_value(serde_json::json!({
+            "source": {"format": "csv", "path": "log.csv"},
+            "split": {"ratios": [1.0, 0.0, 0.0]}
+        }))
+        .unwrap();
+        let ws = Workspace::open("memory://claim-ingest").unwrap();
+        ws.put_json(
+            &manifest_key(STAGE_DIR),
+            &serde_json::json!({"earlier": true}),
+        )
+        .await
+        .unwrap();
+        let prepared = prepare(load_source(&cfg, &dir, &ws).await.unwrap(), &cfg).unwrap();
+        let stats = compute_stats(&prepared.interactions, 2, 2, 0, false).unwrap();
+
+        let first = Claim::take(&ws, OWNER).await.unwrap();
+        let later = Claim::take(&ws, OWNER).await.unwrap();
+        let e = write_outputs(&ws, &first, &prepared, &stats)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, DataError::Concurrent { .. }), "{e}");
+        assert!(e.to_string().contains("data/_owner"), "{e}");
+        let mut left = ws.list(STAGE_DIR).await.unwrap();
+        left.sort();
+        assert_eq!(left, ["data/_manifest.json", "data/_owner"]);
+
+        let outputs = write_outputs(&ws, &later, &prepared, &stats).await.unwrap();
+        assert_eq!(
+            outputs.keys().collect::<Vec<_>>(),
+            [INTERACTIONS, ITEMS, STATS, USERS]
+        );
+        assert!(!ws.exists(&manifest_key(STAGE_DIR)).await.unwrap());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -11,6 +11,7 @@
 
 pub mod arrow_bridge;
 pub mod artifacts;
+pub mod claim;
 pub mod config;
 pub mod csr;
 pub mod error;

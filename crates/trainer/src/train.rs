@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use diffrec_data::claim::Claim;
 use diffrec_data::manifest::manifest_key;
 use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
 use diffrec_model::{
@@ -150,17 +151,10 @@ pub fn recommendations_key(run: &str) -> String {
     format!("runs/{run}/recommendations.parquet")
 }
 
-/// Who is writing the run: the token of the process that started training it last.
+/// Where the run's [`Claim`] lives: who is writing it (the process that started training it
+/// last).
 fn owner_key(run: &str) -> String {
     format!("runs/{run}/checkpoints/_owner")
-}
-
-/// Claims the run for this process (the last process to start owns it) and returns its token.
-async fn claim_run(ws: &Workspace, run: &str) -> Result<String, TrainError> {
-    let token = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
-    ws.put_atomic(&owner_key(run), token.clone().into_bytes())
-        .await?;
-    Ok(token)
 }
 
 /// What node 0 gives up once every node has agreed to train, so that nodes which refuse to
@@ -169,16 +163,16 @@ async fn claim_run(ws: &Workspace, run: &str) -> Result<String, TrainError> {
 /// `recommendations.parquet`: a kill during this training would leave them beside another best
 /// checkpoint, and the evaluate stage would mix the two; the training writes the summary again
 /// when it ends, whether or not it evaluates), and with `fresh` (`--force`) the checkpoints, all
-/// but the claim `token` this process holds. `latest.ckpt` goes first: a kill in between leaves
+/// but the `claim` this process holds. `latest.ckpt` goes first: a kill in between leaves
 /// no old epoch to resume without its best. (`curves.svg` stays: it is rewritten with
 /// `metrics.parquet` at each evaluation, so it always shows the evaluations so far.)
 async fn give_up_previous(
     ws: &Workspace,
     run: &str,
-    token: &str,
+    claim: &Claim,
     fresh: bool,
 ) -> Result<(), TrainError> {
-    ensure_sole_writer(ws, run, token).await?;
+    ensure_sole_writer(ws, run, claim).await?;
     ws.delete(&manifest_key(&run_dir(run))).await?;
     for key in [summary_key(run), recommendations_key(run)] {
         ws.delete(&key).await?;
@@ -186,7 +180,7 @@ async fn give_up_previous(
     if fresh {
         ws.delete(&latest_key(run)).await?;
         for key in ws.list(&format!("runs/{run}/checkpoints")).await? {
-            if key != owner_key(run) {
+            if key != claim.key() {
                 ws.delete(&key).await?;
             }
         }
@@ -194,11 +188,10 @@ async fn give_up_previous(
     Ok(())
 }
 
-/// Fails when another process has claimed the run since this one did (`claim_run`): both
-/// would write its checkpoints, metrics and summary.
-async fn ensure_sole_writer(ws: &Workspace, run: &str, token: &str) -> Result<(), TrainError> {
-    let owner = ws.get_if_present(&owner_key(run)).await?;
-    if owner.as_deref() == Some(token.as_bytes()) {
+/// Fails when another process has claimed the run since this one did: both would write its
+/// checkpoints, metrics and summary.
+async fn ensure_sole_writer(ws: &Workspace, run: &str, claim: &Claim) -> Result<(), TrainError> {
+    if claim.held(ws).await? {
         return Ok(());
     }
     Err(TrainError::Concurrent(format!(
@@ -438,8 +431,8 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
     };
     // The run is claimed before its latest checkpoint is read, and each epoch's writes first
     // check that no other process has claimed it since (`ensure_sole_writer`).
-    let token = if writer {
-        Some(claim_run(ws, &spec.run).await?)
+    let claim = if writer {
+        Some(Claim::take(ws, &owner_key(&spec.run)).await?)
     } else {
         None
     };
@@ -530,8 +523,8 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
     }
     // Off rayon's pool: the replicas' all-reduce needs it (see `waits_on_other_threads`).
     learner.agree_on_start(state.epoch)?;
-    if let Some(token) = token.as_deref() {
-        give_up_previous(ws, &spec.run, token, spec.fresh).await?;
+    if let Some(claim) = &claim {
+        give_up_previous(ws, &spec.run, claim, spec.fresh).await?;
     }
     let step_on_pool = computes_on_pool(cfg.backend) && !learner.waits_on_other_threads();
     let reads_sparse = learner.reads_sparse();
@@ -614,8 +607,8 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
             seconds,
         });
 
-        if let Some(token) = &token {
-            ensure_sole_writer(ws, &spec.run, token).await?;
+        if let Some(claim) = &claim {
+            ensure_sole_writer(ws, &spec.run, claim).await?;
         }
         // The average's record, serialised once for both checkpoints of this epoch.
         let avg_bytes = match (&ema, writer) {
@@ -687,8 +680,8 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
     }
 
     let summary = summarise(spec, &state, params);
-    if let Some(token) = &token {
-        ensure_sole_writer(ws, &spec.run, token).await?;
+    if let Some(claim) = &claim {
+        ensure_sole_writer(ws, &spec.run, claim).await?;
         ws.put_json(&summary_key(&spec.run), &summary).await?;
     }
     Ok(summary)

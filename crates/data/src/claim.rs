@@ -1,0 +1,62 @@
+//! Which process writes a stage's outputs: the last one to start it.
+//!
+//! A stage that is about to write takes the claim (a random token at a fixed key, written
+//! atomically) and checks that it still holds it before every write; a process that lost it
+//! (a second run of the pipeline, or a scheduler's retry while the first attempt still ran)
+//! stops before writing anything more. Outputs of two writers never interleave as long as one
+//! output's write is shorter than the later writer's work before its first write (reading and
+//! transforming its input) — always so on a local disk. It is no lock: it needs no expiry, and a
+//! killed process leaves nothing to clean up.
+
+use crate::error::Result;
+use crate::workspace::Workspace;
+
+/// This process's claim on the outputs behind `key`.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    key: String,
+    token: String,
+}
+
+impl Claim {
+    /// Takes the claim at `key` (from any earlier holder).
+    pub async fn take(ws: &Workspace, key: &str) -> Result<Claim> {
+        let token = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
+        ws.put_atomic(key, token.clone().into_bytes()).await?;
+        Ok(Claim {
+            key: key.to_owned(),
+            token,
+        })
+    }
+
+    /// The key the claim lives at.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Whether no other process has taken the claim since this one did.
+    pub async fn held(&self, ws: &Workspace) -> Result<bool> {
+        let holder = ws.get_if_present(&self.key).await?;
+        Ok(holder.as_deref() == Some(self.token.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_last_taker_holds_the_claim() {
+        let ws = Workspace::open("memory://claim").unwrap();
+        let first = Claim::take(&ws, "data/_owner").await.unwrap();
+        assert!(first.held(&ws).await.unwrap());
+        let second = Claim::take(&ws, "data/_owner").await.unwrap();
+        assert!(!first.held(&ws).await.unwrap(), "a later process took it");
+        assert!(second.held(&ws).await.unwrap());
+        ws.delete("data/_owner").await.unwrap();
+        assert!(
+            !second.held(&ws).await.unwrap(),
+            "a removed claim is nobody's"
+        );
+    }
+}
