@@ -16,8 +16,8 @@ use diffrec_trainer::config::Backend;
 use diffrec_trainer::infer::{load_best, recommend_all, recommend_history};
 use diffrec_trainer::pool::on_pool_thread;
 use diffrec_trainer::train::{
-    Summary, diffusion_of, evaluate, model_input, recommendations_key, resolve_input, run_dir,
-    summary_key,
+    Summary, best_key, diffusion_of, evaluate, model_input, recommendations_key, resolve_input,
+    run_dir, summary_key,
 };
 
 use crate::differences::differing_keys;
@@ -39,14 +39,15 @@ struct RunModel {
 impl RunModel {
     async fn load(ws: &Workspace, loaded: &Loaded) -> Result<Self> {
         let p = &loaded.pipeline;
-        check_trained_settings(ws, &p.name, &p.model).await?;
+        let manifest = check_trained_settings(ws, &p.name, &p.model).await?;
         let data = load_splits(ws).await?;
         let dev = Default::default();
         // `model.autoencoder.input: auto` by this data's density, as training on the CPU
         // resolves it (inference runs on the CPU; a GPU trains dense, and either reads the
         // same parameters).
         let model_cfg = resolve_input(&p.model, &data.train, Backend::Cpu);
-        let model = load_best::<Cpu>(ws, &p.name, &model_cfg, data.n_items, &dev).await?;
+        let best = best_sha256(&manifest, &p.name);
+        let model = load_best::<Cpu>(ws, &p.name, &model_cfg, data.n_items, best, &dev).await?;
         let input = model_input(&data.train, p.model.variant);
         Ok(RunModel {
             data,
@@ -65,7 +66,11 @@ impl RunModel {
 /// same parameters); the autoencoder's do not matter to DiffRec/T-DiffRec. A run without a
 /// manifest (still training, or stopped) is refused: its best checkpoint may be the one of an
 /// unfinished training.
-async fn check_trained_settings(ws: &Workspace, run: &str, model: &ModelConfig) -> Result<()> {
+async fn check_trained_settings(
+    ws: &Workspace,
+    run: &str,
+    model: &ModelConfig,
+) -> Result<StageManifest> {
     let (trained, manifest) = trained_run(ws, run).await?;
     let latent = trained.variant.is_latent() || model.variant.is_latent();
     let comparable = |m: &ModelConfig| -> Result<serde_json::Value> {
@@ -90,7 +95,8 @@ async fn check_trained_settings(ws: &Workspace, run: &str, model: &ModelConfig) 
         &mut differences,
     );
     if differences.is_empty() {
-        return check_trained_data(ws, run, &manifest).await;
+        check_trained_data(ws, run, &manifest).await?;
+        return Ok(manifest);
     }
     Err(UsageError(format!(
         "run `{run}` was trained with other model settings: {}. Use the settings it was trained \
@@ -130,6 +136,14 @@ async fn check_trained_data(ws: &Workspace, run: &str, manifest: &StageManifest)
         changed.join(", ")
     ))
     .into())
+}
+
+/// The SHA-256 a finished run's manifest records for its best checkpoint.
+fn best_sha256<'a>(manifest: &'a StageManifest, run: &str) -> Option<&'a str> {
+    manifest
+        .outputs
+        .get(&best_key(run))
+        .map(|o| o.sha256.as_str())
 }
 
 /// The model settings a finished run was trained with (its manifest's `config.model`), and
@@ -270,7 +284,8 @@ pub async fn recommend_one(
     let data = load_splits(&ws).await?;
     // `auto` resolved as `diffrec stage recommend` resolves it, so both rank alike.
     let model_cfg = resolve_input(&model_cfg, &data.train, Backend::Cpu).into_owned();
-    let model = load_best::<Cpu>(&ws, run, &model_cfg, items.len(), &dev).await?;
+    let best = best_sha256(&manifest, run);
+    let model = load_best::<Cpu>(&ws, run, &model_cfg, items.len(), best, &dev).await?;
     let recs = match (user, history) {
         (Some(id), None) => {
             let users = load_ids(&ws, "user").await?;

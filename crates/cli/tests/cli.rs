@@ -893,7 +893,29 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
     let mut ckpt = decode(&std::fs::read(&best).unwrap()).unwrap();
     ckpt.state.written_by = "diffrec 0.0.1".into();
     let bytes = encode(&ckpt.state, &foreign.model, &ckpt.optim, None).unwrap();
-    std::fs::write(&best, bytes).unwrap();
+    std::fs::write(&best, &bytes).unwrap();
+    // Evaluate first refuses a best checkpoint of other bytes than the manifest records; with
+    // the manifest agreeing (as if that diffrec had finished the run with it), it reads it.
+    let stage = |stage: &str| {
+        diffrec()
+            .args(["stage", stage, ours.to_str().unwrap(), "--workspace"])
+            .arg(&ws)
+            .output()
+            .unwrap()
+    };
+    let other_bytes = "runs/r/checkpoints/best.ckpt is not the file training finished with";
+    let out = stage("evaluate");
+    assert!(
+        out.status.code() == Some(1) && text(&out).contains(other_bytes),
+        "{}",
+        text(&out)
+    );
+    let manifest_path = ws.join("runs/r/_manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["outputs"]["runs/r/checkpoints/best.ckpt"]["sha256"] =
+        diffrec_data::workspace::sha256_hex(&bytes).into();
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
     assert_stage_refuses(
         "evaluate",
         ours.to_str().unwrap(),
@@ -909,6 +931,24 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
         ),
     );
     let out = train(&ours, &["--set", "train.epochs=2", "--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // One byte changed inside the best checkpoint keeps its size, so the train stage stays up
+    // to date, but evaluate and recommend refuse it (exit 1: nothing in the arguments to fix).
+    let good = std::fs::read(&best).unwrap();
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x10;
+    std::fs::write(&best, &flipped).unwrap();
+    for name in ["evaluate", "recommend"] {
+        let out = stage(name);
+        let t = text(&out);
+        assert!(
+            out.status.code() == Some(1) && t.contains(other_bytes),
+            "{name}: {t}"
+        );
+    }
+    std::fs::write(&best, &good).unwrap();
+    let out = stage("evaluate");
     assert!(out.status.success(), "{}", text(&out));
 }
 

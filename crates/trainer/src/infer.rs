@@ -3,6 +3,7 @@
 //! vector, so a user unseen in training needs no retraining).
 
 use burn::prelude::*;
+use diffrec_data::workspace::sha256_hex;
 use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
 use diffrec_model::{Denoiser, InitScheme, ItemClusters, LatentDiffRec, ModelConfig, Recommender};
 
@@ -13,12 +14,14 @@ use crate::metrics::top_k;
 use crate::train::{best_key, diffusion_of, eval_block, score_rows};
 
 /// The best checkpoint's model, on the inference backend `B`. L-DiffRec's item clusters come
-/// from the checkpoint itself, so a later cluster-stage rerun cannot mismatch it.
+/// from the checkpoint itself, so a later cluster-stage rerun cannot mismatch it. With
+/// `expect_sha256` (what the run's manifest records), a checkpoint of other bytes is refused.
 pub async fn load_best<B: Backend>(
     ws: &Workspace,
     run: &str,
     model: &ModelConfig,
     n_items: usize,
+    expect_sha256: Option<&str>,
     device: &B::Device,
 ) -> Result<Recommender<B>, TrainError> {
     let bytes = ws.get(&best_key(run)).await.map_err(|e| match e {
@@ -29,6 +32,19 @@ pub async fn load_best<B: Backend>(
         )),
         e => e.into(),
     })?;
+    // Read whole anyway, so the check costs one hash: a byte changed inside keeps the size
+    // the manifest's freshness check compares.
+    if let Some(want) = expect_sha256 {
+        let got = sha256_hex(&bytes);
+        if got != want {
+            return Err(TrainError::Checkpoint(format!(
+                "{} is not the file training finished with: its SHA-256 is {got}, the run's \
+                 manifest records {want}. It was changed or damaged since; train the run again \
+                 (`--force`)",
+                best_key(run)
+            )));
+        }
+    }
     let Checkpoint {
         state,
         model: model_bytes,
