@@ -78,6 +78,8 @@ async fn check_trained_settings(
         if let Some(d) = v["diffusion"].as_object_mut() {
             d.remove("sampling_steps");
             d.remove("sampling_noise");
+            // The variant's default, written out or not, is one setting.
+            d.insert("beta_fixed".into(), m.beta_fixed().into());
         }
         if let Some(a) = v["autoencoder"].as_object_mut() {
             a.remove("input");

@@ -8,8 +8,9 @@ use chrono::Utc;
 use diffrec_data::manifest::{Freshness, StageManifest, freshness, manifest_key, upstream_hashes};
 use diffrec_data::workspace::sha256_hex;
 use diffrec_data::{Workspace, load_splits};
+use diffrec_model::ModelConfig;
 use diffrec_trainer::train::{
-    best_key, check_resumable, curves_key, metrics_key, run_dir, summary_key,
+    best_key, check_resumable, curves_key, latest_key, metrics_key, run_dir, summary_key,
 };
 use diffrec_trainer::{Progress, RunSpec, TrainError, train_on};
 
@@ -78,6 +79,58 @@ const FINGERPRINT_LEAVES_OUT: &[&str] = &["epochs", "patience", "devices", "para
 /// What the fingerprint left out before 2026-12-01: the checkpoints of runs started then carry
 /// this one, and those runs keep their devices.
 const LEGACY_LEAVES_OUT: &[&str] = &["epochs", "patience"];
+
+/// The checkpoint fingerprint of a run's config tree (`trajectory`: what the fingerprint
+/// covers of it) trained on `inputs`.
+fn fingerprint_of(
+    trajectory: &serde_json::Value,
+    inputs: &BTreeMap<String, String>,
+) -> Result<String> {
+    Ok(sha256_hex(
+        serde_json::to_string(&(trajectory, inputs))?.as_bytes(),
+    ))
+}
+
+/// `config` spelled as the run recorded it, where the spelling is all that differs:
+/// `model.diffusion.beta_fixed` written out as the variant's default is the same run as left
+/// unset, so a run started with either spelling (its manifest, or a stopped run's checkpoint
+/// fingerprint) keeps it, and is neither refused nor retrained for the other.
+async fn recorded_spelling(
+    ws: &Workspace,
+    run: &str,
+    config: serde_json::Value,
+    model: &ModelConfig,
+    inputs: &BTreeMap<String, String>,
+) -> Result<serde_json::Value> {
+    let spelled = |v: &serde_json::Value| v["model"]["diffusion"]["beta_fixed"].clone();
+    let mut other = config.clone();
+    other["model"]["diffusion"]["beta_fixed"] = match model.diffusion.beta_fixed {
+        None => model.beta_fixed().into(),
+        Some(b) if b == !model.variant.is_latent() => serde_json::Value::Null,
+        Some(_) => return Ok(config),
+    };
+    let manifest: Option<StageManifest> = ws.get_json(&manifest_key(&run_dir(run))).await?;
+    if let Some(m) = manifest {
+        return Ok(match spelled(&m.config) == spelled(&other) {
+            true => other,
+            false => config,
+        });
+    }
+    if !ws.exists(&latest_key(run)).await? {
+        return Ok(config);
+    }
+    for leaves in [FINGERPRINT_LEAVES_OUT, LEGACY_LEAVES_OUT] {
+        let mut t = other.clone();
+        remove_train_keys(&mut t, leaves);
+        if check_resumable(ws, run, &fingerprint_of(&t, inputs)?)
+            .await
+            .is_ok()
+        {
+            return Ok(other);
+        }
+    }
+    Ok(config)
+}
 
 /// Removes `keys` from the `train` section of a stage's config tree.
 fn remove_train_keys(config: &mut serde_json::Value, keys: &[&str]) {
@@ -208,6 +261,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         &mut config,
         &["node_rank", "orchestrator", "node_address", "peer_timeout"],
     );
+    let config = recorded_spelling(ws, &p.name, config, &p.model, &inputs).await?;
     let writer = p.train.node_rank == 0;
     if writer {
         clean_temporaries(ws, &p.name).await?;
@@ -230,9 +284,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         remove_train_keys(&mut t, keys);
         t
     };
-    let fingerprint_of = |t: &serde_json::Value| -> Result<String> {
-        Ok(sha256_hex(serde_json::to_string(&(t, &inputs))?.as_bytes()))
-    };
+    let fingerprint_of = |t: &serde_json::Value| fingerprint_of(t, &inputs);
     let trajectory = trajectory_without(FINGERPRINT_LEAVES_OUT);
     let mut fingerprint = fingerprint_of(&trajectory)?;
     let legacy = trajectory_without(LEGACY_LEAVES_OUT);

@@ -952,6 +952,60 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// `model.diffusion.beta_fixed` written out as the variant's default is the run left unset,
+/// and the other way round: a finished run stays up to date and evaluates, a stopped one
+/// resumes. A value other than the default is still another run.
+#[test]
+fn a_default_written_out_is_the_same_run() {
+    let (dir, p) = synthetic_project(
+        "spelled",
+        &["--users", "300", "--items", "120"],
+        "name: r\ndata:\n  source: {format: csv, path: log.csv}\nmodel:\n  \
+         diffusion: {steps: 5}\n  denoiser: {dims: [16]}\ntrain: {epochs: 2, eval_every: 1, \
+         batch_size: 64}\nevaluate: {ks: [10]}\n",
+    );
+    let ws = dir.join("ws");
+    let stage = |name: &str, sets: &[&str]| {
+        let mut c = diffrec();
+        c.args(["stage", name, p.to_str().unwrap(), "--workspace"])
+            .arg(&ws);
+        for set in sets {
+            c.args(["--set", set]);
+        }
+        c.output().unwrap()
+    };
+    let out = diffrec()
+        .args(["run", p.to_str().unwrap(), "--workspace"])
+        .arg(&ws)
+        .args(["--until", "train"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let written = "model.diffusion.beta_fixed=true";
+    let out = stage("train", &[written]);
+    assert!(text(&out).contains("train: up to date"), "{}", text(&out));
+    let out = stage("evaluate", &[written]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = stage("train", &["model.diffusion.beta_fixed=false"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // Stopped (no manifest, as a killed run leaves it), then extended with the default written
+    // out: it resumes from its checkpoint at epoch 2, and the manifest keeps the run's spelling.
+    std::fs::remove_file(ws.join("runs/r/_manifest.json")).unwrap();
+    let out = stage("train", &[written, "train.epochs=3"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("resum"), "{t}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.join("runs/r/_manifest.json")).unwrap()).unwrap();
+    assert!(
+        manifest["config"]["model"]["diffusion"]["beta_fixed"].is_null(),
+        "{manifest}"
+    );
+    let out = stage("train", &["train.epochs=3"]);
+    assert!(text(&out).contains("train: up to date"), "{}", text(&out));
+}
+
 /// Trains the same small run uninterrupted, killed three times and resumed, and in two halves;
 /// asserts the three agree and returns the results.
 fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value {

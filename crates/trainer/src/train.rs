@@ -131,7 +131,7 @@ pub struct Summary {
 pub fn run_dir(run: &str) -> String {
     format!("runs/{run}")
 }
-fn latest_key(run: &str) -> String {
+pub fn latest_key(run: &str) -> String {
     format!("runs/{run}/checkpoints/latest.ckpt")
 }
 pub fn best_key(run: &str) -> String {
