@@ -302,12 +302,18 @@ pub async fn recommend_one(
             recommend_history(&model, &model_cfg, items.len(), &history, k, &dev)?
         }
         (None, Some(h)) => {
+            let index: std::collections::HashMap<&str, u32> = items
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.as_str(), i as u32))
+                .collect();
+            let mut seen = std::collections::HashSet::new();
             let mut hist = Vec::new();
             for id in h.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-                match items.iter().position(|x| x == id) {
+                match index.get(id) {
                     // An item named twice is one interaction, as in training.
-                    Some(i) if hist.contains(&(i as u32, 1.0)) => {}
-                    Some(i) => hist.push((i as u32, 1.0)),
+                    Some(&i) if !seen.insert(i) => {}
+                    Some(&i) => hist.push((i, 1.0)),
                     None => tracing::warn!("item {id:?} is unknown to the model, ignored"),
                 }
             }

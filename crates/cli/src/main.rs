@@ -384,11 +384,13 @@ fn check_generate_out(out: &Path) -> Result<()> {
 /// The lines of `--history-file` (`-`: standard input).
 fn read_history_file(file: &std::path::Path) -> Result<Vec<String>> {
     let text = if file.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading --history-file from stdin")?
+        std::io::read_to_string(std::io::stdin())
     } else {
         std::fs::read_to_string(file)
-            .map_err(|e| usage::UsageError(format!("--history-file {}: {e}", file.display())))?
-    };
+    }
+    .map_err(|e| usage::UsageError(format!("--history-file {}: {e}", file.display())))?;
+    // A byte-order mark (a Windows editor's) is not part of the first id.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     Ok(text.lines().map(str::to_owned).collect())
 }
 

@@ -34,6 +34,10 @@ pub const ALL: [Stage; 5] = [
 
 /// Runs `stages` in order.
 pub async fn run_stages(loaded: &Loaded, stages: &[Stage], force: bool) -> Result<()> {
+    // Before opening: a node other than node 0 may wait there for node 0's workspace.
+    if stages.contains(&Stage::Train) {
+        loaded.check_can_train()?;
+    }
     // Only ingest starts a workspace; every later stage reads one, so a mistyped path is an
     // error rather than a new empty directory.
     let ws = if stages.first() == Some(&Stage::Ingest) {

@@ -106,7 +106,7 @@ async fn recorded_spelling(
     let mut other = config.clone();
     other["model"]["diffusion"]["beta_fixed"] = match model.diffusion.beta_fixed {
         None => model.beta_fixed().into(),
-        Some(b) if b == !model.variant.is_latent() => serde_json::Value::Null,
+        Some(b) if b == variant_default(model) => serde_json::Value::Null,
         Some(_) => return Ok(config),
     };
     let manifest: Option<StageManifest> = ws.get_json(&manifest_key(&run_dir(run))).await?;
@@ -130,6 +130,13 @@ async fn recorded_spelling(
         }
     }
     Ok(config)
+}
+
+/// `model.diffusion.beta_fixed` when left unset, for `model`'s variant.
+fn variant_default(model: &ModelConfig) -> bool {
+    let mut unset = model.clone();
+    unset.diffusion.beta_fixed = None;
+    unset.beta_fixed()
 }
 
 /// Removes `keys` from the `train` section of a stage's config tree.
@@ -340,10 +347,17 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     let data = load_splits(ws).await?;
     if data.valid.nnz() == 0 && p.train.evaluates() {
         return Err(UsageError(format!(
-            "the validation split is empty (data.split.ratios {:?}), and each evaluation selects \
-             the best epoch on it: give validation a share, or set train.eval_every above \
-             train.epochs to train without evaluating",
-            p.data.split.ratios
+            "the validation split is empty (data.split.ratios {:?}{}), and each evaluation \
+             selects the best epoch on it: give validation a share, or set train.eval_every \
+             above train.epochs to train without evaluating",
+            p.data.split.ratios,
+            match p.data.split_method() {
+                diffrec_data::config::SplitMethod::GlobalTime => {
+                    "; with `global_time` the rows of the cut's timestamp all stay in train, so \
+                     coarse timestamps can take the whole share"
+                }
+                _ => "",
+            }
         ))
         .into());
     }

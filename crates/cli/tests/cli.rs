@@ -242,7 +242,7 @@ fn demo_runs_every_stage_and_beats_popularity() {
             .unwrap();
         child.wait_with_output().unwrap()
     };
-    let out = history_file("1\n 2 \n\n3\n");
+    let out = history_file("\u{feff}1\n 2 \n\n3\n");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8(out.stdout).unwrap(), history("1,2,3"));
     let out = history_file("1,2\n");

@@ -5,8 +5,8 @@
 //! (a second run of the pipeline, or a scheduler's retry while the first attempt still ran)
 //! stops before writing anything more. Outputs of two writers never interleave as long as one
 //! output's write is shorter than the later writer's work before its first write (reading and
-//! transforming its input) — always so on a local disk. It is no lock: it needs no expiry, and a
-//! killed process leaves nothing to clean up.
+//! transforming its input): always so on a local disk, in practice on S3. It is no lock: it
+//! needs no expiry, and a killed process leaves nothing to clean up.
 
 use crate::error::Result;
 use crate::workspace::Workspace;
@@ -16,17 +16,35 @@ use crate::workspace::Workspace;
 pub struct Claim {
     key: String,
     token: String,
+    /// The holder before this process took it (`None`: nobody).
+    previous: Option<bytes::Bytes>,
 }
 
 impl Claim {
     /// Takes the claim at `key` (from any earlier holder).
     pub async fn take(ws: &Workspace, key: &str) -> Result<Claim> {
+        let previous = ws.get_if_present(key).await?;
         let token = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
         ws.put_atomic(key, token.clone().into_bytes()).await?;
         Ok(Claim {
             key: key.to_owned(),
             token,
+            previous,
         })
+    }
+
+    /// Gives the claim back to the holder it was taken from, when this process still holds it
+    /// and wrote nothing (its work failed before writing): an earlier process still writing
+    /// goes on instead of stopping for a process that gave up. Best effort: a failure leaves
+    /// the claim with this process, which stops the earlier one, as taking it did.
+    pub async fn give_back(&self, ws: &Workspace) {
+        if !self.held(ws).await.unwrap_or(false) {
+            return;
+        }
+        let _ = match &self.previous {
+            Some(token) => ws.put_atomic(&self.key, token.clone()).await,
+            None => ws.delete(&self.key).await,
+        };
     }
 
     /// The key the claim lives at.
@@ -53,10 +71,21 @@ mod tests {
         let second = Claim::take(&ws, "data/_owner").await.unwrap();
         assert!(!first.held(&ws).await.unwrap(), "a later process took it");
         assert!(second.held(&ws).await.unwrap());
-        ws.delete("data/_owner").await.unwrap();
+        second.give_back(&ws).await;
         assert!(
-            !second.held(&ws).await.unwrap(),
-            "a removed claim is nobody's"
+            first.held(&ws).await.unwrap(),
+            "given back to the holder it was taken from"
         );
+        second.give_back(&ws).await;
+        assert!(
+            first.held(&ws).await.unwrap(),
+            "only a holder gives it back"
+        );
+        first.give_back(&ws).await;
+        assert!(
+            !ws.exists("data/_owner").await.unwrap(),
+            "nobody held it before the first"
+        );
+        assert!(!second.held(&ws).await.unwrap());
     }
 }

@@ -97,7 +97,7 @@ pub enum DataError {
         "another process started the {stage} stage in this workspace after this one ({key} \
          changed): a second run of the pipeline, or a scheduler's retry while the first attempt \
          still ran. This process stopped before writing anything more and leaves the stage to \
-         the other one"
+         the other one; if that one fails too, run the stage again"
     )]
     Concurrent { stage: String, key: String },
 

@@ -11,7 +11,7 @@ use crate::artifacts::{
     DatasetStats, INTERACTIONS, ITEMS, STATS, USERS, ids_schema, interactions_schema,
 };
 use crate::claim::Claim;
-use crate::config::DataConfig;
+use crate::config::{DataConfig, SplitMethod};
 use crate::error::{DataError, Result};
 use crate::manifest::{Freshness, OutputInfo, StageManifest, freshness, manifest_key};
 use crate::source::load_source;
@@ -73,23 +73,38 @@ pub async fn run_ingest(
     let weighted = cfg.temporal.is_some();
     // Transformed before anything in the workspace changes: data that cannot be ingested
     // (e.g. a k-core that removes every row) leaves the earlier outputs vouched for.
-    let prepared = match prepare(raw, cfg) {
-        Ok(prepared) => prepared,
+    let prepared = prepare(raw, cfg).and_then(|prepared| {
+        let stats = compute_stats(
+            &prepared.interactions,
+            prepared.users.height(),
+            prepared.items.height(),
+            prepared.noise_rows,
+            weighted,
+        )?;
+        Ok((prepared, stats))
+    });
+    let (prepared, stats) = match prepared {
+        Ok(done) => done,
         Err(e) => {
-            // Nothing was written: the claim goes too, if no other process took it since.
-            if claim.held(ws).await.unwrap_or(false) {
-                let _ = ws.delete(OWNER).await;
-            }
+            // Nothing was written: an ingest still writing goes on.
+            claim.give_back(ws).await;
             return Err(e);
         }
     };
-    let stats = compute_stats(
-        &prepared.interactions,
-        prepared.users.height(),
-        prepared.items.height(),
-        prepared.noise_rows,
-        weighted,
-    )?;
+    if cfg.split_method() == SplitMethod::GlobalTime {
+        for (split, share) in [
+            ("valid", cfg.split.ratios[1]),
+            ("test", cfg.split.ratios[2]),
+        ] {
+            if share > 0.0 && stats.rows[split] == 0 {
+                tracing::warn!(
+                    "ingest: the {split} split is empty: with `global_time` the rows of the \
+                     cut's timestamp stay on its earlier side, and here they reach the end \
+                     (timestamps too coarse, or the {split} share too small)"
+                );
+            }
+        }
+    }
     let outputs = write_outputs(ws, &claim, &prepared, &stats).await?;
     let manifest = StageManifest {
         stage: "ingest".into(),

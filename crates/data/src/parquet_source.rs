@@ -65,8 +65,10 @@ pub(crate) fn read_parquet(file: &str, bytes: Bytes, wanted: &[String]) -> Resul
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| cannot(&e))?;
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    // Large batches: each becomes one chunk of the Polars column.
     let batches = builder
         .with_projection(mask)
+        .with_batch_size(1 << 20)
         .build()
         .map_err(|e| cannot(&e))?;
     let mut chunks: Vec<Vec<ArrayRef>> = vec![Vec::new(); wanted.len()];

@@ -437,7 +437,8 @@ fn delimiter_hint(header: &[String], sep: char) -> String {
 /// Quoted fields may hold the delimiter and line breaks; as for the reader, a quote opens one
 /// only as a field's first byte (`12" vinyl` is plain text). A blank line counts as a row, as
 /// the reader counts it (a row of nulls), so the other checks' row numbers agree with these.
-/// Only run after the reader failed, so one pass over the bytes is cheap enough.
+/// Run after the reader failed, and on files with unmapped columns (whose long rows the reader
+/// cuts silently): one pass over the bytes, ~0.1 s per 100 MB.
 fn first_long_row(bytes: &[u8], sep: u8, width: usize) -> Option<(u64, usize)> {
     let (mut record, mut fields, mut in_quotes, mut empty) = (0u64, 1usize, false, true);
     // Whether this byte starts a field, and whether the one before closed a quoted field.

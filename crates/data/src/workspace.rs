@@ -179,22 +179,24 @@ impl Workspace {
         })
     }
 
-    /// Removes the directories opening this workspace created, when no file was written under
-    /// them: a first stage that failed (a bad source) leaves no empty folder behind. Anything
-    /// written keeps them all. Best effort: a failure leaves them, which loses nothing.
+    /// Removes the directories opening this workspace created, where no file was written under
+    /// them: a first stage that failed (a bad source) leaves no empty folder behind. A file
+    /// keeps the folders above it. Best effort: a failure leaves them, which loses nothing.
     pub fn remove_if_unused(&self) {
-        fn holds_files(dir: &std::path::Path) -> bool {
-            match std::fs::read_dir(dir) {
-                Ok(entries) => entries
-                    .flatten()
-                    .any(|e| !e.file_type().is_ok_and(|t| t.is_dir()) || holds_files(&e.path())),
-                Err(_) => true,
+        // Folders only, deepest first: `remove_dir` refuses one that holds anything, so a
+        // file that another process writes meanwhile is never removed.
+        fn remove_empty(dir: &std::path::Path) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        remove_empty(&entry.path());
+                    }
+                }
             }
+            let _ = std::fs::remove_dir(dir);
         }
         if let Some(top) = &self.created {
-            if !holds_files(top) {
-                let _ = std::fs::remove_dir_all(top);
-            }
+            remove_empty(top);
         }
     }
 
@@ -762,7 +764,9 @@ mod tests {
 
         let ws = Workspace::open(nested.to_str().unwrap()).unwrap();
         ws.put_atomic("data/x.json", b"{}".to_vec()).await.unwrap();
+        std::fs::create_dir_all(nested.join("runs/empty")).unwrap();
         ws.remove_if_unused();
+        assert!(!nested.join("runs").exists(), "empty folders beside it go");
         assert!(
             nested.join("data/x.json").is_file(),
             "a written file keeps them"

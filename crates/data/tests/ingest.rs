@@ -351,6 +351,42 @@ async fn parquet_dictionaries_and_small_integers() {
             ("note", note),
         ],
     );
+    // Many row groups through arrow-rs: a missing id is named at its row in the file.
+    let n = 3000;
+    let items: Vec<Option<i8>> = (0..n)
+        .map(|r| (r != 2500).then_some((r % 100) as i8))
+        .collect();
+    let batch = RecordBatch::try_from_iter([
+        (
+            "user_id",
+            Arc::new(Int16Array::from_iter_values(
+                (0..n).map(|r| (r / 10) as i16),
+            )) as ArrayRef,
+        ),
+        ("item_id", Arc::new(Int8Array::from(items))),
+        ("when", Arc::new(Int64Array::from_iter_values(0..n as i64))),
+    ])
+    .unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(500))
+        .build();
+    let mut buf = Vec::new();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    std::fs::write(dir.join("groups.parquet"), buf).unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "parquet", "path": "groups.parquet",
+                   "columns": {"user": "user_id", "item": "item_id", "timestamp": "when"}}
+    }));
+    let ws = Workspace::open(dir.join("ws-groups").to_str().unwrap()).unwrap();
+    let e = run_ingest(&ws, &c, &dir, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("row 2501, column `item_id`: missing id"), "{e}");
+
     for (file, users) in [("small.parquet", ["a", "b"]), ("wide.parquet", ["5", "7"])] {
         let c = cfg(serde_json::json!({
             "source": {"format": "parquet", "path": file,
