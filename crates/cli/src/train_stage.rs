@@ -361,6 +361,12 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         ))
         .into());
     }
+    if data.test.nnz() == 0 && p.train.evaluates() {
+        tracing::warn!(
+            "the test split is empty: test metrics will read 0 and mean nothing (validation \
+             still selects the best epoch)"
+        );
+    }
     let started = Utc::now();
     let item_clusters = if latent {
         use diffrec_cluster::artifacts::{ITEM_CLUSTERS, read_item_clusters};

@@ -98,9 +98,9 @@ pub async fn run_ingest(
         ] {
             if share > 0.0 && stats.rows[split] == 0 {
                 tracing::warn!(
-                    "ingest: the {split} split is empty: with `global_time` the rows of the \
-                     cut's timestamp stay on its earlier side, and here they reach the end \
-                     (timestamps too coarse, or the {split} share too small)"
+                    "ingest: the {split} split is empty: with `global_time` the rows of a \
+                     cut's timestamp all stay on its earlier side, and here that takes the \
+                     {split} share whole (timestamps too coarse, or the share too small)"
                 );
             }
         }

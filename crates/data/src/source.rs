@@ -443,29 +443,34 @@ fn first_long_row(bytes: &[u8], sep: u8, width: usize) -> Option<(u64, usize)> {
     let (mut record, mut fields, mut in_quotes, mut empty) = (0u64, 1usize, false, true);
     // Whether this byte starts a field, and whether the one before closed a quoted field.
     let (mut field_start, mut closed) = (true, false);
+    // Whether the row's last field so far is blank: one blank field past the header's width
+    // (a trailing delimiter, as spreadsheets write) is no extra field, for the reader either.
+    let mut blank = true;
+    let long = |fields: usize, blank: bool| fields > width + 1 || (fields > width && !blank);
     for &b in bytes {
         let starts = std::mem::replace(&mut field_start, false);
         let after_close = std::mem::replace(&mut closed, false);
         match b {
             b'"' if in_quotes => (in_quotes, closed) = (false, true),
             // `""` inside a quoted field is an escaped quote: the field goes on.
-            b'"' if starts || after_close => (in_quotes, empty) = (true, false),
+            b'"' if starts || after_close => (in_quotes, empty, blank) = (true, false, false),
             b'\n' if !in_quotes => {
-                if record > 0 && fields > width {
+                if record > 0 && long(fields, blank) {
                     return Some((record, fields));
                 }
                 record += 1;
-                (fields, empty, field_start) = (1, true, true);
+                (fields, empty, field_start, blank) = (1, true, true, true);
             }
             b'\r' if !in_quotes => field_start = starts,
             _ if b == sep && !in_quotes => {
                 fields += 1;
-                (empty, field_start) = (false, true);
+                (empty, field_start, blank) = (false, true, true);
             }
-            _ => empty = false,
+            b' ' | b'\t' if !in_quotes => empty = false,
+            _ => (empty, blank) = (false, false),
         }
     }
-    (!empty && record > 0 && fields > width).then_some((record, fields))
+    (!empty && record > 0 && long(fields, blank)).then_some((record, fields))
 }
 
 /// Maps a csv/parquet frame onto the fixed layout, checking every column.
@@ -535,7 +540,22 @@ fn id_column(file: &str, name: &str, col: &Column) -> Result<Column> {
         ));
     }
     match col.dtype() {
-        DataType::String => Ok(col.clone()),
+        DataType::String => {
+            // An empty (or blank) text is no id, as an empty CSV field is none.
+            let text = col.str().map_err(polars_err("reading ids"))?;
+            match text
+                .iter()
+                .position(|v| v.is_some_and(|s| s.trim().is_empty()))
+            {
+                Some(row) => Err(DataError::bad_input(
+                    file,
+                    Some(row as u64 + 1),
+                    Some(name),
+                    "missing id (empty text)",
+                )),
+                None => Ok(col.clone()),
+            }
+        }
         // Integer ids beyond i64 (large uint64 values) are kept as their decimal text: a
         // plain cast would turn them into nulls and drop their rows.
         dt if dt.is_integer() => col
@@ -640,7 +660,10 @@ fn timestamp_column(file: &str, name: &str, col: &Column) -> Result<Column> {
                 file,
                 Some(1),
                 Some(name),
-                format!("timestamps must be integer seconds or ISO-8601 text, found {other}"),
+                format!(
+                    "timestamps must be integer seconds, datetimes, dates or ISO-8601 text, \
+                     found {other}"
+                ),
             ));
         }
     };
@@ -760,6 +783,10 @@ mod tests {
         // A blank line is a row; CRLF ends lines; the last line needs no line break.
         assert_eq!(long("a,b\r\n1,2\r\n\r\n1,2,3"), Some((3, 3)));
         assert_eq!(long("a,b\r\n1,2\r\n1,2\r\n"), None);
+        // One blank field past the width is a trailing delimiter, as the reader takes it.
+        assert_eq!(long("a,b\n1,2,\n1,2, \r\n1,2,"), None);
+        assert_eq!(long("a,b\n1,2,\n1,2,,\n"), Some((2, 4)));
+        assert_eq!(long("a,b\n1,2, x\n"), Some((1, 3)));
     }
 
     #[test]

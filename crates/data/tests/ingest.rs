@@ -387,7 +387,29 @@ async fn parquet_dictionaries_and_small_integers() {
         .to_string();
     assert!(e.contains("row 2501, column `item_id`: missing id"), "{e}");
 
-    for (file, users) in [("small.parquet", ["a", "b"]), ("wide.parquet", ["5", "7"])] {
+    // Decimals (what SQL engines export): whole ones are integers, others numbers. Polars'
+    // reader panicked on them.
+    let decimals = |values: Vec<i128>, scale: i8| -> ArrayRef {
+        Arc::new(
+            arrow_array::Decimal128Array::from(values)
+                .with_precision_and_scale(10, scale)
+                .unwrap(),
+        )
+    };
+    write(
+        "decimal.parquet",
+        vec![
+            ("user_id", decimals(vec![7, 5, 7, 5], 0)),
+            ("item_id", decimals(vec![10, 2, 2, 10], 0)),
+            ("when", Arc::new(Int64Array::from(vec![3, 1, 2, 4]))),
+            ("stars", decimals(vec![50, 45, 35, 50], 1)),
+        ],
+    );
+    for (file, users) in [
+        ("small.parquet", ["a", "b"]),
+        ("wide.parquet", ["5", "7"]),
+        ("decimal.parquet", ["5", "7"]),
+    ] {
         let c = cfg(serde_json::json!({
             "source": {"format": "parquet", "path": file,
                        "columns": {"user": "user_id", "item": "item_id", "timestamp": "when", "rating": "stars"}},
@@ -553,6 +575,16 @@ async fn bad_input_names_file_row_and_column() {
     )
     .await;
     assert!(e.contains("row 1, column `item_id`: missing id"), "{e}");
+    // Blank text is no id either.
+    let e = ingest_err(
+        "user_id,item_id,timestamp,rating\n1,2,5,5\n1, ,5,5\n",
+        serde_json::json!({}),
+    )
+    .await;
+    assert!(
+        e.contains("row 2, column `item_id`: missing id (empty text)"),
+        "{e}"
+    );
 
     // A row with more fields than the header: named by its row, with no reader internals. A
     // quoted field holding the delimiter does not shift the count; a blank line is a row, as it
