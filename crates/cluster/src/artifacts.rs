@@ -30,6 +30,8 @@ pub const ITEM_CLUSTERS: &str = "cluster/item_clusters.parquet";
 pub const LIGHTGCN_METRICS: &str = "cluster/lightgcn_metrics.parquet";
 /// The stage's summary (sizes, LightGCN figures, guard notes) as JSON.
 pub const SUMMARY: &str = "cluster/summary.json";
+/// Who writes the stage's outputs (`diffrec_data::claim::Claim`): the last process to start it.
+pub const OWNER: &str = "cluster/_owner";
 
 fn item_field() -> Arc<Field> {
     Arc::new(Field::new("item", DataType::Float32, false))

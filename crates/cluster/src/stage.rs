@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use diffrec_data::artifacts::load_ids;
+use diffrec_data::claim::Claim;
 use diffrec_data::manifest::{Freshness, StageManifest, freshness, manifest_key, upstream_hashes};
 use diffrec_data::metrics::{MetricsTable, median};
 use diffrec_data::source::read_path;
@@ -16,7 +17,7 @@ use diffrec_data::{DataError, Workspace, load_splits};
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts::{
-    ITEM_CLUSTERS, ITEM_EMBEDDINGS, LIGHTGCN_METRICS, STAGE_DIR, SUMMARY, USER_EMBEDDINGS,
+    ITEM_CLUSTERS, ITEM_EMBEDDINGS, LIGHTGCN_METRICS, OWNER, STAGE_DIR, SUMMARY, USER_EMBEDDINGS,
     clusters_batch, clusters_schema, embeddings_batch, embeddings_schema,
 };
 use crate::checkpoint;
@@ -130,6 +131,9 @@ pub async fn run_cluster(
         Some((name, bytes)) => Some((embeddings::parse(&name, bytes, &item_ids)?, name)),
         None => None,
     };
+    // The last process to start writing the stage owns it; an earlier one stops at its next
+    // write (a LightGCN checkpoint, an output), before the later one's first output.
+    let claim = Claim::take(ws, OWNER).await?;
     ws.delete(&manifest_key(STAGE_DIR)).await?;
     let cleaned = ws.clean_temporaries(STAGE_DIR).await?;
     if cleaned > 0 {
@@ -162,8 +166,10 @@ pub async fn run_cluster(
             // The interactions are read only when LightGCN needs them.
             let data = load_splits(ws).await?;
             let user_ids = load_ids(ws, "user").await?;
-            let p = pretrain_resumably(ws, &data, cfg, ks, &inputs, force, progress).await?;
+            let p =
+                pretrain_resumably(ws, &claim, &data, cfg, ks, &inputs, force, progress).await?;
             let batch = embeddings_batch("user", &user_ids, &p.users, p.dim)?;
+            claim.ensure(ws, "cluster").await?;
             ws.write_parquet(USER_EMBEDDINGS, embeddings_schema("user", p.dim), [batch])
                 .await?;
             outputs.insert(USER_EMBEDDINGS.to_owned(), data.n_users as u64);
@@ -173,6 +179,7 @@ pub async fn run_cluster(
                 key: LIGHTGCN_METRICS.into(),
                 message: e.to_string(),
             })?;
+            claim.ensure(ws, "cluster").await?;
             ws.write_parquet(LIGHTGCN_METRICS, MetricsTable::schema(), [batch])
                 .await?;
             outputs.insert(LIGHTGCN_METRICS.to_owned(), rows);
@@ -211,6 +218,7 @@ pub async fn run_cluster(
         }
     } else {
         let batch = embeddings_batch("item", &item_ids, &item_emb, dim)?;
+        claim.ensure(ws, "cluster").await?;
         ws.write_parquet(ITEM_EMBEDDINGS, embeddings_schema("item", dim), [batch])
             .await?;
         outputs.insert(ITEM_EMBEDDINGS.to_owned(), n_items as u64);
@@ -218,6 +226,7 @@ pub async fn run_cluster(
         kmeans::cluster(&item_emb, dim, cfg.k, cfg.n_runs, cfg.seed)?
     };
     let batch = clusters_batch(&item_ids, &c.labels, &c.distances)?;
+    claim.ensure(ws, "cluster").await?;
     ws.write_parquet(ITEM_CLUSTERS, clusters_schema(), [batch])
         .await?;
     outputs.insert(ITEM_CLUSTERS.to_owned(), n_items as u64);
@@ -232,6 +241,7 @@ pub async fn run_cluster(
         notes: c.notes,
         seconds: started.elapsed().as_secs_f64(),
     };
+    claim.ensure(ws, "cluster").await?;
     ws.put_json(SUMMARY, &summary).await?;
     let mut infos = BTreeMap::new();
     for (key, rows) in outputs {
@@ -247,6 +257,7 @@ pub async fn run_cluster(
         started_at,
         finished_at: Utc::now(),
     };
+    claim.ensure(ws, "cluster").await?;
     ws.put_json(&manifest_key(STAGE_DIR), &manifest).await?;
     // Only now: a crash before the manifest still resumes instead of pre-training again.
     ws.delete(checkpoint::KEY).await?;
@@ -261,8 +272,10 @@ pub async fn run_cluster(
 /// and when pre-training ends, so a killed stage loses at most `cluster.lightgcn.eval_every`
 /// epochs. A checkpoint of another fingerprint, or one that cannot be read, is started over
 /// (with a log line saying why); under `force` it is deleted first.
+#[allow(clippy::too_many_arguments)]
 async fn pretrain_resumably(
     ws: &Workspace,
+    claim: &Claim,
     data: &diffrec_data::SplitMatrices,
     cfg: &ClusterConfig,
     ks: &[usize],
@@ -299,6 +312,7 @@ async fn pretrain_resumably(
         // Also after the last stretch: a kill during k-means or the writes then repeats none
         // of the epochs.
         let bytes = checkpoint::encode(&fingerprint, &run.snapshot());
+        claim.ensure(ws, "cluster").await?;
         ws.put_atomic(checkpoint::KEY, bytes).await?;
         if !more {
             break;

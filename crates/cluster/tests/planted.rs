@@ -184,3 +184,60 @@ fn pretraining_resumed_from_its_checkpoints_ends_as_an_uninterrupted_run() {
     let err = refused(&cfg, negative);
     assert!(err.contains("Adam step -1"), "{err}");
 }
+
+/// A cluster stage whose claim a later process took (here: written into `cluster/_owner`
+/// during pre-training, as a scheduler's retry would) stops at its next write with the
+/// concurrency error, writing no checkpoint, output or manifest; the later one owns the stage.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_stage_that_lost_its_claim_writes_nothing_more() {
+    use diffrec_cluster::{ClusterConfig, Progress, run_cluster};
+    use diffrec_data::{DataConfig, Workspace, run_ingest};
+    let dir = std::env::temp_dir().join(format!("diffrec-cluster-claim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = SyntheticSpec {
+        users: 200,
+        items: 80,
+        ..SyntheticSpec::default()
+    };
+    let mut csv = Vec::new();
+    write_csv(&spec, &mut csv).unwrap();
+    std::fs::write(dir.join("log.csv"), csv).unwrap();
+    let data: DataConfig = serde_json::from_value(serde_json::json!({
+        "source": {"format": "csv", "path": "log.csv"}
+    }))
+    .unwrap();
+    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
+    run_ingest(&ws, &data, &dir, false).await.unwrap();
+    let cfg: ClusterConfig = serde_json::from_value(serde_json::json!({
+        "k": 2, "lightgcn": {"epochs": 4, "eval_every": 2, "dim": 8}
+    }))
+    .unwrap();
+    let owner = dir.join("ws/cluster/_owner");
+    let mut progress = |p: Progress| {
+        if matches!(p, Progress::EpochStart { epoch: 1, .. }) {
+            std::fs::write(&owner, "a later process").unwrap();
+        }
+    };
+    let e = run_cluster(&ws, &cfg, &[10], &dir, false, &mut progress)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("another process started the cluster stage") && e.contains("cluster/_owner"),
+        "{e}"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(dir.join("ws/cluster"))
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["_owner"], "nothing but the later process's claim");
+    assert_eq!(std::fs::read(&owner).unwrap(), b"a later process");
+
+    // Run alone, the stage completes.
+    let report = run_cluster(&ws, &cfg, &[10], &dir, false, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.summary.k, 2);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -8,7 +8,7 @@
 //! transforming its input): always so on a local disk, in practice on S3. It is no lock: it
 //! needs no expiry, and a killed process leaves nothing to clean up.
 
-use crate::error::Result;
+use crate::error::{DataError, Result};
 use crate::workspace::Workspace;
 
 /// This process's claim on the outputs behind `key`.
@@ -56,6 +56,18 @@ impl Claim {
     pub async fn held(&self, ws: &Workspace) -> Result<bool> {
         let holder = ws.get_if_present(&self.key).await?;
         Ok(holder.as_deref() == Some(self.token.as_bytes()))
+    }
+
+    /// Fails with [`DataError::Concurrent`] (naming `stage`) when another process has taken
+    /// the claim since this one did: the check before each write.
+    pub async fn ensure(&self, ws: &Workspace, stage: &str) -> Result<()> {
+        if self.held(ws).await? {
+            return Ok(());
+        }
+        Err(DataError::Concurrent {
+            stage: stage.into(),
+            key: self.key.clone(),
+        })
     }
 }
 

@@ -128,13 +128,7 @@ pub async fn run_ingest(
 pub const OWNER: &str = "data/_owner";
 
 async fn ensure_held(ws: &Workspace, claim: &Claim) -> Result<()> {
-    if claim.held(ws).await? {
-        return Ok(());
-    }
-    Err(DataError::Concurrent {
-        stage: "ingest".into(),
-        key: claim.key().into(),
-    })
+    claim.ensure(ws, "ingest").await
 }
 
 /// Writes the stage's outputs, each only while this process holds `claim`: the manifest goes
