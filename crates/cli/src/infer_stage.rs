@@ -337,6 +337,12 @@ pub async fn recommend_one(
             );
         }
     };
+    if recs.is_empty() {
+        tracing::warn!(
+            "nothing to recommend: the history holds every item the model knows (its items are \
+             never recommended back)"
+        );
+    }
     crate::stdout::write_data(|out| {
         writeln!(out, "rank\titem_id\tscore")?;
         for (r, (i, s)) in recs.iter().enumerate() {
