@@ -412,6 +412,7 @@ async fn demo(workspace: &str, force: bool) -> Result<()> {
         Some(workspace),
     )?;
     // The workspace opened here, not by URL again: a `memory://` one exists only in this value.
+    // (The quickstart trains on the CPU, which every binary has.)
     stages::run_stages_in(&ws, &loaded, &stages::until(None), force).await?;
     if workspace.starts_with("memory://") {
         println!("demo: done; the artifacts were in memory and end with this command");

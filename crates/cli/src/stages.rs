@@ -54,15 +54,14 @@ pub async fn run_stages(loaded: &Loaded, stages: &[Stage], force: bool) -> Resul
 }
 
 /// Runs `stages` in order in the open workspace `ws` (a `memory://` one lives in the value).
+/// The caller has checked that the binary can train (`Loaded::check_can_train`) where
+/// `stages` train.
 pub async fn run_stages_in(
     ws: &Workspace,
     loaded: &Loaded,
     stages: &[Stage],
     force: bool,
 ) -> Result<()> {
-    if stages.contains(&Stage::Train) {
-        loaded.check_can_train()?;
-    }
     for &stage in stages {
         if stage == Stage::Cluster && !loaded.pipeline.model.variant.is_latent() {
             println!(

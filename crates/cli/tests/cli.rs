@@ -75,6 +75,31 @@ fn synthetic_project(tag: &str, args: &[&str], body: &str) -> (TestDir, PathBuf)
     (dir, p)
 }
 
+/// `diffrec recommend --workspace WS --run RUN ARGS…`, with `stdin` written to its input.
+fn recommend(ws: &Path, run: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = diffrec()
+        .args([
+            "recommend",
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--run",
+            run,
+        ])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(lines) = stdin {
+        use std::io::Write as _;
+        input.write_all(lines.as_bytes()).unwrap();
+    }
+    drop(input); // end of input
+    child.wait_with_output().unwrap()
+}
+
 fn write_pipeline(dir: &Path, body: &str) -> PathBuf {
     let p = dir.join("p.yaml");
     std::fs::write(&p, body).unwrap();
@@ -179,69 +204,25 @@ fn demo_runs_every_stage_and_beats_popularity() {
         "{t2}"
     );
     // One user, and a history unseen in training (fold-in).
-    let out = diffrec()
-        .args([
-            "recommend",
-            "--workspace",
-            ws.to_str().unwrap(),
-            "--run",
-            "quickstart",
-            "--user",
-            "u5",
-            "--k",
-            "3",
-        ])
-        .output()
-        .unwrap();
+    let out = recommend(&ws, "quickstart", &["--user", "u5", "--k", "3"], None);
     assert!(
         out.status.success() && text(&out).lines().count() == 4,
         "{}",
         text(&out)
     );
-    let out = diffrec()
-        .args([
-            "recommend",
-            "--workspace",
-            ws.to_str().unwrap(),
-            "--run",
-            "quickstart",
-            "--history",
-            "1,2,3",
-        ])
-        .output()
-        .unwrap();
+    let out = recommend(&ws, "quickstart", &["--history", "1,2,3"], None);
     assert!(out.status.success(), "{}", text(&out));
     // An item named twice counts once, as in training.
     let history = |items: &str| {
-        let out = diffrec()
-            .args(["recommend", "--workspace", ws.to_str().unwrap()])
-            .args(["--run", "quickstart", "--history", items])
-            .output()
-            .unwrap();
+        let out = recommend(&ws, "quickstart", &["--history", items], None);
         assert!(out.status.success(), "{}", text(&out));
         String::from_utf8(out.stdout).unwrap()
     };
     assert_eq!(history("1,2,2,3,1"), history("1,2,3"));
     // The same history one id per line on stdin (spaces and blank lines aside); a line is one
     // id, commas and all, so `1,2` is an unknown id, not two.
-    let history_file = |lines: &str| {
-        let mut child = diffrec()
-            .args(["recommend", "--workspace", ws.to_str().unwrap()])
-            .args(["--run", "quickstart", "--history-file", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(lines.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let history_file =
+        |lines: &str| recommend(&ws, "quickstart", &["--history-file", "-"], Some(lines));
     let out = history_file("\u{feff}1\n 2 \n\n3\n");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8(out.stdout).unwrap(), history("1,2,3"));
@@ -1444,25 +1425,15 @@ fn history_of_a_time_weighted_run_is_weighted_by_time() {
     }
     let user = user.unwrap();
     assert!(items.len() > 2, "{items:?}");
-    let recommend = |who: &[&str]| {
-        let out = diffrec()
-            .args([
-                "recommend",
-                "--workspace",
-                ws.to_str().unwrap(),
-                "--run",
-                "t",
-            ])
-            .args(who)
-            .output()
-            .unwrap();
+    let top = |who: &[&str]| {
+        let out = recommend(&ws, "t", who, None);
         assert!(out.status.success(), "{}", text(&out));
         String::from_utf8(out.stdout).unwrap()
     };
-    let known = recommend(&["--user", &user]);
-    assert_eq!(recommend(&["--history", &items.join(",")]), known);
+    let known = top(&["--user", &user]);
+    assert_eq!(top(&["--history", &items.join(",")]), known);
     items.reverse();
-    assert_ne!(recommend(&["--history", &items.join(",")]), known);
+    assert_ne!(top(&["--history", &items.join(",")]), known);
 }
 
 #[test]
@@ -2289,11 +2260,7 @@ fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
     );
     assert!(rows > 0 && rows % 5 == 0, "{rows}");
     check_recommendations(&tokio::runtime::Runtime::new().unwrap(), &ws, "l", 5);
-    let out = diffrec()
-        .args(["recommend", "--workspace", ws.to_str().unwrap()])
-        .args(["--run", "l", "--history", "1,2,3", "--k", "3"])
-        .output()
-        .unwrap();
+    let out = recommend(&ws, "l", &["--history", "1,2,3", "--k", "3"], None);
     assert!(out.status.success(), "{}", text(&out));
 
     // The latent divided by training interactions: other widths, so other parameter counts,

@@ -115,7 +115,7 @@ pub async fn run_ingest(
         started_at,
         finished_at: Utc::now(),
     };
-    ensure_held(ws, &claim).await?;
+    claim.ensure(ws, "ingest").await?;
     ws.put_json(&manifest_key(STAGE_DIR), &manifest).await?;
     Ok(IngestReport {
         skipped: false,
@@ -127,10 +127,6 @@ pub async fn run_ingest(
 /// Who writes the stage's outputs ([`Claim`]).
 pub const OWNER: &str = "data/_owner";
 
-async fn ensure_held(ws: &Workspace, claim: &Claim) -> Result<()> {
-    claim.ensure(ws, "ingest").await
-}
-
 /// Writes the stage's outputs, each only while this process holds `claim`: the manifest goes
 /// first (the old outputs are no longer vouched for), then users, items, interactions, stats.
 /// Returns what the manifest records of them.
@@ -140,7 +136,7 @@ async fn write_outputs(
     prepared: &Prepared,
     stats: &DatasetStats,
 ) -> Result<BTreeMap<String, OutputInfo>> {
-    ensure_held(ws, claim).await?;
+    claim.ensure(ws, "ingest").await?;
     ws.delete(&manifest_key(STAGE_DIR)).await?;
     let cleaned = ws.clean_temporaries(STAGE_DIR).await?;
     if cleaned > 0 {
@@ -157,11 +153,11 @@ async fn write_outputs(
         (ITEMS, &prepared.items, ids_schema("item")),
         (INTERACTIONS, &prepared.interactions, interactions_schema()),
     ] {
-        ensure_held(ws, claim).await?;
+        claim.ensure(ws, "ingest").await?;
         let rows = write_frame(ws, key, df, schema).await?;
         outputs.insert(key.to_owned(), ws.output_info(key, Some(rows)).await?);
     }
-    ensure_held(ws, claim).await?;
+    claim.ensure(ws, "ingest").await?;
     ws.put_json(STATS, stats).await?;
     outputs.insert(STATS.to_owned(), ws.output_info(STATS, None).await?);
     Ok(outputs)
