@@ -1397,7 +1397,7 @@ fn history_of_a_time_weighted_run_is_weighted_by_time() {
          train: {epochs: 2, eval_every: 1, batch_size: 64}\n",
     );
     let ws = dir.join("ws");
-    let out = run_until_train(&p, &ws);
+    let out = run_until_train(&p, &ws, &[]);
     assert!(out.status.success(), "{}", text(&out));
     // The first user's train items in the stored (time) order.
     let bytes = bytes::Bytes::from(std::fs::read(ws.join("data/interactions.parquet")).unwrap());
@@ -1638,8 +1638,8 @@ fn wgpu_backend_trains_like_the_cpu_backend() {
     assert!((r(&gpu) - r(&cpu)).abs() < 0.05, "wgpu {gpu} vs cpu {cpu}");
 }
 
-/// `diffrec run PIPELINE --until train --workspace WS`.
-fn run_until_train(p: &Path, ws: &Path) -> Output {
+/// `diffrec run PIPELINE --until train --workspace WS`, then `extra` arguments.
+fn run_until_train(p: &Path, ws: &Path, extra: &[&str]) -> Output {
     diffrec()
         .args([
             "run",
@@ -1649,6 +1649,7 @@ fn run_until_train(p: &Path, ws: &Path) -> Output {
             "--workspace",
         ])
         .arg(ws)
+        .args(extra)
         .output()
         .unwrap()
 }
@@ -1667,7 +1668,7 @@ fn tiny_train_run(tag: &str, train: &str) -> (TestDir, PathBuf, PathBuf, Output)
         ),
     );
     let ws = dir.join("ws");
-    let out = run_until_train(&p, &ws);
+    let out = run_until_train(&p, &ws, &[]);
     (dir, p, ws, out)
 }
 
@@ -1818,19 +1819,11 @@ fn a_run_resumes_on_other_devices() {
     );
     assert!(out.status.success(), "{}", text(&out));
     for (devices, epochs) in [("[]", 4), ("[cpu, cpu, cpu]", 6)] {
-        let out = diffrec()
-            .args([
-                "run",
-                p.to_str().unwrap(),
-                "--until",
-                "train",
-                "--workspace",
-            ])
-            .arg(&ws)
-            .args(["--set", &format!("train.devices={devices}")])
-            .args(["--set", &format!("train.epochs={epochs}")])
-            .output()
-            .unwrap();
+        let (devices, epochs_set) = (
+            format!("train.devices={devices}"),
+            format!("train.epochs={epochs}"),
+        );
+        let out = run_until_train(&p, &ws, &["--set", &devices, "--set", &epochs_set]);
         let t = text(&out);
         assert!(out.status.success(), "{t}");
         assert!(
