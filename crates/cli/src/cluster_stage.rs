@@ -7,12 +7,27 @@ use diffrec_data::Workspace;
 
 use crate::pipeline::Loaded;
 use crate::progress::EpochBar;
+use crate::stdout::status;
+use crate::train_stage::data_settings_differ;
+use crate::usage::UsageError;
 
 pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     let p = &loaded.pipeline;
+    // Run alone (`diffrec stage cluster`), it must not cluster data ingested with other
+    // settings than this pipeline's for its own, nor call such clusters up to date.
+    if let Some(why) = data_settings_differ(ws, loaded).await? {
+        return Err(UsageError(format!(
+            "{why}: run ingest with this pipeline first (`diffrec run` \
+             runs every stage in order)"
+        ))
+        .into());
+    }
     let bar = EpochBar::new();
     let mut report = |ev: Progress| match ev {
         Progress::EpochStart { epoch, batches } => {
+            // With `-v`, a line per epoch between the evaluations (the bar is hidden when
+            // stderr is no terminal).
+            tracing::debug!(epoch, batches, "cluster: lightgcn epoch");
             bar.start_epoch(format!("lightgcn epoch {epoch}"), batches)
         }
         Progress::Batch => bar.inc(),
@@ -50,7 +65,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     bar.finish();
     let out = out.context("cluster stage failed")?;
     if out.skipped {
-        println!(
+        status!(
             "cluster: up to date (manifest matches config and input hashes), skipped; use --force to rerun"
         );
         return Ok(());
@@ -60,7 +75,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         let get = |m: &std::collections::BTreeMap<String, f64>, k: &str| {
             m.get(k).copied().unwrap_or(f64::NAN)
         };
-        println!(
+        status!(
             "cluster: lightgcn best epoch {} of {}: valid recall@20 {:.4}; test recall@20 {:.4} ndcg@20 {:.4}; {:.2} s/epoch, {:.1} s in all",
             l.best_epoch,
             l.epochs_run,
@@ -82,9 +97,11 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     } else {
         format!("{}-d {} embeddings", s.dim, s.embeddings)
     };
-    println!(
+    status!(
         "cluster: {} {clusters} of {sizes} {:?} over {over} ({:.1}s)",
-        s.k, s.sizes, s.seconds
+        s.k,
+        s.sizes,
+        s.seconds
     );
     Ok(())
 }

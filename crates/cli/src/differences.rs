@@ -7,6 +7,11 @@ use serde_json::Value;
 /// is the dotted key of `a` and `b` (empty at the top). A key absent or null is shown as "the
 /// default": settings at their default are left out of the trees or left unset.
 pub fn differing_keys(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    differing_keys_as(path, a, b, "trained", out)
+}
+
+/// [`differing_keys`], with `a` labelled `was` (`ingested`, `clustered`) instead of `trained`.
+pub fn differing_keys_as(path: &str, a: &Value, b: &Value, was: &str, out: &mut Vec<String>) {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
@@ -20,11 +25,11 @@ pub fn differing_keys(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
                 } else {
                     format!("{path}.{k}")
                 };
-                differing_keys(&key, u, v, out);
+                differing_keys_as(&key, u, v, was, out);
             }
         }
         _ if a != b => out.push(format!(
-            "`{path}` {} (trained) vs {} (now)",
+            "`{path}` {} ({was}) vs {} (now)",
             shown(a),
             shown(b)
         )),

@@ -23,6 +23,7 @@ use diffrec_trainer::train::{
 use crate::differences::differing_keys;
 use crate::pipeline::Loaded;
 use crate::progress::headline_metrics;
+use crate::stdout::status;
 use crate::usage::UsageError;
 
 type Cpu = burn_flex::Flex;
@@ -193,7 +194,7 @@ pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     summary.test = test;
     ws.clean_temporaries_of(&summary_key(&p.name)).await?;
     ws.put_json(&summary_key(&p.name), &summary).await?;
-    println!(
+    status!(
         "evaluate: best checkpoint (epoch {}): test {} ({secs:.1}s)",
         summary.best_epoch,
         headline_metrics(&summary.test, &p.evaluate.ks),
@@ -244,7 +245,7 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     let key = recommendations_key(&p.name);
     ws.clean_temporaries_of(&key).await?;
     ws.write_parquet(&key, schema, [batch]).await?;
-    println!(
+    status!(
         "recommend: {rows} recommendations for {} users in {key}",
         recs.len()
     );
@@ -279,6 +280,7 @@ pub async fn recommend_one(
 ) -> Result<()> {
     let ws = Workspace::open_existing(ws_url)
         .map_err(|e| UsageError(format!("{e}: no run to recommend from; check --workspace")))?;
+    ws.check_reachable().await?;
     let (model_cfg, manifest) = trained_run(&ws, run).await?;
     check_trained_data(&ws, run, &manifest).await?;
     let items = load_ids(&ws, "item").await?;
@@ -341,6 +343,13 @@ pub async fn recommend_one(
         tracing::warn!(
             "nothing to recommend: the history holds every item the model knows (its items are \
              never recommended back)"
+        );
+    } else if recs.len() < k {
+        tracing::warn!(
+            "{} items recommended, fewer than --k {k}: the model knows {} items, and the \
+             history's are never recommended back",
+            recs.len(),
+            items.len()
         );
     }
     crate::stdout::write_data(|out| {

@@ -31,6 +31,7 @@ use diffrec_data::{DataError, Workspace};
 
 use crate::pipeline::PipelineError;
 use crate::stages::Stage;
+use crate::stdout::status;
 
 /// Diffusion recommender models (DiffRec, T-DiffRec, L-DiffRec, LT-DiffRec) as a staged
 /// pipeline over a workspace: ingest → cluster → train → evaluate → recommend.
@@ -56,7 +57,8 @@ struct PipelineArgs {
     #[arg(long)]
     workspace: Option<String>,
     /// Override one pipeline key, e.g. `--set train.seed=3` or `--set evaluate.ks=[10,20]`.
-    /// The value is parsed as YAML. Repeatable.
+    /// The value is parsed as YAML. A mapping set on a section changes only the keys it names
+    /// (`--set 'train={epochs: 2, seed: 4}'`); `null` first clears the section. Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
 }
@@ -253,17 +255,19 @@ async fn dispatch(command: Command) -> Result<()> {
             if here != all {
                 let t = &loaded.pipeline.train;
                 if here.is_empty() {
-                    println!(
+                    status!(
                         "run: nothing to run on node {} of {} (node 0 runs the stages before \
                          training)",
-                        t.node_rank, t.nodes
+                        t.node_rank,
+                        t.nodes
                     );
                     return Ok(());
                 }
-                println!(
+                status!(
                     "run: node {} of {} runs only the train stage (node 0 runs the others and \
                      writes the run's artifacts)",
-                    t.node_rank, t.nodes
+                    t.node_rank,
+                    t.nodes
                 );
             }
             stages::run_stages(&loaded, &here, force).await
@@ -311,7 +315,7 @@ async fn dispatch(command: Command) -> Result<()> {
             let rows =
                 write_csv(&spec, &mut w).with_context(|| format!("writing {}", out.display()))?;
             std::io::Write::flush(&mut w)?;
-            println!("wrote {rows} interactions to {}", out.display());
+            status!("wrote {rows} interactions to {}", out.display());
             Ok(())
         }
         Command::Recommend {
@@ -344,7 +348,7 @@ async fn dispatch(command: Command) -> Result<()> {
                 "orchestrator: serving (burn-collective, all interfaces)"
             );
             // Say where it really listens: a HOST of 127.0.0.1 does not keep it on loopback.
-            println!(
+            status!(
                 "orchestrator: listening on 0.0.0.0:{port}, every interface (burn-collective \
                  0.21 takes a port, not an address, so the host of --bind {bind} is not used; \
                  keep the port to the nodes' network with a firewall)"
@@ -397,12 +401,13 @@ fn read_history_file(file: &std::path::Path) -> Result<Vec<String>> {
 /// Generates the synthetic log into the workspace and runs the quickstart pipeline on it.
 async fn demo(workspace: &str, force: bool) -> Result<()> {
     let ws = Workspace::open(workspace)?;
+    ws.check_reachable().await?;
     let key = "source/demo.csv";
     if force || !ws.exists(key).await? {
         let mut csv = Vec::new();
         let rows = write_csv(&SyntheticSpec::default(), &mut csv)?;
         ws.put_atomic(key, csv).await?;
-        println!("demo: generated {rows} synthetic interactions at {workspace}/{key}");
+        status!("demo: generated {rows} synthetic interactions at {workspace}/{key}");
     }
     let loaded = pipeline::from_yaml(
         QUICKSTART,
@@ -415,9 +420,9 @@ async fn demo(workspace: &str, force: bool) -> Result<()> {
     // (The quickstart trains on the CPU, which every binary has.)
     stages::run_stages_in(&ws, &loaded, &stages::until(None), force).await?;
     if workspace.starts_with("memory://") {
-        println!("demo: done; the artifacts were in memory and end with this command");
+        status!("demo: done; the artifacts were in memory and end with this command");
     } else {
-        println!("demo: done; artifacts are in {workspace}");
+        status!("demo: done; artifacts are in {workspace}");
     }
     Ok(())
 }

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use diffrec_cluster::ClusterConfig;
-use diffrec_data::DataConfig;
 use diffrec_data::config::SplitMethod;
+use diffrec_data::{DataConfig, Workspace};
 use diffrec_model::ModelConfig;
 use diffrec_trainer::{EvaluateConfig, Parallel, RecommendConfig, TrainConfig};
 use serde::{Deserialize, Serialize};
@@ -154,7 +154,7 @@ pub fn from_yaml(
         message: format!("{message}{}", given_by_set(sets, &key)),
         key,
     };
-    let pipeline: Pipeline = serde_path_to_error::deserialize(value).map_err(|e| {
+    let mut pipeline: Pipeline = serde_path_to_error::deserialize(value).map_err(|e| {
         let key = e.path().to_string();
         let key = if key == "." {
             "(top level)".into()
@@ -164,6 +164,8 @@ pub fn from_yaml(
         key_err(key, e.into_inner().to_string())
     })?;
     validate(&pipeline).map_err(|(k, m)| key_err(k, m))?;
+    // Shown, compared and recorded with its defaults that depend on other keys written out.
+    pipeline.data = pipeline.data.resolved();
     let workspace = pipeline.workspace.clone().ok_or_else(|| {
         key_err(
             "workspace".into(),
@@ -215,6 +217,15 @@ fn validate(p: &Pipeline) -> Result<(), (String, String)> {
             ),
         ));
     }
+    // Where the stages would refuse them, before any work: a workspace URL with an unknown
+    // scheme or a slip (`s3:/b/x`), and likewise a source URL.
+    if let Some(ws) = &p.workspace {
+        Workspace::check_url(ws).map_err(|m| ("workspace".to_owned(), m))?;
+    }
+    let source = &p.data.source.path;
+    if source.contains("://") && !source.starts_with("file://") {
+        Workspace::check_url(source).map_err(|m| ("data.source.path".to_owned(), m))?;
+    }
     p.data.validate().map_err(|e| match e {
         diffrec_data::DataError::Config { key, message } => (key, message),
         other => ("data".into(), other.to_string()),
@@ -238,12 +249,6 @@ fn validate(p: &Pipeline) -> Result<(), (String, String)> {
             );
         }
     }
-    if p.train.parallel == Parallel::Model && p.train.devices.len() < 2 {
-        tracing::warn!(
-            "train.parallel: model spreads the cluster encoders over train.devices, and there \
-             is only one device: training runs as on one device"
-        );
-    }
     if p.train.parallel == Parallel::Model && !p.model.variant.is_latent() {
         return Err((
             "train.parallel".into(),
@@ -253,6 +258,12 @@ fn validate(p: &Pipeline) -> Result<(), (String, String)> {
                 p.model.variant.name()
             ),
         ));
+    }
+    if p.train.parallel == Parallel::Model && p.train.devices.len() < 2 {
+        tracing::warn!(
+            "train.parallel: model spreads the cluster encoders over train.devices, and there \
+             is only one device: training runs as on one device"
+        );
     }
     // Known from the settings alone (the runtime check in the train stage catches a split that
     // comes out empty for other reasons): a 0 valid share cuts no validation row for anyone.
@@ -306,12 +317,35 @@ fn apply_set(root: &mut Value, arg: &str) -> Result<(), String> {
             .ok_or_else(|| format!("`{}` is not a section", parts[..i].join(".")))?;
         let key = Value::String((*part).to_owned());
         if i + 1 == parts.len() {
-            map.insert(key, value);
+            match map.get_mut(&key) {
+                Some(section @ Value::Mapping(_)) => merge(section, value),
+                _ => {
+                    map.insert(key, value);
+                }
+            }
             return Ok(());
         }
         node = map.entry(key).or_insert(Value::Null);
     }
     unreachable!("the loop returns at the last part")
+}
+
+/// `value` set over `section`: a mapping changes the keys it names, recursively, and keeps the
+/// others (`--set 'train={epochs: 2}'` is `--set train.epochs=2`); anything else replaces it.
+fn merge(section: &mut Value, value: Value) {
+    match (section, value) {
+        (Value::Mapping(old), Value::Mapping(new)) => {
+            for (k, v) in new {
+                match old.get_mut(&k) {
+                    Some(inner @ Value::Mapping(_)) => merge(inner, v),
+                    _ => {
+                        old.insert(k, v);
+                    }
+                }
+            }
+        }
+        (section, value) => *section = value,
+    }
 }
 
 #[cfg(test)]
@@ -340,6 +374,31 @@ mod tests {
         assert_eq!(l.pipeline.train.seed, 3);
         assert_eq!(l.pipeline.evaluate.ks, vec![5, 7]);
         assert_eq!(l.pipeline.data.temporal.unwrap().w_min, 0.3);
+    }
+
+    /// A mapping set on a section changes the keys it names and keeps the others (it replaced
+    /// the section, resetting the others to their defaults); `null` clears a section.
+    #[test]
+    fn set_of_a_section_merges_into_it() {
+        let text = format!("{MINI}train: {{batch_size: 64, seed: 9}}\n");
+        let l = load_str(&text, &["train={epochs: 2, seed: 4}"]).unwrap();
+        let t = &l.pipeline.train;
+        assert_eq!((t.epochs, t.seed, t.batch_size), (2, 4, 64));
+        let l = load_str(
+            MINI,
+            &[
+                "data.noise={kind: random, ratio: 0.3}",
+                "data.noise={seed: 5}",
+            ],
+        )
+        .unwrap();
+        let n = l.pipeline.data.noise.unwrap();
+        assert_eq!((n.effective_ratio(), n.seed), (0.3, 5));
+        let l = load_str(&text, &["train=null", "train={epochs: 2}"]).unwrap();
+        assert_eq!(
+            l.pipeline.train.batch_size,
+            TrainConfig::default().batch_size
+        );
     }
 
     /// `--workspace` is a path or URL as typed, never parsed as YAML.

@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use crate::stdout::status;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tracing_subscriber::EnvFilter;
 
@@ -74,7 +75,7 @@ impl EpochBar {
 
     pub fn say(&self, line: String) {
         if self.0.is_hidden() {
-            println!("{line}")
+            status!("{line}")
         } else {
             self.0.println(line)
         }
@@ -99,12 +100,13 @@ pub fn init_logging(verbose: u8, others_at_info: bool) {
 
 /// The default log filter: diffrec's own lines at info, other crates' only from warn up (at info
 /// burn-collective and burn-communication log every tensor a multi-node all-reduce moves:
-/// thousands of lines an epoch). `-v` shows diffrec's debug lines and other crates' info,
+/// thousands of lines an epoch), except object_store's, whose info lines are its retries of a
+/// store that does not answer (minutes of silence otherwise). `-v` shows diffrec's debug lines and other crates' info,
 /// `-vv` diffrec's trace and other crates' debug. `others_at_info` starts other crates at info
 /// (`diffrec orchestrator`, whose events are burn-collective's).
 pub fn log_filter(verbose: u8, others_at_info: bool) -> &'static str {
     match (verbose, others_at_info) {
-        (0, false) => "warn,diffrec=info",
+        (0, false) => "warn,diffrec=info,object_store=info",
         (0, true) => "info",
         (1, _) => "info,diffrec=debug",
         _ => "debug,diffrec=trace",
@@ -142,8 +144,8 @@ mod tests {
     use tracing_subscriber::EnvFilter;
 
     /// Which of (diffrec_trainer info, diffrec debug, burn_communication info, burn_collective
-    /// warn) `log_filter(verbose, others_at_info)` lets through.
-    fn shown(verbose: u8, others_at_info: bool) -> [bool; 4] {
+    /// warn, object_store's retries at info) `log_filter(verbose, others_at_info)` lets through.
+    fn shown(verbose: u8, others_at_info: bool) -> [bool; 5] {
         let filter = EnvFilter::new(log_filter(verbose, others_at_info));
         let subscriber = tracing_subscriber::fmt().with_env_filter(filter).finish();
         tracing::subscriber::with_default(subscriber, || {
@@ -152,16 +154,17 @@ mod tests {
                 tracing::enabled!(target: "diffrec", Level::DEBUG),
                 tracing::enabled!(target: "burn_communication::data_service", Level::INFO),
                 tracing::enabled!(target: "burn_collective::global", Level::WARN),
+                tracing::enabled!(target: "object_store::client::retry", Level::INFO),
             ]
         })
     }
 
     #[test]
     fn by_default_other_crates_log_only_warnings() {
-        assert_eq!(shown(0, false), [true, false, false, true]);
-        assert_eq!(shown(0, true), [true, false, true, true]);
-        assert_eq!(shown(1, false), [true, true, true, true]);
-        assert_eq!(shown(2, true), [true, true, true, true]);
+        assert_eq!(shown(0, false), [true, false, false, true, true]);
+        assert_eq!(shown(0, true), [true, false, true, true, true]);
+        assert_eq!(shown(1, false), [true, true, true, true, true]);
+        assert_eq!(shown(2, true), [true, true, true, true, true]);
     }
 
     #[test]

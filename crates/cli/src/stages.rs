@@ -8,6 +8,7 @@ use diffrec_trainer::TrainConfig;
 
 use crate::pipeline::Loaded;
 use crate::progress::Spinner;
+use crate::stdout::status;
 
 /// The stages, in pipeline order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -45,6 +46,7 @@ pub async fn run_stages(loaded: &Loaded, stages: &[Stage], force: bool) -> Resul
     } else {
         open_existing(loaded, stages.contains(&Stage::Train)).await?
     };
+    ws.check_reachable().await?;
     tracing::info!(workspace = %ws.url(), pipeline = %loaded.pipeline.name, "opened workspace");
     let ran = run_stages_in(&ws, loaded, stages, force).await;
     if ran.is_err() {
@@ -64,7 +66,7 @@ pub async fn run_stages_in(
 ) -> Result<()> {
     for &stage in stages {
         if stage == Stage::Cluster && !loaded.pipeline.model.variant.is_latent() {
-            println!(
+            status!(
                 "cluster: not needed for {}, skipped",
                 loaded.pipeline.model.variant.name()
             );
@@ -74,7 +76,7 @@ pub async fn run_stages_in(
         // the stages after it, run with it, have nothing to score. Run alone, they say so.
         let after_train = matches!(stage, Stage::Evaluate | Stage::Recommend);
         if after_train && stages.contains(&Stage::Train) && !loaded.pipeline.train.evaluates() {
-            println!(
+            status!(
                 "{}: skipped: train.eval_every ({}) is more than train.epochs ({}), so training \
                  evaluated nothing and wrote no best checkpoint",
                 if stage == Stage::Evaluate {
@@ -103,11 +105,11 @@ async fn run_stage(ws: &Workspace, loaded: &Loaded, stage: Stage, force: bool) -
             spinner.finish();
             let s = &report.stats;
             if report.skipped {
-                println!(
+                status!(
                     "ingest: up to date (manifest matches config and input hashes), skipped; use --force to rerun"
                 );
             } else {
-                println!(
+                status!(
                     "ingest: {} users, {} items, train/valid/test {}/{}/{} rows, density {:.3}% ({:.1}s)",
                     s.users,
                     s.items,

@@ -7,17 +7,18 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 use diffrec_data::manifest::{Freshness, StageManifest, freshness, manifest_key, upstream_hashes};
 use diffrec_data::workspace::sha256_hex;
-use diffrec_data::{Workspace, load_splits};
+use diffrec_data::{DataConfig, Workspace, load_splits};
 use diffrec_model::ModelConfig;
 use diffrec_trainer::train::{
     best_key, check_resumable, curves_key, latest_key, metrics_key, run_dir, summary_key,
 };
 use diffrec_trainer::{Progress, RunSpec, TrainError, train_on};
 
-use crate::differences::differing_keys;
+use crate::differences::{differing_keys, differing_keys_as};
 use crate::pipeline::Loaded;
 use crate::progress::{EpochBar, headline_metrics};
 use crate::stages::{other_node, wait_for_node_0};
+use crate::stdout::status;
 use crate::usage::UsageError;
 
 /// Removes what an interrupted run of `name` was writing (checkpoints, metrics, curves, summary,
@@ -200,15 +201,8 @@ async fn upstream(
 /// anew, and a node that trained on the old outputs would be refused by the nodes' check.
 async fn upstream_settings_differ(ws: &Workspace, loaded: &Loaded) -> Result<Option<String>> {
     let p = &loaded.pipeline;
-    let settings = |dir: &'static str| async move {
-        let m: Option<StageManifest> = ws.get_json(&manifest_key(dir)).await?;
-        anyhow::Ok(m.map(|m| m.config))
-    };
-    let data = settings(diffrec_data::ingest::STAGE_DIR).await?;
-    if data.is_some_and(|c| c != serde_json::to_value(&p.data).unwrap_or_default()) {
-        return Ok(Some(
-            "the ingest stage completed with other data settings".into(),
-        ));
+    if let Some(why) = data_settings_differ(ws, loaded).await? {
+        return Ok(Some(why));
     }
     if p.model.variant.is_latent() {
         let without_lightgcn = |mut c: serde_json::Value| {
@@ -217,15 +211,56 @@ async fn upstream_settings_differ(ws: &Workspace, loaded: &Loaded) -> Result<Opt
             }
             c
         };
-        let done = settings(diffrec_cluster::artifacts::STAGE_DIR).await?;
-        let mine = without_lightgcn(serde_json::to_value(&p.cluster).unwrap_or_default());
-        if done.is_some_and(|c| without_lightgcn(c["cluster"].clone()) != mine) {
-            return Ok(Some(
-                "the cluster stage completed with other cluster settings".into(),
-            ));
+        let done: Option<StageManifest> = ws
+            .get_json(&manifest_key(diffrec_cluster::artifacts::STAGE_DIR))
+            .await?;
+        let mine = without_lightgcn(serde_json::to_value(&p.cluster)?);
+        if let Some(done) = done {
+            let done = without_lightgcn(done.config["cluster"].clone());
+            if done != mine {
+                return Ok(Some(format!(
+                    "the cluster stage completed with other cluster settings than this pipeline's ({})",
+                    settings_changes("cluster", "clustered", &done, &mine)
+                )));
+            }
         }
     }
     Ok(None)
+}
+
+/// Why the ingest stage's outputs are not this pipeline's: it completed with another `data`
+/// section (its differing keys named), or `None`. Read by the stages after ingest, which must
+/// not take data made with other settings for the pipeline's own.
+pub(crate) async fn data_settings_differ(
+    ws: &Workspace,
+    loaded: &Loaded,
+) -> Result<Option<String>> {
+    let done: Option<StageManifest> = ws
+        .get_json(&manifest_key(diffrec_data::ingest::STAGE_DIR))
+        .await?;
+    let Some(done) = done else {
+        return Ok(None);
+    };
+    let done = DataConfig::resolved_value(&done.config);
+    let mine = serde_json::to_value(&loaded.pipeline.data)?;
+    Ok((done != mine).then(|| {
+        format!(
+            "the ingest stage completed with other data settings than this pipeline's ({})",
+            settings_changes("data", "ingested", &done, &mine)
+        )
+    }))
+}
+
+/// `done`'s and `mine`'s differing keys under `section`, as "`key` a (`was`) vs b (now)".
+fn settings_changes(
+    section: &str,
+    was: &str,
+    done: &serde_json::Value,
+    mine: &serde_json::Value,
+) -> String {
+    let mut changed = Vec::new();
+    differing_keys_as(section, done, mine, was, &mut changed);
+    changed.join("; ")
 }
 
 /// [`upstream`], for which a node other than node 0 of a multi-node run waits
@@ -253,7 +288,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     // waited above for node 0 to redo them).
     if let Some(why) = upstream_settings_differ(ws, loaded).await? {
         return Err(UsageError(format!(
-            "{why} than this pipeline's: run that stage with this pipeline first (`diffrec run` \
+            "{why}: run that stage with this pipeline first (`diffrec run` \
              runs every stage in order)"
         ))
         .into());
@@ -276,7 +311,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     if !force {
         match freshness(ws, &dir, &config, &inputs).await? {
             Freshness::UpToDate => {
-                println!(
+                status!(
                     "train: up to date (manifest matches config and input hashes), skipped; use --force to rerun"
                 );
                 return Ok(());
@@ -305,6 +340,22 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         if check_resumable(ws, &p.name, &old).await.is_ok() {
             (fingerprint, resumable) = (old, Ok(()));
         }
+    }
+    // A finished run whose data changed since (a scheduled refresh: new events ingested, or
+    // the items clustered anew), and nothing else, trains anew: it no longer describes the
+    // workspace's data, and no setting of the user's is overridden. Other changes to a finished
+    // run, and a stopped run's checkpoint, are refused below.
+    let mut anew = false;
+    if resumable.is_err()
+        && let Some(changed) =
+            changed_since_trained(ws, &dir, (&trajectory, FINGERPRINT_LEAVES_OUT), &inputs).await
+        && changed.split("; ").all(|c| c.starts_with("input `"))
+    {
+        status!(
+            "train: run `{}` finished on other data ({changed}): training it anew",
+            p.name
+        );
+        (anew, resumable) = (true, Ok(()));
     }
     if let Err(e) = resumable {
         let changed =
@@ -388,7 +439,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         item_clusters,
         // --force starts over on every node: none reads the checkpoints, and node 0 deletes
         // them once the nodes agree to train together.
-        fresh: force,
+        fresh: force || anew,
     };
     tracing::info!(
         users = data.n_users,
@@ -400,7 +451,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     let bar = EpochBar::new();
     let mut report = |ev: Progress| {
         match ev {
-        Progress::Resumed { epoch } => println!("train: resuming after epoch {epoch}"),
+        Progress::Resumed { epoch } => status!("train: resuming after epoch {epoch}"),
         Progress::EpochStart { epoch, batches } => {
             bar.start_epoch(format!("epoch {epoch}"), batches)
         }
@@ -432,9 +483,10 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         .context("train stage failed")?;
     bar.finish();
     if !writer {
-        println!(
+        status!(
             "train: node {} of {} done (node 0 writes the run's artifacts)",
-            p.train.node_rank, p.train.nodes
+            p.train.node_rank,
+            p.train.nodes
         );
         return Ok(());
     }
@@ -468,15 +520,17 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     ws.put_json(&manifest_key(&dir), &manifest).await?;
     if summary.best_epoch == 0 {
         // No evaluation ran (any evaluation becomes the best): say so instead of NaNs.
-        println!(
+        status!(
             "train: {} epochs and no evaluation (train.eval_every {} is more than the epochs \
              run): no best checkpoint was written, so evaluate and recommend have no model to \
              use; {:.2} s/epoch",
-            summary.epochs_run, p.train.eval_every, summary.epoch_seconds_median
+            summary.epochs_run,
+            p.train.eval_every,
+            summary.epoch_seconds_median
         );
         return Ok(());
     }
-    println!(
+    status!(
         "train: best epoch {} of {}; test {}; {:.2} s/epoch, {:.1} s/eval",
         summary.best_epoch,
         summary.epochs_run,

@@ -330,13 +330,18 @@ fn demo_runs_every_stage_and_beats_popularity() {
     stage_ok("evaluate", &[]);
     // Training run alone with other data settings than the ingest ran with: refused, not
     // trained on the old data.
-    assert_stage_refuses(
-        "train",
-        pipeline,
-        &ws,
-        &["data.min_rating=5"],
-        "the ingest stage completed with other data settings than this pipeline's",
-    );
+    // The cluster stage likewise (it clustered such data and called it up to date). Both
+    // name the keys that differ.
+    for (stage, variant) in [("train", "diffrec"), ("cluster", "l-diffrec")] {
+        assert_stage_refuses(
+            stage,
+            pipeline,
+            &ws,
+            &["data.min_rating=5", &format!("model.variant={variant}")],
+            "the ingest stage completed with other data settings than this pipeline's \
+             (`data.min_rating` 3.0 (ingested) vs 5.0 (now))",
+        );
+    }
     // A stage started before the stage it reads from: exit 2, saying which to run.
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty).unwrap(); // a workspace where nothing ran yet
@@ -408,6 +413,48 @@ fn config_errors_exit_2_and_name_the_key() {
         !ws.exists(),
         "the failed first ingest leaves no empty workspace folder"
     );
+
+    // A workspace or source URL that every stage would refuse is refused by validate too,
+    // naming the key; an S3 endpoint without its scheme is named (the S3 client panicked on
+    // it, exit code 101).
+    for (sets, env, says) in [
+        (
+            &["--workspace", "gs://b/ws"][..],
+            None,
+            "`workspace`: unsupported scheme",
+        ),
+        (
+            &["--workspace", "s3:/b/ws"],
+            None,
+            "`workspace`: looks like a URL",
+        ),
+        (
+            &["--workspace", "w", "--set", "data.source.path=gs://b/x.csv"],
+            None,
+            "`data.source.path`: unsupported scheme",
+        ),
+        (
+            &["--workspace", "s3://b/ws"],
+            Some("127.0.0.1:9000"),
+            "AWS_ENDPOINT=\"127.0.0.1:9000\" is not an http(s) URL",
+        ),
+    ] {
+        for command in ["validate", "run"] {
+            let mut c = diffrec();
+            c.args([command, p.to_str().unwrap()]).args(sets);
+            if let Some(endpoint) = env {
+                c.env("AWS_ENDPOINT", endpoint);
+            }
+            let out = c.current_dir(&*dir).output().unwrap();
+            let t = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{command} {sets:?}: {t}");
+            assert!(
+                t.contains(says) && !t.contains("panicked"),
+                "{command} {sets:?}: {t}"
+            );
+        }
+    }
+    assert!(!dir.join("s3:").exists() && !dir.join("w").exists());
 
     // generate: an output it cannot or should not write is the caller's mistake (exit 2).
     for (out_name, says) in [
@@ -672,6 +719,59 @@ fn s3_workspace_gives_identical_artifacts() {
             .unwrap();
         assert!(text(&out).contains("up to date"), "{}", text(&out));
     });
+}
+
+/// S3 URLs name keys as written, as the AWS CLI, boto3 and DuckDB read them: a workspace and a
+/// source under a prefix with a space and non-ASCII letters are found at those keys (they were
+/// written under their percent-encodings, percent-encoded again). A bucket that does not
+/// exist is named (exit code 2), for the workspace and for a source.
+#[test]
+fn s3_keys_are_the_urls_as_written() {
+    let Some(s3) = s3_url("s3_keys_are_the_urls_as_written") else {
+        return;
+    };
+    let root = format!("{}/keys-{}", s3.trim_end_matches('/'), nonce());
+    let (dir, p) = synthetic_project(
+        "s3keys",
+        &["--users", "100"],
+        "name: s\ndata:\n  source: {format: csv, path: log.csv}\n",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let src = format!("{root}/in ü");
+    rt.block_on(async {
+        let folder = diffrec_data::Workspace::open(&src).unwrap();
+        let csv = std::fs::read(dir.join("log.csv")).unwrap();
+        folder.put_atomic("log.csv", csv).await.unwrap();
+    });
+    let ingest = |ws: &str, source: &str| {
+        diffrec()
+            .args(["stage", "ingest", p.to_str().unwrap(), "--workspace", ws])
+            .args(["--set", &format!("data.source.path={source}")])
+            .output()
+            .unwrap()
+    };
+    let ws = format!("{root}/ws é");
+    let out = ingest(&ws, &format!("{src}/log.csv"));
+    assert!(out.status.success(), "{}", text(&out));
+    let keys = rt
+        .block_on(diffrec_data::Workspace::open(&root).unwrap().list(""))
+        .unwrap();
+    for key in ["in ü/log.csv", "ws é/data/interactions.parquet"] {
+        assert!(keys.iter().any(|k| k == key), "{key} not in {keys:?}");
+    }
+    let bucket = "diffrec-no-such-bucket";
+    for (ws, source) in [
+        (format!("s3://{bucket}/ws"), format!("{src}/log.csv")),
+        (ws.clone(), format!("s3://{bucket}/log.csv")),
+    ] {
+        let out = ingest(&ws, &source);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{t}");
+        assert!(
+            t.contains(&format!("bucket `{bucket}` does not exist")),
+            "{t}"
+        );
+    }
 }
 
 /// Two trainings of one run on S3 (a scheduler's retry on another machine). S3 has no pids, so
@@ -965,6 +1065,18 @@ fn a_default_written_out_is_the_same_run() {
     let written = "model.diffusion.beta_fixed=true";
     let out = stage("train", &[written]);
     assert!(text(&out).contains("train: up to date"), "{}", text(&out));
+    // So are the data section's defaults that depend on another key: the CSV's split method.
+    let out = stage("train", &["data.split.method=per_user_ratio"]);
+    assert!(text(&out).contains("train: up to date"), "{}", text(&out));
+    // An ingest manifest written before they were recorded resolved (unset: null) is up to
+    // date for the pipeline that wrote it.
+    let key = ws.join("data/_manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&key).unwrap()).unwrap();
+    assert_eq!(m["config"]["split"]["method"], "per_user_ratio", "{m}");
+    m["config"]["split"]["method"] = serde_json::Value::Null;
+    std::fs::write(&key, serde_json::to_vec(&m).unwrap()).unwrap();
+    let out = stage("ingest", &[]);
+    assert!(text(&out).contains("ingest: up to date"), "{}", text(&out));
     let out = stage("evaluate", &[written]);
     assert!(out.status.success(), "{}", text(&out));
     let out = stage("train", &["model.diffusion.beta_fixed=false"]);
@@ -985,6 +1097,57 @@ fn a_default_written_out_is_the_same_run() {
     );
     let out = stage("train", &["train.epochs=3"]);
     assert!(text(&out).contains("train: up to date"), "{}", text(&out));
+}
+
+/// A scheduled refresh: the source gets new events and `diffrec run` runs again. The finished
+/// run no longer describes the workspace's data, so it trains anew (not refused, which left it
+/// unusable: evaluate and recommend refuse a run trained on other data), and evaluates and
+/// recommends on the new data. A stopped run's checkpoint on the old data is still refused.
+#[test]
+fn a_finished_run_trains_anew_on_refreshed_data() {
+    let (dir, p) = synthetic_project(
+        "refresh",
+        &["--users", "300", "--items", "120"],
+        "name: r\ndata:\n  source: {format: csv, path: log.csv}\nmodel:\n  \
+         diffusion: {steps: 5}\n  denoiser: {dims: [16]}\ntrain: {epochs: 2, eval_every: 1, \
+         batch_size: 64}\nevaluate: {ks: [10]}\n",
+    );
+    let ws = dir.join("ws");
+    let run = || {
+        diffrec()
+            .args(["run", p.to_str().unwrap(), "--workspace"])
+            .arg(&ws)
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(out.status.success(), "{}", text(&out));
+    let summary = || std::fs::read(ws.join("runs/r/summary.json")).unwrap();
+    let before = summary();
+
+    generate(
+        &dir.join("log.csv"),
+        &["--users", "320", "--items", "120", "--seed", "8"],
+    );
+    let out = run();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("finished on other data") && t.contains("training it anew"),
+        "{t}"
+    );
+    assert!(!t.contains("resuming"), "{t}");
+    assert_ne!(summary(), before, "{t}");
+    let out = recommend(&ws, "r", &["--user", "u5", "--k", "3"], None);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Stopped on the old data (no manifest), then refreshed: refused, as before.
+    std::fs::remove_file(ws.join("runs/r/_manifest.json")).unwrap();
+    generate(&dir.join("log.csv"), &["--users", "300", "--items", "120"]);
+    let out = run();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("another configuration or data"), "{t}");
 }
 
 /// Trains the same small run uninterrupted, killed three times and resumed, and in two halves;
@@ -1670,6 +1833,70 @@ fn tiny_train_run(tag: &str, train: &str) -> (TestDir, PathBuf, PathBuf, Output)
     let ws = dir.join("ws");
     let out = run_until_train(&p, &ws, &[]);
     (dir, p, ws, out)
+}
+
+/// A scheduler that closes the stage's standard output (a log shipper gone, `| head -1`), or
+/// points it at a full disk, does not stop the work: the status lines are dropped with one
+/// warning on stderr and every stage completes (exit code 0), instead of `println!`'s panic
+/// (exit code 101) killing the training mid-run.
+#[test]
+fn an_unwritable_stdout_does_not_stop_the_stages() {
+    let dir = tmpdir("stdout");
+    generate(&dir.join("log.csv"), &["--users", "60", "--items", "40"]);
+    let p = write_pipeline(
+        &dir,
+        "name: g\ndata:\n  source: {format: csv, path: log.csv}\nmodel:\n  diffusion: {steps: 5}\n  \
+         denoiser: {dims: [16]}\ntrain: {epochs: 2, eval_every: 1}\nevaluate: {ks: [20]}\n",
+    );
+    let run = |ws: &str, stdout: Stdio| {
+        let mut child = diffrec()
+            .env("RUST_LOG", "warn,diffrec=warn")
+            .args(["run", p.to_str().unwrap(), "--workspace"])
+            .arg(dir.join(ws))
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before the first line is written: every write fails.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let t = text(&out);
+        assert!(out.status.success() && !t.contains("panicked"), "{ws}: {t}");
+        assert_eq!(
+            t.matches("cannot write status lines to standard output")
+                .count(),
+            1,
+            "{ws}: one warning, then quiet: {t}"
+        );
+        for key in ["runs/g/summary.json", "runs/g/recommendations.parquet"] {
+            assert!(dir.join(ws).join(key).exists(), "{ws}: {key} missing: {t}");
+        }
+    };
+    run("closed", Stdio::piped());
+    if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+        run("full", Stdio::from(full));
+    }
+}
+
+/// A loss that stops being finite ends the run (exit code 1), and the message says truly what
+/// was kept: the checkpoint of the last complete epoch, or nothing before the first ends.
+#[test]
+fn a_diverged_run_says_what_it_kept() {
+    let (_dir, _, ws, out) = tiny_train_run(
+        "diverge",
+        "{epochs: 3, eval_every: 1, batch_size: 8, lr: 1.0e30}",
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("training diverged"), "{t}");
+    let latest = ws.join("runs/g/checkpoints/latest.ckpt");
+    if t.contains("nothing was saved") {
+        assert!(!latest.exists(), "{t}");
+    } else {
+        assert!(t.contains("the latest checkpoint holds epoch "), "{t}");
+        assert!(latest.exists(), "{t}");
+    }
+    assert!(!ws.join("runs/g/summary.json").exists(), "{t}");
 }
 
 /// A wgpu device that this machine does not have stops the train stage before its first batch

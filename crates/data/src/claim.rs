@@ -54,21 +54,41 @@ impl Claim {
 
     /// Whether no other process has taken the claim since this one did.
     pub async fn held(&self, ws: &Workspace) -> Result<bool> {
-        let holder = ws.get_if_present(&self.key).await?;
-        Ok(holder.as_deref() == Some(self.token.as_bytes()))
+        Ok(self.holder(ws).await? == Holder::This)
     }
 
-    /// Fails with [`DataError::Concurrent`] (naming `stage`) when another process has taken
-    /// the claim since this one did: the check before each write.
-    pub async fn ensure(&self, ws: &Workspace, stage: &str) -> Result<()> {
-        if self.held(ws).await? {
-            return Ok(());
-        }
-        Err(DataError::Concurrent {
-            stage: stage.into(),
-            key: self.key.clone(),
+    /// Who holds the claim now.
+    pub async fn holder(&self, ws: &Workspace) -> Result<Holder> {
+        Ok(match ws.get_if_present(&self.key).await? {
+            Some(token) if token.as_ref() == self.token.as_bytes() => Holder::This,
+            Some(_) => Holder::Another,
+            None => Holder::Nobody,
         })
     }
+
+    /// Fails when this process no longer holds the claim: [`DataError::Concurrent`] (naming
+    /// `stage`) when another process has taken it since, [`DataError::ClaimLost`] when its key
+    /// is gone. The check before each write.
+    pub async fn ensure(&self, ws: &Workspace, stage: &str) -> Result<()> {
+        let (stage, key) = (stage.into(), self.key.clone());
+        match self.holder(ws).await? {
+            Holder::This => Ok(()),
+            Holder::Another => Err(DataError::Concurrent { stage, key }),
+            Holder::Nobody => Err(DataError::ClaimLost { stage, key }),
+        }
+    }
+}
+
+/// Who holds a [`Claim`]'s key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// The process that took this claim.
+    This,
+    /// A process that took it later.
+    Another,
+    /// Nobody: the key was removed (by hand, or the store lost it: a bucket emptied or made
+    /// anew).
+    Nobody,
 }
 
 #[cfg(test)]
@@ -97,6 +117,12 @@ mod tests {
         assert!(
             !ws.exists("data/_owner").await.unwrap(),
             "nobody held it before the first"
+        );
+        assert_eq!(first.holder(&ws).await.unwrap(), Holder::Nobody);
+        let e = first.ensure(&ws, "ingest").await.unwrap_err().to_string();
+        assert!(
+            e.contains("data/_owner") && e.contains("was removed"),
+            "{e}"
         );
         assert!(!second.held(&ws).await.unwrap());
     }

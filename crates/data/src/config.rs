@@ -226,6 +226,28 @@ fn default_noise_seed() -> u64 {
 }
 
 impl DataConfig {
+    /// This section with the defaults that depend on another key written out
+    /// (`split.method` by the source format, `noise.ratio` by the noise kind): the form in
+    /// which a pipeline is shown, compared and recorded, so that leaving a default out and
+    /// writing it are the same settings.
+    pub fn resolved(mut self) -> Self {
+        self.split.method = Some(self.split_method());
+        if let Some(n) = &mut self.noise {
+            n.ratio = Some(n.effective_ratio());
+        }
+        self
+    }
+
+    /// A `data` section as a manifest recorded it, resolved as [`Self::resolved`]: one recorded
+    /// with such a default left unset equals the same settings written out. A tree that does
+    /// not read as a `data` section is returned as it is.
+    pub fn resolved_value(recorded: &serde_json::Value) -> serde_json::Value {
+        serde_json::from_value::<DataConfig>(recorded.clone())
+            .ok()
+            .and_then(|c| serde_json::to_value(c.resolved()).ok())
+            .unwrap_or_else(|| recorded.clone())
+    }
+
     /// The split method with the format's default applied.
     pub fn split_method(&self) -> SplitMethod {
         self.split.method.unwrap_or(match self.source.format {

@@ -13,7 +13,7 @@ use crate::artifacts::{
 use crate::claim::Claim;
 use crate::config::{DataConfig, SplitMethod};
 use crate::error::{DataError, Result};
-use crate::manifest::{Freshness, OutputInfo, StageManifest, freshness, manifest_key};
+use crate::manifest::{Freshness, OutputInfo, StageManifest, freshness_resolving, manifest_key};
 use crate::source::load_source;
 use crate::transform::{Prepared, prepare};
 use crate::workspace::Workspace;
@@ -39,6 +39,8 @@ pub async fn run_ingest(
     force: bool,
 ) -> Result<IngestReport> {
     cfg.validate()?;
+    // Recorded with its defaults written out, as a pipeline shows them.
+    let cfg = &cfg.clone().resolved();
     let started_at = Utc::now();
     tracing::info!(source = %cfg.source.path, format = ?cfg.source.format, "ingest: reading the source");
     let raw = load_source(cfg, base_dir, ws).await?;
@@ -48,7 +50,9 @@ pub async fn run_ingest(
         source,
     })?;
     if !force {
-        match freshness(ws, STAGE_DIR, &config, &inputs).await? {
+        match freshness_resolving(ws, STAGE_DIR, &config, &inputs, DataConfig::resolved_value)
+            .await?
+        {
             Freshness::UpToDate => {
                 let manifest = ws
                     .get_json::<StageManifest>(&manifest_key(STAGE_DIR))

@@ -64,6 +64,18 @@ pub async fn freshness(
     config: &serde_json::Value,
     inputs: &BTreeMap<String, String>,
 ) -> Result<Freshness> {
+    freshness_resolving(ws, stage_dir, config, inputs, serde_json::Value::clone).await
+}
+
+/// [`freshness`], with the recorded config put through `resolve` before it is compared: a
+/// manifest written before a default was recorded resolved compares as written out.
+pub async fn freshness_resolving(
+    ws: &Workspace,
+    stage_dir: &str,
+    config: &serde_json::Value,
+    inputs: &BTreeMap<String, String>,
+    resolve: impl Fn(&serde_json::Value) -> serde_json::Value,
+) -> Result<Freshness> {
     let Some(m) = ws
         .get_json::<StageManifest>(&manifest_key(stage_dir))
         .await?
@@ -79,7 +91,7 @@ pub async fn freshness(
             env!("CARGO_PKG_VERSION")
         )));
     }
-    if &m.config != config {
+    if &resolve(&m.config) != config {
         return Ok(Freshness::Stale("the stage's configuration changed".into()));
     }
     if &m.inputs != inputs {

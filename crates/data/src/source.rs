@@ -113,19 +113,30 @@ impl SourceLocation {
                 e => e,
             }),
             SourceLocation::Url(u) => {
-                let (dir, name) = u.rsplit_once('/').ok_or_else(|| {
-                    DataError::bad_input(u.clone(), None, None, "URL names no file")
+                // The file's URL opened as a store whose prefix is the file's own key: its
+                // name is read as written (`évents.csv`, `a b.csv`), as the prefix is.
+                let file = Workspace::open_existing(u).map_err(|e| match e {
+                    DataError::WorkspaceUrl { message, .. } => {
+                        DataError::bad_input(u.clone(), None, None, message)
+                    }
+                    e => e,
                 })?;
-                let folder = Workspace::open_existing(dir).map_err(|e| match e {
-                    DataError::WorkspaceUrl { message, .. } => DataError::bad_input(
+                file.check_reachable().await.map_err(|e| match e {
+                    DataError::WorkspaceUrl { message, .. } => {
+                        DataError::bad_input(u.clone(), None, None, message)
+                    }
+                    e => e,
+                })?;
+                file.get("").await.map_err(|e| match e {
+                    DataError::MissingArtifact { .. } => DataError::bad_input(
                         u.clone(),
                         None,
                         None,
-                        format!("its folder: {message}"),
+                        "no such file at this URL (for a MovieLens source, name its \
+                         ratings.dat or ratings.csv; for a diffrec-npy source, its folder)",
                     ),
                     e => e,
-                })?;
-                folder.get(name).await
+                })
             }
         }
     }
@@ -298,17 +309,35 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
     };
     // Check the header ourselves so a missing column is named with the ones that exist.
     let first_line = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
-    let header: Vec<String> = String::from_utf8_lossy(first_line)
+    // The names as the reader takes them (a quoted name without its quotes, spaces kept), and
+    // as people read them: `who, what` maps `what`, whether written ` what` or `what`.
+    let raw_header: Vec<String> = String::from_utf8_lossy(first_line)
         .trim_end_matches('\r')
         .split(sep as char)
+        .map(
+            |s| match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+                Some(unquoted) => unquoted.to_owned(),
+                None => s.to_owned(),
+            },
+        )
+        .collect();
+    let header: Vec<String> = raw_header
+        .iter()
         .map(|s| s.trim().trim_matches('"').to_owned())
         .collect();
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(DataError::bad_input(file, None, None, "the file is empty"));
     }
     let wanted = wanted_columns(cfg);
+    // Each mapped name's column as the reader names it: the exact name, else the one equal
+    // to it without surrounding spaces.
+    let mut in_file: Vec<&str> = Vec::with_capacity(wanted.len());
     for (_, name) in &wanted {
-        if !header.iter().any(|h| h == name) {
+        let found = raw_header
+            .iter()
+            .position(|h| h == name)
+            .or_else(|| header.iter().position(|h| h == name.trim()));
+        let Some(i) = found else {
             return Err(DataError::bad_input(
                 file,
                 None,
@@ -318,12 +347,10 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
                     delimiter_hint(&header, sep as char)
                 ),
             ));
-        }
+        };
+        in_file.push(&raw_header[i]);
     }
-    let names: Arc<[PlSmallStr]> = wanted
-        .iter()
-        .map(|(_, n)| PlSmallStr::from(n.as_str()))
-        .collect();
+    let names: Arc<[PlSmallStr]> = in_file.iter().map(|n| PlSmallStr::from(*n)).collect();
     let read = |as_strings: bool| {
         let mut opts = CsvReadOptions::default()
             .with_has_header(true)
@@ -334,12 +361,21 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
         // with `7`); with `as_strings`, every column.
         let schema: Schema = wanted
             .iter()
-            .filter(|(role, _)| as_strings || matches!(*role, "user" | "item"))
-            .map(|(_, n)| Field::new(n.as_str().into(), DataType::String))
+            .zip(&in_file)
+            .filter(|((role, _), _)| as_strings || matches!(*role, "user" | "item"))
+            .map(|(_, n)| Field::new((*n).into(), DataType::String))
             .collect();
         opts = opts.with_schema_overwrite(Some(Arc::new(schema)));
-        opts.into_reader_with_file_handle(Cursor::new(bytes.clone()))
-            .finish()
+        let mut df = opts
+            .into_reader_with_file_handle(Cursor::new(bytes.clone()))
+            .finish()?;
+        // The mapped names from here on.
+        for ((_, name), n) in wanted.iter().zip(&in_file) {
+            if name != n {
+                df.rename(n, name.as_str().into())?;
+            }
+        }
+        Ok::<_, PolarsError>(df)
     };
     let long_row = |(row, fields): (u64, usize)| {
         DataError::bad_input(

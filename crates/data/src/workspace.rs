@@ -24,6 +24,7 @@ use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
 
 use crate::error::{DataError, Result};
 use crate::manifest::OutputInfo;
@@ -36,6 +37,8 @@ const TMP_MARKER: &str = ".tmp-";
 pub struct Workspace {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
+    /// The bucket of an S3 workspace.
+    bucket: Option<String>,
     url: String,
     /// The directory of a local workspace: object_store stages its writes there as
     /// `<key>#<n>` files, which its listing hides ([`Workspace::delete_where`] removes them).
@@ -71,6 +74,71 @@ const S3_CREDENTIAL_VARS: [&str; 5] = [
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
 ];
 
+/// The bucket and key prefix of `rest`, an S3 URL after its `s3://`. The prefix is taken as
+/// written, as the AWS CLI, boto3 and DuckDB take `s3://` URLs: `s3://b/a b/ünï` writes under
+/// the keys `a b/ünï/…`, not under their percent-encodings. Repeated slashes count as one.
+fn s3_location(rest: &str) -> std::result::Result<(&str, Path), String> {
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err("an S3 workspace needs a bucket: s3://bucket/prefix".into());
+    }
+    if let Some(c) = bucket
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(format!(
+            "{c:?} cannot be part of a bucket name (`{bucket}`): bucket names hold letters, \
+             digits, `.` and `-`"
+        ));
+    }
+    if let Some(c) = key.chars().find(|c| matches!(c, '?' | '#')) {
+        return Err(format!(
+            "{c:?} in the prefix: S3 tools read it differently (a query or fragment to some, \
+             part of the key to others); choose a prefix without it"
+        ));
+    }
+    let parts: Vec<&str> = key.split('/').filter(|p| !p.is_empty()).collect();
+    let prefix = Path::parse(parts.join("/")).map_err(|e| e.to_string())?;
+    Ok((bucket, prefix))
+}
+
+/// `AWS_ENDPOINT` (or `AWS_ENDPOINT_URL`), when set, must be an http(s) URL: the S3 client
+/// panics on one without a scheme (`127.0.0.1:9000`), a common slip with MinIO.
+fn check_s3_endpoint() -> std::result::Result<(), String> {
+    for var in ["AWS_ENDPOINT", "AWS_ENDPOINT_URL"] {
+        let Some(value) = std::env::var_os(var) else {
+            continue;
+        };
+        let value = value.to_string_lossy();
+        let ok = url::Url::parse(&value).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+        });
+        if !ok {
+            return Err(format!(
+                "{var}={value:?} is not an http(s) URL: write it as http://host:port or \
+                 https://host"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A plain path that begins like a URL with a slip in it (`s3:/bucket/x`, `memory:x`) would
+/// become a local folder named `s3:`: refused.
+fn refuse_url_typo(url: &str) -> std::result::Result<(), String> {
+    let Some((scheme, _)) = url.split_once(':') else {
+        return Ok(());
+    };
+    const SCHEMES: [&str; 8] = ["s3", "s3a", "file", "memory", "gs", "az", "http", "https"];
+    if SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "looks like a URL without its `://` (`{scheme}://…`); a folder named `{scheme}:` \
+             would be written here instead"
+        ));
+    }
+    Ok(())
+}
+
 impl Workspace {
     /// Opens a workspace URL. A plain path or `file://` URL names a local directory (created if
     /// missing); `memory://` is an in-process store (tests); `s3://bucket/prefix` uses the standard
@@ -87,6 +155,27 @@ impl Workspace {
         Self::open_with(url, false)
     }
 
+    /// Whether `url` names a workspace this build can open, without opening it (no folder
+    /// created, no request sent): the message says why not. What `diffrec validate` checks.
+    pub fn check_url(url: &str) -> std::result::Result<(), String> {
+        match url.split_once("://").map(|(s, _)| s) {
+            None => refuse_url_typo(url),
+            Some("file") if !url["file://".len()..].starts_with('/') => Err(
+                "a file:// URL takes an absolute path (file:///data/ws); give a relative \
+                 folder as a plain path"
+                    .into(),
+            ),
+            Some("file" | "memory") => Ok(()),
+            Some(s @ ("s3" | "s3a")) => {
+                s3_location(&url[s.len() + 3..])?;
+                check_s3_endpoint()
+            }
+            Some(other) => Err(format!(
+                "unsupported scheme `{other}://` (use a path, file://, memory:// or s3://)"
+            )),
+        }
+    }
+
     fn open_with(url: &str, create: bool) -> Result<Self> {
         let bad = |message: String| DataError::WorkspaceUrl {
             url: url.to_owned(),
@@ -99,6 +188,8 @@ impl Workspace {
         let mut local_root = None;
         let mut temp_grace = None;
         let mut created = None;
+        let mut bucket_name = None;
+        Self::check_url(url).map_err(bad)?;
         let (store, prefix): (Arc<dyn ObjectStore>, Path) = match scheme {
             None | Some("file") => {
                 let dir = url.strip_prefix("file://").unwrap_or(url);
@@ -138,11 +229,8 @@ impl Workspace {
                 let rest = url.trim_start_matches("memory://");
                 (Arc::new(InMemory::new()), Path::from(rest))
             }
-            Some("s3") | Some("s3a") => {
-                let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
-                let bucket = parsed.host_str().filter(|b| !b.is_empty()).ok_or_else(|| {
-                    bad("an S3 workspace needs a bucket: s3://bucket/prefix".into())
-                })?;
+            Some(s @ ("s3" | "s3a")) => {
+                let (bucket, prefix) = s3_location(&url[s.len() + 3..]).map_err(bad)?;
                 if !S3_CREDENTIAL_VARS
                     .iter()
                     .any(|v| std::env::var_os(v).is_some())
@@ -158,16 +246,10 @@ impl Workspace {
                     .build()
                     .map_err(|e| bad(e.to_string()))?;
                 temp_grace = Some(REMOTE_TEMP_GRACE);
-                (
-                    Arc::new(s3),
-                    Path::from(parsed.path().trim_start_matches('/')),
-                )
+                bucket_name = Some(bucket.to_owned());
+                (Arc::new(s3), prefix)
             }
-            Some(other) => {
-                return Err(bad(format!(
-                    "unsupported scheme `{other}://` (use a path, file://, memory:// or s3://)"
-                )));
-            }
+            Some(_) => unreachable!("check_url refuses other schemes"),
         };
         Ok(Workspace {
             store,
@@ -176,7 +258,34 @@ impl Workspace {
             local_root,
             temp_grace,
             created,
+            bucket: bucket_name,
         })
+    }
+
+    /// Asks an S3 workspace's store for its prefix once: a bucket that does not exist is an
+    /// input error naming it (not "missing artifact" at the first read, or the server's XML at
+    /// the first write), and an endpoint that cannot be reached fails here, before any work.
+    /// Local and in-memory workspaces need no question.
+    pub async fn check_reachable(&self) -> Result<()> {
+        let Some(bucket) = &self.bucket else {
+            return Ok(());
+        };
+        match self.store.list_with_delimiter(Some(&self.prefix)).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("NoSuchBucket") => Err(DataError::WorkspaceUrl {
+                url: self.url.clone(),
+                message: format!(
+                    "bucket `{bucket}` does not exist{}",
+                    std::env::var("AWS_ENDPOINT")
+                        .map(|e| format!(" at {e}"))
+                        .unwrap_or_default()
+                ),
+            }),
+            Err(source) => Err(DataError::Store {
+                key: self.prefix.to_string(),
+                source,
+            }),
+        }
     }
 
     /// Removes the directories opening this workspace created, where no file was written under
@@ -323,8 +432,26 @@ impl Workspace {
             .map_err(Self::store_err(key))
     }
 
-    /// Writes `bytes` to `key` atomically (temporary key, then rename).
+    /// Whether writes go straight to their key instead of through a temporary one: on S3,
+    /// where a PUT or a completed multipart upload replaces an object whole (readers see the
+    /// old object or the new one, never part of it; an upload cut short leaves an incomplete
+    /// multipart upload, which no listing or read shows), and where one PUT and one copy (the
+    /// rename) stop at 5 GiB, which the checkpoint of a model over a large catalogue passes.
+    fn writes_in_place(&self) -> bool {
+        self.bucket.is_some()
+    }
+
+    /// Writes `bytes` to `key` atomically: through a temporary key, then a rename; on S3 in
+    /// place, in parts above 10 MiB ([`Self::writes_in_place`]).
     pub async fn put_atomic(&self, key: &str, bytes: impl Into<Bytes>) -> Result<()> {
+        if self.writes_in_place() {
+            let mut sink = BufWriter::new(self.store.clone(), self.path(key));
+            sink.put(bytes.into()).await.map_err(Self::store_err(key))?;
+            return sink.shutdown().await.map_err(|source| DataError::Io {
+                path: format!("{}/{key}", self.url),
+                source,
+            });
+        }
         let tmp = Self::temp_key(key);
         self.store
             .put(&self.path(&tmp), PutPayload::from_bytes(bytes.into()))
@@ -342,7 +469,12 @@ impl Workspace {
         schema: SchemaRef,
         batches: impl IntoIterator<Item = RecordBatch>,
     ) -> Result<u64> {
-        let tmp = Self::temp_key(key);
+        let in_place = self.writes_in_place();
+        let tmp = if in_place {
+            key.to_owned()
+        } else {
+            Self::temp_key(key)
+        };
         let pq = |source| DataError::Parquet {
             key: key.to_owned(),
             source,
@@ -359,7 +491,9 @@ impl Workspace {
             writer.write(&batch).await.map_err(pq)?;
         }
         writer.close().await.map_err(pq)?;
-        self.commit(&tmp, key).await?;
+        if !in_place {
+            self.commit(&tmp, key).await?;
+        }
         Ok(rows)
     }
 
@@ -660,6 +794,39 @@ mod tests {
         assert!(ws.list("d").await.unwrap().is_empty());
     }
 
+    /// On S3 writes go to their key in place, in parts above 10 MiB (one PUT, and the copy a
+    /// rename is, stop at 5 GiB on AWS): what is read back is what was written, and no
+    /// temporary key is left.
+    #[tokio::test]
+    async fn s3_writes_in_place_in_parts() {
+        let Ok(url) = std::env::var("DIFFREC_TEST_S3_URL") else {
+            assert!(
+                std::env::var("DIFFREC_REQUIRE_S3").is_err(),
+                "DIFFREC_REQUIRE_S3 is set but DIFFREC_TEST_S3_URL is not"
+            );
+            return;
+        };
+        let url = format!(
+            "{}/parts-{:08x}",
+            url.trim_end_matches('/'),
+            rand::random::<u32>()
+        );
+        let ws = Workspace::open(&url).unwrap();
+        let big: Vec<u8> = (0..25 << 20).map(|i: u32| (i % 251) as u8).collect();
+        ws.put_atomic("runs/r/checkpoints/latest.ckpt", big.clone())
+            .await
+            .unwrap();
+        ws.put_atomic("runs/r/small.json", &b"{}"[..])
+            .await
+            .unwrap();
+        let back = ws.get("runs/r/checkpoints/latest.ckpt").await.unwrap();
+        assert!(back.len() == big.len() && back[..] == big[..]);
+        assert_eq!(
+            ws.list("runs").await.unwrap(),
+            vec!["runs/r/checkpoints/latest.ckpt", "runs/r/small.json"]
+        );
+    }
+
     /// What object_store's local store leaves when a process is killed in mid-write: a staging
     /// file `<key>#<n>` that its listing hides. Cleaning removes those of temporary keys (ours
     /// always write to a temporary key first), at any depth, and leaves every other file.
@@ -794,5 +961,40 @@ mod tests {
             e.contains("ftp://x/y") && e.contains("unsupported scheme"),
             "{e}"
         );
+        // Slips refused before a local folder named after them is made, and what S3 tools
+        // read differently.
+        for (url, says) in [
+            ("s3:/bucket/x", "without its `://`"),
+            ("memory:x", "without its `://`"),
+            ("file://relative/ws", "absolute path"),
+            ("s3://b/x?y=1", "'?' in the prefix"),
+            ("s3://b/x#frag", "'#' in the prefix"),
+            ("s3:///x", "needs a bucket"),
+            ("s3://my bucket/x", "cannot be part of a bucket name"),
+            ("s3://b/x/../y", "x/../y"),
+        ] {
+            let e = Workspace::check_url(url).unwrap_err();
+            assert!(e.contains(says), "{url}: {e}");
+            assert!(Workspace::open(url).is_err(), "{url}");
+        }
+        assert!(!std::path::Path::new("s3:").exists());
+        assert!(Workspace::check_url("relative/ws").is_ok());
+        assert!(Workspace::check_url("file:///abs/ws").is_ok());
+    }
+
+    /// S3 prefixes are keys as written (as the AWS CLI, boto3 and DuckDB read `s3://` URLs),
+    /// not percent-encoded twice over; repeated slashes count as one.
+    #[test]
+    fn s3_prefixes_are_taken_as_written() {
+        for (rest, bucket, prefix) in [
+            ("b/a b/ünï", "b", "a b/ünï"),
+            ("b/x%20y/", "b", "x%20y"),
+            ("b//dt=2024-01-01//run", "b", "dt=2024-01-01/run"),
+            ("b", "b", ""),
+            ("b/", "b", ""),
+        ] {
+            let (b, p) = s3_location(rest).unwrap();
+            assert_eq!((b, p.as_ref()), (bucket, prefix), "{rest}");
+        }
     }
 }

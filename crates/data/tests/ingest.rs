@@ -888,6 +888,39 @@ async fn a_byte_order_mark_is_not_part_of_the_header() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A header written with spaces after its delimiters (`who, what`) or around a name maps the
+/// name without them, and the name as written: both mappings read the rows of the plain file.
+/// (The header check trimmed names while the reader did not, so neither spelling worked.)
+#[tokio::test(flavor = "multi_thread")]
+async fn names_in_a_spaced_header_map_with_or_without_their_spaces() {
+    let dir = tmpdir("spaced");
+    let rows = "1,a,1\n1,b,2\n2,a,3\n2,c,4\n";
+    std::fs::write(
+        dir.join("spaced.csv"),
+        format!("who, what ,\"when\"\n{rows}"),
+    )
+    .unwrap();
+    for (user, item, ts) in [("who", "what", "when"), (" who", " what ", "when")] {
+        let ws = Workspace::open(dir.join(format!("ws-{}", item.len())).to_str().unwrap()).unwrap();
+        let c = cfg(serde_json::json!({
+            "source": {"format": "csv", "path": "spaced.csv",
+                       "columns": {"user": user, "item": item, "timestamp": ts}},
+            "split": {"ratios": [1.0, 0.0, 0.0]}
+        }));
+        let r = run_ingest(&ws, &c, &dir, false).await.unwrap();
+        assert_eq!(
+            (r.stats.users, r.stats.items, r.stats.rows["train"]),
+            (2, 3, 4)
+        );
+        assert_eq!(
+            strs(&read_back(&ws, ITEMS).await, "item_id"),
+            ["a", "b", "c"]
+        );
+        assert_eq!(timestamps(&ws).await, [1, 2, 3, 4]);
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// An ingest that fails on its data (here a k-core that removes every row) leaves the
 /// earlier, complete outputs vouched for by their manifest.
 #[tokio::test(flavor = "multi_thread")]

@@ -458,6 +458,16 @@ impl EvaluateConfig {
                 format!("needs positive cut-offs, got {:?}", self.ks),
             ));
         }
+        if let Some(k) = self
+            .ks
+            .iter()
+            .find(|&&k| self.ks.iter().filter(|&&o| o == k).count() > 1)
+        {
+            return Err(err(
+                "evaluate.ks",
+                format!("{k} is listed twice in {:?}: each cut-off once", self.ks),
+            ));
+        }
         Ok(())
     }
 }
@@ -525,5 +535,11 @@ mod tests {
         assert!(!serde_json::to_string(&t).unwrap().contains("ema"));
         let e: EvaluateConfig = serde_json::from_str(r#"{"ks": [0]}"#).unwrap();
         assert_eq!(e.validate().unwrap_err().key, "evaluate.ks");
+        let e: EvaluateConfig = serde_json::from_str(r#"{"ks": [10, 20, 10]}"#).unwrap();
+        let e = e.validate().unwrap_err();
+        assert!(
+            e.key == "evaluate.ks" && e.message.contains("10 is listed twice"),
+            "{e:?}"
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use diffrec_data::claim::Claim;
+use diffrec_data::claim::{Claim, Holder};
 use diffrec_data::manifest::manifest_key;
 use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
 use diffrec_model::{
@@ -191,8 +191,17 @@ async fn give_up_previous(
 /// Fails when another process has claimed the run since this one did: both would write its
 /// checkpoints, metrics and summary.
 async fn ensure_sole_writer(ws: &Workspace, run: &str, claim: &Claim) -> Result<(), TrainError> {
-    if claim.held(ws).await? {
-        return Ok(());
+    match claim.holder(ws).await? {
+        Holder::This => return Ok(()),
+        Holder::Nobody => {
+            return Err(TrainError::Concurrent(format!(
+                "{} was removed since this process started training run `{run}` (by hand, or \
+                 the store lost it: a bucket emptied or made anew): this process stopped before \
+                 writing anything more; run it again to resume from the last checkpoint there is",
+                owner_key(run)
+            )));
+        }
+        Holder::Another => {}
     }
     Err(TrainError::Concurrent(format!(
         "another process started training run `{run}` after this one ({} changed): a second \
@@ -585,9 +594,17 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
                 } else {
                     "a lower train.lr"
                 };
+                let kept = if epoch > 1 {
+                    format!(
+                        "the latest checkpoint holds epoch {}, the last finite state",
+                        epoch - 1
+                    )
+                } else {
+                    "nothing was saved (the first epoch had not ended)".to_owned()
+                };
                 return Err(TrainError::Diverged(format!(
                     "the training loss is {} at epoch {epoch}, batch {}: training diverged; \
-                     the latest checkpoint holds the last finite state (try {lower})",
+                     {kept} (try {lower})",
                     out.loss,
                     b + 1
                 )));
