@@ -10,7 +10,7 @@ use arrow_schema::{DataType, Field, Schema};
 use diffrec_data::artifacts::load_ids;
 use diffrec_data::config::TemporalConfig;
 use diffrec_data::manifest::{StageManifest, manifest_key, upstream_hashes};
-use diffrec_data::{Workspace, load_splits};
+use diffrec_data::{DataError, Workspace, load_splits};
 use diffrec_model::ModelConfig;
 use diffrec_trainer::config::Backend;
 use diffrec_trainer::infer::{load_best, recommend_all, recommend_history};
@@ -24,6 +24,7 @@ use crate::differences::differing_keys;
 use crate::pipeline::Loaded;
 use crate::progress::headline_metrics;
 use crate::stdout::status;
+use crate::train_stage::data_settings_differ;
 use crate::usage::UsageError;
 
 type Cpu = burn_flex::Flex;
@@ -41,6 +42,15 @@ impl RunModel {
     async fn load(ws: &Workspace, loaded: &Loaded) -> Result<Self> {
         let p = &loaded.pipeline;
         let manifest = check_trained_settings(ws, &p.name, &p.model).await?;
+        // As train and cluster do: a pipeline whose `data` section is not what was ingested
+        // would evaluate (or recommend) on other data than it says.
+        if let Some(why) = data_settings_differ(ws, loaded).await? {
+            return Err(UsageError(format!(
+                "{why}: run ingest and train with this pipeline first (`diffrec run` runs \
+                 every stage in order)"
+            ))
+            .into());
+        }
         let data = load_splits(ws).await?;
         let dev = Default::default();
         // `model.autoencoder.input: auto` by this data's density, as training on the CPU
@@ -233,6 +243,16 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
         Field::new("score", DataType::Float32, false),
     ]));
     let rows = u.len();
+    let short = recs.iter().filter(|l| l.len() < p.recommend.k).count();
+    if short > 0 {
+        tracing::warn!(
+            "recommend.k {}: {short} of {} users get fewer items (the model knows {}, and a \
+             user's training items are never recommended back)",
+            p.recommend.k,
+            recs.len(),
+            items.len()
+        );
+    }
     let batch = RecordBatch::try_new(
         schema.clone(),
         vec![
@@ -278,8 +298,14 @@ pub async fn recommend_one(
     history: Option<Vec<String>>,
     k: usize,
 ) -> Result<()> {
-    let ws = Workspace::open_existing(ws_url)
-        .map_err(|e| UsageError(format!("{e}: no run to recommend from; check --workspace")))?;
+    let ws = Workspace::open_existing(ws_url).map_err(|e| {
+        let no_folder =
+            matches!(&e, DataError::WorkspaceUrl { message, .. } if message == "no such directory");
+        UsageError(match no_folder {
+            true => format!("{e}: no run to recommend from; check --workspace"),
+            false => e.to_string(),
+        })
+    })?;
     ws.check_reachable().await?;
     let (model_cfg, manifest) = trained_run(&ws, run).await?;
     check_trained_data(&ws, run, &manifest).await?;

@@ -223,7 +223,7 @@ fn validate(p: &Pipeline) -> Result<(), (String, String)> {
         Workspace::check_url(ws).map_err(|m| ("workspace".to_owned(), m))?;
     }
     let source = &p.data.source.path;
-    if source.contains("://") && !source.starts_with("file://") {
+    if !source.starts_with("file://") && !source.starts_with("workspace:") {
         Workspace::check_url(source).map_err(|m| ("data.source.path".to_owned(), m))?;
     }
     p.data.validate().map_err(|e| match e {

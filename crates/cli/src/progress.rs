@@ -41,7 +41,7 @@ impl Drop for Spinner {
 }
 
 /// A per-epoch batch bar on stderr (hidden when stderr is not a terminal); lines said through
-/// it go above the bar, or to stdout when it is hidden.
+/// it go to stdout, the bar set aside meanwhile.
 pub struct EpochBar(ProgressBar);
 
 impl EpochBar {
@@ -74,11 +74,8 @@ impl EpochBar {
     }
 
     pub fn say(&self, line: String) {
-        if self.0.is_hidden() {
-            status!("{line}")
-        } else {
-            self.0.println(line)
-        }
+        // On stdout either way, the bar set aside while the line is written.
+        self.0.suspend(|| status!("{line}"))
     }
 
     pub fn finish(&self) {

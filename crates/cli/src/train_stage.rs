@@ -341,15 +341,18 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
             (fingerprint, resumable) = (old, Ok(()));
         }
     }
-    // A finished run whose data changed since (a scheduled refresh: new events ingested, or
-    // the items clustered anew), and nothing else, trains anew: it no longer describes the
-    // workspace's data, and no setting of the user's is overridden. Other changes to a finished
-    // run, and a stopped run's checkpoint, are refused below.
+    // A finished run whose data changed since (a scheduled refresh: new events ingested, and
+    // the items clustered anew on them), and nothing else, trains anew: it no longer describes
+    // the workspace's data, and no setting of the user's is overridden. Clusters made anew on
+    // the same data (another LightGCN setting, `--force`, another thread count) are no refresh:
+    // like other changes to a finished run, and a stopped run's checkpoint, they are refused
+    // below, and the run is kept.
     let mut anew = false;
     if resumable.is_err()
         && let Some(changed) =
             changed_since_trained(ws, &dir, (&trajectory, FINGERPRINT_LEAVES_OUT), &inputs).await
         && changed.split("; ").all(|c| c.starts_with("input `"))
+        && changed.split("; ").any(|c| c.starts_with("input `data/"))
     {
         status!(
             "train: run `{}` finished on other data ({changed}): training it anew",

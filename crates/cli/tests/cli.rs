@@ -330,9 +330,14 @@ fn demo_runs_every_stage_and_beats_popularity() {
     stage_ok("evaluate", &[]);
     // Training run alone with other data settings than the ingest ran with: refused, not
     // trained on the old data.
-    // The cluster stage likewise (it clustered such data and called it up to date). Both
-    // name the keys that differ.
-    for (stage, variant) in [("train", "diffrec"), ("cluster", "l-diffrec")] {
+    // The cluster stage likewise (it clustered such data and called it up to date), and the
+    // inference stages. Each names the keys that differ.
+    for (stage, variant) in [
+        ("train", "diffrec"),
+        ("cluster", "l-diffrec"),
+        ("evaluate", "diffrec"),
+        ("recommend", "diffrec"),
+    ] {
         assert_stage_refuses(
             stage,
             pipeline,
@@ -432,6 +437,11 @@ fn config_errors_exit_2_and_name_the_key() {
             &["--workspace", "w", "--set", "data.source.path=gs://b/x.csv"],
             None,
             "`data.source.path`: unsupported scheme",
+        ),
+        (
+            &["--workspace", "w", "--set", "data.source.path=s3:/b/x.csv"],
+            None,
+            "`data.source.path`: looks like a URL",
         ),
         (
             &["--workspace", "s3://b/ws"],
@@ -1880,12 +1890,14 @@ fn an_unwritable_stdout_does_not_stop_the_stages() {
 
 /// A loss that stops being finite ends the run (exit code 1), and the message says truly what
 /// was kept: the checkpoint of the last complete epoch, or nothing before the first ends.
+/// Started over (`--force`) on a finished run, nothing of the old run is left to pass for the
+/// new one's: not its evaluations either.
 #[test]
 fn a_diverged_run_says_what_it_kept() {
-    let (_dir, _, ws, out) = tiny_train_run(
-        "diverge",
-        "{epochs: 3, eval_every: 1, batch_size: 8, lr: 1.0e30}",
-    );
+    let (_dir, p, ws, out) = tiny_train_run("diverge", "{epochs: 3, eval_every: 1, batch_size: 8}");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(ws.join("runs/g/metrics.parquet").exists());
+    let out = run_until_train(&p, &ws, &["--force", "--set", "train.lr=1.0e30"]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(t.contains("training diverged"), "{t}");
@@ -1896,7 +1908,9 @@ fn a_diverged_run_says_what_it_kept() {
         assert!(t.contains("the latest checkpoint holds epoch "), "{t}");
         assert!(latest.exists(), "{t}");
     }
-    assert!(!ws.join("runs/g/summary.json").exists(), "{t}");
+    for gone in ["summary.json", "metrics.parquet", "curves.svg"] {
+        assert!(!ws.join("runs/g").join(gone).exists(), "{gone}: {t}");
+    }
 }
 
 /// A wgpu device that this machine does not have stops the train stage before its first batch

@@ -215,7 +215,8 @@ async fn a_cluster_stage_that_lost_its_claim_writes_nothing_more() {
     let owner = dir.join("ws/cluster/_owner");
     let mut progress = |p: Progress| {
         if matches!(p, Progress::EpochStart { epoch: 1, .. }) {
-            std::fs::write(&owner, "a later process").unwrap();
+            // A claim token as a later process writes it (`<pid>-<16 hex digits>`).
+            std::fs::write(&owner, "99999-00000000000000ff").unwrap();
         }
     };
     let e = run_cluster(&ws, &cfg, &[10], &dir, false, &mut progress)
@@ -232,7 +233,7 @@ async fn a_cluster_stage_that_lost_its_claim_writes_nothing_more() {
         .collect();
     left.sort();
     assert_eq!(left, ["_owner"], "nothing but the later process's claim");
-    assert_eq!(std::fs::read(&owner).unwrap(), b"a later process");
+    assert_eq!(std::fs::read(&owner).unwrap(), b"99999-00000000000000ff");
 
     // Run alone, the stage completes.
     let report = run_cluster(&ws, &cfg, &[10], &dir, false, &mut |_| {})

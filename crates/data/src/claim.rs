@@ -61,8 +61,8 @@ impl Claim {
     pub async fn holder(&self, ws: &Workspace) -> Result<Holder> {
         Ok(match ws.get_if_present(&self.key).await? {
             Some(token) if token.as_ref() == self.token.as_bytes() => Holder::This,
-            Some(_) => Holder::Another,
-            None => Holder::Nobody,
+            Some(token) if is_token(&token) => Holder::Another,
+            _ => Holder::Nobody,
         })
     }
 
@@ -79,6 +79,20 @@ impl Claim {
     }
 }
 
+/// Whether `bytes` is a token as [`Claim::take`] writes them (`<pid>-<16 hex digits>`): what
+/// else is at the key was written by no process taking the claim.
+fn is_token(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|t| t.split_once('-'))
+        .is_some_and(|(pid, nonce)| {
+            !pid.is_empty()
+                && pid.bytes().all(|b| b.is_ascii_digit())
+                && nonce.len() == 16
+                && nonce.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+}
+
 /// Who holds a [`Claim`]'s key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Holder {
@@ -86,8 +100,8 @@ pub enum Holder {
     This,
     /// A process that took it later.
     Another,
-    /// Nobody: the key was removed (by hand, or the store lost it: a bucket emptied or made
-    /// anew).
+    /// Nobody: the key was removed or overwritten with something no claim writes (by hand,
+    /// or the store lost it: a bucket emptied or made anew).
     Nobody,
 }
 
@@ -119,6 +133,19 @@ mod tests {
             "nobody held it before the first"
         );
         assert_eq!(first.holder(&ws).await.unwrap(), Holder::Nobody);
+        // Overwritten with what no claim writes: nobody's either.
+        for garbage in [&b""[..], b"garbage\xff", b"12-xyz"] {
+            ws.put_atomic("data/_owner", garbage).await.unwrap();
+            assert_eq!(
+                first.holder(&ws).await.unwrap(),
+                Holder::Nobody,
+                "{garbage:?}"
+            );
+        }
+        let third = Claim::take(&ws, "data/_owner").await.unwrap();
+        assert_eq!(first.holder(&ws).await.unwrap(), Holder::Another);
+        third.give_back(&ws).await;
+        ws.delete("data/_owner").await.unwrap();
         let e = first.ensure(&ws, "ingest").await.unwrap_err().to_string();
         assert!(
             e.contains("data/_owner") && e.contains("was removed"),

@@ -103,9 +103,9 @@ pub enum DataError {
 
     /// The claim a stage took on its outputs is gone from the workspace.
     #[error(
-        "{key}, which this process wrote when it started the {stage} stage, was removed (by \
-         hand, or the store lost it: a bucket emptied or made anew): this process stopped before \
-         writing anything more; run the stage again"
+        "{key}, which this process wrote when it started the {stage} stage, was removed or \
+         overwritten (by hand, or the store lost it: a bucket emptied or made anew): this process \
+         stopped before writing anything more; run the stage again"
     )]
     ClaimLost { stage: String, key: String },
 

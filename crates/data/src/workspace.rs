@@ -4,9 +4,11 @@
 //! opened once into an `object_store` client. All artifact I/O of every stage goes through this
 //! type, so the same pipeline runs unchanged on a laptop folder and on a bucket.
 //!
-//! Writes are atomic: bytes go to a temporary key beside the target (`<key>.tmp-<nonce>`) and are
-//! renamed onto the target only once complete. A crash leaves at most a temporary key, which no
-//! reader ever opens and [`Workspace::clean_temporaries`] removes.
+//! Writes are atomic. Locally and in memory, bytes go to a temporary key beside the target
+//! (`<key>.tmp-<pid>-<nonce>`) and are renamed onto the target only once complete: a crash
+//! leaves at most a temporary key, which no reader ever opens and
+//! [`Workspace::clean_temporaries`] removes. On S3 they go to the target in place, whole or as
+//! a multipart upload, which S3 shows only once complete ([`Workspace::writes_in_place`]).
 
 use std::sync::Arc;
 
@@ -28,6 +30,10 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::{DataError, Result};
 use crate::manifest::OutputInfo;
+
+/// The size of the parts of an S3 write (object_store's `BufWriter` uploads in parts of its
+/// capacity, 10 MiB by default).
+const PART: usize = 10 << 20;
 
 /// Marker in the names of temporary keys.
 const TMP_MARKER: &str = ".tmp-";
@@ -52,9 +58,10 @@ pub struct Workspace {
 }
 
 /// How long cleaning leaves an S3 temporary alone: an upload in flight is at most this old.
-/// An hour is far beyond the copy that follows a completed temporary (the only window in
-/// which another writer's temporary is visible) and beyond the clock skew S3's request
-/// signing tolerates (15 minutes).
+/// An hour is far beyond the copy that followed a completed temporary (the only window in
+/// which another writer's temporary was visible) and beyond the clock skew S3's request
+/// signing tolerates (15 minutes). diffrec no longer writes temporaries on S3; those of
+/// earlier versions, and of another machine running one, are still cleaned by this rule.
 pub const REMOTE_TEMP_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl std::fmt::Debug for Workspace {
@@ -76,7 +83,8 @@ const S3_CREDENTIAL_VARS: [&str; 5] = [
 
 /// The bucket and key prefix of `rest`, an S3 URL after its `s3://`. The prefix is taken as
 /// written, as the AWS CLI, boto3 and DuckDB take `s3://` URLs: `s3://b/a b/ünï` writes under
-/// the keys `a b/ünï/…`, not under their percent-encodings. Repeated slashes count as one.
+/// the keys `a b/ünï/…`, not under their percent-encodings. Unlike those tools, repeated
+/// slashes count as one (object_store's paths have no empty segments).
 fn s3_location(rest: &str) -> std::result::Result<(&str, Path), String> {
     let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
@@ -93,8 +101,8 @@ fn s3_location(rest: &str) -> std::result::Result<(&str, Path), String> {
     }
     if let Some(c) = key.chars().find(|c| matches!(c, '?' | '#')) {
         return Err(format!(
-            "{c:?} in the prefix: S3 tools read it differently (a query or fragment to some, \
-             part of the key to others); choose a prefix without it"
+            "{c:?} in the key: S3 tools read it differently (a query or fragment to some, \
+             part of the key to others); choose a key without it"
         ));
     }
     let parts: Vec<&str> = key.split('/').filter(|p| !p.is_empty()).collect();
@@ -270,17 +278,26 @@ impl Workspace {
         let Some(bucket) = &self.bucket else {
             return Ok(());
         };
-        match self.store.list_with_delimiter(Some(&self.prefix)).await {
+        // The first page of keys only, however many there are.
+        let first = self.store.list(Some(&self.prefix)).try_next().await;
+        match first {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("NoSuchBucket") => Err(DataError::WorkspaceUrl {
                 url: self.url.clone(),
                 message: format!(
                     "bucket `{bucket}` does not exist{}",
                     std::env::var("AWS_ENDPOINT")
+                        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
                         .map(|e| format!(" at {e}"))
                         .unwrap_or_default()
                 ),
             }),
+            // Credentials that may read objects but not list them (a read-only role, a public
+            // bucket): the reads themselves decide.
+            Err(
+                object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. },
+            ) => Ok(()),
             Err(source) => Err(DataError::Store {
                 key: self.prefix.to_string(),
                 source,
@@ -446,11 +463,28 @@ impl Workspace {
     pub async fn put_atomic(&self, key: &str, bytes: impl Into<Bytes>) -> Result<()> {
         if self.writes_in_place() {
             let mut sink = BufWriter::new(self.store.clone(), self.path(key));
-            sink.put(bytes.into()).await.map_err(Self::store_err(key))?;
-            return sink.shutdown().await.map_err(|source| DataError::Io {
-                path: format!("{}/{key}", self.url),
-                source,
-            });
+            // A part at a time: `BufWriter` then waits for room (8 parts in flight), where one
+            // `put` of the whole would start every part's upload at once.
+            let bytes: Bytes = bytes.into();
+            let mut written = Ok(());
+            for start in (0..bytes.len()).step_by(PART) {
+                let part = bytes.slice(start..(start + PART).min(bytes.len()));
+                written = sink.put(part).await.map_err(Self::store_err(key));
+                if written.is_err() {
+                    break;
+                }
+            }
+            if written.is_ok() {
+                written = sink.shutdown().await.map_err(|source| DataError::Io {
+                    path: format!("{}/{key}", self.url),
+                    source,
+                });
+            }
+            if written.is_err() {
+                // No incomplete upload left to the bucket's lifecycle rule.
+                let _ = sink.abort().await;
+            }
+            return written;
         }
         let tmp = Self::temp_key(key);
         self.store
@@ -967,8 +1001,8 @@ mod tests {
             ("s3:/bucket/x", "without its `://`"),
             ("memory:x", "without its `://`"),
             ("file://relative/ws", "absolute path"),
-            ("s3://b/x?y=1", "'?' in the prefix"),
-            ("s3://b/x#frag", "'#' in the prefix"),
+            ("s3://b/x?y=1", "'?' in the key"),
+            ("s3://b/x#frag", "'#' in the key"),
             ("s3:///x", "needs a bucket"),
             ("s3://my bucket/x", "cannot be part of a bucket name"),
             ("s3://b/x/../y", "x/../y"),

@@ -163,8 +163,10 @@ fn owner_key(run: &str) -> String {
 /// `recommendations.parquet`: a kill during this training would leave them beside another best
 /// checkpoint, and the evaluate stage would mix the two; the training writes the summary again
 /// when it ends, whether or not it evaluates), and with `fresh` (`--force`) the checkpoints, all
-/// but the `claim` this process holds. `latest.ckpt` goes first: a kill in between leaves
-/// no old epoch to resume without its best. (`curves.svg` stays: it is rewritten with
+/// but the `claim` this process holds, and the old evaluations (`metrics.parquet`,
+/// `curves.svg`). With `fresh`, `latest.ckpt` goes first, before the manifest: a kill in
+/// between leaves neither an old epoch to resume without its best nor an old checkpoint
+/// without its manifest, which a later training would refuse. (Resumed, `curves.svg` stays: it is rewritten with
 /// `metrics.parquet` at each evaluation, so it always shows the evaluations so far.)
 async fn give_up_previous(
     ws: &Workspace,
@@ -173,16 +175,23 @@ async fn give_up_previous(
     fresh: bool,
 ) -> Result<(), TrainError> {
     ensure_sole_writer(ws, run, claim).await?;
+    if fresh {
+        ws.delete(&latest_key(run)).await?;
+    }
     ws.delete(&manifest_key(&run_dir(run))).await?;
     for key in [summary_key(run), recommendations_key(run)] {
         ws.delete(&key).await?;
     }
     if fresh {
-        ws.delete(&latest_key(run)).await?;
         for key in ws.list(&format!("runs/{run}/checkpoints")).await? {
             if key != claim.key() {
                 ws.delete(&key).await?;
             }
+        }
+        // The old run's evaluations describe checkpoints that are gone (a fresh run that
+        // stops before its first evaluation would leave them as its own).
+        for key in [metrics_key(run), curves_key(run)] {
+            ws.delete(&key).await?;
         }
     }
     Ok(())
@@ -195,8 +204,8 @@ async fn ensure_sole_writer(ws: &Workspace, run: &str, claim: &Claim) -> Result<
         Holder::This => return Ok(()),
         Holder::Nobody => {
             return Err(TrainError::Concurrent(format!(
-                "{} was removed since this process started training run `{run}` (by hand, or \
-                 the store lost it: a bucket emptied or made anew): this process stopped before \
+                "{} was removed or overwritten since this process started training run \
+                 `{run}` (by hand, or the store lost it: a bucket emptied or made anew): this process stopped before \
                  writing anything more; run it again to resume from the last checkpoint there is",
                 owner_key(run)
             )));
