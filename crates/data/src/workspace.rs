@@ -801,23 +801,32 @@ mod tests {
         assert_eq!(ws.list("data").await.unwrap(), vec!["data/x"]);
     }
 
-    /// The same on a real S3-compatible server (`.ci/run` starts one and sets
-    /// DIFFREC_TEST_S3_URL): an S3 workspace opens with the grace, so a fresh temporary stays.
-    #[tokio::test]
-    async fn s3_workspaces_leave_young_temporaries() {
+    /// A fresh workspace `<tag>-<random>` under DIFFREC_TEST_S3_URL (a local S3-compatible
+    /// server, which `.ci/run` starts), or `None` without one (a failure when
+    /// DIFFREC_REQUIRE_S3 is set).
+    fn s3_test_workspace(tag: &str) -> Option<Workspace> {
         let Ok(url) = std::env::var("DIFFREC_TEST_S3_URL") else {
             assert!(
                 std::env::var("DIFFREC_REQUIRE_S3").is_err(),
                 "DIFFREC_REQUIRE_S3 is set but DIFFREC_TEST_S3_URL is not"
             );
-            return;
+            return None;
         };
         let url = format!(
-            "{}/grace-{:08x}",
+            "{}/{tag}-{:08x}",
             url.trim_end_matches('/'),
             rand::random::<u32>()
         );
-        let ws = Workspace::open(&url).unwrap();
+        Some(Workspace::open(&url).unwrap())
+    }
+
+    /// The same on a real S3-compatible server (`.ci/run` starts one and sets
+    /// DIFFREC_TEST_S3_URL): an S3 workspace opens with the grace, so a fresh temporary stays.
+    #[tokio::test]
+    async fn s3_workspaces_leave_young_temporaries() {
+        let Some(ws) = s3_test_workspace("grace") else {
+            return;
+        };
         ws.put_atomic("d/x.tmp-99999901-1", &b"half"[..])
             .await
             .unwrap();
@@ -833,19 +842,9 @@ mod tests {
     /// temporary key is left.
     #[tokio::test]
     async fn s3_writes_in_place_in_parts() {
-        let Ok(url) = std::env::var("DIFFREC_TEST_S3_URL") else {
-            assert!(
-                std::env::var("DIFFREC_REQUIRE_S3").is_err(),
-                "DIFFREC_REQUIRE_S3 is set but DIFFREC_TEST_S3_URL is not"
-            );
+        let Some(ws) = s3_test_workspace("parts") else {
             return;
         };
-        let url = format!(
-            "{}/parts-{:08x}",
-            url.trim_end_matches('/'),
-            rand::random::<u32>()
-        );
-        let ws = Workspace::open(&url).unwrap();
         let big: Vec<u8> = (0..25 << 20).map(|i: u32| (i % 251) as u8).collect();
         ws.put_atomic("runs/r/checkpoints/latest.ckpt", big.clone())
             .await
