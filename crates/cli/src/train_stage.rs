@@ -63,8 +63,11 @@ async fn changed_since_trained(
     let names: std::collections::BTreeSet<&String> =
         manifest.inputs.keys().chain(inputs.keys()).collect();
     for name in names {
-        if manifest.inputs.get(name) != inputs.get(name) {
-            changed.push(format!("input `{name}` changed"));
+        match (manifest.inputs.get(name), inputs.get(name)) {
+            (Some(a), Some(b)) if a != b => changed.push(format!("input `{name}` changed")),
+            (None, Some(_)) => changed.push(format!("input `{name}` is new (the run read none)")),
+            (Some(_), None) => changed.push(format!("input `{name}` is no longer read")),
+            _ => {}
         }
     }
     (!changed.is_empty()).then(|| changed.join("; "))

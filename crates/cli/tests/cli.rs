@@ -661,8 +661,9 @@ fn s3_url(test: &str) -> Option<String> {
             "DIFFREC_REQUIRE_S3 is set but DIFFREC_TEST_S3_URL is not"
         );
         skipped(&format!(
-            "{test}: DIFFREC_TEST_S3_URL is not set (no local S3-compatible server); .ci/run \
-             sets it"
+            "{test}: DIFFREC_TEST_S3_URL is not set (no local S3-compatible server). .ci/run \
+             starts one and sets it; by hand: DIFFREC_TEST_S3_URL=s3://BUCKET/PREFIX with \
+             AWS_ENDPOINT, AWS_ALLOW_HTTP=true and AWS credentials for the server"
         ));
     }
     url
