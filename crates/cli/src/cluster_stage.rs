@@ -8,20 +8,13 @@ use diffrec_data::Workspace;
 use crate::pipeline::Loaded;
 use crate::progress::EpochBar;
 use crate::stdout::status;
-use crate::train_stage::data_settings_differ;
-use crate::usage::UsageError;
+use crate::train_stage::refuse_other_data_settings;
 
 pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     let p = &loaded.pipeline;
     // Run alone (`diffrec stage cluster`), it must not cluster data ingested with other
     // settings than this pipeline's for its own, nor call such clusters up to date.
-    if let Some(why) = data_settings_differ(ws, loaded).await? {
-        return Err(UsageError(format!(
-            "{why}: run ingest with this pipeline first (`diffrec run` \
-             runs every stage in order)"
-        ))
-        .into());
-    }
+    refuse_other_data_settings(ws, loaded, "ingest").await?;
     let bar = EpochBar::new();
     let mut report = |ev: Progress| match ev {
         Progress::EpochStart { epoch, batches } => {

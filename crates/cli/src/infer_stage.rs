@@ -24,7 +24,7 @@ use crate::differences::differing_keys;
 use crate::pipeline::Loaded;
 use crate::progress::headline_metrics;
 use crate::stdout::status;
-use crate::train_stage::data_settings_differ;
+use crate::train_stage::refuse_other_data_settings;
 use crate::usage::UsageError;
 
 type Cpu = burn_flex::Flex;
@@ -44,13 +44,7 @@ impl RunModel {
         let manifest = check_trained_settings(ws, &p.name, &p.model).await?;
         // As train and cluster do: a pipeline whose `data` section is not what was ingested
         // would evaluate (or recommend) on other data than it says.
-        if let Some(why) = data_settings_differ(ws, loaded).await? {
-            return Err(UsageError(format!(
-                "{why}: run ingest and train with this pipeline first (`diffrec run` runs \
-                 every stage in order)"
-            ))
-            .into());
-        }
+        refuse_other_data_settings(ws, loaded, "ingest and train").await?;
         let data = load_splits(ws).await?;
         let dev = Default::default();
         // `model.autoencoder.input: auto` by this data's density, as training on the CPU

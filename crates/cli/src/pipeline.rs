@@ -317,12 +317,7 @@ fn apply_set(root: &mut Value, arg: &str) -> Result<(), String> {
             .ok_or_else(|| format!("`{}` is not a section", parts[..i].join(".")))?;
         let key = Value::String((*part).to_owned());
         if i + 1 == parts.len() {
-            match map.get_mut(&key) {
-                Some(section @ Value::Mapping(_)) => merge(section, value),
-                _ => {
-                    map.insert(key, value);
-                }
-            }
+            merge(map.entry(key).or_insert(Value::Null), value);
             return Ok(());
         }
         node = map.entry(key).or_insert(Value::Null);
@@ -336,12 +331,7 @@ fn merge(section: &mut Value, value: Value) {
     match (section, value) {
         (Value::Mapping(old), Value::Mapping(new)) => {
             for (k, v) in new {
-                match old.get_mut(&k) {
-                    Some(inner @ Value::Mapping(_)) => merge(inner, v),
-                    _ => {
-                        old.insert(k, v);
-                    }
-                }
+                merge(old.entry(k).or_insert(Value::Null), v);
             }
         }
         (section, value) => *section = value,

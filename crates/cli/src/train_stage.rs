@@ -231,13 +231,27 @@ async fn upstream_settings_differ(ws: &Workspace, loaded: &Loaded) -> Result<Opt
     Ok(None)
 }
 
-/// Why the ingest stage's outputs are not this pipeline's: it completed with another `data`
-/// section (its differing keys named), or `None`. Read by the stages after ingest, which must
-/// not take data made with other settings for the pipeline's own.
-pub(crate) async fn data_settings_differ(
+/// Refuses (exit 2) data ingested with another `data` section than the pipeline's, naming the
+/// keys and saying which stages to run `first`: the stages after ingest run alone must not take
+/// such data for the pipeline's own.
+pub(crate) async fn refuse_other_data_settings(
     ws: &Workspace,
     loaded: &Loaded,
-) -> Result<Option<String>> {
+    first: &str,
+) -> Result<()> {
+    match data_settings_differ(ws, loaded).await? {
+        Some(why) => Err(UsageError(format!(
+            "{why}: run {first} with this pipeline first (`diffrec run` runs every stage in \
+             order)"
+        ))
+        .into()),
+        None => Ok(()),
+    }
+}
+
+/// Why the ingest stage's outputs are not this pipeline's: it completed with another `data`
+/// section (its differing keys named), or `None`.
+async fn data_settings_differ(ws: &Workspace, loaded: &Loaded) -> Result<Option<String>> {
     let done: Option<StageManifest> = ws
         .get_json(&manifest_key(diffrec_data::ingest::STAGE_DIR))
         .await?;

@@ -115,18 +115,15 @@ impl SourceLocation {
             SourceLocation::Url(u) => {
                 // The file's URL opened as a store whose prefix is the file's own key: its
                 // name is read as written (`évents.csv`, `a b.csv`), as the prefix is.
-                let file = Workspace::open_existing(u).map_err(|e| match e {
+                // What is wrong with the URL, named as the source's.
+                let of_source = |e| match e {
                     DataError::WorkspaceUrl { message, .. } => {
                         DataError::bad_input(u.clone(), None, None, message)
                     }
                     e => e,
-                })?;
-                file.check_reachable().await.map_err(|e| match e {
-                    DataError::WorkspaceUrl { message, .. } => {
-                        DataError::bad_input(u.clone(), None, None, message)
-                    }
-                    e => e,
-                })?;
+                };
+                let file = Workspace::open_existing(u).map_err(of_source)?;
+                file.check_reachable().await.map_err(of_source)?;
                 file.get("").await.map_err(|e| match e {
                     DataError::MissingArtifact { .. } => DataError::bad_input(
                         u.clone(),
