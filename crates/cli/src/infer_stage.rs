@@ -16,8 +16,8 @@ use diffrec_trainer::config::Backend;
 use diffrec_trainer::infer::{load_best, recommend_all, recommend_history};
 use diffrec_trainer::pool::on_pool_thread;
 use diffrec_trainer::train::{
-    Summary, best_key, diffusion_of, evaluate, model_input, recommendations_key, resolve_input,
-    run_dir, summary_key,
+    Summary, UserCounts, best_key, diffusion_of, evaluate, model_input, recommendations_key,
+    resolve_input, run_dir, summary_key,
 };
 
 use crate::differences::differing_keys;
@@ -196,6 +196,7 @@ pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     let secs = t.elapsed().as_secs_f64();
     summary.valid = valid;
     summary.test = test;
+    summary.users = Some(UserCounts::of(&data));
     ws.clean_temporaries_of(&summary_key(&p.name)).await?;
     ws.put_json(&summary_key(&p.name), &summary).await?;
     status!(

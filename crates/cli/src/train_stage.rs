@@ -10,7 +10,8 @@ use diffrec_data::workspace::sha256_hex;
 use diffrec_data::{DataConfig, Workspace, load_splits};
 use diffrec_model::ModelConfig;
 use diffrec_trainer::train::{
-    best_key, check_resumable, curves_key, latest_key, metrics_key, run_dir, summary_key,
+    best_key, check_resumable, checkpoint_fingerprinted, curves_key, latest_key, metrics_key,
+    run_dir, summary_key,
 };
 use diffrec_trainer::{Progress, RunSpec, TrainError, train_on};
 
@@ -47,23 +48,33 @@ async fn clean_temporaries(ws: &Workspace, name: &str) -> Result<()> {
 
 /// What differs between a finished run's manifest and the settings and inputs a new training
 /// would fingerprint (`trajectory`: the config without the `train` keys `leaves_out`, as the
-/// fingerprint leaves them out), for a checkpoint that cannot be resumed. `None` without a readable manifest (a run
-/// killed before it finished: its checkpoint alone knows only the fingerprint).
+/// fingerprint leaves them out), for a checkpoint that cannot be resumed. A run stopped before
+/// it finished has no manifest: its latest checkpoint says what it was fingerprinted on, where
+/// it was written since checkpoints did (2026-12-01). `None` when neither says.
 async fn changed_since_trained(
     ws: &Workspace,
-    dir: &str,
+    run: &str,
     (trajectory, leaves_out): (&serde_json::Value, &[&str]),
     inputs: &BTreeMap<String, String>,
 ) -> Option<String> {
-    let manifest: StageManifest = ws.get_json(&manifest_key(dir)).await.ok().flatten()?;
-    let mut trained = manifest.config;
+    let (mut trained, trained_inputs) = match ws
+        .get_json::<StageManifest>(&manifest_key(&run_dir(run)))
+        .await
+    {
+        Ok(Some(manifest)) => (manifest.config, manifest.inputs),
+        _ => {
+            let mut hashed = checkpoint_fingerprinted(ws, run).await.ok().flatten()?;
+            let inputs = serde_json::from_value(hashed["inputs"].take()).ok()?;
+            (hashed["config"].take(), inputs)
+        }
+    };
     remove_train_keys(&mut trained, leaves_out);
     let mut changed = Vec::new();
     differing_keys("", &trained, trajectory, &mut changed);
     let names: std::collections::BTreeSet<&String> =
-        manifest.inputs.keys().chain(inputs.keys()).collect();
+        trained_inputs.keys().chain(inputs.keys()).collect();
     for name in names {
-        match (manifest.inputs.get(name), inputs.get(name)) {
+        match (trained_inputs.get(name), inputs.get(name)) {
             (Some(a), Some(b)) if a != b => changed.push(format!("input `{name}` changed")),
             (None, Some(_)) => changed.push(format!("input `{name}` is new (the run read none)")),
             (Some(_), None) => changed.push(format!("input `{name}` is no longer read")),
@@ -347,6 +358,9 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     let trajectory = trajectory_without(FINGERPRINT_LEAVES_OUT);
     let mut fingerprint = fingerprint_of(&trajectory)?;
     let legacy = trajectory_without(LEGACY_LEAVES_OUT);
+    // What the fingerprint hashes, for checkpoints to carry (`changed_since_trained`).
+    let fingerprinted = |t: &serde_json::Value| serde_json::json!({"config": t, "inputs": &inputs});
+    let mut hashed = fingerprinted(&trajectory);
     // Before the manifest goes, what would stop the run: a finished run stays as it was.
     let mut resumable = match force {
         true => Ok(()),
@@ -356,6 +370,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         let old = fingerprint_of(&legacy)?;
         if check_resumable(ws, &p.name, &old).await.is_ok() {
             (fingerprint, resumable) = (old, Ok(()));
+            hashed = fingerprinted(&legacy);
         }
     }
     // A finished run whose data changed since (a scheduled refresh: new events ingested, and
@@ -366,8 +381,9 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     // below, and the run is kept.
     let mut anew = false;
     if resumable.is_err()
+        && ws.exists(&manifest_key(&dir)).await?
         && let Some(changed) =
-            changed_since_trained(ws, &dir, (&trajectory, FINGERPRINT_LEAVES_OUT), &inputs).await
+            changed_since_trained(ws, &p.name, (&trajectory, FINGERPRINT_LEAVES_OUT), &inputs).await
         && changed.split("; ").all(|c| c.starts_with("input `"))
         && changed.split("; ").any(|c| c.starts_with("input `data/"))
     {
@@ -378,21 +394,25 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         (anew, resumable) = (true, Ok(()));
     }
     if let Err(e) = resumable {
-        let changed =
-            match changed_since_trained(ws, &dir, (&trajectory, FINGERPRINT_LEAVES_OUT), &inputs)
+        let changed = match changed_since_trained(
+            ws,
+            &p.name,
+            (&trajectory, FINGERPRINT_LEAVES_OUT),
+            &inputs,
+        )
+        .await
+        {
+            Some(changed) => Some(changed),
+            // Nothing the fingerprint covers now: a run started before the devices left it.
+            None => changed_since_trained(ws, &p.name, (&legacy, LEGACY_LEAVES_OUT), &inputs)
                 .await
-            {
-                Some(changed) => Some(changed),
-                // Nothing the fingerprint covers now: a run started before the devices left it.
-                None => changed_since_trained(ws, &dir, (&legacy, LEGACY_LEAVES_OUT), &inputs)
-                    .await
-                    .map(|changed| {
-                        format!(
-                            "{changed} (a run started before diffrec let runs resume on other \
+                .map(|changed| {
+                    format!(
+                        "{changed} (a run started before diffrec let runs resume on other \
                          devices keeps its train.devices and train.parallel)"
-                        )
-                    }),
-            };
+                    )
+                }),
+        };
         return Err(match (e, changed) {
             (TrainError::Input(why), Some(changed)) => {
                 UsageError(format!("{why}. Since it was trained: {changed}{}", {
@@ -456,6 +476,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         ks: p.evaluate.ks.clone(),
         backend: format!("{:?}", p.train.backend).to_lowercase(),
         fingerprint,
+        fingerprinted: hashed,
         item_clusters,
         // --force starts over on every node: none reads the checkpoints, and node 0 deletes
         // them once the nodes agree to train together.

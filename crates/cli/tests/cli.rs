@@ -1113,7 +1113,8 @@ fn a_default_written_out_is_the_same_run() {
 /// A scheduled refresh: the source gets new events and `diffrec run` runs again. The finished
 /// run no longer describes the workspace's data, so it trains anew (not refused, which left it
 /// unusable: evaluate and recommend refuse a run trained on other data), and evaluates and
-/// recommends on the new data. A stopped run's checkpoint on the old data is still refused.
+/// recommends on the new data. A stopped run's checkpoint on the old data is still refused,
+/// naming the input that changed (its checkpoint records what it was trained on).
 #[test]
 fn a_finished_run_trains_anew_on_refreshed_data() {
     let (dir, p) = synthetic_project(
@@ -1152,13 +1153,19 @@ fn a_finished_run_trains_anew_on_refreshed_data() {
     let out = recommend(&ws, "r", &["--user", "u5", "--k", "3"], None);
     assert!(out.status.success(), "{}", text(&out));
 
-    // Stopped on the old data (no manifest), then refreshed: refused, as before.
+    // Stopped on the old data (no manifest), then refreshed: refused, as before, naming the
+    // ingested interactions (not the source: ingest's own input) and nothing else.
     std::fs::remove_file(ws.join("runs/r/_manifest.json")).unwrap();
     generate(&dir.join("log.csv"), &["--users", "300", "--items", "120"]);
     let out = run();
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
     assert!(t.contains("another configuration or data"), "{t}");
+    let since = t.split("Since it was trained: ").nth(1).unwrap_or_default();
+    assert!(
+        since.starts_with("input `data/interactions.parquet` changed") && !since.contains("model."),
+        "{t}"
+    );
 }
 
 /// Trains the same small run uninterrupted, killed three times and resumed, and in two halves;
@@ -1544,6 +1551,32 @@ fn skipped(why: &str) {
 }
 
 /// Reads a Parquet file's Arrow schema as "name:type" strings.
+/// Distinct `user_idx` per `split` value of `data/interactions.parquet`, read with arrow-rs.
+fn users_per_split(path: &Path) -> std::collections::HashMap<String, usize> {
+    use arrow_array::{Array, StringArray, UInt32Array};
+    let bytes = bytes::Bytes::from(std::fs::read(path).unwrap());
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for batch in reader {
+        let b = batch.unwrap();
+        let users = b.column_by_name("user_idx").unwrap();
+        let users = users.as_any().downcast_ref::<UInt32Array>().unwrap();
+        let splits = b.column_by_name("split").unwrap();
+        let splits = splits.as_any().downcast_ref::<StringArray>().unwrap();
+        for j in 0..b.num_rows() {
+            seen.insert((splits.value(j).to_owned(), users.value(j)));
+        }
+    }
+    let mut counts = std::collections::HashMap::new();
+    for (split, _) in seen {
+        *counts.entry(split).or_insert(0) += 1;
+    }
+    counts
+}
+
 fn parquet_columns(path: &Path) -> (Vec<String>, usize) {
     let bytes = bytes::Bytes::from(std::fs::read(path).unwrap());
     let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
@@ -2427,6 +2460,15 @@ fn auto_encoder_input_reads_a_thin_catalogue_sparsely() {
     assert!(density < 0.01, "the data is meant to be thin: {density}");
     let trained = json("runs/thin/summary.json");
     assert_eq!(trained["encoder_input"], "sparse", "{trained}");
+    // The users the metrics cover, counted from the interactions' `split` column: with about 8
+    // interactions per user, some users hold no test item.
+    let held_out = users_per_split(&ws.join("data/interactions.parquet"));
+    let users = &trained["users"];
+    assert_eq!(users["all"], 300, "{trained}");
+    for split in ["valid", "test"] {
+        assert_eq!(users[split], held_out[split], "{split}: {trained}");
+    }
+    assert!(held_out["test"] < 300, "every user holds a test item");
     let resolved = "auto resolved by the training matrix's density";
     let logged = "warn,diffrec_trainer::train=info";
     let out = diffrec()
@@ -2441,6 +2483,7 @@ fn auto_encoder_input_reads_a_thin_catalogue_sparsely() {
         "{t}"
     );
     let evaluated = json("runs/thin/summary.json");
+    assert_eq!(evaluated["users"], trained["users"], "{evaluated}");
     for split in ["valid", "test"] {
         let (a, b) = (&trained[split]["recall@20"], &evaluated[split]["recall@20"]);
         assert!(

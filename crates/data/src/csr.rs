@@ -47,6 +47,11 @@ impl CsrMatrix {
         self.indices.len()
     }
 
+    /// Rows with at least one stored entry (with users as rows: the users the split holds).
+    pub fn non_empty_rows(&self) -> usize {
+        self.indptr.windows(2).filter(|w| w[1] > w[0]).count()
+    }
+
     /// Stored entries per column (with users as rows: each item's interactions).
     pub fn col_counts(&self) -> Vec<u64> {
         let mut counts = vec![0u64; self.n_cols];

@@ -51,6 +51,10 @@ pub struct TrainState {
     /// checkpoints written before the field existed.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub written_by: String,
+    /// What `fingerprint` hashes, readable ([`crate::RunSpec::fingerprinted`]): a refused
+    /// resume names what changed from it. Null in checkpoints written before the field existed.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub fingerprinted: serde_json::Value,
 }
 
 /// This binary's name and version, as checkpoints record their writer.
@@ -217,6 +221,7 @@ mod tests {
                 item_clusters: vec![],
                 cluster_weights: vec![],
                 written_by: by.into(),
+                fingerprinted: serde_json::Value::Null,
             })
             .unwrap();
             // Written before the field existed: no key at all.
@@ -254,6 +259,7 @@ mod tests {
             item_clusters: vec![0, 1, 1],
             cluster_weights: vec![1, 2],
             written_by: this_diffrec(),
+            fingerprinted: serde_json::json!({"config": {"model": {"variant": "diffrec"}}}),
         };
         let b = encode(&state, b"model", b"opt", None).unwrap();
         let c = decode(&b).unwrap();

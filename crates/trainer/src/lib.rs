@@ -31,4 +31,4 @@ pub use config::{
     Backend, ConfigError, EmaWarmup, EvaluateConfig, Parallel, RecommendConfig, TrainConfig,
 };
 pub use error::TrainError;
-pub use train::{Progress, RunSpec, Summary, train};
+pub use train::{Progress, RunSpec, Summary, UserCounts, train};

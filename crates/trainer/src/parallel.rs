@@ -784,6 +784,7 @@ mod tests {
             ks: vec![5],
             backend: "cpu".into(),
             fingerprint: String::new(),
+            fingerprinted: serde_json::Value::Null,
             item_clusters: None,
             fresh: true,
         }

@@ -60,6 +60,10 @@ pub struct RunSpec {
     pub backend: String,
     /// Hash of everything that defines the run (configs, input data); checkpoints carry it.
     pub fingerprint: String,
+    /// What `fingerprint` hashes, as the caller wants it read back (the CLI: the config tree
+    /// without the keys the fingerprint leaves out, and the input hashes); checkpoints carry it
+    /// too, so a stopped run refused for another configuration or data can say which.
+    pub fingerprinted: serde_json::Value,
     /// L-DiffRec/LT-DiffRec: each item's cluster (`cluster/item_clusters.parquet`); `None` for
     /// the other variants.
     pub item_clusters: Option<Vec<u32>>,
@@ -126,6 +130,33 @@ pub struct Summary {
     /// other variants and in summaries written before the field existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder_input: Option<EncoderInput>,
+    /// How many users the metrics in `valid` and `test` cover. Absent in summaries written
+    /// before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<UserCounts>,
+}
+
+/// `summary.json`'s `users`: each metric is summed over a split's users with held-out items
+/// and divided by `all` (the authors' convention), so `metric × all / test` is the metric
+/// averaged over the users with test items only, as other libraries report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCounts {
+    /// Users in the data (the metrics' denominator).
+    pub all: usize,
+    /// Users with validation items.
+    pub valid: usize,
+    /// Users with test items.
+    pub test: usize,
+}
+
+impl UserCounts {
+    pub fn of(data: &SplitMatrices) -> Self {
+        UserCounts {
+            all: data.n_users,
+            valid: data.valid.non_empty_rows(),
+            test: data.test.non_empty_rows(),
+        }
+    }
 }
 
 pub fn run_dir(run: &str) -> String {
@@ -446,6 +477,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
             .unwrap_or_default(),
         cluster_weights: clusters.map(|c| c.weights().to_vec()).unwrap_or_default(),
         written_by: this_diffrec(),
+        fingerprinted: spec.fingerprinted.clone(),
     };
     // The run is claimed before its latest checkpoint is read, and each epoch's writes first
     // check that no other process has claimed it since (`ensure_sole_writer`).
@@ -503,8 +535,10 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
         if let Some(note) = state.other_writer() {
             tracing::info!("{note} Its records load; training goes on");
         }
-        // The checkpoints written from here on are this version's.
+        // The checkpoints written from here on are this version's, and say what their
+        // fingerprint hashes (the same fingerprint: the same settings and data).
         state.written_by = this_diffrec();
+        state.fingerprinted = spec.fingerprinted.clone();
         progress(Progress::Resumed { epoch: state.epoch });
         if state.epoch > cfg.epochs {
             tracing::warn!(
@@ -705,7 +739,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
         epoch += 1;
     }
 
-    let summary = summarise(spec, &state, params);
+    let summary = summarise(spec, &state, params, UserCounts::of(data));
     if let Some(claim) = &claim {
         ensure_sole_writer(ws, &spec.run, claim).await?;
         ws.put_json(&summary_key(&spec.run), &summary).await?;
@@ -733,6 +767,18 @@ pub async fn check_resumable(
         Some(state) if state.fingerprint != fingerprint => Err(foreign_run(run)),
         _ => Ok(()),
     }
+}
+
+/// What the run's latest checkpoint was fingerprinted on ([`RunSpec::fingerprinted`]); `None`
+/// without a checkpoint or where it does not say (written before it did).
+pub async fn checkpoint_fingerprinted(
+    ws: &Workspace,
+    run: &str,
+) -> Result<Option<serde_json::Value>, TrainError> {
+    Ok(read_state(ws, &latest_key(run))
+        .await?
+        .map(|s| s.fingerprinted)
+        .filter(|v| !v.is_null()))
 }
 
 /// The training state of the checkpoint at `key` (its head only), `None` when there is none.
@@ -776,7 +822,7 @@ async fn repair_best(
     Ok(())
 }
 
-fn summarise(spec: &RunSpec, state: &TrainState, params: usize) -> Summary {
+fn summarise(spec: &RunSpec, state: &TrainState, params: usize, users: UserCounts) -> Summary {
     let best = state
         .evaluations
         .iter()
@@ -801,6 +847,7 @@ fn summarise(spec: &RunSpec, state: &TrainState, params: usize) -> Summary {
             .variant
             .is_latent()
             .then_some(spec.model.autoencoder.input),
+        users: Some(users),
     }
 }
 
