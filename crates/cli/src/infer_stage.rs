@@ -1,6 +1,8 @@
 //! The evaluate and recommend stages, and the one-user `diffrec recommend` command. Inference
 //! runs on the CPU backend (burn-flex).
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,8 +14,9 @@ use diffrec_data::config::TemporalConfig;
 use diffrec_data::manifest::{StageManifest, manifest_key, upstream_hashes};
 use diffrec_data::{DataError, Workspace, load_splits};
 use diffrec_model::ModelConfig;
+use diffrec_trainer::Exclude;
 use diffrec_trainer::config::Backend;
-use diffrec_trainer::infer::{load_best, recommend_all, recommend_history};
+use diffrec_trainer::infer::{excluded, load_best, recommend_all, recommend_history};
 use diffrec_trainer::pool::on_pool_thread;
 use diffrec_trainer::train::{
     Summary, UserCounts, best_key, diffusion_of, evaluate, model_input, recommendations_key,
@@ -156,10 +159,28 @@ fn best_sha256<'a>(manifest: &'a StageManifest, run: &str) -> Option<&'a str> {
 /// The model settings a finished run was trained with (its manifest's `config.model`), and
 /// the manifest; refused when the run has none (still training, or stopped).
 async fn trained_run(ws: &Workspace, run: &str) -> Result<(ModelConfig, StageManifest)> {
-    let manifest = ws
-        .get_json::<StageManifest>(&manifest_key(&run_dir(run)))
-        .await?
-        .ok_or_else(|| unfinished(run, &format!("runs/{run}/_manifest.json")))?;
+    let key = manifest_key(&run_dir(run));
+    let Some(manifest) = ws.get_json::<StageManifest>(&key).await? else {
+        if !ws.list(&run_dir(run)).await?.is_empty() {
+            return Err(unfinished(run, &key).into());
+        }
+        // No such run at all: a typo, say. Name the runs there are.
+        let finished: Vec<String> = ws
+            .list("runs")
+            .await?
+            .iter()
+            .filter_map(|k| k.strip_prefix("runs/")?.strip_suffix("/_manifest.json"))
+            .map(|r| format!("`{r}`"))
+            .collect();
+        return Err(UsageError(format!(
+            "no run `{run}` in the workspace: check the name, or train it first ({})",
+            match finished.is_empty() {
+                true => "the workspace holds no finished run".to_owned(),
+                false => format!("finished runs: {}", finished.join(", ")),
+            }
+        ))
+        .into());
+    };
     let model = serde_json::from_value(manifest.config["model"].clone())
         .context("the run manifest holds no readable model configuration")?;
     Ok((model, manifest))
@@ -207,8 +228,8 @@ pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     Ok(())
 }
 
-/// Writes `runs/<name>/recommendations.parquet`: top-`recommend.k` per user, training items
-/// excluded, original ids.
+/// Writes `runs/<name>/recommendations.parquet`: top-`recommend.k` per user, the user's items
+/// that `recommend.exclude` names left out, original ids.
 pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     let p = &loaded.pipeline;
     let RunModel {
@@ -218,7 +239,14 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
         dev,
     } = RunModel::load(ws, loaded).await?;
     let recs = on_pool_thread(true, || {
-        recommend_all(&model, &p.model, &input, &data, p.recommend.k, &dev)
+        recommend_all(
+            &model,
+            &p.model,
+            &input,
+            &data,
+            (p.recommend.k, p.recommend.exclude),
+            &dev,
+        )
     })?;
     let users = load_ids(ws, "user").await?;
     let items = load_ids(ws, "item").await?;
@@ -242,10 +270,11 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     if short > 0 {
         tracing::warn!(
             "recommend.k {}: {short} of {} users get fewer items (the model knows {}, and a \
-             user's training items are never recommended back)",
+             user's {} are never recommended back)",
             p.recommend.k,
             recs.len(),
-            items.len()
+            items.len(),
+            excluded_items(p.recommend.exclude),
         );
     }
     let batch = RecordBatch::try_new(
@@ -285,13 +314,55 @@ async fn temporal_weights(ws: &Workspace) -> Result<TemporalConfig> {
         })
 }
 
+/// What `exclude` keeps out of a user's recommendations, in words.
+fn excluded_items(exclude: Exclude) -> &'static str {
+    match exclude {
+        Exclude::Seen => "items (training, validation and test)",
+        Exclude::Train => "training items",
+    }
+}
+
+/// Each id's index.
+fn id_index(ids: &[String]) -> HashMap<&str, u32> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i as u32))
+        .collect()
+}
+
+/// The index of `id` among `ids` as written or, failing that, without the spaces around it
+/// (`--history 'a, b'`, a padded line of `--history-file`), so that an id ingested with spaces
+/// is found too.
+fn find_id(index: &HashMap<&str, u32>, id: &str) -> Option<u32> {
+    index.get(id).or_else(|| index.get(id.trim())).copied()
+}
+
+/// A field of `diffrec recommend`'s tab-separated output: tab, line feed, carriage return and
+/// backslash escaped as `\t`, `\n`, `\r` and `\\` (PostgreSQL's text format), so that every
+/// line has three fields whatever the ids hold.
+fn tsv_field(s: &str) -> Cow<'_, str> {
+    if !s.contains(['\t', '\n', '\r', '\\']) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        match c {
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// `diffrec recommend`: top-K for one known user, or for a history of item ids (oldest first).
 pub async fn recommend_one(
     ws_url: &str,
     run: &str,
-    user: Option<&str>,
-    history: Option<Vec<String>>,
-    k: usize,
+    (user, history): (Option<&str>, Option<Vec<String>>),
+    (k, exclude): (usize, Exclude),
 ) -> Result<()> {
     let ws = Workspace::open_existing(ws_url).map_err(|e| {
         let no_folder =
@@ -314,29 +385,27 @@ pub async fn recommend_one(
     let recs = match (user, history) {
         (Some(id), None) => {
             let users = load_ids(&ws, "user").await?;
-            let u = users.iter().position(|x| x == id).ok_or_else(|| {
+            let u = find_id(&id_index(&users), id).ok_or_else(|| {
                 UsageError(format!(
                     "user {id:?} is not in the training data; pass --history or --history-file instead"
                 ))
-            })?;
+            })? as usize;
             let input = model_input(&data.train, model_cfg.variant);
             let (idx, vals) = input.row(u);
             let history: Vec<(u32, f32)> = idx.iter().copied().zip(vals.iter().copied()).collect();
-            recommend_history(&model, &model_cfg, items.len(), &history, k, &dev)?
+            let mut seen = Vec::new();
+            let never = excluded(&data, u, exclude, &mut seen);
+            recommend_history(&model, &model_cfg, (items.len(), k), &history, never, &dev)?
         }
         (None, Some(h)) => {
-            let index: std::collections::HashMap<&str, u32> = items
-                .iter()
-                .enumerate()
-                .map(|(i, id)| (id.as_str(), i as u32))
-                .collect();
+            let index = id_index(&items);
             let mut seen = std::collections::HashSet::new();
             let mut hist = Vec::new();
-            for id in h.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-                match index.get(id) {
+            for id in h.iter().filter(|s| !s.trim().is_empty()) {
+                match find_id(&index, id) {
                     // An item named twice is one interaction, as in training.
-                    Some(&i) if !seen.insert(i) => {}
-                    Some(&i) => hist.push((i, 1.0)),
+                    Some(i) if !seen.insert(i) => {}
+                    Some(i) => hist.push((i, 1.0)),
                     None => tracing::warn!("item {id:?} is unknown to the model, ignored"),
                 }
             }
@@ -352,7 +421,7 @@ pub async fn recommend_one(
                     *w = weight;
                 }
             }
-            recommend_history(&model, &model_cfg, items.len(), &hist, k, &dev)?
+            recommend_history(&model, &model_cfg, (items.len(), k), &hist, &[], &dev)?
         }
         _ => {
             return Err(
@@ -360,15 +429,19 @@ pub async fn recommend_one(
             );
         }
     };
+    let whose = match user {
+        Some(_) => excluded_items(exclude).replacen("items", "the user's items", 1),
+        None => "the history's items".to_owned(),
+    };
     if recs.is_empty() {
         tracing::warn!(
-            "nothing to recommend: the history holds every item the model knows (its items are \
-             never recommended back)"
+            "nothing to recommend: {whose} are every item the model knows, and they are never \
+             recommended back"
         );
     } else if recs.len() < k {
         tracing::warn!(
-            "{} items recommended, fewer than --k {k}: the model knows {} items, and the \
-             history's are never recommended back",
+            "{} items recommended, fewer than --k {k}: the model knows {} items, and {whose} are \
+             never recommended back",
             recs.len(),
             items.len()
         );
@@ -376,8 +449,41 @@ pub async fn recommend_one(
     crate::stdout::write_data(|out| {
         writeln!(out, "rank\titem_id\tscore")?;
         for (r, (i, s)) in recs.iter().enumerate() {
-            writeln!(out, "{}\t{}\t{:.5}", r + 1, items[*i as usize], s)?;
+            writeln!(
+                out,
+                "{}\t{}\t{:.5}",
+                r + 1,
+                tsv_field(&items[*i as usize]),
+                s
+            )?;
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_fields_escape_what_would_split_a_line() {
+        assert_eq!(tsv_field("m 12"), "m 12");
+        assert!(matches!(tsv_field("plain"), Cow::Borrowed(_)));
+        assert_eq!(tsv_field("a\tb"), r"a\tb");
+        assert_eq!(tsv_field("a\r\nb"), r"a\r\nb");
+        // The backslash itself, so that `a\tb` written by an id is not read back as a tab.
+        assert_eq!(tsv_field(r"a\tb"), r"a\\tb");
+    }
+
+    #[test]
+    fn ids_are_found_as_written_then_without_surrounding_spaces() {
+        let ids = [" padded ", "b", "c "].map(str::to_owned);
+        let index = id_index(&ids);
+        assert_eq!(find_id(&index, " padded "), Some(0));
+        assert_eq!(find_id(&index, " b"), Some(1));
+        assert_eq!(find_id(&index, "c "), Some(2));
+        // Only spaces around the id as given are dropped, not added.
+        assert_eq!(find_id(&index, "padded"), None);
+        assert_eq!(find_id(&index, "c"), None);
+    }
 }

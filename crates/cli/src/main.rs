@@ -133,6 +133,10 @@ enum Command {
     },
     /// Print top-K items from a trained run's best checkpoint, for one user of the training
     /// data (`--user`) or for any list of items (`--history`, no retraining needed).
+    ///
+    /// Output: tab-separated lines `rank`, `item_id` (the original id; a tab, line feed,
+    /// carriage return or backslash in it written as \t, \n, \r, \\), `score` (5 decimals;
+    /// higher ranks first; comparable within one run only), after a header line.
     #[command(group(ArgGroup::new("who").required(true).args(["user", "history", "history_file"])))]
     Recommend {
         /// Workspace URL holding the run.
@@ -151,13 +155,19 @@ enum Command {
         #[arg(long)]
         history: Option<String>,
         /// As --history, one item id per line (`-`: standard input), for ids that hold commas
-        /// and for long histories. Blank lines are skipped; ids are used as written, spaces
-        /// around them removed.
+        /// and for long histories. Blank lines are skipped. Here, in --history and in --user an
+        /// id is looked up as written and, if the model does not know it, without the spaces
+        /// around it.
         #[arg(long, value_name = "FILE")]
         history_file: Option<PathBuf>,
         /// How many items (at least 1).
         #[arg(long, default_value_t = NonZeroUsize::new(20).expect("20 > 0"))]
         k: NonZeroUsize,
+        /// With --user, which of the user's items are never recommended back: `seen` = all of
+        /// them (training, validation and test), `train` = the training items only (as
+        /// `recommend.exclude` in a pipeline). With a history, its items are left out.
+        #[arg(long, default_value = "seen", value_parser = ["seen", "train"])]
+        exclude: String,
     },
     /// Run burn-collective's global orchestrator for multi-node data-parallel training: each
     /// node's trainer (`train.nodes`, `train.node_rank`, `train.orchestrator: HOST:PORT`,
@@ -325,13 +335,24 @@ async fn dispatch(command: Command) -> Result<()> {
             history,
             history_file,
             k,
+            exclude,
         } => {
             let history = match (history, history_file) {
                 (Some(list), _) => Some(list.split(',').map(str::to_owned).collect()),
                 (None, Some(file)) => Some(read_history_file(&file)?),
                 (None, None) => None,
             };
-            infer_stage::recommend_one(&workspace, &run, user.as_deref(), history, k.get()).await
+            let exclude = match exclude.as_str() {
+                "train" => diffrec_trainer::Exclude::Train,
+                _ => diffrec_trainer::Exclude::Seen,
+            };
+            infer_stage::recommend_one(
+                &workspace,
+                &run,
+                (user.as_deref(), history),
+                (k.get(), exclude),
+            )
+            .await
         }
         Command::Orchestrator { bind } => {
             let port = diffrec_trainer::config::host_port(&bind).ok_or_else(|| {

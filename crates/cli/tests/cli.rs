@@ -219,6 +219,43 @@ fn demo_runs_every_stage_and_beats_popularity() {
         String::from_utf8(out.stdout).unwrap()
     };
     assert_eq!(history("1,2,2,3,1"), history("1,2,3"));
+    // `--exclude train` ranks the user's validation and test items too; the default (`seen`)
+    // list is that ranking without them.
+    let ranked = |args: &[&str]| -> Vec<String> {
+        let out = recommend(&ws, "quickstart", args, None);
+        assert!(out.status.success(), "{}", text(&out));
+        let lines = String::from_utf8(out.stdout).unwrap();
+        lines
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').nth(1).unwrap().to_owned())
+            .collect()
+    };
+    let held_out: Vec<String> = rt.block_on(async {
+        let w = diffrec_data::Workspace::open(ws.to_str().unwrap()).unwrap();
+        let d = diffrec_data::load_splits(&w).await.unwrap();
+        let items = diffrec_data::artifacts::load_ids(&w, "item").await.unwrap();
+        let users = diffrec_data::artifacts::load_ids(&w, "user").await.unwrap();
+        let u = users.iter().position(|x| x == "u5").unwrap();
+        let mut held: Vec<u32> = [&d.valid, &d.test]
+            .iter()
+            .flat_map(|m| m.row(u).0.to_vec())
+            .collect();
+        held.sort_unstable();
+        held.dedup();
+        held.iter().map(|&i| items[i as usize].clone()).collect()
+    });
+    assert!(!held_out.is_empty(), "u5 holds no validation or test item");
+    let k = 10;
+    let wide = (k + held_out.len()).to_string();
+    let train_only = ranked(&["--user", "u5", "--k", &wide, "--exclude", "train"]);
+    let seen = ranked(&["--user", "u5", "--k", &k.to_string()]);
+    let without: Vec<String> = train_only
+        .into_iter()
+        .filter(|i| !held_out.contains(i))
+        .take(k)
+        .collect();
+    assert_eq!(seen, without, "held out: {held_out:?}");
     // The same history one id per line on stdin (spaces and blank lines aside); a line is one
     // id, commas and all, so `1,2` is an unknown id, not two.
     let history_file =
@@ -243,7 +280,8 @@ fn demo_runs_every_stage_and_beats_popularity() {
         ),
         (
             &["--run", "nosuch", "--user", "u5"],
-            "run `nosuch` has not finished training",
+            "no run `nosuch` in the workspace: check the name, or train it first (finished \
+             runs: `quickstart`)",
         ),
         (&["--run", "quickstart", "--user", "u5", "--k", "0"], "--k"),
         (
@@ -1523,15 +1561,21 @@ fn check_recommendations(rt: &tokio::runtime::Runtime, ws: &Path, run: &str, k: 
     for (n, chunk) in rows.chunks(k).enumerate() {
         let u = chunk[0].0;
         assert_eq!(u, n, "every user once");
-        let train = data.train.row(u).0;
         for (j, &(cu, rank, item, score)) in chunk.iter().enumerate() {
             assert_eq!((cu, rank as usize), (u, j + 1), "user {}: ranks", users[u]);
-            assert!(
-                train.binary_search(&(item as u32)).is_err(),
-                "user {}: training item {} recommended",
-                users[u],
-                items[item]
-            );
+            // `recommend.exclude: seen`, the default: none of the user's items, in any split.
+            for (split, m) in [
+                ("train", &data.train),
+                ("valid", &data.valid),
+                ("test", &data.test),
+            ] {
+                assert!(
+                    m.row(u).0.binary_search(&(item as u32)).is_err(),
+                    "user {}: {split} item {} recommended",
+                    users[u],
+                    items[item]
+                );
+            }
             if j > 0 {
                 assert!(
                     score <= chunk[j - 1].3,
@@ -1550,7 +1594,6 @@ fn skipped(why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {why}");
 }
 
-/// Reads a Parquet file's Arrow schema as "name:type" strings.
 /// Distinct `user_idx` per `split` value of `data/interactions.parquet`, read with arrow-rs.
 fn users_per_split(path: &Path) -> std::collections::HashMap<String, usize> {
     use arrow_array::{Array, StringArray, UInt32Array};
@@ -1577,6 +1620,7 @@ fn users_per_split(path: &Path) -> std::collections::HashMap<String, usize> {
     counts
 }
 
+/// Reads a Parquet file's Arrow schema as "name:type" strings.
 fn parquet_columns(path: &Path) -> (Vec<String>, usize) {
     let bytes = bytes::Bytes::from(std::fs::read(path).unwrap());
     let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
@@ -1637,7 +1681,8 @@ fn history_of_a_time_weighted_run_is_weighted_by_time() {
         assert!(out.status.success(), "{}", text(&out));
         String::from_utf8(out.stdout).unwrap()
     };
-    let known = top(&["--user", &user]);
+    // The user's training items as a history leave out what `--exclude train` leaves out.
+    let known = top(&["--user", &user, "--exclude", "train"]);
     assert_eq!(top(&["--history", &items.join(",")]), known);
     items.reverse();
     assert_ne!(top(&["--history", &items.join(",")]), known);

@@ -214,6 +214,21 @@ pub struct RecommendConfig {
     /// `recommend.k`: items per user in `recommendations.parquet`. Default 20.
     #[serde(default = "default_k")]
     pub k: usize,
+    /// `recommend.exclude`: which of a user's items are never recommended back. Default `seen`.
+    #[serde(default)]
+    pub exclude: Exclude,
+}
+
+/// `recommend.exclude` (and `diffrec recommend --exclude`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exclude {
+    /// Every item the user has in the ingested data: training, validation and test.
+    #[default]
+    Seen,
+    /// The training items only (the model's input; the validation metrics mask these, the
+    /// test metrics these and the validation items).
+    Train,
 }
 
 impl Default for TrainConfig {
@@ -249,7 +264,10 @@ impl Default for EvaluateConfig {
 }
 impl Default for RecommendConfig {
     fn default() -> Self {
-        RecommendConfig { k: default_k() }
+        RecommendConfig {
+            k: default_k(),
+            exclude: Exclude::default(),
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
 use diffrec_model::{Denoiser, InitScheme, ItemClusters, LatentDiffRec, ModelConfig, Recommender};
 
 use crate::checkpoint::{Checkpoint, decode};
+use crate::config::Exclude;
 use crate::error::TrainError;
 use crate::learner::{Origin, load_recommender};
 use crate::metrics::top_k;
@@ -109,7 +110,7 @@ pub fn recommend_all<B: Backend>(
     cfg: &ModelConfig,
     input: &CsrMatrix,
     data: &SplitMatrices,
-    k: usize,
+    (k, exclude): (usize, Exclude),
     device: &B::Device,
 ) -> Result<Vec<Vec<(u32, f32)>>, TrainError> {
     let diffusion = diffusion_of(cfg)?;
@@ -117,25 +118,49 @@ pub fn recommend_all<B: Backend>(
     let users: Vec<usize> = (0..data.n_users).collect();
     let mut out = Vec::with_capacity(users.len());
     let prepared = model.prepare(&diffusion);
+    let mut seen = Vec::new();
     for block in users.chunks(eval_block(n_items)) {
         let scores = score_rows(model, &diffusion, &prepared, input, block, n_items, device);
         for (row, &u) in block.iter().enumerate() {
             let s = &scores[row * n_items..(row + 1) * n_items];
-            let top = top_k(s, data.train.row(u).0, k);
+            let top = top_k(s, excluded(data, u, exclude, &mut seen), k);
             out.push(top.into_iter().map(|i| (i, s[i as usize])).collect());
         }
     }
     Ok(out)
 }
 
+/// User `u`'s items that `exclude` keeps out of their recommendations, sorted (`seen`, reused
+/// across users, holds them where they span several splits).
+pub fn excluded<'a>(
+    data: &'a SplitMatrices,
+    u: usize,
+    exclude: Exclude,
+    seen: &'a mut Vec<u32>,
+) -> &'a [u32] {
+    match exclude {
+        Exclude::Train => data.train.row(u).0,
+        Exclude::Seen => {
+            seen.clear();
+            for split in [&data.train, &data.valid, &data.test] {
+                seen.extend_from_slice(split.row(u).0);
+            }
+            seen.sort_unstable();
+            seen.dedup();
+            seen
+        }
+    }
+}
+
 /// Top-`k` items for an arbitrary history (item indices with their input weights; duplicates
-/// summed), the history excluded. Serves both known users (their training row) and fold-in.
+/// summed), neither the history's items nor `also` (sorted) recommended. Serves both known
+/// users (their training row, `also` their other items) and fold-in.
 pub fn recommend_history<B: Backend>(
     model: &Recommender<B>,
     cfg: &ModelConfig,
-    n_items: usize,
+    (n_items, k): (usize, usize),
     history: &[(u32, f32)],
-    k: usize,
+    also: &[u32],
     device: &B::Device,
 ) -> Result<Vec<(u32, f32)>, TrainError> {
     let diffusion = diffusion_of(cfg)?;
@@ -146,6 +171,9 @@ pub fn recommend_history<B: Backend>(
     );
     let prepared = model.prepare(&diffusion);
     let scores = score_rows(model, &diffusion, &prepared, &row, &[0], n_items, device);
-    let top = top_k(&scores, row.row(0).0, k);
+    let mut never: Vec<u32> = row.row(0).0.iter().chain(also).copied().collect();
+    never.sort_unstable();
+    never.dedup();
+    let top = top_k(&scores, &never, k);
     Ok(top.into_iter().map(|i| (i, scores[i as usize])).collect())
 }

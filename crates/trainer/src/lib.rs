@@ -28,7 +28,8 @@ pub mod train;
 
 pub use backend::train_on;
 pub use config::{
-    Backend, ConfigError, EmaWarmup, EvaluateConfig, Parallel, RecommendConfig, TrainConfig,
+    Backend, ConfigError, EmaWarmup, EvaluateConfig, Exclude, Parallel, RecommendConfig,
+    TrainConfig,
 };
 pub use error::TrainError;
 pub use train::{Progress, RunSpec, Summary, UserCounts, train};
