@@ -87,13 +87,24 @@ async fn changed_since_trained(
 /// The `train` keys the checkpoint fingerprint leaves out: how long to train and when to stop
 /// do not change the trajectory, so a run can be extended or resumed with more epochs; nor do
 /// the devices and how they share the work (data- and model-parallel training equal one
-/// device's up to float error, as the trainer's tests show), so a run resumes on other devices,
-/// after losing a GPU, say.
-const FINGERPRINT_LEAVES_OUT: &[&str] = &["epochs", "patience", "devices", "parallel"];
+/// device's up to float error, as the trainer's tests show), or over how many nodes (the same
+/// replicas in all), so a run resumes on other devices, after losing a GPU or a machine, say.
+const FINGERPRINT_LEAVES_OUT: &[&str] = &["epochs", "patience", "devices", "parallel", "nodes"];
 
-/// What the fingerprint left out before 2026-12-01: the checkpoints of runs started then carry
-/// this one, and those runs keep their devices.
-const LEGACY_LEAVES_OUT: &[&str] = &["epochs", "patience"];
+/// What the fingerprint left out before, newest first, with what a run started then keeps:
+/// the checkpoints of runs started then carry those fingerprints, and resume with them.
+const EARLIER_LEAVES_OUT: &[(&[&str], &str)] = &[
+    (
+        &["epochs", "patience", "devices", "parallel"],
+        "a run started before diffrec let runs resume on another number of nodes keeps its \
+         train.nodes",
+    ),
+    (
+        &["epochs", "patience"],
+        "a run started before diffrec let runs resume on other devices keeps its \
+         train.devices, train.parallel and train.nodes",
+    ),
+];
 
 /// The checkpoint fingerprint of a run's config tree (`trajectory`: what the fingerprint
 /// covers of it) trained on `inputs`.
@@ -134,7 +145,8 @@ async fn recorded_spelling(
     if !ws.exists(&latest_key(run)).await? {
         return Ok(config);
     }
-    for leaves in [FINGERPRINT_LEAVES_OUT, LEGACY_LEAVES_OUT] {
+    let earlier = EARLIER_LEAVES_OUT.iter().map(|(leaves, _)| *leaves);
+    for leaves in std::iter::once(FINGERPRINT_LEAVES_OUT).chain(earlier) {
         let mut t = other.clone();
         remove_train_keys(&mut t, leaves);
         if check_resumable(ws, run, &fingerprint_of(&t, inputs)?)
@@ -357,7 +369,6 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     let fingerprint_of = |t: &serde_json::Value| fingerprint_of(t, &inputs);
     let trajectory = trajectory_without(FINGERPRINT_LEAVES_OUT);
     let mut fingerprint = fingerprint_of(&trajectory)?;
-    let legacy = trajectory_without(LEGACY_LEAVES_OUT);
     // What the fingerprint hashes, for checkpoints to carry (`changed_since_trained`).
     let fingerprinted = |t: &serde_json::Value| serde_json::json!({"config": t, "inputs": &inputs});
     let mut hashed = fingerprinted(&trajectory);
@@ -366,11 +377,15 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         true => Ok(()),
         false => check_resumable(ws, &p.name, &fingerprint).await,
     };
-    if resumable.is_err() {
-        let old = fingerprint_of(&legacy)?;
+    for (leaves, _) in EARLIER_LEAVES_OUT {
+        if resumable.is_ok() {
+            break;
+        }
+        let earlier = trajectory_without(leaves);
+        let old = fingerprint_of(&earlier)?;
         if check_resumable(ws, &p.name, &old).await.is_ok() {
             (fingerprint, resumable) = (old, Ok(()));
-            hashed = fingerprinted(&legacy);
+            hashed = fingerprinted(&earlier);
         }
     }
     // A finished run whose data changed since (a scheduled refresh: new events ingested, and
@@ -394,25 +409,19 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         (anew, resumable) = (true, Ok(()));
     }
     if let Err(e) = resumable {
-        let changed = match changed_since_trained(
-            ws,
-            &p.name,
-            (&trajectory, FINGERPRINT_LEAVES_OUT),
-            &inputs,
-        )
-        .await
-        {
-            Some(changed) => Some(changed),
-            // Nothing the fingerprint covers now: a run started before the devices left it.
-            None => changed_since_trained(ws, &p.name, (&legacy, LEGACY_LEAVES_OUT), &inputs)
+        let mut changed =
+            changed_since_trained(ws, &p.name, (&trajectory, FINGERPRINT_LEAVES_OUT), &inputs)
+                .await;
+        // Nothing the fingerprint covers now: a run started before some keys left it.
+        for (leaves, note) in EARLIER_LEAVES_OUT {
+            if changed.is_some() {
+                break;
+            }
+            let earlier = trajectory_without(leaves);
+            changed = changed_since_trained(ws, &p.name, (&earlier, leaves), &inputs)
                 .await
-                .map(|changed| {
-                    format!(
-                        "{changed} (a run started before diffrec let runs resume on other \
-                         devices keeps its train.devices and train.parallel)"
-                    )
-                }),
-        };
+                .map(|changed| format!("{changed} ({note})"));
+        }
         return Err(match (e, changed) {
             (TrainError::Input(why), Some(changed)) => {
                 UsageError(format!("{why}. Since it was trained: {changed}{}", {

@@ -2278,12 +2278,13 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
         text(&out)
     );
     assert!(!text(&out).contains("listening on"), "{}", text(&out));
-    // Nodes `ranks` of a 2-node run in `ws`, rank r with `extra(r)`; each one's exit status
+    // Nodes `ranks` of a 2-node run in `ws` (rank r in `ws[r]`, or the last), rank r with
+    // `extra(r)`; each one's exit status
     // and stderr once all have ended (a node still running after two minutes fails the test).
     // `what`: "train" (`diffrec stage train`) or "run" (`diffrec run`).
     let run_nodes = |what: &str,
                      tag: &str,
-                     ws: &Path,
+                     ws: &[&Path],
                      ranks: &[usize],
                      extra: &dyn Fn(usize) -> Vec<String>| {
         let nodes: Vec<_> = ranks
@@ -2304,7 +2305,7 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
                 };
                 // The default log filter, as a user runs it.
                 Reaped(
-                    stage(what, ws, &sets)
+                    stage(what, ws[rank.min(ws.len() - 1)], &sets)
                         .args(&flags)
                         .env_remove("RUST_LOG")
                         .stdout(log("out"))
@@ -2345,7 +2346,7 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
             assert!(err.contains(says), "node {rank}: {err}");
         }
     };
-    for (rank, (status, err)) in run_nodes("train", "node", &two, &[0, 1], &|_| vec![])
+    for (rank, (status, err)) in run_nodes("train", "node", &[&two], &[0, 1], &|_| vec![])
         .iter()
         .enumerate()
     {
@@ -2390,7 +2391,7 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
         1 => vec!["--force".to_string(), "train.seed=7".to_string()],
         _ => vec!["--force".to_string()],
     };
-    each_ends(run_nodes("train", "force", &two, &[0, 1], &force), 2, "");
+    each_ends(run_nodes("train", "force", &[&two], &[0, 1], &force), 2, "");
     run_is_intact("another seed");
     assert!(two.join("runs/g/_manifest.json").exists());
     // ... with `--force` on node 0 alone, at the start epoch: node 1 resumes after epoch 4
@@ -2398,7 +2399,7 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     std::fs::remove_file(two.join("runs/g/_manifest.json")).unwrap();
     let node_0_forced = on_rank(0, "--force");
     each_ends(
-        run_nodes("train", "force0", &two, &[0, 1], &node_0_forced),
+        run_nodes("train", "force0", &[&two], &[0, 1], &node_0_forced),
         2,
         "only some nodes were given --force",
     );
@@ -2411,27 +2412,27 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     assert!(out.status.success(), "{}", text(&out));
     let seed = on_rank(1, "train.seed=7");
     each_ends(
-        run_nodes("train", "seed", &three, &[0, 1], &seed),
+        run_nodes("train", "seed", &[&three], &[0, 1], &seed),
         2,
         "the nodes train different runs",
     );
     assert!(!three.join("runs/g/_manifest.json").exists());
     let epochs = on_rank(1, "train.epochs=6");
     each_ends(
-        run_nodes("train", "epochs", &three, &[0, 1], &epochs),
+        run_nodes("train", "epochs", &[&three], &[0, 1], &epochs),
         2,
         "would stop at different epochs",
     );
     // A node whose tensor-service port is taken says so at once (exit 2).
     let taken = std::net::TcpListener::bind(("0.0.0.0", base + 1)).unwrap();
-    let ends = run_nodes("train", "taken", &three, &[0], &|_| vec![]);
+    let ends = run_nodes("train", "taken", &[&three], &[0], &|_| vec![]);
     drop(taken);
     each_ends(ends, 2, &format!("cannot listen on port {}", base + 1));
 
     // A node whose peer never comes stops after train.peer_timeout, saying what it waited for.
     let alone = |_| vec!["train.peer_timeout=2".to_string()];
     each_ends(
-        run_nodes("train", "alone", &three, &[0], &alone),
+        run_nodes("train", "alone", &[&three], &[0], &alone),
         1,
         "node 0 waited train.peer_timeout (2 s) for all 2 nodes to join",
     );
@@ -2440,17 +2441,58 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     // nodes train on the same orchestrator without a restart.
     std::thread::sleep(Duration::from_millis(300));
     each_ends(
-        run_nodes("train", "again", &three, &[0, 1], &|_| vec![]),
+        run_nodes("train", "again", &[&three], &[0, 1], &|_| vec![]),
         0,
         "",
     );
     assert!(three.join("runs/g/_manifest.json").exists());
+    // Nodes with different numbers of devices stop before the first step, saying so (with
+    // --force on both: without, node 1 would find the run up to date and exit).
+    let devices = |rank: usize| match rank {
+        0 => vec![
+            "--force".to_string(),
+            "train.devices=[cpu, cpu]".to_string(),
+        ],
+        _ => vec!["--force".to_string()],
+    };
+    each_ends(
+        run_nodes("train", "devices", &[&three], &[0, 1], &devices),
+        2,
+        "the nodes have different numbers of devices (node 0 2, node 1 1)",
+    );
+    // The run trained on two nodes goes on in one process with as many devices (a machine
+    // lost, say): the node count is no part of the run.
+    let out = stage(
+        "train",
+        &three,
+        &["train.devices=[cpu, cpu]".into(), "train.epochs=6".into()],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success() && text(&out).contains("resuming after epoch 4"),
+        "{}",
+        text(&out)
+    );
+    // Nodes on two workspaces holding the same data would each resume from their own
+    // checkpoints: stopped at the start, before anything is trained or written.
+    let (five, six) = (dir.join("five"), dir.join("six"));
+    for ws in [&five, &six] {
+        let out = stage("ingest", ws, &[]).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    each_ends(
+        run_nodes("train", "apart", &[&five, &six], &[0, 1], &|_| vec![]),
+        2,
+        "the nodes do not share one workspace",
+    );
+    assert!(!five.join("runs/g/checkpoints/latest.ckpt").exists());
 
     // The same `diffrec run` started at once on both nodes, in a new workspace: node 1 waits
     // for node 0's ingest, trains, and leaves evaluation and recommendations to node 0.
     let four = dir.join("four");
     each_ends(
-        run_nodes("run", "whole", &four, &[0, 1], &|_| vec![]),
+        run_nodes("run", "whole", &[&four], &[0, 1], &|_| vec![]),
         0,
         "",
     );

@@ -33,6 +33,11 @@ impl Claim {
         })
     }
 
+    /// This process's token, as written at the claim's key.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// Gives the claim back to the holder it was taken from, when this process still holds it
     /// and wrote nothing (its work failed before writing): an earlier process still writing
     /// goes on instead of stopping for a process that gave up. Best effort: a failure leaves

@@ -443,7 +443,22 @@ impl TrainConfig {
                     return Err(err(key, "needed when train.nodes > 1 (HOST:PORT)"));
                 };
                 if host_port(v).is_none() {
-                    return Err(err(key, format!("expected HOST:PORT, got {v:?}")));
+                    return Err(err(
+                        key,
+                        format!("expected HOST:PORT with a port from 1 to 65535, got {v:?}"),
+                    ));
+                }
+                // Other machines reach a node at its address: a wildcard names none.
+                let host = v.strip_prefix("ws://").unwrap_or(v);
+                let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                if ["0.0.0.0", "[::]", "::"].contains(&host) {
+                    return Err(err(
+                        key,
+                        format!(
+                            "{v:?} is a wildcard, which names no machine: give the address the \
+                             other nodes reach this one at"
+                        ),
+                    ));
                 }
             }
         }
@@ -521,6 +536,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.validate().unwrap_err().key, "train.node_address");
+        let t: TrainConfig = serde_json::from_str(
+            r#"{"nodes": 2, "node_rank": 1, "orchestrator": "127.0.0.1:4000", "node_address": "0.0.0.0:4001"}"#,
+        )
+        .unwrap();
+        let e = t.validate().unwrap_err();
+        assert_eq!(e.key, "train.node_address");
+        assert!(e.to_string().contains("wildcard"), "{e}");
         for bad in ["127.0.0.1:0", "http://127.0.0.1:4000", "h:1/x", ":4000"] {
             assert_eq!(host_port(bad), None, "{bad}");
         }

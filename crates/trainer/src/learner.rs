@@ -113,6 +113,12 @@ pub(crate) trait Learner<B: AutodiffBackend>: Sized {
     fn agree_on_start(&self, _epoch: usize) -> Result<(), TrainError> {
         Ok(())
     }
+    /// Checks, after [`Learner::agree_on_start`] (by then node 0 has claimed the run), that
+    /// every node of a multi-node run reads node 0's `claim` token in its workspace: that they
+    /// share one. Nothing to check within one process.
+    fn agree_on_workspace(&self, _claim: &str) -> Result<(), TrainError> {
+        Ok(())
+    }
 }
 
 pub(crate) fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {

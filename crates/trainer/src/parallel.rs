@@ -27,6 +27,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::backend::AutodiffBackend;
+use diffrec_data::workspace::sha256_hex;
 use diffrec_model::{GaussianDiffusion, Recommender};
 
 use crate::config::{TrainConfig, host_port, try_listen};
@@ -428,10 +429,11 @@ where
     }
 
     /// Checks that every node holds the same `values` (compared mod 2^16), each node under its
-    /// own rank; `clash(k)` says what a difference in `values[k]` means. With one node there is
-    /// nothing to check. The values are gathered by a sum: node r's replicas write a 1 and the
-    /// values into slot r of a zero vector, so every node sees the same table and reaches the
-    /// same verdict (all stop, each saying why). Exact in f32 for up to 256 local devices.
+    /// own rank and with as many devices; `clash(k)` says what a difference in `values[k]`
+    /// means. With one node there is nothing to check. The values are gathered by a sum: node
+    /// r's first replica writes a 1, its device count and the values into slot r of a zero
+    /// vector (its other replicas add zeros), so every node sees the same table and reaches the
+    /// same verdict (all stop, each saying why).
     fn check_same(
         &self,
         values: &[usize],
@@ -440,15 +442,18 @@ where
         if self.nodes < 2 {
             return Ok(());
         }
-        let (local, width) = (self.replicas.len(), values.len() + 1);
-        let mut v = vec![0f32; self.nodes * width];
+        let (local, width) = (self.replicas.len(), values.len() + 2);
+        let zeros = vec![0f32; self.nodes * width];
+        let mut v = zeros.clone();
         let slot = &mut v[self.node_rank * width..(self.node_rank + 1) * width];
         slot[0] = 1.0;
-        for (x, &w) in slot[1..].iter_mut().zip(values) {
+        slot[1] = (local % 65_536) as f32;
+        for (x, &w) in slot[2..].iter_mut().zip(values) {
             *x = (w % 65_536) as f32;
         }
         for i in 0..local {
-            self.send(i, Job::Sum(v.clone()))?;
+            let part = if i == 0 { v.clone() } else { zeros.clone() };
+            self.send(i, Job::Sum(part))?;
         }
         let mut summed = None;
         for i in 0..local {
@@ -461,20 +466,32 @@ where
         }
         let table = summed.ok_or_else(gone)?;
         let slots: Vec<&[f32]> = table.chunks(width).collect();
-        if slots.iter().any(|s| s[0] != local as f32) {
-            let count = |r: usize| slots[r][0] / local as f32;
-            let twice: Vec<usize> = (0..self.nodes).filter(|&r| count(r) > 1.0).collect();
-            let missing: Vec<usize> = (0..self.nodes).filter(|&r| count(r) == 0.0).collect();
+        if slots.iter().any(|s| s[0] != 1.0) {
+            let twice: Vec<usize> = (0..self.nodes).filter(|&r| slots[r][0] > 1.0).collect();
+            let missing: Vec<usize> = (0..self.nodes).filter(|&r| slots[r][0] == 0.0).collect();
             return Err(TrainError::Input(format!(
                 "the nodes' train.node_rank values clash: rank(s) {twice:?} taken by more than \
-                 one node, {missing:?} by none (or the nodes have different numbers of devices); \
-                 give each of the {} nodes its own rank 0..{}, with the same train.devices",
+                 one node, {missing:?} by none; give each of the {} nodes its own rank 0..{} \
+                 (or the nodes of another run joined the same orchestrator: one orchestrator \
+                 serves one run at a time)",
                 self.nodes,
                 self.nodes - 1
             )));
         }
-        match (1..width).find(|&k| slots.iter().any(|s| s[k] != slots[0][k])) {
-            Some(k) => Err(TrainError::Input(clash(k - 1))),
+        if slots.iter().any(|s| s[1] != slots[0][1]) {
+            let counts: Vec<String> = slots
+                .iter()
+                .enumerate()
+                .map(|(r, s)| format!("node {r} {}", s[1]))
+                .collect();
+            return Err(TrainError::Input(format!(
+                "the nodes have different numbers of devices ({}): give every node the same \
+                 train.devices",
+                counts.join(", ")
+            )));
+        }
+        match (2..width).find(|&k| slots.iter().any(|s| s[k] != slots[0][k])) {
+            Some(k) => Err(TrainError::Input(clash(k - 2))),
             None => Ok(()),
         }
     }
@@ -492,12 +509,17 @@ where
         // nodes train data-parallel only (validated).
         let values = [a, b, c, train.epochs, train.patience];
         self.check_same(&values, |k| match k {
-            0..=2 => "the nodes train different runs: their pipelines (other than the node keys \
-                      and train.peer_timeout) or their ingested data differ; run every node with \
-                      the same pipeline file and backend, on the same data (with `diffrec run` \
-                      on every node, a node may also have started on the data node 0 was still \
-                      ingesting anew: rerun them all)"
-                .into(),
+            0..=2 => format!(
+                "the nodes train different runs: their pipelines (other than the node keys, \
+                 train.devices, train.parallel and train.peer_timeout) or their ingested data \
+                 differ (node {}'s run fingerprint begins {}; `diffrec validate` with each \
+                 node's arguments prints its resolved pipeline to compare); run every node with \
+                 the same pipeline file and backend, on the same data (with `diffrec run` on \
+                 every node, a node may also have started on the data node 0 was still \
+                 ingesting anew: rerun them all)",
+                self.node_rank,
+                &fingerprint[..fingerprint.len().min(12)]
+            ),
             _ => "the nodes would stop at different epochs: give every node the same \
                   train.epochs and train.patience"
                 .into(),
@@ -592,6 +614,19 @@ where
 
     fn reads_sparse(&self) -> bool {
         self.reads_sparse
+    }
+
+    fn agree_on_workspace(&self, claim: &str) -> Result<(), TrainError> {
+        let words = fingerprint_words(&sha256_hex(claim.as_bytes())).map(usize::from);
+        self.check_same(&words, |_| {
+            format!(
+                "the nodes do not share one workspace: node {}'s does not hold the claim node 0 \
+                 took on the run (runs/<run>/checkpoints/_owner), so the nodes would resume from \
+                 different checkpoints; give every node the same workspace URL (or another \
+                 process took the run over meanwhile)",
+                self.node_rank
+            )
+        })
     }
 
     fn agree_on_start(&self, epoch: usize) -> Result<(), TrainError> {

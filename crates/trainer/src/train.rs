@@ -575,6 +575,18 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
     }
     // Off rayon's pool: the replicas' all-reduce needs it (see `waits_on_other_threads`).
     learner.agree_on_start(state.epoch)?;
+    if cfg.nodes > 1 {
+        // Node 0 took the claim before the agreement above: every node must read it now.
+        let token = match &claim {
+            Some(claim) => claim.token().to_owned(),
+            None => ws
+                .get_if_present(&owner_key(&spec.run))
+                .await?
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default(),
+        };
+        learner.agree_on_workspace(&token)?;
+    }
     if let Some(claim) = &claim {
         give_up_previous(ws, &spec.run, claim, spec.fresh).await?;
     }
