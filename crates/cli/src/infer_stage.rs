@@ -429,9 +429,10 @@ pub async fn recommend_one(
             );
         }
     };
-    let whose = match user {
-        Some(_) => excluded_items(exclude).replacen("items", "the user's items", 1),
-        None => "the history's items".to_owned(),
+    let whose = match (user, exclude) {
+        (Some(_), Exclude::Seen) => "the user's items (training, validation and test)",
+        (Some(_), Exclude::Train) => "the user's training items",
+        (None, _) => "the history's items",
     };
     if recs.is_empty() {
         tracing::warn!(

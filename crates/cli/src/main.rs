@@ -136,7 +136,9 @@ enum Command {
     ///
     /// Output: tab-separated lines `rank`, `item_id` (the original id; a tab, line feed,
     /// carriage return or backslash in it written as \t, \n, \r, \\), `score` (5 decimals;
-    /// higher ranks first; comparable within one run only), after a header line.
+    /// comparable within one run only), best (highest score) first, after a header line. Ids
+    /// (--user, --history, --history-file) are looked up as written and, if the model does not
+    /// know them, without the spaces around them.
     #[command(group(ArgGroup::new("who").required(true).args(["user", "history", "history_file"])))]
     Recommend {
         /// Workspace URL holding the run.
@@ -164,10 +166,10 @@ enum Command {
         #[arg(long, default_value_t = NonZeroUsize::new(20).expect("20 > 0"))]
         k: NonZeroUsize,
         /// With --user, which of the user's items are never recommended back: `seen` = all of
-        /// them (training, validation and test), `train` = the training items only (as
-        /// `recommend.exclude` in a pipeline). With a history, its items are left out.
-        #[arg(long, default_value = "seen", value_parser = ["seen", "train"])]
-        exclude: String,
+        /// them (training, validation and test; the default), `train` = the training items only (as
+        /// `recommend.exclude` in a pipeline). Only with --user: a history's items are left out.
+        #[arg(long, value_name = "seen|train", value_parser = parse_exclude)]
+        exclude: Option<diffrec_trainer::Exclude>,
     },
     /// Run burn-collective's global orchestrator for multi-node data-parallel training: each
     /// node's trainer (`train.nodes`, `train.node_rank`, `train.orchestrator: HOST:PORT`,
@@ -337,20 +339,23 @@ async fn dispatch(command: Command) -> Result<()> {
             k,
             exclude,
         } => {
+            if exclude.is_some() && user.is_none() {
+                return Err(usage::UsageError(
+                    "--exclude goes with --user; a history's own items are never recommended back"
+                        .into(),
+                )
+                .into());
+            }
             let history = match (history, history_file) {
                 (Some(list), _) => Some(list.split(',').map(str::to_owned).collect()),
                 (None, Some(file)) => Some(read_history_file(&file)?),
                 (None, None) => None,
             };
-            let exclude = match exclude.as_str() {
-                "train" => diffrec_trainer::Exclude::Train,
-                _ => diffrec_trainer::Exclude::Seen,
-            };
             infer_stage::recommend_one(
                 &workspace,
                 &run,
                 (user.as_deref(), history),
-                (k.get(), exclude),
+                (k.get(), exclude.unwrap_or_default()),
             )
             .await
         }
@@ -404,6 +409,12 @@ fn check_generate_out(out: &Path) -> Result<()> {
         .into()),
         _ => Ok(()),
     }
+}
+
+/// `--exclude`, spelled as `recommend.exclude` in a pipeline.
+fn parse_exclude(s: &str) -> Result<diffrec_trainer::Exclude, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("expected `seen` or `train`, got {s:?}"))
 }
 
 /// The lines of `--history-file` (`-`: standard input).

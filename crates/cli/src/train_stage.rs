@@ -64,8 +64,9 @@ async fn changed_since_trained(
         Ok(Some(manifest)) => (manifest.config, manifest.inputs),
         _ => {
             let mut hashed = checkpoint_fingerprinted(ws, run).await.ok().flatten()?;
-            let inputs = serde_json::from_value(hashed["inputs"].take()).ok()?;
-            (hashed["config"].take(), inputs)
+            let mut take = |key: &str| hashed.get_mut(key).map(serde_json::Value::take);
+            let inputs = serde_json::from_value(take("inputs")?).ok()?;
+            (take("config")?, inputs)
         }
     };
     remove_train_keys(&mut trained, leaves_out);

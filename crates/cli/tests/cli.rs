@@ -292,6 +292,17 @@ fn demo_runs_every_stage_and_beats_popularity() {
             &["--run", "quickstart", "--history", "nosuch"],
             "the history names no item",
         ),
+        (
+            &[
+                "--run",
+                "quickstart",
+                "--history",
+                "1",
+                "--exclude",
+                "train",
+            ],
+            "--exclude goes with --user",
+        ),
     ] {
         let out = diffrec().args(recommend).args(args).output().unwrap();
         let t = text(&out);
@@ -2151,6 +2162,68 @@ fn a_run_resumes_on_other_devices() {
             "{t}"
         );
     }
+}
+
+/// A checkpoint written before `train.nodes` left the fingerprint (its fingerprint hashes the
+/// config with `train.nodes`, and records nothing of what it hashed) still resumes: the train
+/// stage tries the earlier fingerprints in turn. The checkpoint is rebuilt here from the run's
+/// manifest as that version wrote it: the fingerprint of (config without the `train` keys it
+/// left out, input hashes), serialised as the train stage does.
+#[test]
+fn a_checkpoint_of_the_previous_fingerprint_resumes() {
+    let (_dir, p, ws, out) =
+        tiny_train_run("earlier", "{epochs: 2, eval_every: 1, batch_size: 20}");
+    assert!(out.status.success(), "{}", text(&out));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.join("runs/g/_manifest.json")).unwrap()).unwrap();
+    let mut config = manifest["config"].clone();
+    for key in ["epochs", "patience", "devices", "parallel"] {
+        config["train"].as_object_mut().unwrap().remove(key);
+    }
+    assert!(config["train"].get("nodes").is_some(), "{config}");
+    let inputs = &manifest["inputs"];
+    let earlier = diffrec_data::workspace::sha256_hex(
+        serde_json::to_string(&(&config, inputs))
+            .unwrap()
+            .as_bytes(),
+    );
+    let path = ws.join("runs/g/checkpoints/latest.ckpt");
+    let mut state = checkpoint_state(&path);
+    assert!(
+        state["fingerprinted"].is_object(),
+        "this version records it"
+    );
+    assert_ne!(
+        state["fingerprint"],
+        earlier.as_str(),
+        "train.nodes left out now"
+    );
+    state["fingerprint"] = earlier.clone().into();
+    state.as_object_mut().unwrap().remove("fingerprinted");
+    let bytes = std::fs::read(&path).unwrap();
+    let len = u64::from_le_bytes(bytes[4..12].try_into().unwrap()) as usize;
+    let head = serde_json::to_vec(&state).unwrap();
+    let mut rebuilt = b"DRCK".to_vec();
+    rebuilt.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    rebuilt.extend_from_slice(&head);
+    rebuilt.extend_from_slice(&bytes[12 + len..]);
+    std::fs::write(&path, rebuilt).unwrap();
+
+    let out = run_until_train(&p, &ws, &["--set", "train.epochs=3"]);
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("resuming after epoch 2"),
+        "{t}"
+    );
+    // It keeps the fingerprint it was started with, now saying what it hashes.
+    let state = checkpoint_state(&path);
+    assert_eq!(state["fingerprint"], earlier.as_str());
+    assert!(
+        state["fingerprinted"]["config"]["train"]
+            .get("nodes")
+            .is_some(),
+        "{state}"
+    );
 }
 
 /// A run that would evaluate on an empty validation split is refused when the pipeline loads

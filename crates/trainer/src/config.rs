@@ -422,7 +422,8 @@ impl TrainConfig {
             ));
         }
         if self.nodes > 1 {
-            // The nodes' start check sums 16-bit words over a node's devices in f32.
+            // The nodes' start check gathers each node's device count as a 16-bit word in f32
+            // (exact far beyond this); a limit no machine reaches, kept as a sanity bound.
             if self.devices.len() > 256 {
                 return Err(err(
                     "train.devices",
@@ -445,18 +446,25 @@ impl TrainConfig {
                 if host_port(v).is_none() {
                     return Err(err(
                         key,
-                        format!("expected HOST:PORT with a port from 1 to 65535, got {v:?}"),
+                        format!(
+                            "expected HOST:PORT (a port from 1 to 65535; no scheme but ws://, \
+                             no path), got {v:?}"
+                        ),
                     ));
                 }
-                // Other machines reach a node at its address: a wildcard names none.
+                // The nodes connect to these addresses: a wildcard names no machine.
                 let host = v.strip_prefix("ws://").unwrap_or(v);
                 let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
                 if ["0.0.0.0", "[::]", "::"].contains(&host) {
+                    let whose = match key {
+                        "train.orchestrator" => "where the nodes reach `diffrec orchestrator`",
+                        _ => "where the other nodes reach this one",
+                    };
                     return Err(err(
                         key,
                         format!(
-                            "{v:?} is a wildcard, which names no machine: give the address the \
-                             other nodes reach this one at"
+                            "{v:?} is a wildcard, which names no machine: give the address \
+                             {whose}"
                         ),
                     ));
                 }

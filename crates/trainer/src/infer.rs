@@ -104,7 +104,8 @@ pub async fn load_best<B: Backend>(
         .map_err(|e| e.noting(writer))
 }
 
-/// Top-`k` (item_idx, score) per user, training items excluded, users in index order.
+/// Top-`k` (item_idx, score) per user, the user's items that `exclude` names left out, users in
+/// index order.
 pub fn recommend_all<B: Backend>(
     model: &Recommender<B>,
     cfg: &ModelConfig,

@@ -429,15 +429,15 @@ where
     }
 
     /// Checks that every node holds the same `values` (compared mod 2^16), each node under its
-    /// own rank and with as many devices; `clash(k)` says what a difference in `values[k]`
-    /// means. With one node there is nothing to check. The values are gathered by a sum: node
+    /// own rank and with as many devices; `clash(k, odd)` says what a difference in
+    /// `values[k]` means, `odd` being the ranks whose value differs from node 0's. With one node there is nothing to check. The values are gathered by a sum: node
     /// r's first replica writes a 1, its device count and the values into slot r of a zero
     /// vector (its other replicas add zeros), so every node sees the same table and reaches the
     /// same verdict (all stop, each saying why).
     fn check_same(
         &self,
         values: &[usize],
-        clash: impl Fn(usize) -> String,
+        clash: impl Fn(usize, &[usize]) -> String,
     ) -> Result<(), TrainError> {
         if self.nodes < 2 {
             return Ok(());
@@ -490,8 +490,13 @@ where
                 counts.join(", ")
             )));
         }
-        match (2..width).find(|&k| slots.iter().any(|s| s[k] != slots[0][k])) {
-            Some(k) => Err(TrainError::Input(clash(k - 2))),
+        let odd = |k: usize| -> Vec<usize> {
+            (0..self.nodes)
+                .filter(|&r| slots[r][k] != slots[0][k])
+                .collect()
+        };
+        match (2..width).find(|&k| !odd(k).is_empty()) {
+            Some(k) => Err(TrainError::Input(clash(k - 2, &odd(k)))),
             None => Ok(()),
         }
     }
@@ -508,7 +513,7 @@ where
         // still use as many each (`check_same` compares their device counts), and several
         // nodes train data-parallel only (validated).
         let values = [a, b, c, train.epochs, train.patience];
-        self.check_same(&values, |k| match k {
+        self.check_same(&values, |k, _| match k {
             0..=2 => format!(
                 "the nodes train different runs: their pipelines (other than the node keys, \
                  train.devices, train.parallel and train.peer_timeout) or their ingested data \
@@ -618,19 +623,18 @@ where
 
     fn agree_on_workspace(&self, claim: &str) -> Result<(), TrainError> {
         let words = fingerprint_words(&sha256_hex(claim.as_bytes())).map(usize::from);
-        self.check_same(&words, |_| {
+        self.check_same(&words, |_, odd| {
             format!(
-                "the nodes do not share one workspace: node {}'s does not hold the claim node 0 \
-                 took on the run (runs/<run>/checkpoints/_owner), so the nodes would resume from \
-                 different checkpoints; give every node the same workspace URL (or another \
-                 process took the run over meanwhile)",
-                self.node_rank
+                "the nodes do not share one workspace: the workspace of node(s) {odd:?} does not \
+                 hold the claim node 0 took on the run (runs/<run>/checkpoints/_owner), so the \
+                 nodes would resume from different checkpoints; give every node the same \
+                 workspace URL (or another process took the run over meanwhile)"
             )
         })
     }
 
     fn agree_on_start(&self, epoch: usize) -> Result<(), TrainError> {
-        self.check_same(&[epoch], |_| {
+        self.check_same(&[epoch], |_, _| {
             format!(
                 "the nodes start from different epochs (node {} from epoch {epoch}): their \
                  workspaces hold different checkpoints of the run, or only some nodes were \

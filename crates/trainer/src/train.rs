@@ -576,16 +576,19 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
     // Off rayon's pool: the replicas' all-reduce needs it (see `waits_on_other_threads`).
     learner.agree_on_start(state.epoch)?;
     if cfg.nodes > 1 {
-        // Node 0 took the claim before the agreement above: every node must read it now.
+        // Node 0 took the claim before the agreement above: every node must read it now. A
+        // node that cannot read it still takes part in the check (all nodes make the same
+        // collective calls, so none waits for it), then stops with the read's error.
         let token = match &claim {
-            Some(claim) => claim.token().to_owned(),
+            Some(claim) => Ok(Some(claim.token().to_owned())),
             None => ws
                 .get_if_present(&owner_key(&spec.run))
-                .await?
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default(),
+                .await
+                .map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned())),
         };
-        learner.agree_on_workspace(&token)?;
+        let held = token.as_ref().ok().cloned().flatten().unwrap_or_default();
+        learner.agree_on_workspace(&held)?;
+        token?;
     }
     if let Some(claim) = &claim {
         give_up_previous(ws, &spec.run, claim, spec.fresh).await?;
