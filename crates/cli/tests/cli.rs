@@ -2138,6 +2138,12 @@ fn a_run_that_evaluates_nothing_says_so() {
             "{t}"
         );
     }
+    // Patience counts from an evaluation, so without any it stops nothing: all epochs train.
+    let (_dir, _, _, out) = tiny_train_run("nopatience", "{epochs: 3, eval_every: 5, patience: 1}");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("train: 3 epochs and no evaluation"), "{t}");
+    assert!(!t.contains("early stop"), "{t}");
 }
 
 /// A run started on two (logical) devices resumes on one: the devices are no part of the run's

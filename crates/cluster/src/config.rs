@@ -151,6 +151,14 @@ impl ClusterConfig {
                  LightGCN",
             ));
         }
+        if let Some(p) = self.embeddings.as_deref()
+            && !(p.ends_with(".npy") || p.ends_with(".parquet"))
+        {
+            return Err(err(
+                "cluster.embeddings",
+                format!("{p:?}: expected a .npy or .parquet file (by its name's ending)"),
+            ));
+        }
         let l = &self.lightgcn;
         for (key, v) in [
             ("cluster.lightgcn.dim", l.dim),
@@ -192,6 +200,15 @@ mod tests {
         assert_eq!(bad.validate().unwrap_err().key, "cluster.k");
         let empty: ClusterConfig = serde_json::from_str(r#"{"embeddings": " "}"#).unwrap();
         assert_eq!(empty.validate().unwrap_err().key, "cluster.embeddings");
+        let csv: ClusterConfig = serde_json::from_str(r#"{"embeddings": "emb.csv"}"#).unwrap();
+        let e = csv.validate().unwrap_err();
+        assert_eq!(e.key, "cluster.embeddings");
+        assert!(e.to_string().contains(".npy or .parquet"), "{e}");
+        for ok in ["e.npy", "workspace:cluster/x.parquet", "s3://b/e.npy"] {
+            let c: ClusterConfig =
+                serde_json::from_str(&format!(r#"{{"embeddings": "{ok}"}}"#)).unwrap();
+            c.validate().unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
         assert!(serde_json::from_str::<ClusterConfig>(r#"{"kk": 2}"#).is_err());
     }
 }

@@ -328,14 +328,16 @@ impl DataConfig {
             _ => {}
         }
         if let Some(t) = &self.temporal {
-            if !t.w_min.is_finite() || !t.w_max.is_finite() || t.w_min < 0.0 {
-                return Err(DataError::config(
-                    "data.temporal",
-                    format!(
-                        "w_min and w_max must be finite and ≥ 0, got {} and {}",
-                        t.w_min, t.w_max
-                    ),
-                ));
+            for (key, w) in [
+                ("data.temporal.w_min", t.w_min),
+                ("data.temporal.w_max", t.w_max),
+            ] {
+                if !w.is_finite() || w < 0.0 {
+                    return Err(DataError::config(
+                        key,
+                        format!("must be finite and ≥ 0, got {w}"),
+                    ));
+                }
             }
             if t.w_min > t.w_max {
                 return Err(DataError::config(
@@ -372,6 +374,13 @@ impl DataConfig {
                     "must be a finite number",
                 ));
             }
+            if fmt == SourceFormat::DiffrecNpy {
+                return Err(DataError::config(
+                    "data.min_rating",
+                    "not for a diffrec-npy source: its rows carry no rating (the split was \
+                     filtered when it was made)",
+                ));
+            }
             if !self.has_ratings() {
                 return Err(DataError::config(
                     "data.min_rating",
@@ -387,6 +396,12 @@ impl DataConfig {
                     format!("must be a finite number ≥ 0, got {ratio}"),
                 ));
             }
+            if fmt == SourceFormat::DiffrecNpy && n.kind == NoiseKind::Natural {
+                return Err(DataError::config(
+                    "data.noise.kind",
+                    "`natural` noise needs ratings; diffrec-npy sources have none",
+                ));
+            }
             if n.kind == NoiseKind::Natural {
                 if self.min_rating.is_none() {
                     return Err(DataError::config(
@@ -400,12 +415,6 @@ impl DataConfig {
                         format!("for `natural` noise the ratio is a share in [0, 1], got {ratio}"),
                     ));
                 }
-            }
-            if fmt == SourceFormat::DiffrecNpy && n.kind == NoiseKind::Natural {
-                return Err(DataError::config(
-                    "data.noise.kind",
-                    "`natural` noise needs ratings; diffrec-npy sources have none",
-                ));
             }
         }
         Ok(())
@@ -486,6 +495,15 @@ mod tests {
         });
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("data.temporal.w_max"), "{e}");
+        // Each out-of-range weight is named by its own key.
+        for (w_min, w_max, key) in [
+            (-0.1, 1.0, "`data.temporal.w_min`"),
+            (0.1, f64::INFINITY, "`data.temporal.w_max`"),
+        ] {
+            c.temporal = Some(TemporalConfig { w_min, w_max });
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("finite and ≥ 0"), "{e}");
+        }
     }
 
     #[test]
@@ -520,5 +538,22 @@ mod tests {
         );
         c.source.columns.rating = Some("rating".into());
         assert!(c.validate().is_ok());
+        // A diffrec-npy source has no ratings whatever the columns say: the message says so
+        // instead of asking for the rating column already given.
+        c.source.format = SourceFormat::DiffrecNpy;
+        c.split.method = Some(SplitMethod::Predefined);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("data.min_rating") && e.contains("not for a diffrec-npy"),
+            "{e}"
+        );
+        c.min_rating = None;
+        c.noise = Some(NoiseConfig {
+            kind: NoiseKind::Natural,
+            ratio: None,
+            seed: 1,
+        });
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("diffrec-npy sources have none"), "{e}");
     }
 }

@@ -99,6 +99,25 @@ impl ItemClusters {
     pub fn weights(&self) -> &[u64] {
         &self.weights
     }
+
+    /// Items per cluster.
+    pub fn sizes(&self) -> Vec<usize> {
+        let mut sizes = vec![0; self.weights.len()];
+        for &c in &self.labels {
+            sizes[c as usize] += 1;
+        }
+        sizes
+    }
+
+    /// The device index of each cluster's encoder when `cfg`'s autoencoder is spread over
+    /// `devices` devices ([`placement`]).
+    pub fn placement(&self, cfg: &AutoEncoderConfig, devices: usize) -> Vec<usize> {
+        placement(
+            &self.sizes(),
+            &latent_dims(&self.weights, &cfg.dims),
+            devices,
+        )
+    }
 }
 
 /// Device index of each cluster: largest encoder first, each to the device with the fewest
@@ -215,7 +234,7 @@ impl<B: Backend> ClusteredAutoEncoder<B> {
         }
         let sizes: Vec<usize> = members.iter().map(Vec::len).collect();
         let dims = latent_dims(clusters.weights(), &cfg.dims);
-        let place = placement(&sizes, &dims, devices.len());
+        let place = clusters.placement(cfg, devices.len());
         let init = InitScheme::Xavier;
         let encoders = sizes
             .iter()

@@ -453,6 +453,19 @@ impl ModelConfig {
     /// fail at load, naming the key to change, not when the train stage starts.
     fn check_schedule(&self) -> Result<(), ConfigError> {
         let d = &self.diffusion;
+        let linear = matches!(d.schedule, Schedule::Linear | Schedule::LinearVar);
+        // ᾱ_T = 1 − noise_scale × noise_max reaches 0 there: the schedule's clipping of β
+        // (at 0.999, as the authors' code) would hide it, so it is refused as documented.
+        if linear && d.noise_scale * d.noise_max >= 1.0 {
+            return Err(err(
+                "model.diffusion.noise_scale",
+                format!(
+                    "noise_scale × noise_max must be < 1 with a linear schedule (β would reach \
+                     1), got {} × {}",
+                    d.noise_scale, d.noise_max
+                ),
+            ));
+        }
         let beta_fixed = self.beta_fixed();
         let Err(ScheduleError::BadBeta { t, beta }) = DiffusionSchedule::new(
             d.schedule,
@@ -464,19 +477,10 @@ impl ModelConfig {
         ) else {
             return Ok(());
         };
-        let linear = matches!(d.schedule, Schedule::Linear | Schedule::LinearVar);
         let (key, why) = if linear && d.noise_scale == 0.0 {
             (
                 "model.diffusion.noise_scale",
                 "must be > 0 with this schedule (there is no diffusion without noise)".to_owned(),
-            )
-        } else if linear && d.noise_scale * d.noise_max >= 1.0 {
-            (
-                "model.diffusion.noise_scale",
-                format!(
-                    "noise_scale × noise_max must be < 1, got {} × {}",
-                    d.noise_scale, d.noise_max
-                ),
             )
         } else if d.schedule == Schedule::LinearVar && d.noise_min == d.noise_max {
             (
@@ -677,12 +681,6 @@ mod tests {
                 "model.diffusion.noise_max",
                 r#"{"diffusion": {"noise_min": 0.01, "noise_max": 0.02}}"#,
             ),
-            // linear with s·max > 1: the last β is above 1.
-            (
-                r#"{"diffusion": {"schedule": "linear", "noise_scale": 2, "noise_max": 0.6}}"#,
-                "model.diffusion.noise_scale",
-                r#"{"diffusion": {"schedule": "linear", "noise_scale": 1.5, "noise_max": 0.6}}"#,
-            ),
             // L-DiffRec (beta_fixed off) with min 0: β₀ = 0.
             (
                 r#"{"variant": "l-diffrec", "diffusion": {"noise_min": 0}}"#,
@@ -702,6 +700,26 @@ mod tests {
             let c: ModelConfig = serde_json::from_str(fixed).unwrap();
             c.validate().unwrap_or_else(|e| panic!("{fixed}: {e}"));
         }
+        // noise_scale × noise_max ≥ 1 (ᾱ_T ≤ 0) is refused as such, also where clipping β at
+        // 0.999 would leave every β in (0, 1]; just below 1 passes.
+        for (schedule, scale, max) in [
+            ("linear", 2.0, 0.6),
+            ("linear", 1.0, 1.0),
+            ("linear-var", 100.0001, 0.01),
+        ] {
+            let json = format!(
+                r#"{{"diffusion": {{"schedule": "{schedule}", "noise_scale": {scale}, "noise_max": {max}}}}}"#
+            );
+            let c: ModelConfig = serde_json::from_str(&json).unwrap();
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.key, "model.diffusion.noise_scale", "{json}: {e}");
+            assert!(e.to_string().contains("must be < 1"), "{e}");
+        }
+        let c: ModelConfig = serde_json::from_str(
+            r#"{"diffusion": {"schedule": "linear", "noise_scale": 1.5, "noise_max": 0.6}}"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
         // DiffRec's beta_fixed sets β₀ = 1e-5 whatever noise_min says.
         let c: ModelConfig = serde_json::from_str(r#"{"diffusion": {"noise_min": 0}}"#).unwrap();
         c.validate().unwrap();

@@ -440,9 +440,17 @@ impl TrainConfig {
                 ("train.orchestrator", &self.orchestrator),
                 ("train.node_address", &self.node_address),
             ] {
-                let Some(v) = v else {
+                if v.is_none() {
                     return Err(err(key, "needed when train.nodes > 1 (HOST:PORT)"));
-                };
+                }
+            }
+        }
+        // Checked also with one node: a value set now is one a later multi-node run uses.
+        for (key, v) in [
+            ("train.orchestrator", &self.orchestrator),
+            ("train.node_address", &self.node_address),
+        ] {
+            if let Some(v) = v {
                 if host_port(v).is_none() {
                     return Err(err(
                         key,
@@ -551,6 +559,15 @@ mod tests {
         let e = t.validate().unwrap_err();
         assert_eq!(e.key, "train.node_address");
         assert!(e.to_string().contains("wildcard"), "{e}");
+        // Checked on one node too (a later multi-node run would use them).
+        for (json, key) in [
+            (r#"{"node_address": "0.0.0.0:5000"}"#, "train.node_address"),
+            (r#"{"orchestrator": "http://h:5"}"#, "train.orchestrator"),
+            (r#"{"orchestrator": "h:0"}"#, "train.orchestrator"),
+        ] {
+            let t: TrainConfig = serde_json::from_str(json).unwrap();
+            assert_eq!(t.validate().unwrap_err().key, key, "{json}");
+        }
         for bad in ["127.0.0.1:0", "http://127.0.0.1:4000", "h:1/x", ":4000"] {
             assert_eq!(host_port(bad), None, "{bad}");
         }

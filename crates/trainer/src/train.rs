@@ -391,7 +391,9 @@ where
                 tracing::info!(
                     devices = devices.len(),
                     clusters = k,
-                    "train: model-parallel: the cluster encoders spread over the devices"
+                    device_of_cluster = ?clusters.placement(&spec.model.autoencoder, devices.len()),
+                    "train: model-parallel: the cluster encoders spread over the devices (cluster c's \
+                     encoder on train.devices[device_of_cluster[c]]; the rest of the model on the first)"
                 );
             }
             let learner = LatentLearner::<B>::new(&clusters, spec, &devices);
@@ -597,7 +599,8 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
     let reads_sparse = learner.reads_sparse();
     let mut epoch = state.epoch + 1;
     while epoch <= cfg.epochs {
-        if epoch - state.best_epoch >= cfg.patience {
+        // Patience counts from the best evaluation: a run that evaluates nothing trains on.
+        if cfg.evaluates() && epoch - state.best_epoch >= cfg.patience {
             progress(Progress::Stopped {
                 epoch,
                 best_epoch: state.best_epoch,
