@@ -190,7 +190,7 @@ async fn trained_run(ws: &Workspace, run: &str) -> Result<(ModelConfig, StageMan
 fn unfinished(run: &str, missing: &str) -> UsageError {
     UsageError(format!(
         "run `{run}` has not finished training (no {missing}): run the train stage first (a \
-         stopped run resumes)"
+         stopped run resumes where its settings and data are unchanged)"
     ))
 }
 
