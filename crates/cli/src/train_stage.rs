@@ -46,43 +46,62 @@ async fn clean_temporaries(ws: &Workspace, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// What differs between a finished run's manifest and the settings and inputs a new training
-/// would fingerprint (`trajectory`: the config without the `train` keys `leaves_out`, as the
-/// fingerprint leaves them out), for a checkpoint that cannot be resumed. A run stopped before
-/// it finished has no manifest: its latest checkpoint says what it was fingerprinted on, where
-/// it was written since checkpoints did (2026-12-01). `None` when neither says.
-async fn changed_since_trained(
-    ws: &Workspace,
-    run: &str,
-    (trajectory, leaves_out): (&serde_json::Value, &[&str]),
-    inputs: &BTreeMap<String, String>,
-) -> Option<String> {
-    let (mut trained, trained_inputs) = match ws
-        .get_json::<StageManifest>(&manifest_key(&run_dir(run)))
-        .await
-    {
-        Ok(Some(manifest)) => (manifest.config, manifest.inputs),
-        _ => {
-            let mut hashed = checkpoint_fingerprinted(ws, run).await.ok().flatten()?;
-            let mut take = |key: &str| hashed.get_mut(key).map(serde_json::Value::take);
-            let inputs = serde_json::from_value(take("inputs")?).ok()?;
-            (take("config")?, inputs)
+/// What a run that cannot be resumed was trained with, read once: its manifest's config and
+/// inputs (`finished`), or, for a run stopped before it finished, what its latest checkpoint
+/// says its fingerprint hashes (written since checkpoints did, 2026-12-01).
+struct TrainedOn {
+    config: serde_json::Value,
+    inputs: BTreeMap<String, String>,
+    finished: bool,
+}
+
+impl TrainedOn {
+    /// `None` when neither the manifest nor the checkpoint says.
+    async fn read(ws: &Workspace, run: &str) -> Option<TrainedOn> {
+        let key = manifest_key(&run_dir(run));
+        if let Ok(Some(m)) = ws.get_json::<StageManifest>(&key).await {
+            return Some(TrainedOn {
+                config: m.config,
+                inputs: m.inputs,
+                finished: true,
+            });
         }
-    };
-    remove_train_keys(&mut trained, leaves_out);
-    let mut changed = Vec::new();
-    differing_keys("", &trained, trajectory, &mut changed);
-    let names: std::collections::BTreeSet<&String> =
-        trained_inputs.keys().chain(inputs.keys()).collect();
-    for name in names {
-        match (trained_inputs.get(name), inputs.get(name)) {
-            (Some(a), Some(b)) if a != b => changed.push(format!("input `{name}` changed")),
-            (None, Some(_)) => changed.push(format!("input `{name}` is new (the run read none)")),
-            (Some(_), None) => changed.push(format!("input `{name}` is no longer read")),
-            _ => {}
-        }
+        let mut hashed = checkpoint_fingerprinted(ws, run).await.ok().flatten()?;
+        let mut take = |key: &str| hashed.get_mut(key).map(serde_json::Value::take);
+        let inputs = serde_json::from_value(take("inputs")?).ok()?;
+        Some(TrainedOn {
+            config: take("config")?,
+            inputs,
+            finished: false,
+        })
     }
-    (!changed.is_empty()).then(|| changed.join("; "))
+
+    /// What differs from the settings and inputs a new training would fingerprint
+    /// (`trajectory`: the config without the `train` keys `leaves_out`, as the fingerprint
+    /// leaves them out); `None` when nothing does.
+    fn changes(
+        &self,
+        (trajectory, leaves_out): (&serde_json::Value, &[&str]),
+        inputs: &BTreeMap<String, String>,
+    ) -> Option<String> {
+        let mut trained = self.config.clone();
+        remove_train_keys(&mut trained, leaves_out);
+        let mut changed = Vec::new();
+        differing_keys("", &trained, trajectory, &mut changed);
+        let names: std::collections::BTreeSet<&String> =
+            self.inputs.keys().chain(inputs.keys()).collect();
+        for name in names {
+            match (self.inputs.get(name), inputs.get(name)) {
+                (Some(a), Some(b)) if a != b => changed.push(format!("input `{name}` changed")),
+                (None, Some(_)) => {
+                    changed.push(format!("input `{name}` is new (the run read none)"))
+                }
+                (Some(_), None) => changed.push(format!("input `{name}` is no longer read")),
+                _ => {}
+            }
+        }
+        (!changed.is_empty()).then(|| changed.join("; "))
+    }
 }
 
 /// The `train` keys the checkpoint fingerprint leaves out: how long to train and when to stop
@@ -370,7 +389,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     let fingerprint_of = |t: &serde_json::Value| fingerprint_of(t, &inputs);
     let trajectory = trajectory_without(FINGERPRINT_LEAVES_OUT);
     let mut fingerprint = fingerprint_of(&trajectory)?;
-    // What the fingerprint hashes, for checkpoints to carry (`changed_since_trained`).
+    // What the fingerprint hashes, for checkpoints to carry (`TrainedOn::read`).
     let fingerprinted = |t: &serde_json::Value| serde_json::json!({"config": t, "inputs": &inputs});
     let mut hashed = fingerprinted(&trajectory);
     // Before the manifest goes, what would stop the run: a finished run stays as it was.
@@ -395,11 +414,13 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     // the same data (another LightGCN setting, `--force`, another thread count) are no refresh:
     // like other changes to a finished run, and a stopped run's checkpoint, they are refused
     // below, and the run is kept.
+    let trained = match resumable {
+        Ok(()) => None,
+        Err(_) => TrainedOn::read(ws, &p.name).await,
+    };
     let mut anew = false;
-    if resumable.is_err()
-        && ws.exists(&manifest_key(&dir)).await?
-        && let Some(changed) =
-            changed_since_trained(ws, &p.name, (&trajectory, FINGERPRINT_LEAVES_OUT), &inputs).await
+    if let Some(trained) = trained.as_ref().filter(|t| t.finished)
+        && let Some(changed) = trained.changes((&trajectory, FINGERPRINT_LEAVES_OUT), &inputs)
         && changed.split("; ").all(|c| c.starts_with("input `"))
         && changed.split("; ").any(|c| c.starts_with("input `data/"))
     {
@@ -410,19 +431,17 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         (anew, resumable) = (true, Ok(()));
     }
     if let Err(e) = resumable {
-        let mut changed =
-            changed_since_trained(ws, &p.name, (&trajectory, FINGERPRINT_LEAVES_OUT), &inputs)
-                .await;
-        // Nothing the fingerprint covers now: a run started before some keys left it.
-        for (leaves, note) in EARLIER_LEAVES_OUT {
-            if changed.is_some() {
-                break;
-            }
-            let earlier = trajectory_without(leaves);
-            changed = changed_since_trained(ws, &p.name, (&earlier, leaves), &inputs)
-                .await
-                .map(|changed| format!("{changed} ({note})"));
-        }
+        let changed = trained.as_ref().and_then(|t| {
+            t.changes((&trajectory, FINGERPRINT_LEAVES_OUT), &inputs)
+                // Nothing the fingerprint covers now: a run started before some keys left it.
+                .or_else(|| {
+                    EARLIER_LEAVES_OUT.iter().find_map(|(leaves, note)| {
+                        let earlier = trajectory_without(leaves);
+                        t.changes((&earlier, leaves), &inputs)
+                            .map(|changed| format!("{changed} ({note})"))
+                    })
+                })
+        });
         return Err(match (e, changed) {
             (TrainError::Input(why), Some(changed)) => {
                 UsageError(format!("{why}. Since it was trained: {changed}{}", {
