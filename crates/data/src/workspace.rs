@@ -520,11 +520,20 @@ impl Workspace {
         let sink = BufWriter::new(self.store.clone(), self.path(&tmp));
         let mut writer = AsyncArrowWriter::try_new(sink, schema, Some(props)).map_err(pq)?;
         let mut rows = 0u64;
-        for batch in batches {
-            rows += batch.num_rows() as u64;
-            writer.write(&batch).await.map_err(pq)?;
+        let written = async {
+            for batch in batches {
+                rows += batch.num_rows() as u64;
+                writer.write(&batch).await?;
+            }
+            writer.finish().await
         }
-        writer.close().await.map_err(pq)?;
+        .await;
+        if let Err(source) = written {
+            // Parts already uploaded go with the upload: no incomplete multipart upload left
+            // to the bucket's lifecycle rule, no staging file left in a local workspace.
+            let _ = writer.into_inner().abort().await;
+            return Err(pq(source));
+        }
         if !in_place {
             self.commit(&tmp, key).await?;
         }
@@ -912,6 +921,59 @@ mod tests {
             &ws.get("runs/r/checkpoints/latest.ckpt").await.unwrap()[..],
             b"whole"
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A Parquet write that fails after its upload began (a first batch over the 10 MiB part
+    /// size, then one the writer refuses) leaves nothing behind: not the key, not a temporary,
+    /// not object_store's staging file of the upload, which was there while it ran.
+    #[tokio::test]
+    async fn failed_parquet_writes_leave_no_parts() {
+        use arrow_array::{Int64Array, StringArray};
+        use arrow_schema::{DataType, Field, Schema};
+        let dir = std::env::temp_dir().join(format!("diffrec-ws-{}", rand::random::<u32>()));
+        let ws = Workspace::open(dir.to_str().unwrap()).unwrap();
+        let field = |t| Field::new("a", t, false);
+        let schema = Arc::new(Schema::new(vec![field(DataType::Int64)]));
+        // Two row groups' worth of incompressible values (16 MiB in all): the first row group
+        // goes out as the second batch is asked for.
+        let n = 2 << 20;
+        let values = (0..n).map(|i: i64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15u64 as i64));
+        let big = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from_iter_values(values))],
+        )
+        .unwrap();
+        let text = Arc::new(Schema::new(vec![field(DataType::Utf8)]));
+        let bad = RecordBatch::try_new(text, vec![Arc::new(StringArray::from(vec!["x"]))]).unwrap();
+        let staging = |d: &std::path::Path| {
+            std::fs::read_dir(d).map_or(0, |entries| {
+                entries
+                    .filter(|e| {
+                        e.as_ref()
+                            .unwrap()
+                            .file_name()
+                            .to_string_lossy()
+                            .contains('#')
+                    })
+                    .count()
+            })
+        };
+        let data = dir.join("data");
+        let mut batches = vec![big, bad].into_iter();
+        let mut staged_while_writing = 0;
+        let feed = std::iter::from_fn(|| {
+            staged_while_writing = staging(&data);
+            batches.next()
+        });
+        assert!(
+            ws.write_parquet("data/x.parquet", schema, feed)
+                .await
+                .is_err()
+        );
+        assert_eq!(staged_while_writing, 1, "the upload had begun");
+        assert_eq!(staging(&data), 0);
+        assert!(ws.list("data").await.unwrap().is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
