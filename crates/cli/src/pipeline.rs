@@ -125,10 +125,15 @@ pub fn from_yaml(
     sets: &[String],
     workspace: Option<&str>,
 ) -> Result<Loaded, PipelineError> {
-    let mut value: Value = serde_norway::from_str(text).map_err(|e| PipelineError::Yaml {
+    // A byte-order mark (some Windows editors write one) is no part of the YAML.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let yaml_err = |e: serde_norway::Error| PipelineError::Yaml {
         path: shown.to_owned(),
         message: e.to_string(),
-    })?;
+    };
+    let mut value: Value = serde_norway::from_str(text).map_err(yaml_err)?;
+    // Merge keys (`<<: *defaults`) take the aliased mapping's keys, as YAML 1.1 defines them.
+    value.apply_merge().map_err(yaml_err)?;
     for arg in sets {
         apply_set(&mut value, arg).map_err(|message| PipelineError::Set {
             path: shown.to_owned(),
@@ -389,6 +394,17 @@ mod tests {
             l.pipeline.train.batch_size,
             TrainConfig::default().batch_size
         );
+    }
+
+    /// What editors and YAML habits put in a file: a byte-order mark, CRLF line ends, merge
+    /// keys over an anchored mapping.
+    #[test]
+    fn byte_order_marks_and_merge_keys_are_read() {
+        let text = format!("\u{feff}{}", MINI.replace('\n', "\r\n"));
+        assert_eq!(load_str(&text, &[]).unwrap().pipeline.name, "t");
+        let merged = format!("{MINI}train: {{<<: &base {{seed: 9, epochs: 4}}, epochs: 3}}\n");
+        let p = load_str(&merged, &[]).unwrap().pipeline;
+        assert_eq!((p.train.seed, p.train.epochs), (9, 3), "the mapping's own key wins");
     }
 
     /// `--workspace` is a path or URL as typed, never parsed as YAML.

@@ -174,13 +174,13 @@ impl ClusterConfig {
         if !(l.lr.is_finite() && l.lr > 0.0) {
             return Err(err(
                 "cluster.lightgcn.lr",
-                format!("must be > 0, got {}", l.lr),
+                format!("must be a finite number > 0, got {}", l.lr),
             ));
         }
         if !(l.reg.is_finite() && l.reg >= 0.0) {
             return Err(err(
                 "cluster.lightgcn.reg",
-                format!("must be ≥ 0, got {}", l.reg),
+                format!("must be a finite number ≥ 0, got {}", l.reg),
             ));
         }
         Ok(())

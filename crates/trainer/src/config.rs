@@ -361,7 +361,7 @@ impl TrainConfig {
         }
         for (key, v) in [("train.lr", self.lr), ("train.ae_lr", self.ae_lr)] {
             if !(v.is_finite() && v > 0.0) {
-                return Err(err(key, format!("must be > 0, got {v}")));
+                return Err(err(key, format!("must be a finite number > 0, got {v}")));
             }
         }
         for (key, v) in [
@@ -369,7 +369,7 @@ impl TrainConfig {
             ("train.ae_weight_decay", self.ae_weight_decay),
         ] {
             if !(v.is_finite() && v >= 0.0) {
-                return Err(err(key, format!("must be ≥ 0, got {v}")));
+                return Err(err(key, format!("must be a finite number ≥ 0, got {v}")));
             }
         }
         if let Some(d) = self.ema_decay
@@ -575,6 +575,17 @@ mod tests {
         assert_eq!(host_port("[::1]:4000"), Some(4000));
         let t: TrainConfig = serde_json::from_str(r#"{"nodes": 2, "node_rank": 2}"#).unwrap();
         assert_eq!(t.validate().unwrap_err().key, "train.node_rank");
+        // An infinite rate is named as such, not as "must be > 0, got inf".
+        for key in ["lr", "weight_decay"] {
+            let mut t: TrainConfig = serde_json::from_str("{}").unwrap();
+            match key {
+                "lr" => t.lr = f64::INFINITY,
+                _ => t.weight_decay = f64::INFINITY,
+            }
+            let e = t.validate().unwrap_err();
+            assert_eq!(e.key, format!("train.{key}"));
+            assert!(e.to_string().contains("must be a finite number"), "{e}");
+        }
         // Patience must outlast the first evaluation, unless the run evaluates nothing.
         let t: TrainConfig = serde_json::from_str(r#"{"patience": 5}"#).unwrap();
         assert_eq!(t.validate().unwrap_err().key, "train.patience");
