@@ -19,8 +19,8 @@ use diffrec_trainer::config::Backend;
 use diffrec_trainer::infer::{excluded, load_best, recommend_all, recommend_history};
 use diffrec_trainer::pool::on_pool_thread;
 use diffrec_trainer::train::{
-    Summary, UserCounts, best_key, diffusion_of, evaluate, model_input, recommendations_key,
-    resolve_input, run_dir, summary_key,
+    EvaluatedBy, Summary, UserCounts, best_key, diffusion_of, evaluate, model_input,
+    recommendations_key, resolve_input, run_dir, seed_evaluation, summary_key,
 };
 
 use crate::differences::differing_keys;
@@ -54,8 +54,7 @@ impl RunModel {
         // resolves it (inference runs on the CPU; a GPU trains dense, and either reads the
         // same parameters).
         let model_cfg = resolve_input(&p.model, &data.train, Backend::Cpu);
-        let best = best_sha256(&manifest, &p.name);
-        let model = load_best::<Cpu>(ws, &p.name, &model_cfg, data.n_items, best, &dev).await?;
+        let model = load_seeded(ws, &p.name, &model_cfg, data.n_items, &manifest, &dev).await?;
         let input = model_input(&data.train, p.model.variant);
         Ok(RunModel {
             data,
@@ -148,6 +147,27 @@ async fn check_trained_data(ws: &Workspace, run: &str, manifest: &StageManifest)
     .into())
 }
 
+/// The finished run's best model (the checkpoint its manifest records), with the random
+/// numbers seeded as for the training's evaluation of that epoch (`seed_evaluation`): with
+/// `model.diffusion.sampling_noise` the evaluate stage then repeats that evaluation, and every
+/// rerun of a stage, or of `diffrec recommend`, draws the same noise.
+async fn load_seeded(
+    ws: &Workspace,
+    run: &str,
+    model: &ModelConfig,
+    n_items: usize,
+    manifest: &StageManifest,
+    dev: &burn_flex::FlexDevice,
+) -> Result<diffrec_model::Recommender<Cpu>> {
+    let best = best_sha256(manifest, run);
+    let (recommender, epoch) = load_best::<Cpu>(ws, run, model, n_items, best, dev).await?;
+    let seed = manifest.config["train"]["seed"]
+        .as_u64()
+        .context("the run manifest records no train.seed")?;
+    seed_evaluation::<Cpu>(dev, seed, epoch);
+    Ok(recommender)
+}
+
 /// The SHA-256 a finished run's manifest records for its best checkpoint.
 fn best_sha256<'a>(manifest: &'a StageManifest, run: &str) -> Option<&'a str> {
     manifest
@@ -218,6 +238,7 @@ pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     summary.valid = valid;
     summary.test = test;
     summary.users = Some(UserCounts::of(&data));
+    summary.evaluated_by = Some(EvaluatedBy::new("evaluate", &p.model));
     ws.clean_temporaries_of(&summary_key(&p.name)).await?;
     ws.put_json(&summary_key(&p.name), &summary).await?;
     status!(
@@ -380,8 +401,7 @@ pub async fn recommend_one(
     let data = load_splits(&ws).await?;
     // `auto` resolved as `diffrec stage recommend` resolves it, so both rank alike.
     let model_cfg = resolve_input(&model_cfg, &data.train, Backend::Cpu).into_owned();
-    let best = best_sha256(&manifest, run);
-    let model = load_best::<Cpu>(&ws, run, &model_cfg, items.len(), best, &dev).await?;
+    let model = load_seeded(&ws, run, &model_cfg, items.len(), &manifest, &dev).await?;
     let recs = match (user, history) {
         (Some(id), None) => {
             let users = load_ids(&ws, "user").await?;

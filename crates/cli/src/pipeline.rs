@@ -404,7 +404,11 @@ mod tests {
         assert_eq!(load_str(&text, &[]).unwrap().pipeline.name, "t");
         let merged = format!("{MINI}train: {{<<: &base {{seed: 9, epochs: 4}}, epochs: 3}}\n");
         let p = load_str(&merged, &[]).unwrap().pipeline;
-        assert_eq!((p.train.seed, p.train.epochs), (9, 3), "the mapping's own key wins");
+        assert_eq!(
+            (p.train.seed, p.train.epochs),
+            (9, 3),
+            "the mapping's own key wins"
+        );
     }
 
     /// `--workspace` is a path or URL as typed, never parsed as YAML.

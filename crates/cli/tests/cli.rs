@@ -1338,17 +1338,19 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
         text(&out)
     );
     assert_eq!(summary(&c), reference);
-    // Cut back to half: nothing is trained, and the run says it keeps its longer training.
+    // Cut back to half: refused (trained anew with half it would be another run, which its
+    // checkpoints cannot give back), and the finished run is kept as it was.
     let out = run(&c, &["--set", &half]).output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains(&format!(
-            "already trained {epochs} epochs, more than train.epochs ({})",
-            epochs / 2
+            "Set train.epochs at least {epochs} to keep the run"
         )),
         "{}",
         text(&out)
     );
+    assert_eq!(summary(&c), reference);
+    assert!(c.join("runs/r/_manifest.json").exists());
 
     // Killed between the two checkpoint writes of the epoch that set a new best (`latest` is
     // written first): the resume rebuilds `best` from `latest`, so the model that evaluate and
@@ -2144,6 +2146,72 @@ fn a_run_that_evaluates_nothing_says_so() {
     assert!(out.status.success(), "{t}");
     assert!(t.contains("train: 3 epochs and no evaluation"), "{t}");
     assert!(!t.contains("early stop"), "{t}");
+}
+
+/// With `model.diffusion.sampling_noise` the reverse pass draws noise, seeded for each
+/// evaluation by the run's seed and the epoch: the evaluate stage repeats the training's
+/// evaluation of the best epoch to the last digit, reruns of evaluate and recommend repeat each
+/// other, and `summary.json` says which stage computed its figures with which reverse pass.
+#[test]
+fn noisy_evaluations_are_seeded_and_recorded() {
+    let (dir, p) = synthetic_project(
+        "noisy",
+        &["--users", "400", "--items", "300"],
+        "name: n
+data:
+  source: {format: csv, path: log.csv}
+model:
+  diffusion: {steps: 10, \
+         noise_scale: 0.005, noise_min: 0.005, noise_max: 0.01, sampling_noise: true}
+  \
+         denoiser: {dims: [64]}
+train: {epochs: 4, eval_every: 2, patience: 3}
+\
+         evaluate: {ks: [10, 20]}
+",
+    );
+    let ws = dir.join("ws");
+    let out = run_until_train(&p, &ws, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let summary = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(ws.join("runs/n/summary.json")).unwrap()).unwrap()
+    };
+    let stage = |stage: &str, sets: &[&str]| {
+        let mut c = diffrec();
+        c.args(["stage", stage, p.to_str().unwrap(), "--workspace"])
+            .arg(&ws);
+        for set in sets {
+            c.args(["--set", set]);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{stage} {sets:?}: {}", text(&out));
+    };
+    let trained = summary();
+    let by = |s: &serde_json::Value| s["evaluated_by"].clone();
+    assert_eq!(
+        by(&trained),
+        serde_json::json!({"stage": "train", "sampling_steps": 0, "sampling_noise": true})
+    );
+    let figures = |s: &serde_json::Value| (s["valid"].clone(), s["test"].clone());
+    for _ in 0..2 {
+        stage("evaluate", &[]);
+        let evaluated = summary();
+        assert_eq!(figures(&evaluated), figures(&trained));
+        assert_eq!(by(&evaluated)["stage"], "evaluate");
+    }
+    // The noise counts here (so the equalities above could fail): without it, other figures.
+    stage("evaluate", &["model.diffusion.sampling_noise=false"]);
+    let plain = summary();
+    assert_ne!(figures(&plain).1, figures(&trained).1);
+    assert_eq!(
+        by(&plain),
+        serde_json::json!({"stage": "evaluate", "sampling_steps": 0, "sampling_noise": false})
+    );
+    let recommendations = || std::fs::read(ws.join("runs/n/recommendations.parquet")).unwrap();
+    stage("recommend", &[]);
+    let first = recommendations();
+    stage("recommend", &[]);
+    assert!(first == recommendations(), "a rerun drew other noise");
 }
 
 /// A run started on two (logical) devices resumes on one: the devices are no part of the run's

@@ -14,9 +14,10 @@ use crate::learner::{Origin, load_recommender};
 use crate::metrics::top_k;
 use crate::train::{best_key, diffusion_of, eval_block, score_rows};
 
-/// The best checkpoint's model, on the inference backend `B`. L-DiffRec's item clusters come
-/// from the checkpoint itself, so a later cluster-stage rerun cannot mismatch it. With
-/// `expect_sha256` (what the run's manifest records), a checkpoint of other bytes is refused.
+/// The best checkpoint's model, on the inference backend `B`, and its epoch. L-DiffRec's item
+/// clusters come from the checkpoint itself, so a later cluster-stage rerun cannot mismatch it.
+/// With `expect_sha256` (what the run's manifest records), a checkpoint of other bytes is
+/// refused.
 pub async fn load_best<B: Backend>(
     ws: &Workspace,
     run: &str,
@@ -24,7 +25,7 @@ pub async fn load_best<B: Backend>(
     n_items: usize,
     expect_sha256: Option<&str>,
     device: &B::Device,
-) -> Result<Recommender<B>, TrainError> {
+) -> Result<(Recommender<B>, usize), TrainError> {
     let bytes = ws.get(&best_key(run)).await.map_err(|e| match e {
         diffrec_data::DataError::MissingArtifact { .. } => TrainError::Input(format!(
             "run `{run}` has no best checkpoint ({}): run the train stage first (it writes \
@@ -66,6 +67,7 @@ pub async fn load_best<B: Backend>(
         (false, 0) => {
             let m = Denoiser::<B>::new(n_items, &model.denoiser, InitScheme::DiffRec, device);
             return load_recommender(Recommender::Dense(m), model_bytes, origin, device)
+                .map(|m| (m, state.best_epoch))
                 .map_err(|e| e.noting(writer));
         }
         (false, _) => {
@@ -101,6 +103,7 @@ pub async fn load_best<B: Backend>(
     };
     let m = LatentDiffRec::<B>::new(&clusters, model, device);
     load_recommender(Recommender::Latent(m), model_bytes, origin, device)
+        .map(|m| (m, state.best_epoch))
         .map_err(|e| e.noting(writer))
 }
 

@@ -134,6 +134,33 @@ pub struct Summary {
     /// before the field existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub users: Option<UserCounts>,
+    /// Which stage computed `valid` and `test`, with which reverse pass. Absent in summaries
+    /// written before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluated_by: Option<EvaluatedBy>,
+}
+
+/// `summary.json`'s `evaluated_by`: the train stage (its evaluation of the best epoch) or the
+/// evaluate stage (which may be run with other `sampling_steps` and `sampling_noise`, and with
+/// other `evaluate.ks`, whose metrics then fill `valid` and `test`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvaluatedBy {
+    /// `train` or `evaluate`.
+    pub stage: String,
+    /// `model.diffusion.sampling_steps` of that evaluation.
+    pub sampling_steps: usize,
+    /// `model.diffusion.sampling_noise` of that evaluation (drawn as `seed_evaluation` says).
+    pub sampling_noise: bool,
+}
+
+impl EvaluatedBy {
+    pub fn new(stage: &str, model: &ModelConfig) -> Self {
+        EvaluatedBy {
+            stage: stage.to_owned(),
+            sampling_steps: model.diffusion.sampling_steps,
+            sampling_noise: model.diffusion.sampling_noise,
+        }
+    }
 }
 
 /// `summary.json`'s `users`: each metric is summed over a split's users with held-out items
@@ -542,24 +569,10 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
         state.written_by = this_diffrec();
         state.fingerprinted = spec.fingerprinted.clone();
         progress(Progress::Resumed { epoch: state.epoch });
-        if state.epoch > cfg.epochs {
-            tracing::warn!(
-                "run `{}` already trained {} epochs, more than train.epochs ({}): nothing more \
-                 is trained, and its best epoch stays the one chosen among all {} (use --force \
-                 to train it anew with {} epochs)",
-                spec.run,
-                state.epoch,
-                cfg.epochs,
-                state.epoch,
-                cfg.epochs
-            );
-        }
+        // Before anything of the finished run is given up (`give_up_previous`).
+        refuse_shorter(&spec.run, cfg, &state, &spec.ks)?;
     }
-    let select_k = if spec.ks.contains(&20) {
-        20
-    } else {
-        spec.ks[0]
-    };
+    let select_k = select_k(&spec.ks);
     let select_key = format!("recall@{select_k}");
     let n_users = data.n_users;
     let bs = cfg.batch_size;
@@ -703,6 +716,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
                     &live
                 }
             };
+            seed_evaluation::<B>(&device, cfg.seed, epoch);
             let (valid, test) = on_pool_thread(computes_on_pool(cfg.backend), || {
                 evaluate(model, &diffusion, &input, data, &spec.ks, &device)
             });
@@ -763,6 +777,85 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
         ws.put_json(&summary_key(&spec.run), &summary).await?;
     }
     Ok(summary)
+}
+
+/// The k of the Recall that selects the best epoch: 20, or the first of `evaluate.ks` without
+/// 20.
+fn select_k(ks: &[usize]) -> usize {
+    if ks.contains(&20) { 20 } else { ks[0] }
+}
+
+/// How the training loop's stopping rule ends a run whose evaluations `state` records, under
+/// `cfg`'s epochs and patience: the epochs it trains and its best epoch, when it ends before
+/// the epochs `state` went through (`None`: it goes at least as far). Also the least
+/// `train.epochs` and `train.patience` that go as far.
+#[derive(Debug, PartialEq)]
+struct EndsEarlier {
+    trained: usize,
+    best_epoch: usize,
+    least_epochs: usize,
+    least_patience: usize,
+}
+
+fn ends_earlier(cfg: &TrainConfig, state: &TrainState, ks: &[usize]) -> Option<EndsEarlier> {
+    let key = format!("recall@{}", select_k(ks));
+    let (mut best, mut best_recall) = (0, -100.0);
+    let (mut ended, mut least_patience) = (None, 0);
+    for epoch in 1..=state.epoch {
+        // The loop's rule: training stops at the start of epoch best epoch + patience.
+        least_patience = least_patience.max(epoch - best + 1);
+        let stops = epoch > cfg.epochs || (cfg.evaluates() && epoch - best >= cfg.patience);
+        if stops && ended.is_none() {
+            ended = Some((epoch - 1, best));
+        }
+        if let Some(ev) = state.evaluations.iter().find(|e| e.epoch == epoch) {
+            let recall = round4(ev.valid.get(&key).copied().unwrap_or(0.0));
+            if recall > best_recall {
+                (best, best_recall) = (epoch, recall);
+            }
+        }
+    }
+    ended.map(|(trained, best_epoch)| EndsEarlier {
+        trained,
+        best_epoch,
+        least_epochs: state.epoch,
+        least_patience,
+    })
+}
+
+/// Refuses to take a run that trained further than `cfg`'s `train.epochs` and
+/// `train.patience` allow as theirs: trained anew with them it would have ended earlier, and
+/// perhaps at another best epoch, which its checkpoints cannot give back. Extending a run
+/// (more epochs, more patience) is what resuming is for.
+fn refuse_shorter(
+    run: &str,
+    cfg: &TrainConfig,
+    state: &TrainState,
+    ks: &[usize],
+) -> Result<(), TrainError> {
+    let Some(e) = ends_earlier(cfg, state, ks) else {
+        return Ok(());
+    };
+    let mut keep = Vec::new();
+    if cfg.epochs < e.least_epochs {
+        keep.push(format!("train.epochs at least {}", e.least_epochs));
+    }
+    if cfg.evaluates() && cfg.patience < e.least_patience {
+        keep.push(format!("train.patience at least {}", e.least_patience));
+    }
+    Err(TrainError::Input(format!(
+        "run `{run}` trained {} epochs (best epoch {}); with train.epochs {} and train.patience \
+         {} it would have ended after epoch {} (best epoch {}), and its checkpoints cannot \
+         give that run back. Set {} to keep the run as it is, or train it anew with these \
+         settings (--force, or another pipeline name)",
+        state.epoch,
+        state.best_epoch,
+        cfg.epochs,
+        cfg.patience,
+        e.trained,
+        e.best_epoch,
+        keep.join(" and "),
+    )))
 }
 
 fn foreign_run(run: &str) -> TrainError {
@@ -866,7 +959,22 @@ fn summarise(spec: &RunSpec, state: &TrainState, params: usize, users: UserCount
             .is_latent()
             .then_some(spec.model.autoencoder.input),
         users: Some(users),
+        evaluated_by: Some(EvaluatedBy::new("train", &spec.model)),
     }
+}
+
+/// Seeds the random numbers of `device`'s backend for the evaluation after `epoch` of a run
+/// trained with `seed`: the reverse pass draws from them with `model.diffusion.sampling_noise`
+/// (and from nothing else), so each evaluation is one fixed draw, and the evaluate and recommend
+/// stages, seeded for the best epoch, draw what the training's evaluation of it drew.
+pub fn seed_evaluation<B: Backend>(device: &B::Device, seed: u64, epoch: usize) {
+    // Apart from the epochs' training seeds (`seed · φ + epoch`).
+    B::seed(
+        device,
+        (seed ^ 0x5EED_0E7A_1000_0000)
+            .wrapping_mul(0xD1B5_4A32_D192_ED03)
+            .wrapping_add(epoch as u64),
+    );
 }
 
 /// Scores every user once (reverse diffusion on the training row) and applies both masks.
@@ -986,6 +1094,74 @@ pub fn peak_rss_bytes() -> u64 {
 mod tests {
     use super::*;
     use crate::config::Backend as Compute;
+
+    /// The stopping rule replayed on a run's recorded evaluations. Evaluated every 2 epochs,
+    /// valid recall@20 .10 .20 .20 .15 .30 at epochs 2 4 6 8 10 (the ties at epoch 6 do not
+    /// count: the best must be higher): trained 10 epochs, best epoch 10, no stop with
+    /// patience 20. Epoch by epoch the best before it is 0 0 0 0 2 2 4 4 4 4, so the widest
+    /// gap is epoch 10 − 4 = 6, and patience 7 is the least that reaches epoch 10.
+    #[test]
+    fn shorter_settings_are_found_from_the_recorded_evaluations() {
+        let evaluations = [(2, 0.10), (4, 0.20), (6, 0.20), (8, 0.15), (10, 0.30)]
+            .map(|(epoch, r)| Evaluation {
+                epoch,
+                loss: 1.0,
+                epoch_seconds: 1.0,
+                eval_seconds: 1.0,
+                valid: [("recall@20".to_owned(), r)].into(),
+                test: BTreeMap::new(),
+            })
+            .to_vec();
+        let state = TrainState {
+            epoch: 10,
+            best_epoch: 10,
+            best_recall: 0.3,
+            evaluations,
+            losses: vec![1.0; 10],
+            epoch_seconds: vec![1.0; 10],
+            sampler: StepSampler::new(4),
+            train_seconds: 10.0,
+            fingerprint: "f".into(),
+            item_clusters: vec![],
+            cluster_weights: vec![],
+            written_by: this_diffrec(),
+            fingerprinted: serde_json::Value::Null,
+        };
+        let cfg = |epochs, patience| TrainConfig {
+            epochs,
+            patience,
+            eval_every: 2,
+            ..TrainConfig::default()
+        };
+        let ks = [10, 20];
+        for (epochs, patience) in [(10, 20), (10, 7), (30, 7)] {
+            assert_eq!(ends_earlier(&cfg(epochs, patience), &state, &ks), None);
+        }
+        let earlier = |trained, best_epoch| {
+            Some(EndsEarlier {
+                trained,
+                best_epoch,
+                least_epochs: 10,
+                least_patience: 7,
+            })
+        };
+        // Patience 6 stops at the start of epoch 4 + 6 = 10, best epoch 4.
+        assert_eq!(ends_earlier(&cfg(10, 6), &state, &ks), earlier(9, 4));
+        // Patience 3: best 0 until epoch 2, then 2 at epoch 3 and 4, 4 from 5: the start of
+        // epoch 4 + 3 = 7 stops it.
+        assert_eq!(ends_earlier(&cfg(10, 3), &state, &ks), earlier(6, 4));
+        assert_eq!(ends_earlier(&cfg(7, 20), &state, &ks), earlier(7, 4));
+        let e = refuse_shorter("r", &cfg(7, 6), &state, &ks).unwrap_err();
+        assert!(matches!(e, TrainError::Input(_)));
+        let e = e.to_string();
+        assert!(e.contains("ended after epoch 7 (best epoch 4)"), "{e}");
+        assert!(
+            e.contains("train.epochs at least 10 and train.patience at least 7"),
+            "{e}"
+        );
+        // Extending a run is no refusal.
+        refuse_shorter("r", &cfg(40, 30), &state, &ks).unwrap();
+    }
 
     /// A `rows` × `cols` matrix holding `per_row` entries in each row.
     fn matrix(rows: usize, cols: usize, per_row: u32) -> CsrMatrix {
