@@ -4,7 +4,8 @@
 //! pipelines, runs the embedded demo, generates synthetic data, recommends for one user or
 //! history, and serves burn-collective's orchestrator for multi-node training. Owns
 //! command-line parsing, pipeline loading (`pipeline.rs`), stage ordering (`stages.rs`),
-//! progress display and exit codes: 0 success, 2 bad config or input, 1 any other failure.
+//! progress display and exit codes: 0 success, 2 bad config or input, 1 any other failure,
+//! 143 and 130 stopped by SIGTERM and SIGINT, 101 an internal error (`shutdown.rs`).
 //!
 //! It must not: hold algorithms (those live in the library crates).
 
@@ -14,6 +15,7 @@ mod infer_stage;
 mod malloc;
 mod pipeline;
 mod progress;
+mod shutdown;
 mod stages;
 mod stdout;
 mod threads;
@@ -33,10 +35,18 @@ use crate::pipeline::PipelineError;
 use crate::stages::Stage;
 use crate::stdout::status;
 
+/// What the exit codes mean, for schedulers' retry rules (also in the README).
+const EXIT_STATUS: &str = "Exit status:\n  \
+    0    done\n  \
+    2    fix the pipeline, the data or the arguments (the message names what, and how to fix it)\n  \
+    1    any other failure (a full disk, a lost connection, an S3 error, another process that took the run over): running again is safe and resumes\n  \
+    143  stopped by SIGTERM, 130 by SIGINT: what was written is kept, and running again resumes\n  \
+    101  an internal error, or a resource limit (threads, memory) that the message names";
+
 /// Diffusion recommender models (DiffRec, T-DiffRec, L-DiffRec, LT-DiffRec) as a staged
 /// pipeline over a workspace: ingest → cluster → train → evaluate → recommend.
 #[derive(Parser, Debug)]
-#[command(name = "diffrec", version, about, long_about = None)]
+#[command(name = "diffrec", version, about, long_about = None, after_help = EXIT_STATUS)]
 struct Cli {
     /// More log output: -v diffrec's debug lines and other crates' info, -vv trace and debug.
     /// By default diffrec logs at info and other crates from warn up (the orchestrator: info).
@@ -191,8 +201,11 @@ fn main() -> ExitCode {
     let pool = threads::build_global_pool();
     let cli = Cli::parse();
     // The orchestrator's own work is burn-collective's (its connection events, a few per node).
-    let others_at_info = matches!(cli.command, Command::Orchestrator { .. });
-    progress::init_logging(cli.verbose, others_at_info);
+    let orchestrator = matches!(cli.command, Command::Orchestrator { .. });
+    if !orchestrator {
+        shutdown::end_on_panic();
+    }
+    progress::init_logging(cli.verbose, orchestrator);
     tracing::debug!(kept, "allocator keeps freed memory (mallopt)");
     tracing::debug!(threads = ?pool, "rayon pool with 8 MiB stacks");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -205,6 +218,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if !orchestrator {
+        runtime.spawn(shutdown::stop_on_signals());
+    }
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

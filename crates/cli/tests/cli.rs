@@ -2214,6 +2214,55 @@ train: {epochs: 4, eval_every: 2, patience: 3}
     assert!(first == recommendations(), "a rerun drew other noise");
 }
 
+/// SIGTERM and SIGINT end a training at once with the shell's code for the signal (143, 130)
+/// and a line saying what is kept, and the run resumes. The handler is what makes the signals
+/// work when diffrec is PID 1 in a container (the kernel drops unhandled signals there); it
+/// shows here as the exit code, where an unhandled signal ends the process without one.
+#[test]
+fn termination_signals_end_a_training_saying_so() {
+    let (_dir, p, ws, out) = tiny_train_run("signals", "{epochs: 2, eval_every: 1}");
+    assert!(out.status.success(), "{}", text(&out));
+    let latest = ws.join("runs/g/checkpoints/latest.ckpt");
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
+        let written = std::fs::metadata(&latest).unwrap().modified().unwrap();
+        let child = diffrec()
+            .args(["run", p.to_str().unwrap(), "--workspace"])
+            .arg(&ws)
+            .args([
+                "--set",
+                "train.epochs=1000000",
+                "--set",
+                "train.patience=1000000",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while std::fs::metadata(&latest).unwrap().modified().unwrap() == written {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no epoch in two minutes"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let killed = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let out = child.wait_with_output().unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(code), "{signal}: {t}");
+        assert!(
+            t.contains(&format!("stopped by SIG{signal}: what was written is kept")),
+            "{t}"
+        );
+        // Every start after the first resumes the run the signal stopped.
+        assert!(t.contains("resuming after epoch"), "{t}");
+    }
+}
+
 /// A run started on two (logical) devices resumes on one: the devices are no part of the run's
 /// identity (data-parallel training equals one device's up to float error).
 #[test]

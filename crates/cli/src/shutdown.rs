@@ -1,0 +1,50 @@
+//! How the process ends when something outside the normal flow stops it: a signal, a panic.
+//!
+//! Ending at once is safe in every stage: each write goes to a temporary key (or, on S3, to
+//! an upload that only its completion makes visible), and a training resumes from its latest
+//! checkpoint. What matters is that it does end, promptly and saying why.
+
+/// Ends the process on SIGTERM or SIGINT with the shell's code for the signal (143, 130),
+/// after one log line saying what is kept. Without a handler, diffrec running as PID 1 in a
+/// container (`docker run` without `--init`, a Kubernetes Job whose command is `diffrec`)
+/// would ignore both, since the kernel drops the signals PID 1 does not handle, and wait out
+/// the grace period until SIGKILL. Not for the orchestrator, which handles both itself.
+pub async fn stop_on_signals() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot listen for SIGTERM and SIGINT: they end diffrec unannounced");
+        return;
+    };
+    let (name, code) = tokio::select! {
+        _ = term.recv() => ("SIGTERM", 143),
+        _ = int.recv() => ("SIGINT", 130),
+    };
+    tracing::warn!(
+        "stopped by {name}: what was written is kept (a training resumes from its latest \
+         checkpoint when run again; any other stage runs again whole)"
+    );
+    std::process::exit(code);
+}
+
+/// Makes a panic on any thread end the process with exit code 101 at once, after Rust's own
+/// message and a line on what it may mean. A panic on a worker thread (a thread that the
+/// operating system refused to start, under a pids limit) otherwise left the main thread
+/// waiting for it forever. Not for the orchestrator: it serves many nodes, and a panic in one
+/// connection's task must not end it.
+pub fn end_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!(
+            "error: diffrec stopped on an internal error (above), exit code 101. If it says \
+             that a thread could not be spawned or memory could not be allocated, a resource \
+             limit stopped it (`ulimit -u` or the container's pids limit; `ulimit -v` or its \
+             memory limit): raise the limit and run again. Otherwise it is a bug: please \
+             report it with the message above."
+        );
+        std::process::exit(101);
+    }));
+}
