@@ -2214,6 +2214,47 @@ train: {epochs: 4, eval_every: 2, patience: 3}
     assert!(first == recommendations(), "a rerun drew other noise");
 }
 
+/// A finished run's outputs deleted by hand: the metrics table and curves are written again
+/// from the latest checkpoint's record (the run is not up to date without them), and a lost
+/// best checkpoint of an epoch before the latest, which nothing can rebuild, is named (exit 1)
+/// instead of leaving a run that says it is up to date and has no best model.
+#[test]
+fn lost_outputs_of_a_finished_run_are_written_again_or_named() {
+    // Early stopping ends the run one epoch after its best (patience 2), so the latest
+    // checkpoint is not the best one.
+    let (_dir, p, ws, out) = tiny_train_run("lost", "{epochs: 200, eval_every: 1, patience: 2}");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("early stop"), "{}", text(&out));
+    let run_dir = ws.join("runs/g");
+    let metrics = std::fs::read(run_dir.join("metrics.parquet")).unwrap();
+    for lost in ["metrics.parquet", "curves.svg"] {
+        std::fs::remove_file(run_dir.join(lost)).unwrap();
+        let out = run_until_train(&p, &ws, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(
+            std::fs::read(run_dir.join("metrics.parquet")).unwrap(),
+            metrics
+        );
+        assert!(run_dir.join("curves.svg").exists());
+        let out = run_until_train(&p, &ws, &[]);
+        assert!(text(&out).contains("train: up to date"), "{}", text(&out));
+    }
+    std::fs::remove_file(run_dir.join("checkpoints/best.ckpt")).unwrap();
+    for _ in 0..2 {
+        let out = run_until_train(&p, &ws, &[]);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{t}");
+        assert!(
+            t.contains("best.ckpt is missing or unreadable")
+                && t.contains("the best model is lost"),
+            "{t}"
+        );
+    }
+    let out = run_until_train(&p, &ws, &["--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(run_dir.join("checkpoints/best.ckpt").exists());
+}
+
 /// SIGTERM and SIGINT end a training at once with the shell's code for the signal (143, 130)
 /// and a line saying what is kept, and the run resumes. The handler is what makes the signals
 /// work when diffrec is PID 1 in a container (the kernel drops unhandled signals there); it

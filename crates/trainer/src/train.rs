@@ -774,6 +774,13 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
     let summary = summarise(spec, &state, params, UserCounts::of(data));
     if let Some(claim) = &claim {
         ensure_sole_writer(ws, &spec.run, claim).await?;
+        // A resumed run that trained nothing more (its metrics table deleted, and the stage
+        // run again for it) writes its evaluations again from the checkpoint's record.
+        let lost = !ws.exists(&metrics_key(&spec.run)).await?
+            || !ws.exists(&curves_key(&spec.run)).await?;
+        if lost && !state.evaluations.is_empty() {
+            write_metrics(ws, &spec.run, &state, select_k).await?;
+        }
         ws.put_json(&summary_key(&spec.run), &summary).await?;
     }
     Ok(summary)
@@ -915,12 +922,29 @@ async fn repair_best(
     latest: &TrainState,
     evaluated: &[u8],
 ) -> Result<(), TrainError> {
-    if latest.best_epoch == 0 || latest.best_epoch != latest.epoch {
+    if latest.best_epoch == 0 {
         return Ok(());
     }
     let key = best_key(run);
     // A damaged `best` is rebuilt like a missing one.
     let held = read_state(ws, &key).await.ok().flatten().map(|s| s.epoch);
+    if latest.best_epoch != latest.epoch {
+        // Only the best epoch's own checkpoint holds its model: one lost (deleted, damaged)
+        // cannot be rebuilt, and training on would leave the run without a best model.
+        if held == Some(latest.best_epoch) {
+            return Ok(());
+        }
+        return Err(TrainError::Checkpoint(format!(
+            "{key} {}, and the run's best epoch is {} while its latest checkpoint holds epoch \
+             {}: the best model is lost. Train the run anew (--force)",
+            match held {
+                None => "is missing or unreadable".to_owned(),
+                Some(epoch) => format!("holds epoch {epoch}"),
+            },
+            latest.best_epoch,
+            latest.epoch
+        )));
+    }
     if held != Some(latest.best_epoch) {
         tracing::warn!(
             best_epoch = latest.best_epoch,
