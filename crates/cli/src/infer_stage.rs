@@ -139,9 +139,11 @@ async fn check_trained_data(ws: &Workspace, run: &str, manifest: &StageManifest)
         return Ok(());
     }
     Err(UsageError(format!(
-        "run `{run}` was trained on other data: {} changed since (re-ingested with other \
-         settings or another source). Ingest with the settings it was trained on, or retrain it \
-         with `--force`",
+        "run `{run}` was trained on other data: {} changed since (ingested again, from a \
+         refreshed source or with other settings). To score the data there is now, train the \
+         run again: `diffrec run` (or `diffrec stage train`) trains it anew on it when only the \
+         data changed, `--force` whatever changed; to score the run as trained, ingest the data \
+         it was trained on again",
         changed.join(", ")
     ))
     .into())

@@ -337,13 +337,39 @@ async fn dispatch(command: Command) -> Result<()> {
                 return Err(usage::UsageError(format!("--{flag} {why}")).into());
             }
             check_generate_out(&out)?;
-            let file = std::fs::File::create(&out)
-                .with_context(|| format!("creating {}", out.display()))?;
+            // Written beside it and renamed once whole: a generator stopped half-way leaves no
+            // file under the name that an ingest reads (a cut on a line end would pass). What
+            // is there and not a file (/dev/stdout, a pipe) is written directly.
+            let direct = std::fs::metadata(&out).is_ok_and(|m| !m.is_file());
+            let mut partial = out.clone().into_os_string();
+            if !direct {
+                partial.push(format!(".partial-{}", std::process::id()));
+            }
+            let partial = PathBuf::from(partial);
+            let file = std::fs::File::create(&partial)
+                .with_context(|| format!("creating {}", partial.display()))?;
             let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-            let rows =
-                write_csv(&spec, &mut w).with_context(|| format!("writing {}", out.display()))?;
-            std::io::Write::flush(&mut w)?;
-            status!("wrote {rows} interactions to {}", out.display());
+            let written = write_csv(&spec, &mut w).and_then(|rows| {
+                std::io::Write::flush(&mut w)?;
+                if !direct {
+                    w.get_ref().sync_all()?;
+                }
+                Ok(rows)
+            });
+            let rows = match direct {
+                true => written,
+                false => written
+                    .and_then(|rows| std::fs::rename(&partial, &out).map(|()| rows))
+                    .inspect_err(|_| {
+                        let _ = std::fs::remove_file(&partial);
+                    }),
+            }
+            .with_context(|| format!("writing {}", out.display()))?;
+            match direct {
+                // Perhaps this process's standard output, which the line would end up in.
+                true => tracing::info!("wrote {rows} interactions to {}", out.display()),
+                false => status!("wrote {rows} interactions to {}", out.display()),
+            }
             Ok(())
         }
         Command::Recommend {

@@ -2214,6 +2214,37 @@ train: {epochs: 4, eval_every: 2, patience: 3}
     assert!(first == recommendations(), "a rerun drew other noise");
 }
 
+/// `generate` writes beside the file and renames it once whole (a stopped generator leaves no
+/// half file under the name ingest reads): nothing else is left in the folder. To standard
+/// output it writes directly, and its status line goes to the log, not into the CSV.
+#[test]
+fn generate_leaves_a_whole_file_or_pure_csv_on_stdout() {
+    let dir = tmpdir("generate");
+    generate(&dir.join("log.csv"), &["--users", "30", "--items", "20"]);
+    let names: Vec<String> = std::fs::read_dir(dir.join("."))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["log.csv"]);
+    let out = diffrec()
+        .env("RUST_LOG", "info")
+        .args([
+            "generate",
+            "--out",
+            "/dev/stdout",
+            "--users",
+            "30",
+            "--items",
+            "20",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(csv, std::fs::read_to_string(dir.join("log.csv")).unwrap());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrote"));
+}
+
 /// A finished run's outputs deleted by hand: the metrics table and curves are written again
 /// from the latest checkpoint's record (the run is not up to date without them), and a lost
 /// best checkpoint of an epoch before the latest, which nothing can rebuild, is named (exit 1)

@@ -50,8 +50,8 @@ enum SourceLocation {
 fn resolve(path: &str, base_dir: &Path) -> SourceLocation {
     if let Some(key) = path.strip_prefix("workspace:") {
         SourceLocation::InWorkspace(key.trim_start_matches('/').to_owned())
-    } else if let Some(p) = path.strip_prefix("file://") {
-        SourceLocation::Local(PathBuf::from(p))
+    } else if let Some(p) = crate::workspace::file_url_path(path) {
+        SourceLocation::Local(p)
     } else if path.contains("://") {
         SourceLocation::Url(path.to_owned())
     } else {

@@ -147,6 +147,17 @@ fn refuse_url_typo(url: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The local path a `file://` URL names, percent-decoded as RFC 8089 has it
+/// (`file:///data/my%20ws` is `/data/my ws`, as Python's `Path.as_uri()` writes it); `None` for
+/// anything else. A URL that does not parse is taken as written.
+pub fn file_url_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("file://")?;
+    let decoded = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.to_file_path().ok());
+    Some(decoded.unwrap_or_else(|| rest.into()))
+}
+
 impl Workspace {
     /// Opens a workspace URL. A plain path or `file://` URL names a local directory (created if
     /// missing); `memory://` is an in-process store (tests); `s3://bucket/prefix` uses the standard
@@ -200,24 +211,25 @@ impl Workspace {
         Self::check_url(url).map_err(bad)?;
         let (store, prefix): (Arc<dyn ObjectStore>, Path) = match scheme {
             None | Some("file") => {
-                let dir = url.strip_prefix("file://").unwrap_or(url);
-                if create && std::path::Path::new(dir).is_file() {
+                let dir = file_url_path(url).unwrap_or_else(|| url.into());
+                let dir = dir.as_path();
+                if create && dir.is_file() {
                     return Err(bad(
                         "a file, not a directory: a workspace is the folder the stages write"
                             .into(),
                     ));
                 } else if create {
-                    created = std::path::Path::new(dir)
+                    created = dir
                         .ancestors()
                         .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
                         .last()
                         .map(std::path::Path::to_path_buf);
                     std::fs::create_dir_all(dir).map_err(|e| DataError::Io {
-                        path: dir.to_owned(),
+                        path: dir.display().to_string(),
                         source: e,
                     })?;
-                } else if !std::path::Path::new(dir).is_dir() {
-                    let what = if std::path::Path::new(dir).exists() {
+                } else if !dir.is_dir() {
+                    let what = if dir.exists() {
                         "a file, not a directory: a workspace is the folder the stages write"
                     } else {
                         "no such directory"
@@ -230,7 +242,7 @@ impl Workspace {
                 let fs = LocalFileSystem::new_with_prefix(dir)
                     .map_err(|e| bad(e.to_string()))?
                     .with_fsync(true);
-                local_root = Some(std::path::PathBuf::from(dir));
+                local_root = Some(dir.to_path_buf());
                 (Arc::new(fs), Path::default())
             }
             Some("memory") => {
@@ -1075,6 +1087,22 @@ mod tests {
         assert!(!std::path::Path::new("s3:").exists());
         assert!(Workspace::check_url("relative/ws").is_ok());
         assert!(Workspace::check_url("file:///abs/ws").is_ok());
+    }
+
+    /// `file://` URLs are percent-decoded (RFC 8089; Python's `Path.as_uri()` encodes a space
+    /// and every non-ASCII byte), and one written with the characters themselves works too.
+    #[test]
+    fn file_urls_are_percent_decoded() {
+        let base = std::env::temp_dir().join(format!("diffrec-ws-{}", rand::random::<u32>()));
+        let encoded = format!("file://{}/my%20ws%C3%BC", base.display());
+        let ws = Workspace::open(&encoded).unwrap();
+        assert!(base.join("my wsü").is_dir());
+        assert!(!base.join("my%20ws%C3%BC").exists());
+        drop(ws);
+        let written = format!("file://{}/my wsü", base.display());
+        assert!(Workspace::open_existing(&written).is_ok());
+        assert_eq!(file_url_path("/no/scheme"), None);
+        std::fs::remove_dir_all(base).unwrap();
     }
 
     /// S3 prefixes are keys as written (as the AWS CLI, boto3 and DuckDB read `s3://` URLs),
