@@ -155,7 +155,7 @@ enum Command {
         #[arg(long)]
         workspace: String,
         /// Run (pipeline) name.
-        #[arg(long)]
+        #[arg(long, value_parser = run_name)]
         run: String,
         /// Original user id (a user of the training data).
         #[arg(long)]
@@ -429,6 +429,11 @@ async fn dispatch(command: Command) -> Result<()> {
 
 /// `generate --out`: refuses (exit 2) a path whose folder is missing or whose name says
 /// another format than the CSV written.
+/// `--run`, checked as a pipeline's `name` is.
+fn run_name(name: &str) -> Result<String, String> {
+    pipeline::check_run_name(name).map(|()| name.to_owned())
+}
+
 fn check_generate_out(out: &Path) -> Result<()> {
     let ext = out
         .extension()

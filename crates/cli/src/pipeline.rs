@@ -205,23 +205,22 @@ fn given_by_set(sets: &[String], key: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Cross-section and per-section checks; returns (key, message) on the first problem.
-fn validate(p: &Pipeline) -> Result<(), (String, String)> {
-    if p.name.chars().all(|c| c == '.')
-        || !p
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-    {
-        return Err((
-            "name".into(),
-            format!(
-                "{:?} must be letters, digits, '.', '_' or '-', not only dots (the run's \
-                 folder is runs/<name>)",
-                p.name
-            ),
+/// A pipeline (run) name: letters, digits, '.', '_' or '-', not only dots (nor none). Also
+/// what `diffrec recommend --run` takes.
+pub fn check_run_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if name.chars().all(|c| c == '.') || !name.chars().all(allowed) {
+        return Err(format!(
+            "{name:?} must be letters, digits, '.', '_' or '-', not only dots (the run's folder \
+             is runs/<name>)"
         ));
     }
+    Ok(())
+}
+
+/// Cross-section and per-section checks; returns (key, message) on the first problem.
+fn validate(p: &Pipeline) -> Result<(), (String, String)> {
+    check_run_name(&p.name).map_err(|why| ("name".into(), why))?;
     // Where the stages would refuse them, before any work: a workspace URL with an unknown
     // scheme or a slip (`s3:/b/x`), and likewise a source URL.
     if let Some(ws) = &p.workspace {
