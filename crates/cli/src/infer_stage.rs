@@ -282,12 +282,23 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
             score.push(s);
         }
     }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("user_id", DataType::Utf8, false),
-        Field::new("rank", DataType::UInt32, false),
-        Field::new("item_id", DataType::Utf8, false),
-        Field::new("score", DataType::Float32, false),
-    ]));
+    // What made the list, for whoever reads the file alone (a key-value entry `diffrec`).
+    let made_with = serde_json::json!({
+        "run": p.name,
+        "k": p.recommend.k,
+        "exclude": p.recommend.exclude,
+        "sampling_steps": p.model.diffusion.sampling_steps,
+        "sampling_noise": p.model.diffusion.sampling_noise,
+    });
+    let schema = Arc::new(Schema::new_with_metadata(
+        vec![
+            Field::new("user_id", DataType::Utf8, false),
+            Field::new("rank", DataType::UInt32, false),
+            Field::new("item_id", DataType::Utf8, false),
+            Field::new("score", DataType::Float32, false),
+        ],
+        HashMap::from([("diffrec".to_owned(), made_with.to_string())]),
+    ));
     let rows = u.len();
     let short = recs.iter().filter(|l| l.len() < p.recommend.k).count();
     if short > 0 {

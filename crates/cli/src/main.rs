@@ -35,18 +35,23 @@ use crate::pipeline::PipelineError;
 use crate::stages::Stage;
 use crate::stdout::status;
 
+/// The release and the commit it was built from (build.rs), as `-V` prints them and every
+/// manifest records the latter.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DIFFREC_BUILD"), ")");
+
 /// What the exit codes mean, for schedulers' retry rules (also in the README).
 const EXIT_STATUS: &str = "Exit status:\n  \
     0    done\n  \
     2    fix the pipeline, the data or the arguments (the message names what, and how to fix it)\n  \
     1    any other failure (a full disk, a lost connection, an S3 error, another process that took the run over): running again is safe and resumes\n  \
     143  stopped by SIGTERM, 130 by SIGINT: what was written is kept, and running again resumes\n  \
-    101  an internal error, or a resource limit (threads, memory) that the message names";
+    101  an internal error, or a thread limit (ulimit -u, a pids limit) that the message names\n  \
+    134  an allocation failed (\"memory allocation of N bytes failed\"): a memory limit (ulimit -v, the container's)";
 
 /// Diffusion recommender models (DiffRec, T-DiffRec, L-DiffRec, LT-DiffRec) as a staged
 /// pipeline over a workspace: ingest → cluster → train → evaluate → recommend.
 #[derive(Parser, Debug)]
-#[command(name = "diffrec", version, about, long_about = None, after_help = EXIT_STATUS)]
+#[command(name = "diffrec", version = VERSION, about, long_about = None, after_help = EXIT_STATUS)]
 struct Cli {
     /// More log output: -v diffrec's debug lines and other crates' info, -vv trace and debug.
     /// By default diffrec logs at info and other crates from warn up (the orchestrator: info).
@@ -200,6 +205,7 @@ fn main() -> ExitCode {
     let kept = malloc::keep_freed_memory();
     let pool = threads::build_global_pool();
     let cli = Cli::parse();
+    diffrec_data::manifest::set_build(env!("DIFFREC_BUILD"));
     // The orchestrator's own work is burn-collective's (its connection events, a few per node).
     let orchestrator = matches!(cli.command, Command::Orchestrator { .. });
     if !orchestrator {
@@ -338,9 +344,10 @@ async fn dispatch(command: Command) -> Result<()> {
             }
             check_generate_out(&out)?;
             // Written beside it and renamed once whole: a generator stopped half-way leaves no
-            // file under the name that an ingest reads (a cut on a line end would pass). What
-            // is there and not a file (/dev/stdout, a pipe) is written directly.
-            let direct = std::fs::metadata(&out).is_ok_and(|m| !m.is_file());
+            // file under the name that an ingest reads (a cut on a line end would pass). A link
+            // (/dev/stdout, whatever it points to) or anything else but a file (a pipe) is
+            // written through, as it is: a rename would replace the link itself.
+            let direct = std::fs::symlink_metadata(&out).is_ok_and(|m| !m.is_file());
             let mut partial = out.clone().into_os_string();
             if !direct {
                 partial.push(format!(".partial-{}", std::process::id()));

@@ -132,8 +132,6 @@ pub fn from_yaml(
         message: e.to_string(),
     };
     let mut value: Value = serde_norway::from_str(text).map_err(yaml_err)?;
-    // Merge keys (`<<: *defaults`) take the aliased mapping's keys, as YAML 1.1 defines them.
-    value.apply_merge().map_err(yaml_err)?;
     for arg in sets {
         apply_set(&mut value, arg).map_err(|message| PipelineError::Set {
             path: shown.to_owned(),
@@ -141,6 +139,9 @@ pub fn from_yaml(
             message,
         })?;
     }
+    // Merge keys (`<<: *defaults`) take the aliased mapping's keys, as YAML 1.1 defines them
+    // (a mapping's own keys win), in the file and in `--set` values alike.
+    value.apply_merge().map_err(yaml_err)?;
     if let Some(ws) = workspace {
         // Taken as it is, not parsed as YAML: `2024` stays a folder name and `out #2` keeps
         // its `#2`.
@@ -408,6 +409,9 @@ mod tests {
             (9, 3),
             "the mapping's own key wins"
         );
+        let p = load_str(MINI, &["train={<<: {seed: 4, epochs: 6}, epochs: 2}"]).unwrap();
+        let t = p.pipeline.train;
+        assert_eq!((t.seed, t.epochs), (4, 2), "and in a --set value");
     }
 
     /// `--workspace` is a path or URL as typed, never parsed as YAML.

@@ -23,8 +23,9 @@ pub async fn stop_on_signals() {
         _ = int.recv() => ("SIGINT", 130),
     };
     tracing::warn!(
-        "stopped by {name}: what was written is kept (a training resumes from its latest \
-         checkpoint when run again; any other stage runs again whole)"
+        "stopped by {name}: finished writes are kept, unfinished ones are never read; the same \
+         command run again resumes (training and LightGCN pre-training from their latest \
+         checkpoints; other work is done again)"
     );
     std::process::exit(code);
 }

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
-use diffrec_data::manifest::{Freshness, StageManifest, freshness, manifest_key, upstream_hashes};
+use diffrec_data::manifest::{
+    Freshness, StageManifest, freshness, manifest_key, upstream_hashes, upstream_records,
+};
 use diffrec_data::workspace::sha256_hex;
 use diffrec_data::{DataConfig, Workspace, load_splits};
 use diffrec_model::ModelConfig;
@@ -354,6 +356,12 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         .into());
     }
     let latent = p.model.variant.is_latent();
+    // Which data and clusters, made how, the run trains on: kept in its manifest.
+    let mut stages = vec![("ingest", diffrec_data::ingest::STAGE_DIR)];
+    if latent {
+        stages.push(("cluster", diffrec_cluster::artifacts::STAGE_DIR));
+    }
+    let upstream_runs = upstream_records(ws, &stages).await?;
     // Where this process sits among several nodes, and how long it waits for them, is no part
     // of the run's identity: every node of a multi-node run sees the same manifest and shares
     // the checkpoints node 0 writes.
@@ -586,6 +594,8 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         outputs,
         started_at: started,
         finished_at: Utc::now(),
+        build: diffrec_data::manifest::build(),
+        upstream: upstream_runs,
     };
     ws.put_json(&manifest_key(&dir), &manifest).await?;
     if summary.best_epoch == 0 {

@@ -2212,6 +2212,48 @@ train: {epochs: 4, eval_every: 2, patience: 3}
     let first = recommendations();
     stage("recommend", &[]);
     assert!(first == recommendations(), "a rerun drew other noise");
+
+    // What made them, for whoever reads the file alone: the file's key-value entry `diffrec`.
+    let file = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        bytes::Bytes::from(first),
+    )
+    .unwrap();
+    let kv = file
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .unwrap();
+    let made = kv.iter().find(|e| e.key == "diffrec").unwrap();
+    let made: serde_json::Value = serde_json::from_str(made.value.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        made,
+        serde_json::json!({"run": "n", "k": 20, "exclude": "seen", "sampling_steps": 0,
+                           "sampling_noise": true})
+    );
+    // The run's manifest names the build that trained it (what `diffrec -V` shows in
+    // brackets) and keeps the ingest stage's settings and source, which a later ingest replaces.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.join("runs/n/_manifest.json")).unwrap()).unwrap();
+    let version = text(&diffrec().arg("-V").output().unwrap());
+    let build = manifest["build"].as_str().unwrap();
+    assert!(
+        !build.is_empty() && version.contains(&format!("({build})")),
+        "{version}"
+    );
+    let ingest = &manifest["upstream"]["ingest"];
+    assert_eq!(ingest["config"]["source"]["format"], "csv");
+    let log = std::fs::read(dir.join("log.csv")).unwrap();
+    let hashes: Vec<&str> = ingest["inputs"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|h| h.as_str())
+        .collect();
+    assert_eq!(
+        hashes,
+        vec![diffrec_data::workspace::sha256_hex(&log)],
+        "the source and its hash"
+    );
 }
 
 /// `generate` writes beside the file and renames it once whole (a stopped generator leaves no
@@ -2243,9 +2285,19 @@ fn generate_leaves_a_whole_file_or_pure_csv_on_stdout() {
     let csv = String::from_utf8(out.stdout).unwrap();
     assert_eq!(csv, std::fs::read_to_string(dir.join("log.csv")).unwrap());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrote"));
+    // A link is written through, also to a regular file (`--out /dev/stdout > file.csv`), and
+    // stays a link.
+    let link = dir.join("link.csv");
+    std::os::unix::fs::symlink(dir.join("target.csv"), &link).unwrap();
+    generate(&link, &["--users", "30", "--items", "20"]);
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("target.csv")).unwrap(),
+        csv
+    );
 }
 
-/// A finished run's outputs deleted by hand: the metrics table and curves are written again
+/// A finished run's outputs deleted or damaged by hand: the metrics table and curves are written again
 /// from the latest checkpoint's record (the run is not up to date without them), and a lost
 /// best checkpoint of an epoch before the latest, which nothing can rebuild, is named (exit 1)
 /// instead of leaving a run that says it is up to date and has no best model.
@@ -2258,8 +2310,16 @@ fn lost_outputs_of_a_finished_run_are_written_again_or_named() {
     assert!(text(&out).contains("early stop"), "{}", text(&out));
     let run_dir = ws.join("runs/g");
     let metrics = std::fs::read(run_dir.join("metrics.parquet")).unwrap();
-    for lost in ["metrics.parquet", "curves.svg"] {
-        std::fs::remove_file(run_dir.join(lost)).unwrap();
+    for (lost, deleted) in [
+        ("metrics.parquet", true),
+        ("curves.svg", true),
+        ("metrics.parquet", false),
+    ] {
+        match deleted {
+            true => std::fs::remove_file(run_dir.join(lost)).unwrap(),
+            // Damaged: cut short.
+            false => std::fs::write(run_dir.join(lost), &metrics[..100]).unwrap(),
+        }
         let out = run_until_train(&p, &ws, &[]);
         assert!(out.status.success(), "{}", text(&out));
         assert_eq!(
@@ -2327,7 +2387,7 @@ fn termination_signals_end_a_training_saying_so() {
         let t = text(&out);
         assert_eq!(out.status.code(), Some(code), "{signal}: {t}");
         assert!(
-            t.contains(&format!("stopped by SIG{signal}: what was written is kept")),
+            t.contains(&format!("stopped by SIG{signal}: finished writes are kept")),
             "{t}"
         );
         // Every start after the first resumes the run the signal stopped.

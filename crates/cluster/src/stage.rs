@@ -9,7 +9,9 @@ use std::time::Instant;
 use chrono::Utc;
 use diffrec_data::artifacts::load_ids;
 use diffrec_data::claim::Claim;
-use diffrec_data::manifest::{Freshness, StageManifest, freshness, manifest_key, upstream_hashes};
+use diffrec_data::manifest::{
+    Freshness, StageManifest, freshness, manifest_key, upstream_hashes, upstream_records,
+};
 use diffrec_data::metrics::{MetricsTable, median};
 use diffrec_data::source::read_path;
 use diffrec_data::workspace::sha256_hex;
@@ -86,6 +88,7 @@ pub async fn run_cluster(
             key: manifest_key(diffrec_data::ingest::STAGE_DIR),
             hint: "run the ingest stage first".into(),
         })?;
+    let upstream = upstream_records(ws, &[("ingest", diffrec_data::ingest::STAGE_DIR)]).await?;
     let user_file = match &cfg.embeddings {
         Some(path) => {
             let (name, bytes) = read_path(path, base_dir, ws).await?;
@@ -256,6 +259,8 @@ pub async fn run_cluster(
         outputs: infos,
         started_at,
         finished_at: Utc::now(),
+        build: diffrec_data::manifest::build(),
+        upstream,
     };
     claim.ensure(ws, "cluster").await?;
     ws.put_json(&manifest_key(STAGE_DIR), &manifest).await?;

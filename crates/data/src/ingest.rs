@@ -118,6 +118,8 @@ pub async fn run_ingest(
         outputs,
         started_at,
         finished_at: Utc::now(),
+        build: crate::manifest::build(),
+        upstream: BTreeMap::new(),
     };
     claim.ensure(ws, "ingest").await?;
     ws.put_json(&manifest_key(STAGE_DIR), &manifest).await?;

@@ -41,6 +41,47 @@ pub struct StageManifest {
     pub outputs: BTreeMap<String, OutputInfo>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
+    /// The build of diffrec that wrote it ([`build`]): `tool_version` is the release, shared
+    /// by every build of it. Absent in manifests written before 2026-12-01's twenty-sixth
+    /// session, and where the binary did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
+    /// What the stages this one read from recorded of their own runs when it started, by stage
+    /// (`ingest`, `cluster`): their `config` and `inputs` (the source file and its hash). A
+    /// later ingest replaces their manifests; this keeps which data and settings this stage's
+    /// outputs came from ([`upstream_records`]). Not compared by [`freshness`]: `inputs` holds
+    /// the hashes that decide it. Absent before the twenty-sixth session.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstream: BTreeMap<String, serde_json::Value>,
+}
+
+static BUILD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the build id manifests record (`diffrec` sets the commit it was built from, once, at
+/// start). Later calls change nothing.
+pub fn set_build(id: &str) {
+    let _ = BUILD.set(id.to_owned());
+}
+
+/// The build id set by [`set_build`], for a manifest's `build`.
+pub fn build() -> Option<String> {
+    BUILD.get().cloned()
+}
+
+/// [`StageManifest::upstream`]: the `config` and `inputs` of each named stage's manifest
+/// (`(stage name, stage directory)`), those that have one.
+pub async fn upstream_records(
+    ws: &Workspace,
+    stages: &[(&str, &str)],
+) -> Result<BTreeMap<String, serde_json::Value>> {
+    let mut records = BTreeMap::new();
+    for &(stage, dir) in stages {
+        if let Some(m) = ws.get_json::<StageManifest>(&manifest_key(dir)).await? {
+            let record = serde_json::json!({"config": m.config, "inputs": m.inputs});
+            records.insert(stage.to_owned(), record);
+        }
+    }
+    Ok(records)
 }
 
 /// The key of a stage's manifest inside its directory.

@@ -16,6 +16,7 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use futures::TryStreamExt;
+use futures::future::BoxFuture;
 use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
@@ -23,7 +24,9 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::basic::Compression;
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -145,6 +148,30 @@ fn refuse_url_typo(url: &str) -> std::result::Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The Parquet writer's sink: object_store's `BufWriter` (multipart on S3, above 10 MiB),
+/// knowing whether its completion began, after which it cannot be aborted.
+struct Upload {
+    sink: BufWriter,
+    completing: bool,
+}
+
+impl AsyncFileWriter for Upload {
+    fn write(&mut self, bytes: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        Box::pin(async move {
+            self.sink.write_all(&bytes).await?;
+            Ok(())
+        })
+    }
+
+    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        self.completing = true;
+        Box::pin(async move {
+            self.sink.shutdown().await?;
+            Ok(())
+        })
+    }
 }
 
 /// The local path a `file://` URL names, percent-decoded as RFC 8089 has it
@@ -525,11 +552,22 @@ impl Workspace {
             key: key.to_owned(),
             source,
         };
+        // The schema's metadata also goes to the file's key-value metadata, where DuckDB's
+        // `parquet_kv_metadata` and pyarrow's `read_metadata` show it.
+        let described: Vec<KeyValue> = schema
+            .metadata()
+            .iter()
+            .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+            .collect();
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_created_by(format!("diffrec {}", env!("CARGO_PKG_VERSION")))
+            .set_key_value_metadata((!described.is_empty()).then_some(described))
             .build();
-        let sink = BufWriter::new(self.store.clone(), self.path(&tmp));
+        let sink = Upload {
+            sink: BufWriter::new(self.store.clone(), self.path(&tmp)),
+            completing: false,
+        };
         let mut writer = AsyncArrowWriter::try_new(sink, schema, Some(props)).map_err(pq)?;
         let mut rows = 0u64;
         let written = async {
@@ -542,8 +580,14 @@ impl Workspace {
         .await;
         if let Err(source) = written {
             // Parts already uploaded go with the upload: no incomplete multipart upload left
-            // to the bucket's lifecycle rule, no staging file left in a local workspace.
-            let _ = writer.into_inner().abort().await;
+            // to the bucket's lifecycle rule, no staging file left in a local workspace. Only
+            // before its completion began: object_store's `abort` panics after (the upload is
+            // then the completion's, and a failed PUT left nothing).
+            let upload = writer.into_inner();
+            if !upload.completing {
+                let mut sink = upload.sink;
+                let _ = sink.abort().await;
+            }
             return Err(pq(source));
         }
         if !in_place {
@@ -986,6 +1030,27 @@ mod tests {
         assert_eq!(staged_while_writing, 1, "the upload had begun");
         assert_eq!(staging(&data), 0);
         assert!(ws.list("data").await.unwrap().is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A Parquet write that fails in its completion (here the one PUT of a small file, under a
+    /// "folder" that is a file) is an error like any other, not a panic: the upload cannot be
+    /// aborted then, and is not.
+    #[tokio::test]
+    async fn parquet_writes_failing_to_complete_are_errors() {
+        use arrow_array::Int64Array;
+        use arrow_schema::{DataType, Field, Schema};
+        let dir = std::env::temp_dir().join(format!("diffrec-ws-{}", rand::random::<u32>()));
+        let ws = Workspace::open(dir.to_str().unwrap()).unwrap();
+        std::fs::write(dir.join("data"), b"a file").unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(vec![1, 2, 3]))],
+        )
+        .unwrap();
+        let e = ws.write_parquet("data/x.parquet", schema, [batch]).await;
+        assert!(matches!(e, Err(DataError::Parquet { .. })), "{e:?}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

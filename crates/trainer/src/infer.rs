@@ -27,6 +27,14 @@ pub async fn load_best<B: Backend>(
     device: &B::Device,
 ) -> Result<(Recommender<B>, usize), TrainError> {
     let bytes = ws.get(&best_key(run)).await.map_err(|e| match e {
+        // The run's manifest records one: deleted since the run finished.
+        diffrec_data::DataError::MissingArtifact { .. } if expect_sha256.is_some() => {
+            TrainError::Checkpoint(format!(
+                "{} is missing, although the run finished with one: it was deleted since. \
+                 Train the run anew (--force)",
+                best_key(run)
+            ))
+        }
         diffrec_data::DataError::MissingArtifact { .. } => TrainError::Input(format!(
             "run `{run}` has no best checkpoint ({}): run the train stage first (it writes \
              one at its first evaluation, so train.epochs must reach train.eval_every)",

@@ -774,11 +774,10 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
     let summary = summarise(spec, &state, params, UserCounts::of(data));
     if let Some(claim) = &claim {
         ensure_sole_writer(ws, &spec.run, claim).await?;
-        // A resumed run that trained nothing more (its metrics table deleted, and the stage
-        // run again for it) writes its evaluations again from the checkpoint's record.
-        let lost = !ws.exists(&metrics_key(&spec.run)).await?
-            || !ws.exists(&curves_key(&spec.run)).await?;
-        if lost && !state.evaluations.is_empty() {
+        // Once more from the checkpoint's record, whole: a resumed run that trained nothing
+        // more (run again because its metrics table or curves were deleted or damaged) would
+        // otherwise record what is there as its own.
+        if !state.evaluations.is_empty() {
             write_metrics(ws, &spec.run, &state, select_k).await?;
         }
         ws.put_json(&summary_key(&spec.run), &summary).await?;
@@ -949,7 +948,9 @@ async fn repair_best(
         tracing::warn!(
             best_epoch = latest.best_epoch,
             held = ?held,
-            "train: the run stopped before {key} was written; rebuilding it from the latest checkpoint"
+            "train: {key} does not hold the best epoch (the run stopped before it was written, \
+             or it was deleted or damaged since); rebuilding it from the latest checkpoint, which \
+             is of that epoch"
         );
         ws.put_atomic(&key, encode(latest, evaluated, &[], None)?)
             .await?;
