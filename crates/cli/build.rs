@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// What the build depends on, relative to the workspace root.
-const SOURCES: &[&str] = &["crates", "vendor", "Cargo.toml", "Cargo.lock"];
+const SOURCES: &[&str] = &["crates", "vendor", "pipelines", "Cargo.toml", "Cargo.lock"];
 
 fn git(root: &Path, args: &[&str]) -> Option<String> {
     // No optional locks: `status` must not rewrite the index (a change that would make this
@@ -41,13 +41,19 @@ fn main() {
     println!("cargo:rustc-env=DIFFREC_BUILD={build}");
     // Again after a commit or a checkout, and when a source changes. Only paths that exist:
     // cargo runs the script again on every build for one that does not.
+    // A commit or checkout moves HEAD's reflog (in a worktree, its own git folder); the refs
+    // live in the common folder, loose or packed.
     let mut watched: Vec<_> = SOURCES.iter().map(|s| root.join(s)).collect();
     if let Some(dir) = git(&root, &["rev-parse", "--absolute-git-dir"]) {
         let dir = Path::new(&dir);
-        watched.extend([dir.join("HEAD"), dir.join("packed-refs")]);
-        if let Some(branch) = git(&root, &["symbolic-ref", "-q", "HEAD"]) {
-            watched.push(dir.join(branch));
-        }
+        watched.extend([dir.join("HEAD"), dir.join("logs/HEAD")]);
+    }
+    if let Some(common) = git(
+        &root,
+        &["rev-parse", "--path-format=absolute", "--git-common-dir"],
+    ) {
+        let common = Path::new(&common);
+        watched.extend([common.join("packed-refs"), common.join("refs/heads")]);
     }
     for path in watched.iter().filter(|p| p.exists()) {
         println!("cargo:rerun-if-changed={}", path.display());

@@ -434,13 +434,13 @@ async fn dispatch(command: Command) -> Result<()> {
     }
 }
 
-/// `generate --out`: refuses (exit 2) a path whose folder is missing or whose name says
-/// another format than the CSV written.
 /// `--run`, checked as a pipeline's `name` is.
 fn run_name(name: &str) -> Result<String, String> {
     pipeline::check_run_name(name).map(|()| name.to_owned())
 }
 
+/// `generate --out`: refuses (exit 2) a path whose folder is missing or whose name says
+/// another format than the CSV written.
 fn check_generate_out(out: &Path) -> Result<()> {
     let ext = out
         .extension()

@@ -132,6 +132,9 @@ pub fn from_yaml(
         message: e.to_string(),
     };
     let mut value: Value = serde_norway::from_str(text).map_err(yaml_err)?;
+    // Merge keys (`<<: *defaults`) take the aliased mapping's keys, as YAML 1.1 defines them (a
+    // mapping's own keys win), before any `--set` changes a key of the merged mapping.
+    value.apply_merge().map_err(yaml_err)?;
     for arg in sets {
         apply_set(&mut value, arg).map_err(|message| PipelineError::Set {
             path: shown.to_owned(),
@@ -139,9 +142,6 @@ pub fn from_yaml(
             message,
         })?;
     }
-    // Merge keys (`<<: *defaults`) take the aliased mapping's keys, as YAML 1.1 defines them
-    // (a mapping's own keys win), in the file and in `--set` values alike.
-    value.apply_merge().map_err(yaml_err)?;
     if let Some(ws) = workspace {
         // Taken as it is, not parsed as YAML: `2024` stays a folder name and `out #2` keeps
         // its `#2`.
@@ -309,8 +309,11 @@ fn apply_set(root: &mut Value, arg: &str) -> Result<(), String> {
     if path.is_empty() || path.split('.').any(str::is_empty) {
         return Err(format!("bad key {path:?}"));
     }
-    let value: Value =
+    let mut value: Value =
         serde_norway::from_str(raw).map_err(|e| format!("value is not YAML: {e}"))?;
+    value
+        .apply_merge()
+        .map_err(|e| format!("value's merge key: {e}"))?;
     let mut node = root;
     let parts: Vec<&str> = path.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
@@ -412,6 +415,13 @@ mod tests {
         let p = load_str(MINI, &["train={<<: {seed: 4, epochs: 6}, epochs: 2}"]).unwrap();
         let t = p.pipeline.train;
         assert_eq!((t.seed, t.epochs), (4, 2), "and in a --set value");
+        // A key set into a merged mapping keeps the mapping's other merged keys.
+        let merged = format!("{MINI}train: {{<<: {{seed: 9, epochs: 4}}}}\n");
+        let t = load_str(&merged, &["train.epochs=5"])
+            .unwrap()
+            .pipeline
+            .train;
+        assert_eq!((t.seed, t.epochs), (9, 5));
     }
 
     /// `--workspace` is a path or URL as typed, never parsed as YAML.

@@ -30,21 +30,26 @@ pub async fn stop_on_signals() {
     std::process::exit(code);
 }
 
-/// Makes a panic on any thread end the process with exit code 101 at once, after Rust's own
-/// message and a line on what it may mean. A panic on a worker thread (a thread that the
-/// operating system refused to start, under a pids limit) otherwise left the main thread
-/// waiting for it forever. Not for the orchestrator: it serves many nodes, and a panic in one
-/// connection's task must not end it.
+/// Makes a panic on the main thread end the process with exit code 101 at once, after Rust's
+/// own message and a line on what it may mean. Unwinding from there dropped the async runtime,
+/// which waits for its threads: under a pids limit (the runtime panics on the main thread when
+/// the operating system refuses to start its workers) that wait could last forever. Panics on
+/// other threads unwind as before: burn-communication reports a node's lost connection as a
+/// panic in its task, which the trainer turns into an error (exit 1, "rerunning every node
+/// resumes"). Not for the orchestrator, which serves many nodes.
 pub fn end_on_panic() {
+    let main = std::thread::current().id();
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         report(info);
+        if std::thread::current().id() != main {
+            return;
+        }
         eprintln!(
             "error: diffrec stopped on an internal error (above), exit code 101. If it says \
-             that a thread could not be spawned or memory could not be allocated, a resource \
-             limit stopped it (`ulimit -u` or the container's pids limit; `ulimit -v` or its \
-             memory limit): raise the limit and run again. Otherwise it is a bug: please \
-             report it with the message above."
+             that a thread could not be spawned, a resource limit stopped it (`ulimit -u` or \
+             the container's pids limit): raise the limit and run again. Otherwise it is a \
+             bug: please report it with the message above."
         );
         std::process::exit(101);
     }));

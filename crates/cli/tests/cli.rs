@@ -2299,7 +2299,7 @@ fn generate_leaves_a_whole_file_or_pure_csv_on_stdout() {
 
 /// A finished run's outputs deleted or damaged by hand: the metrics table and curves are written again
 /// from the latest checkpoint's record (the run is not up to date without them), and a lost
-/// best checkpoint of an epoch before the latest, which nothing can rebuild, is named (exit 1)
+/// best checkpoint of an epoch before the latest, which nothing can rebuild, is named (exit 2)
 /// instead of leaving a run that says it is up to date and has no best model.
 #[test]
 fn lost_outputs_of_a_finished_run_are_written_again_or_named() {
@@ -2334,13 +2334,21 @@ fn lost_outputs_of_a_finished_run_are_written_again_or_named() {
     for _ in 0..2 {
         let out = run_until_train(&p, &ws, &[]);
         let t = text(&out);
-        assert_eq!(out.status.code(), Some(1), "{t}");
+        assert_eq!(out.status.code(), Some(2), "{t}");
         assert!(
             t.contains("best.ckpt is missing or unreadable")
                 && t.contains("the best model is lost"),
             "{t}"
         );
     }
+    // The finished run's summary still stands, and evaluate says the file went since.
+    assert_stage_refuses(
+        "evaluate",
+        p.to_str().unwrap(),
+        &ws,
+        &[],
+        "is missing, although the run finished with one",
+    );
     let out = run_until_train(&p, &ws, &["--force"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(run_dir.join("checkpoints/best.ckpt").exists());

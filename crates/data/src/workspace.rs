@@ -179,9 +179,11 @@ impl AsyncFileWriter for Upload {
 /// anything else. A URL that does not parse is taken as written.
 pub fn file_url_path(url: &str) -> Option<std::path::PathBuf> {
     let rest = url.strip_prefix("file://")?;
-    let decoded = url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.to_file_path().ok());
+    // A URL would end the path at `#` or `?` (fragment, query): such a path is taken as
+    // written, as before URLs were decoded (`%23` and `%3F` spell them in a decoded one).
+    let decoded = (!rest.contains(['#', '?']))
+        .then(|| url::Url::parse(url).ok()?.to_file_path().ok())
+        .flatten();
     Some(decoded.unwrap_or_else(|| rest.into()))
 }
 
@@ -513,17 +515,17 @@ impl Workspace {
                     break;
                 }
             }
-            if written.is_ok() {
-                written = sink.shutdown().await.map_err(|source| DataError::Io {
-                    path: format!("{}/{key}", self.url),
-                    source,
-                });
-            }
             if written.is_err() {
-                // No incomplete upload left to the bucket's lifecycle rule.
+                // No incomplete upload left to the bucket's lifecycle rule. Only before the
+                // shutdown: object_store's `abort` panics after it, and a multipart upload that
+                // fails to finish aborts itself.
                 let _ = sink.abort().await;
+                return written;
             }
-            return written;
+            return sink.shutdown().await.map_err(|source| DataError::Io {
+                path: format!("{}/{key}", self.url),
+                source,
+            });
         }
         let tmp = Self::temp_key(key);
         self.store
@@ -1167,6 +1169,10 @@ mod tests {
         let written = format!("file://{}/my wsü", base.display());
         assert!(Workspace::open_existing(&written).is_ok());
         assert_eq!(file_url_path("/no/scheme"), None);
+        assert_eq!(
+            file_url_path("file:///data/run#2?x").unwrap(),
+            std::path::PathBuf::from("/data/run#2?x")
+        );
         std::fs::remove_dir_all(base).unwrap();
     }
 

@@ -29,9 +29,11 @@ pub async fn load_best<B: Backend>(
     let bytes = ws.get(&best_key(run)).await.map_err(|e| match e {
         // The run's manifest records one: deleted since the run finished.
         diffrec_data::DataError::MissingArtifact { .. } if expect_sha256.is_some() => {
-            TrainError::Checkpoint(format!(
-                "{} is missing, although the run finished with one: it was deleted since. \
-                 Train the run anew (--force)",
+            TrainError::Input(format!(
+                "{} is missing, although the run finished with one: it was deleted since. Run \
+                 the train stage again: it rebuilds the file from the latest checkpoint where \
+                 that is of the best epoch, and says so where it cannot (then train the run \
+                 anew with --force)",
                 best_key(run)
             ))
         }

@@ -534,15 +534,14 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
         if st.fingerprint != spec.fingerprint {
             return Err(foreign_run(&spec.run));
         }
-        if writer {
-            repair_best(
-                ws,
-                &spec.run,
-                &st,
-                ema_bytes.as_deref().unwrap_or(&model_bytes),
-            )
-            .await?;
-        }
+        // Every node checks (a lost best model stops them all alike); node 0 rebuilds.
+        repair_best(
+            ws,
+            &spec.run,
+            &st,
+            writer.then(|| ema_bytes.as_deref().unwrap_or(&model_bytes)),
+        )
+        .await?;
         let within = |e: TrainError| e.within(&latest_key(&spec.run)).noting(st.other_writer());
         learner = learner
             .load(model_bytes, Some(optim_bytes))
@@ -919,21 +918,26 @@ async fn repair_best(
     ws: &Workspace,
     run: &str,
     latest: &TrainState,
-    evaluated: &[u8],
+    evaluated: Option<&[u8]>,
 ) -> Result<(), TrainError> {
     if latest.best_epoch == 0 {
         return Ok(());
     }
     let key = best_key(run);
-    // A damaged `best` is rebuilt like a missing one.
-    let held = read_state(ws, &key).await.ok().flatten().map(|s| s.epoch);
+    // A damaged `best` counts as a missing one; a store that cannot be read is an error.
+    let held = match read_state(ws, &key).await {
+        Ok(state) => state.map(|s| s.epoch),
+        Err(TrainError::Checkpoint(_)) => None,
+        Err(e) => return Err(e),
+    };
     if latest.best_epoch != latest.epoch {
         // Only the best epoch's own checkpoint holds its model: one lost (deleted, damaged)
         // cannot be rebuilt, and training on would leave the run without a best model.
         if held == Some(latest.best_epoch) {
             return Ok(());
         }
-        return Err(TrainError::Checkpoint(format!(
+        // The user's to decide (exit 2): running again cannot bring it back.
+        return Err(TrainError::Input(format!(
             "{key} {}, and the run's best epoch is {} while its latest checkpoint holds epoch \
              {}: the best model is lost. Train the run anew (--force)",
             match held {
@@ -944,7 +948,9 @@ async fn repair_best(
             latest.epoch
         )));
     }
-    if held != Some(latest.best_epoch) {
+    if let Some(evaluated) = evaluated
+        && held != Some(latest.best_epoch)
+    {
         tracing::warn!(
             best_epoch = latest.best_epoch,
             held = ?held,
@@ -984,14 +990,15 @@ fn summarise(spec: &RunSpec, state: &TrainState, params: usize, users: UserCount
             .is_latent()
             .then_some(spec.model.autoencoder.input),
         users: Some(users),
-        evaluated_by: Some(EvaluatedBy::new("train", &spec.model)),
+        evaluated_by: best.map(|_| EvaluatedBy::new("train", &spec.model)),
     }
 }
 
 /// Seeds the random numbers of `device`'s backend for the evaluation after `epoch` of a run
 /// trained with `seed`: the reverse pass draws from them with `model.diffusion.sampling_noise`
-/// (and from nothing else), so each evaluation is one fixed draw, and the evaluate and recommend
-/// stages, seeded for the best epoch, draw what the training's evaluation of it drew.
+/// or `sampling_steps` above 0 (and from nothing else), so each evaluation is one fixed draw,
+/// and the evaluate and recommend stages, seeded for the best epoch, draw what the training's
+/// evaluation of it drew (on the CPU backends, whose generator inference uses too).
 pub fn seed_evaluation<B: Backend>(device: &B::Device, seed: u64, epoch: usize) {
     // Apart from the epochs' training seeds (`seed · φ + epoch`).
     B::seed(
