@@ -1349,6 +1349,11 @@ fn resumes_to_the_same_result(tag: &str, settings: &[&str]) -> serde_json::Value
         "{}",
         text(&out)
     );
+    assert!(
+        !text(&out).contains("resuming after epoch"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(summary(&c), reference);
     assert!(c.join("runs/r/_manifest.json").exists());
 

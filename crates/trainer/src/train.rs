@@ -558,6 +558,9 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
                 )));
             }
         }
+        // Before anything of the finished run is given up (`give_up_previous`), and before it
+        // is announced as resumed.
+        refuse_shorter(&spec.run, cfg, &st, &spec.ks)?;
         state = st;
         tracing::info!(epoch = state.epoch, "resuming from the latest checkpoint");
         if let Some(note) = state.other_writer() {
@@ -568,8 +571,6 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
         state.written_by = this_diffrec();
         state.fingerprinted = spec.fingerprinted.clone();
         progress(Progress::Resumed { epoch: state.epoch });
-        // Before anything of the finished run is given up (`give_up_previous`).
-        refuse_shorter(&spec.run, cfg, &state, &spec.ks)?;
     }
     let select_k = select_k(&spec.ks);
     let select_key = format!("recall@{select_k}");
