@@ -47,6 +47,13 @@ pub async fn run_stages(loaded: &Loaded, stages: &[Stage], force: bool) -> Resul
         open_existing(loaded, stages.contains(&Stage::Train)).await?
     };
     ws.check_reachable().await?;
+    if loaded.workspace.starts_with("memory://") {
+        tracing::warn!(
+            "{} is held in this process's memory only: nothing the stages write is kept after \
+             it ends (a directory or s3:// keeps a workspace)",
+            loaded.workspace
+        );
+    }
     tracing::info!(workspace = %ws.url(), pipeline = %loaded.pipeline.name, "opened workspace");
     let ran = run_stages_in(&ws, loaded, stages, force).await;
     if ran.is_err() {

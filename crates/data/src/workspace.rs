@@ -176,9 +176,14 @@ impl AsyncFileWriter for Upload {
 
 /// The local path a `file://` URL names, percent-decoded as RFC 8089 has it
 /// (`file:///data/my%20ws` is `/data/my ws`, as Python's `Path.as_uri()` writes it); `None` for
-/// anything else. A URL that does not parse is taken as written.
+/// anything else. `file://localhost/data/ws` is `/data/ws` too (RFC 8089's other spelling of the
+/// local host). A URL that does not parse is taken as written.
 pub fn file_url_path(url: &str) -> Option<std::path::PathBuf> {
     let rest = url.strip_prefix("file://")?;
+    let rest = rest
+        .strip_prefix("localhost")
+        .filter(|r| r.starts_with('/'))
+        .unwrap_or(rest);
     // A URL would end the path at `#` or `?` (fragment, query): such a path is taken as
     // written, as before URLs were decoded (`%23` and `%3F` spell them in a decoded one).
     let decoded = (!rest.contains(['#', '?']))
@@ -208,11 +213,11 @@ impl Workspace {
     pub fn check_url(url: &str) -> std::result::Result<(), String> {
         match url.split_once("://").map(|(s, _)| s) {
             None => refuse_url_typo(url),
-            Some("file") if !url["file://".len()..].starts_with('/') => Err(
-                "a file:// URL takes an absolute path (file:///data/ws); give a relative \
-                 folder as a plain path"
-                    .into(),
-            ),
+            Some("file") if !file_url_path(url).is_some_and(|p| p.is_absolute()) => {
+                Err("a file:// URL takes an absolute path (file:///data/ws or \
+                 file://localhost/data/ws); give a relative folder as a plain path"
+                    .into())
+            }
             Some("file" | "memory") => Ok(()),
             Some(s @ ("s3" | "s3a")) => {
                 s3_location(&url[s.len() + 3..])?;
@@ -1154,6 +1159,15 @@ mod tests {
         assert!(!std::path::Path::new("s3:").exists());
         assert!(Workspace::check_url("relative/ws").is_ok());
         assert!(Workspace::check_url("file:///abs/ws").is_ok());
+        assert!(Workspace::check_url("file://localhost/abs/ws").is_ok());
+        for url in [
+            "file://host/abs/ws",
+            "file://localhostx/ws",
+            "file://rel/ws",
+        ] {
+            let e = Workspace::check_url(url).unwrap_err();
+            assert!(e.contains("absolute path"), "{url}: {e}");
+        }
     }
 
     /// `file://` URLs are percent-decoded (RFC 8089; Python's `Path.as_uri()` encodes a space
@@ -1168,6 +1182,12 @@ mod tests {
         drop(ws);
         let written = format!("file://{}/my wsü", base.display());
         assert!(Workspace::open_existing(&written).is_ok());
+        let local = format!("file://localhost{}/my%20ws%C3%BC", base.display());
+        assert_eq!(file_url_path(&local).unwrap(), base.join("my wsü"));
+        assert_eq!(
+            file_url_path("file://localhost/data/run#2").unwrap(),
+            std::path::PathBuf::from("/data/run#2")
+        );
         assert_eq!(file_url_path("/no/scheme"), None);
         assert_eq!(
             file_url_path("file:///data/run#2?x").unwrap(),
