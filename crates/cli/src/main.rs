@@ -43,7 +43,7 @@ const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DIFFREC_BUI
 const EXIT_STATUS: &str = "Exit status:\n  \
     0    done\n  \
     2    fix the pipeline, the data or the arguments (the message names what, and how to fix it)\n  \
-    1    any other failure (a full disk, a lost connection, an S3 error, another process that took the run over): running again is safe and resumes\n  \
+    1    any other failure (a full disk or a file size limit, a lost connection, an S3 error, another process that took the run over): running again is safe and resumes\n  \
     143  stopped by SIGTERM, 130 by SIGINT: what was written is kept, and running again resumes\n  \
     101  an internal error, or a thread limit (ulimit -u, a pids limit) that the message names\n  \
     134  an allocation failed (\"memory allocation of N bytes failed\"): a memory limit (ulimit -v, the container's)";
@@ -203,6 +203,7 @@ const QUICKSTART: &str = include_str!("../../../pipelines/quickstart.yaml");
 
 fn main() -> ExitCode {
     let kept = malloc::keep_freed_memory();
+    shutdown::report_file_size_limit();
     let pool = threads::build_global_pool();
     let cli = Cli::parse();
     diffrec_data::manifest::set_build(env!("DIFFREC_BUILD"));
@@ -225,7 +226,7 @@ fn main() -> ExitCode {
         }
     };
     if !orchestrator {
-        runtime.spawn(shutdown::stop_on_signals());
+        shutdown::stop_on_signals(&runtime);
     }
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -348,28 +349,34 @@ async fn dispatch(command: Command) -> Result<()> {
             // (/dev/stdout, whatever it points to) or anything else but a file (a pipe) is
             // written through, as it is: a rename would replace the link itself.
             let direct = std::fs::symlink_metadata(&out).is_ok_and(|m| !m.is_file());
-            let mut partial = out.clone().into_os_string();
-            if !direct {
+            let (file, unfinished) = if direct {
+                let file = std::fs::File::create(&out)
+                    .with_context(|| format!("creating {}", out.display()))?;
+                (file, None)
+            } else {
+                let mut partial = out.clone().into_os_string();
                 partial.push(format!(".partial-{}", std::process::id()));
-            }
-            let partial = PathBuf::from(partial);
-            let file = std::fs::File::create(&partial)
-                .with_context(|| format!("creating {}", partial.display()))?;
+                let partial = PathBuf::from(partial);
+                // Removed by a SIGTERM or SIGINT until it is renamed whole.
+                let (unfinished, file) = shutdown::Unfinished::create(&partial)
+                    .with_context(|| format!("creating {}", partial.display()))?;
+                (file, Some(unfinished))
+            };
             let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
             let written = write_csv(&spec, &mut w).and_then(|rows| {
                 std::io::Write::flush(&mut w)?;
-                if !direct {
+                if unfinished.is_some() {
                     w.get_ref().sync_all()?;
                 }
                 Ok(rows)
             });
-            let rows = match direct {
-                true => written,
-                false => written
-                    .and_then(|rows| std::fs::rename(&partial, &out).map(|()| rows))
-                    .inspect_err(|_| {
-                        let _ = std::fs::remove_file(&partial);
-                    }),
+            let rows = match (unfinished, written) {
+                (None, written) => written,
+                (Some(unfinished), Ok(rows)) => unfinished.commit(&out).map(|()| rows),
+                (Some(unfinished), Err(e)) => {
+                    unfinished.abandon();
+                    Err(e)
+                }
             }
             .with_context(|| format!("writing {}", out.display()))?;
             match direct {

@@ -9,25 +9,94 @@
 /// container (`docker run` without `--init`, a Kubernetes Job whose command is `diffrec`)
 /// would ignore both, since the kernel drops the signals PID 1 does not handle, and wait out
 /// the grace period until SIGKILL. Not for the orchestrator, which handles both itself.
-pub async fn stop_on_signals() {
+///
+/// The handlers are in place when this returns (a signal from then on waits for the task that
+/// ends the process), so no command's work starts before them.
+pub fn stop_on_signals(runtime: &tokio::runtime::Runtime) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let _context = runtime.enter();
+    let (Ok(term), Ok(int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
         tracing::warn!("cannot listen for SIGTERM and SIGINT: they end diffrec unannounced");
         return;
     };
+    runtime.spawn(stop_on(term, int));
+}
+
+async fn stop_on(mut term: tokio::signal::unix::Signal, mut int: tokio::signal::unix::Signal) {
     let (name, code) = tokio::select! {
         _ = term.recv() => ("SIGTERM", 143),
         _ = int.recv() => ("SIGINT", 130),
     };
+    // Held until the process ends: a file is then either not created yet, unfinished (and
+    // removed here) or renamed whole, never between two of these.
+    let unfinished = UNFINISHED.lock().unwrap_or_else(|e| e.into_inner());
+    for path in unfinished.iter() {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::warn!(
         "stopped by {name}: finished writes are kept, unfinished ones are never read; the same \
          command run again resumes (training and LightGCN pre-training from their latest \
          checkpoints; other work is done again)"
     );
     std::process::exit(code);
+}
+
+/// Files a command writes outside a workspace, removed if a signal ends it before they are done
+/// (`diffrec generate`'s `.partial-PID` file). A workspace's temporary keys need no list: the
+/// next stage removes them.
+static UNFINISHED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// A file on the list of [`UNFINISHED`] ones from its creation until it is renamed whole (or,
+/// failing, removed), each step taken under the list's lock.
+pub struct Unfinished(std::path::PathBuf);
+
+fn unfinished() -> std::sync::MutexGuard<'static, Vec<std::path::PathBuf>> {
+    UNFINISHED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Unfinished {
+    /// Creates (or truncates) `path` for writing.
+    pub fn create(path: &std::path::Path) -> std::io::Result<(Self, std::fs::File)> {
+        let mut list = unfinished();
+        let file = std::fs::File::create(path)?;
+        list.push(path.to_owned());
+        Ok((Unfinished(path.to_owned()), file))
+    }
+
+    /// Renames the finished file to `to`; on failure it is removed.
+    pub fn commit(self, to: &std::path::Path) -> std::io::Result<()> {
+        let _list = unfinished();
+        std::fs::rename(&self.0, to).inspect_err(|_| {
+            let _ = std::fs::remove_file(&self.0);
+        })
+    }
+
+    /// Removes the unfinished file (a write failed).
+    pub fn abandon(self) {
+        let _list = unfinished();
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        unfinished().retain(|p| *p != self.0);
+    }
+}
+
+/// Makes a write past the file size limit (`ulimit -f`, RLIMIT_FSIZE) an error naming the file
+/// instead of a silent death: by default the kernel ends the process with SIGXFSZ (exit code
+/// 153, nothing said). Ignored, the write fails with EFBIG ("File too large") and the stage
+/// reports it as any other write error, exit code 1, its unfinished file never read.
+pub fn report_file_size_limit() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: setting a signal's disposition to SIG_IGN; called before other threads start.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
 }
 
 /// Makes a panic on the main thread end the process with exit code 101 at once, after Rust's

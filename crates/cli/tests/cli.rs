@@ -56,6 +56,25 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// `c` with a file size limit (RLIMIT_FSIZE, `ulimit -f`) of `bytes`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn with_file_size_limit(c: &mut Command, bytes: u64) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only setrlimit, between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            match libc::setrlimit(libc::RLIMIT_FSIZE, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        })
+    }
+}
+
 /// `diffrec generate --out csv` with `args` (sizes, clusters); asserts it succeeded.
 fn generate(csv: &Path, args: &[&str]) {
     let out = diffrec()
@@ -2302,6 +2321,51 @@ fn generate_leaves_a_whole_file_or_pure_csv_on_stdout() {
     );
 }
 
+/// A write past the file size limit (`ulimit -f`) is an error naming the file, exit code 1, not
+/// the kernel's silent SIGXFSZ (exit code 153); what it left unfinished is not read after: the
+/// generator leaves no file, and the stage run again without the limit succeeds.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn a_file_size_limit_is_reported_naming_the_file() {
+    fn limited(c: &mut Command, bytes: u64) -> Output {
+        with_file_size_limit(c, bytes).output().unwrap()
+    }
+    let dir = tmpdir("fsize");
+    let csv = dir.join("log.csv");
+    let sizes = ["--users", "300", "--items", "100"];
+    let mut c = diffrec();
+    c.args(["generate", "--out", csv.to_str().unwrap()])
+        .args(sizes);
+    let out = limited(&mut c, 4096);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("File too large"), "{}", text(&out));
+    assert!(text(&out).contains(csv.to_str().unwrap()), "{}", text(&out));
+    assert_eq!(std::fs::read_dir(&*dir).unwrap().count(), 0);
+
+    generate(&csv, &sizes);
+    let p = write_pipeline(
+        &dir,
+        "name: g\ndata:\n  source: {format: csv, path: log.csv}\n",
+    );
+    let ws = dir.join("ws");
+    let ingest = || {
+        let mut c = diffrec();
+        c.args(["stage", "ingest", p.to_str().unwrap(), "--workspace"])
+            .arg(&ws);
+        c
+    };
+    let out = limited(&mut ingest(), 4096);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("File too large"), "{}", text(&out));
+    assert!(
+        text(&out).contains("parquet error on `data/"),
+        "{}",
+        text(&out)
+    );
+    let out = ingest().output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 /// A finished run's outputs deleted or damaged by hand: the metrics table and curves are written again
 /// from the latest checkpoint's record (the run is not up to date without them), and a lost
 /// best checkpoint of an epoch before the latest, which nothing can rebuild, is named (exit 2)
@@ -2406,6 +2470,40 @@ fn termination_signals_end_a_training_saying_so() {
         // Every start after the first resumes the run the signal stopped.
         assert!(t.contains("resuming after epoch"), "{t}");
     }
+}
+
+/// A generator stopped by SIGTERM leaves neither the file it was writing (`.partial-PID`) nor
+/// one under the name asked for.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn a_stopped_generator_leaves_no_file() {
+    let dir = tmpdir("generate-term");
+    let out = dir.join("log.csv");
+    // Some gigabytes if let run; the limit ends it at 256 MiB should the signal be missed.
+    let mut child = with_file_size_limit(&mut diffrec(), 256 << 20)
+        .args(["generate", "--out", out.to_str().unwrap()])
+        .args(["--users", "20000000", "--items", "1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(&*dir).unwrap().count() == 0 {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no file in a minute");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let done = child.wait_with_output().unwrap();
+    assert_eq!(done.status.code(), Some(143), "{}", text(&done));
+    let left: Vec<_> = std::fs::read_dir(&*dir).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// A run started on two (logical) devices resumes on one: the devices are no part of the run's
