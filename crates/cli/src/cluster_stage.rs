@@ -68,8 +68,12 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         let get = |m: &std::collections::BTreeMap<String, f64>, k: &str| {
             m.get(k).copied().unwrap_or(f64::NAN)
         };
+        let when = match out.pretraining_reused {
+            true => " (pre-trained by the stage's previous run, reused)",
+            false => "",
+        };
         status!(
-            "cluster: lightgcn best epoch {} of {}: valid recall@20 {:.4}; test recall@20 {:.4} ndcg@20 {:.4}; {:.2} s/epoch, {:.1} s in all",
+            "cluster: lightgcn best epoch {} of {}{when}: valid recall@20 {:.4}; test recall@20 {:.4} ndcg@20 {:.4}; {:.2} s/epoch, {:.1} s in all",
             l.best_epoch,
             l.epochs_run,
             get(&l.valid, "recall@20"),

@@ -41,6 +41,12 @@ pub struct LightGcnSummary {
     pub train_seconds: f64,
     pub epoch_seconds_median: f64,
     pub eval_seconds_median: f64,
+    /// What the embeddings were pre-trained from (LightGCN's settings, `cluster.seed`, the
+    /// cut-offs, the ingest outputs, the diffrec version; the checkpoint's fingerprint): a later
+    /// run of the stage with the same one reuses them and reruns k-means only. Absent in
+    /// summaries written before 2026-12-02, which are not reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// `cluster/summary.json`.
@@ -64,6 +70,9 @@ pub struct ClusterSummary {
 #[derive(Debug, Clone)]
 pub struct ClusterReport {
     pub skipped: bool,
+    /// LightGCN's embeddings were those of the stage's previous run (same fingerprint): only
+    /// k-means ran.
+    pub pretraining_reused: bool,
     pub summary: ClusterSummary,
 }
 
@@ -118,6 +127,7 @@ pub async fn run_cluster(
                 if let Some(summary) = ws.get_json::<ClusterSummary>(SUMMARY).await? {
                     return Ok(ClusterReport {
                         skipped: true,
+                        pretraining_reused: false,
                         summary,
                     });
                 }
@@ -137,6 +147,13 @@ pub async fn run_cluster(
     // The last process to start writing the stage owns it; an earlier one stops at its next
     // write (a LightGCN checkpoint, an output), before the later one's first output.
     let claim = Claim::take(ws, OWNER).await?;
+    let fingerprint = checkpoint::fingerprint(&cfg.lightgcn, cfg.seed, ks, &inputs);
+    // Read before the manifest that vouches for them goes.
+    let earlier = match given.is_none() && !one_cluster && !force {
+        true => earlier_pretraining(ws, &fingerprint, &item_ids).await,
+        false => None,
+    };
+    let pretraining_reused = earlier.is_some();
     ws.delete(&manifest_key(STAGE_DIR)).await?;
     let cleaned = ws.clean_temporaries(STAGE_DIR).await?;
     if cleaned > 0 {
@@ -155,9 +172,9 @@ pub async fn run_cluster(
             ws.delete(key).await?;
         }
     }
-    let (item_emb, dim, source, lightgcn) = match given {
+    let (item_emb, dim, source, lightgcn) = match (given, earlier) {
         _ if one_cluster => (Vec::new(), 0, "none (cluster.k = 1)".to_owned(), None),
-        Some((e, name)) => {
+        (Some((e, name)), _) => {
             tracing::info!(file = %name, rows = e.rows, dim = e.dim, "cluster: using the given item embeddings");
             // Outputs of an earlier pre-training run no longer belong to this stage.
             for key in [USER_EMBEDDINGS, LIGHTGCN_METRICS, checkpoint::KEY] {
@@ -165,12 +182,23 @@ pub async fn run_cluster(
             }
             (e.values, e.dim, name, None)
         }
-        None => {
+        (None, Some(e)) => {
+            tracing::info!(
+                best_epoch = e.summary.best_epoch,
+                "cluster: LightGCN was pre-trained for these settings and data by the stage's \
+                 previous run; its embeddings are reused and only k-means runs (--force \
+                 pre-trains again)"
+            );
+            outputs.insert(USER_EMBEDDINGS.to_owned(), e.user_rows);
+            outputs.insert(LIGHTGCN_METRICS.to_owned(), e.metrics_rows);
+            (e.items, e.dim, "lightgcn".to_owned(), Some(e.summary))
+        }
+        (None, None) => {
             // The interactions are read only when LightGCN needs them.
             let data = load_splits(ws).await?;
             let user_ids = load_ids(ws, "user").await?;
-            let p =
-                pretrain_resumably(ws, &claim, &data, cfg, ks, &inputs, force, progress).await?;
+            let p = pretrain_resumably(ws, &claim, &data, cfg, ks, &fingerprint, force, progress)
+                .await?;
             let batch = embeddings_batch("user", &user_ids, &p.users, p.dim)?;
             claim.ensure(ws, "cluster").await?;
             ws.write_parquet(USER_EMBEDDINGS, embeddings_schema("user", p.dim), [batch])
@@ -206,6 +234,7 @@ pub async fn run_cluster(
                         .map(|e| e.eval_seconds)
                         .collect::<Vec<_>>(),
                 ),
+                fingerprint: Some(fingerprint),
             };
             (p.items, p.dim, "lightgcn".to_owned(), Some(summary))
         }
@@ -268,6 +297,7 @@ pub async fn run_cluster(
     ws.delete(checkpoint::KEY).await?;
     Ok(ClusterReport {
         skipped: false,
+        pretraining_reused,
         summary,
     })
 }
@@ -284,11 +314,10 @@ async fn pretrain_resumably(
     data: &diffrec_data::SplitMatrices,
     cfg: &ClusterConfig,
     ks: &[usize],
-    inputs: &BTreeMap<String, String>,
+    fingerprint: &str,
     force: bool,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Pretrained> {
-    let fingerprint = checkpoint::fingerprint(&cfg.lightgcn, cfg.seed, ks, inputs);
     let mut run = Pretraining::new(data, &cfg.lightgcn, cfg.seed, ks);
     if force {
         // Not merely ignored: a forced run killed before its first checkpoint must not leave
@@ -316,7 +345,7 @@ async fn pretrain_resumably(
         let more = run.advance(progress);
         // Also after the last stretch: a kill during k-means or the writes then repeats none
         // of the epochs.
-        let bytes = checkpoint::encode(&fingerprint, &run.snapshot());
+        let bytes = checkpoint::encode(fingerprint, &run.snapshot());
         claim.ensure(ws, "cluster").await?;
         ws.put_atomic(checkpoint::KEY, bytes).await?;
         if !more {
@@ -324,4 +353,53 @@ async fn pretrain_resumably(
         }
     }
     run.finish()
+}
+
+/// LightGCN's outputs from the stage's previous run, for reuse.
+struct EarlierPretraining {
+    items: Vec<f32>,
+    dim: usize,
+    summary: LightGcnSummary,
+    user_rows: u64,
+    metrics_rows: u64,
+}
+
+/// The previous run's pre-training when it had `fingerprint` and its outputs are still the
+/// ones its manifest recorded (summary, item and user embeddings, LightGCN's metrics, each
+/// checked by SHA-256). Anything else, or anything unreadable, is `None`: pre-train again.
+async fn earlier_pretraining(
+    ws: &Workspace,
+    fingerprint: &str,
+    item_ids: &[String],
+) -> Option<EarlierPretraining> {
+    let manifest = ws
+        .get_json::<StageManifest>(&manifest_key(STAGE_DIR))
+        .await
+        .ok()??;
+    let summary = ws.get_json::<ClusterSummary>(SUMMARY).await.ok()??;
+    let summary = summary
+        .lightgcn
+        .filter(|l| l.fingerprint.as_deref() == Some(fingerprint))?;
+    let mut item_bytes = None;
+    for key in [SUMMARY, ITEM_EMBEDDINGS, USER_EMBEDDINGS, LIGHTGCN_METRICS] {
+        let recorded = manifest.outputs.get(key)?;
+        let bytes = ws.get_if_present(key).await.ok()??;
+        if sha256_hex(&bytes) != recorded.sha256 {
+            tracing::info!(
+                "cluster: {key} changed since the stage's previous run; pre-training again"
+            );
+            return None;
+        }
+        if key == ITEM_EMBEDDINGS {
+            item_bytes = Some(bytes);
+        }
+    }
+    let e = embeddings::parse(ITEM_EMBEDDINGS, item_bytes?, item_ids).ok()?;
+    Some(EarlierPretraining {
+        items: e.values,
+        dim: e.dim,
+        summary,
+        user_rows: manifest.outputs.get(USER_EMBEDDINGS)?.rows?,
+        metrics_rows: manifest.outputs.get(LIGHTGCN_METRICS)?.rows?,
+    })
 }

@@ -242,3 +242,81 @@ async fn a_cluster_stage_that_lost_its_claim_writes_nothing_more() {
     assert_eq!(report.summary.k, 2);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The cluster stage run again with another `cluster.k` reuses the LightGCN embeddings that
+/// its previous run pre-trained for the same settings and data (no epoch runs) and clusters
+/// them as a run that pre-trains again (`force`) does. Other LightGCN settings, or embeddings
+/// changed since, pre-train again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_k_reuses_the_pretrained_embeddings() {
+    use diffrec_cluster::{ClusterConfig, Progress, run_cluster};
+    use diffrec_data::{DataConfig, Workspace, run_ingest};
+    let dir = std::env::temp_dir().join(format!("diffrec-cluster-reuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = SyntheticSpec {
+        users: 200,
+        items: 80,
+        ..SyntheticSpec::default()
+    };
+    let mut csv = Vec::new();
+    write_csv(&spec, &mut csv).unwrap();
+    std::fs::write(dir.join("log.csv"), csv).unwrap();
+    let data: DataConfig = serde_json::from_value(serde_json::json!({
+        "source": {"format": "csv", "path": "log.csv"}
+    }))
+    .unwrap();
+    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
+    run_ingest(&ws, &data, &dir, false).await.unwrap();
+    let cfg = |k: usize, epochs: usize| -> ClusterConfig {
+        serde_json::from_value(serde_json::json!({
+            "k": k, "lightgcn": {"epochs": epochs, "eval_every": 2, "dim": 8}
+        }))
+        .unwrap()
+    };
+    let read = |key: &str| std::fs::read(dir.join("ws").join(key)).unwrap();
+    // Runs the stage; returns its report and how many LightGCN epochs it ran.
+    let run = |k: usize, epochs: usize, force: bool| {
+        let (ws, dir, cfg) = (&ws, &dir, cfg(k, epochs));
+        async move {
+            let mut ran = 0;
+            let mut count = |p: Progress| {
+                if matches!(p, Progress::EpochStart { .. }) {
+                    ran += 1;
+                }
+            };
+            let report = run_cluster(ws, &cfg, &[10], dir, force, &mut count)
+                .await
+                .unwrap();
+            (report, ran)
+        }
+    };
+
+    let (first, ran) = run(2, 4, false).await;
+    assert_eq!((first.pretraining_reused, ran), (false, 4));
+    let embeddings = read("cluster/item_embeddings.parquet");
+    let (second, ran) = run(3, 4, false).await;
+    assert_eq!((second.pretraining_reused, ran), (true, 0));
+    assert_eq!(second.summary.k, 3);
+    assert_eq!(second.summary.lightgcn, first.summary.lightgcn);
+    assert_eq!(read("cluster/item_embeddings.parquet"), embeddings);
+    let clusters = read("cluster/item_clusters.parquet");
+    // Pre-trained again from the start: the same embeddings, the same clusters.
+    let (forced, ran) = run(3, 4, true).await;
+    assert_eq!((forced.pretraining_reused, ran), (false, 4));
+    assert_eq!(read("cluster/item_embeddings.parquet"), embeddings);
+    assert_eq!(read("cluster/item_clusters.parquet"), clusters);
+    assert_eq!(
+        (forced.summary.sizes, forced.summary.inertia),
+        (second.summary.sizes, second.summary.inertia)
+    );
+    // Other LightGCN settings.
+    let (other, ran) = run(3, 6, false).await;
+    assert_eq!((other.pretraining_reused, ran), (false, 6));
+    // Embeddings changed since the run that wrote them.
+    let (_, ran) = run(2, 6, false).await;
+    assert_eq!(ran, 0);
+    std::fs::write(dir.join("ws/cluster/item_embeddings.parquet"), b"changed").unwrap();
+    let (changed, ran) = run(3, 6, false).await;
+    assert_eq!((changed.pretraining_reused, ran), (false, 6));
+    std::fs::remove_dir_all(dir).unwrap();
+}
