@@ -1066,7 +1066,7 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
     let other_bytes = "runs/r/checkpoints/best.ckpt is not the file training finished with";
     let out = stage("evaluate");
     assert!(
-        out.status.code() == Some(1) && text(&out).contains(other_bytes),
+        out.status.code() == Some(2) && text(&out).contains(other_bytes),
         "{}",
         text(&out)
     );
@@ -1093,7 +1093,8 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
     let out = train(&ours, &["--set", "train.epochs=2", "--force"]);
     assert!(out.status.success(), "{}", text(&out));
     // One byte changed inside the best checkpoint keeps its size, so the train stage stays up
-    // to date, but evaluate and recommend refuse it (exit 1: nothing in the arguments to fix).
+    // to date, but evaluate and recommend refuse it (exit 2: a retry meets the same bytes;
+    // retraining is the fix).
     let good = std::fs::read(&best).unwrap();
     let mut flipped = good.clone();
     let middle = flipped.len() / 2;
@@ -1103,7 +1104,7 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
         let out = stage(name);
         let t = text(&out);
         assert!(
-            out.status.code() == Some(1) && t.contains(other_bytes),
+            out.status.code() == Some(2) && t.contains(other_bytes),
             "{name}: {t}"
         );
     }
@@ -2504,6 +2505,91 @@ fn a_stopped_generator_leaves_no_file() {
     assert_eq!(done.status.code(), Some(143), "{}", text(&done));
     let left: Vec<_> = std::fs::read_dir(&*dir).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// An S3 endpoint that refuses connections (a server restarting) is retried for
+/// `DIFFREC_S3_RETRY_SECONDS` from the first attempt, not given up after object_store's ten
+/// quick retries; then the stage fails with exit code 1 saying so. A value that is no number
+/// of seconds is refused before any request, naming the variable (exit code 2).
+#[test]
+fn an_unreachable_s3_endpoint_is_retried_for_the_window() {
+    let dir = tmpdir("s3-retry");
+    generate(&dir.join("log.csv"), &["--users", "30", "--items", "20"]);
+    let p = write_pipeline(
+        &dir,
+        "name: g\ndata:\n  source: {format: csv, path: log.csv}\n",
+    );
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ingest = |window: &str| {
+        diffrec()
+            .env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "x")
+            .env("AWS_SECRET_ACCESS_KEY", "x")
+            .env("AWS_REGION", "us-east-1")
+            .env("DIFFREC_S3_RETRY_SECONDS", window)
+            .args(["stage", "ingest", p.to_str().unwrap()])
+            .args(["--workspace", "s3://diffrec-nowhere/ws"])
+            .output()
+            .unwrap()
+    };
+    let started = std::time::Instant::now();
+    let out = ingest("6");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(started.elapsed() >= Duration::from_secs(6), "{t}");
+    assert!(t.contains("retry_timeout: 6s"), "{t}");
+    // The window bounds the retries, not object_store's default count of ten (which a refused
+    // connection uses up in 2–4 s).
+    assert!(t.contains("max_retries: 10000"), "{t}");
+    let out = ingest("soon");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("DIFFREC_S3_RETRY_SECONDS=\"soon\""),
+        "{}",
+        text(&out)
+    );
+}
+
+/// An artifact or checkpoint damaged since diffrec wrote it (every write is atomic, so a hand or
+/// a disk did it) is exit code 2, naming it and the rerun that rebuilds it: a scheduler's retry
+/// would meet the same bytes.
+#[test]
+fn damaged_artifacts_are_for_the_user_to_fix() {
+    let (_dir, p, ws, out) = tiny_train_run("damaged", "{epochs: 2, eval_every: 1}");
+    assert!(out.status.success(), "{}", text(&out));
+    let latest = ws.join("runs/g/checkpoints/latest.ckpt");
+    let good = std::fs::read(&latest).unwrap();
+    std::fs::write(&latest, &good[..1000]).unwrap();
+    let out = run_until_train(&p, &ws, &["--set", "train.epochs=3"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("runs/g/checkpoints/latest.ckpt: truncated checkpoint") && t.contains("--force"),
+        "{t}"
+    );
+    std::fs::write(&latest, &good).unwrap();
+    // `diffrec run` would ingest again (the file's size differs from the manifest's record);
+    // the stage alone reads it.
+    std::fs::write(ws.join("data/stats.json"), "{bad").unwrap();
+    let out = diffrec()
+        .args(["stage", "train", p.to_str().unwrap(), "--workspace"])
+        .arg(&ws)
+        .args(["--set", "train.epochs=3"])
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("artifact `data/stats.json` is malformed")
+            && t.contains("rerun the stage that writes it with `--force`"),
+        "{t}"
+    );
 }
 
 /// A run started on two (logical) devices resumes on one: the devices are no part of the run's

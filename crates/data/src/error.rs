@@ -149,7 +149,10 @@ impl DataError {
         move |source| DataError::Polars { context, source }
     }
 
-    /// True when the user can fix this by changing their input or config (CLI exit code 2).
+    /// True when running again cannot help and the user fixes this (CLI exit code 2): their
+    /// input or config; an artifact damaged since it was written (every write is atomic, so
+    /// only a hand or a disk fault damages one: rerunning its stage with `--force` rebuilds it);
+    /// or permissions the system or the store refused (see [`Self::is_refused`]).
     pub fn is_input(&self) -> bool {
         matches!(
             self,
@@ -157,7 +160,93 @@ impl DataError {
                 | DataError::Config { .. }
                 | DataError::WorkspaceUrl { .. }
                 | DataError::MissingArtifact { .. }
-        )
+                | DataError::BadArtifact { .. }
+                | DataError::Json { .. }
+        ) || self.is_refused()
+    }
+
+    /// A read or write refused for its permissions: the operating system's (no write
+    /// permission, a read-only file system) or the store's (S3's 403, missing credentials).
+    /// The workspace's permissions or the credentials need fixing; a retry meets the same.
+    pub fn is_refused(&self) -> bool {
+        use std::io::ErrorKind;
+        if let DataError::Store {
+            source:
+                object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. },
+            ..
+        } = self
+        {
+            return true;
+        }
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && matches!(
+                    io.kind(),
+                    ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
+                )
+            {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error as IoError, ErrorKind};
+
+    fn store(source: object_store::Error) -> DataError {
+        DataError::Store {
+            key: "data/stats.json".into(),
+            source,
+        }
+    }
+
+    /// Permissions refused, found through the causes as object_store nests them; other I/O
+    /// failures (a refused connection, a full disk) stay retryable.
+    #[test]
+    fn refused_permissions_are_for_the_user_to_fix() {
+        let generic = |kind: ErrorKind| {
+            store(object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(IoError::from(kind)),
+            })
+        };
+        let io = |kind: ErrorKind| DataError::Io {
+            path: "ws".into(),
+            source: IoError::from(kind),
+        };
+        for e in [
+            generic(ErrorKind::PermissionDenied),
+            generic(ErrorKind::ReadOnlyFilesystem),
+            io(ErrorKind::PermissionDenied),
+            store(object_store::Error::PermissionDenied {
+                path: "b/k".into(),
+                source: "403".into(),
+            }),
+            store(object_store::Error::Unauthenticated {
+                path: "b/k".into(),
+                source: "no credentials".into(),
+            }),
+        ] {
+            assert!(e.is_refused() && e.is_input(), "{e}");
+        }
+        for e in [
+            generic(ErrorKind::ConnectionRefused),
+            generic(ErrorKind::StorageFull),
+            io(ErrorKind::Interrupted),
+            store(object_store::Error::NotImplemented {
+                operation: "x".into(),
+                implementer: "y".into(),
+            }),
+        ] {
+            assert!(!e.is_refused() && !e.is_input(), "{e}");
+        }
     }
 }
 

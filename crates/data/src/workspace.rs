@@ -22,7 +22,7 @@ use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use parquet::arrow::AsyncArrowWriter;
 use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::basic::Compression;
@@ -116,6 +116,7 @@ fn s3_location(rest: &str) -> std::result::Result<(&str, Path), String> {
 /// `AWS_ENDPOINT` (or `AWS_ENDPOINT_URL`), when set, must be an http(s) URL: the S3 client
 /// panics on one without a scheme (`127.0.0.1:9000`), a common slip with MinIO.
 fn check_s3_endpoint() -> std::result::Result<(), String> {
+    s3_retry()?;
     for var in ["AWS_ENDPOINT", "AWS_ENDPOINT_URL"] {
         let Some(value) = std::env::var_os(var) else {
             continue;
@@ -132,6 +133,28 @@ fn check_s3_endpoint() -> std::result::Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// How S3 requests that get no answer, or a server error, are retried: for
+/// `DIFFREC_S3_RETRY_SECONDS` (180 by default, object_store's window) from the first attempt,
+/// with object_store's backoff (0.1 s growing to 15 s, jittered). object_store's own default
+/// also stops after 10 retries, which a refused connection (an S3 server restarting) uses up in
+/// 2–4 s; here the window alone bounds them. 0 turns retries off.
+fn s3_retry() -> std::result::Result<RetryConfig, String> {
+    const VAR: &str = "DIFFREC_S3_RETRY_SECONDS";
+    let seconds = match std::env::var(VAR) {
+        Ok(v) => v.trim().parse::<u64>().map_err(|_| {
+            format!(
+                "{VAR}={v:?} is not a whole number of seconds (how long S3 requests are retried)"
+            )
+        })?,
+        Err(_) => 180,
+    };
+    Ok(RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: if seconds == 0 { 0 } else { 10_000 },
+        retry_timeout: std::time::Duration::from_secs(seconds),
+    })
 }
 
 /// A plain path that begins like a URL with a slip in it (`s3:/bucket/x`, `memory:x`) would
@@ -296,6 +319,7 @@ impl Workspace {
                     );
                 }
                 let s3 = AmazonS3Builder::from_env()
+                    .with_retry(s3_retry().map_err(bad)?)
                     .with_bucket_name(bucket)
                     .build()
                     .map_err(|e| bad(e.to_string()))?;
@@ -629,9 +653,12 @@ impl Workspace {
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|source| DataError::Json {
+            .map_err(|source| DataError::BadArtifact {
                 key: key.to_owned(),
-                source,
+                message: format!(
+                    "{source}: changed or damaged since diffrec wrote it; rerun the stage that \
+                     writes it with `--force`"
+                ),
             })
     }
 
