@@ -157,7 +157,12 @@ async fn recorded_spelling(
         Some(b) if b == variant_default(model) => serde_json::Value::Null,
         Some(_) => return Ok(config),
     };
-    let manifest: Option<StageManifest> = ws.get_json(&manifest_key(&run_dir(run))).await?;
+    let manifest: Option<StageManifest> = match ws.get_json(&manifest_key(&run_dir(run))).await {
+        Ok(m) => m,
+        // Damaged: as if there were none (the stage writes it again when training ends).
+        Err(diffrec_data::DataError::BadArtifact { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
     if let Some(m) = manifest {
         return Ok(match spelled(&m.config) == spelled(&other) {
             true => other,

@@ -161,13 +161,14 @@ impl DataError {
                 | DataError::WorkspaceUrl { .. }
                 | DataError::MissingArtifact { .. }
                 | DataError::BadArtifact { .. }
-                | DataError::Json { .. }
         ) || self.is_refused()
     }
 
-    /// A read or write refused for its permissions: the operating system's (no write
+    /// A read or write refused for its permissions: the local file system's (no write
     /// permission, a read-only file system) or the store's (S3's 403, missing credentials).
     /// The workspace's permissions or the credentials need fixing; a retry meets the same.
+    /// An `EACCES` deeper in a network client's causes (a firewall refusing `connect`) does
+    /// not count: only one of a local file operation.
     pub fn is_refused(&self) -> bool {
         use std::io::ErrorKind;
         if let DataError::Store {
@@ -179,9 +180,16 @@ impl DataError {
         {
             return true;
         }
+        let mut local = matches!(self, DataError::Io { .. });
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
         while let Some(e) = cause {
+            if let Some(object_store::Error::Generic { store, .. }) =
+                e.downcast_ref::<object_store::Error>()
+            {
+                local = *store == "LocalFileSystem";
+            }
             if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && local
                 && matches!(
                     io.kind(),
                     ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
@@ -236,7 +244,12 @@ mod tests {
         ] {
             assert!(e.is_refused() && e.is_input(), "{e}");
         }
+        let remote = store(object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(IoError::from(ErrorKind::PermissionDenied)),
+        });
         for e in [
+            remote,
             generic(ErrorKind::ConnectionRefused),
             generic(ErrorKind::StorageFull),
             io(ErrorKind::Interrupted),

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{DataError, Result};
 use crate::workspace::Workspace;
 
 /// One produced artifact.
@@ -117,13 +117,17 @@ pub async fn freshness_resolving(
     inputs: &BTreeMap<String, String>,
     resolve: impl Fn(&serde_json::Value) -> serde_json::Value,
 ) -> Result<Freshness> {
-    let Some(m) = ws
-        .get_json::<StageManifest>(&manifest_key(stage_dir))
-        .await?
-    else {
-        return Ok(Freshness::Stale(
-            "no manifest (never ran, or an earlier run did not finish)".into(),
-        ));
+    let m = match ws.get_json::<StageManifest>(&manifest_key(stage_dir)).await {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return Ok(Freshness::Stale(
+                "no manifest (never ran, or an earlier run did not finish)".into(),
+            ));
+        }
+        Err(DataError::BadArtifact { .. }) => {
+            return Ok(Freshness::Stale("its manifest is damaged".into()));
+        }
+        Err(e) => return Err(e),
     };
     if m.tool_version != env!("CARGO_PKG_VERSION") {
         return Ok(Freshness::Stale(format!(

@@ -72,14 +72,14 @@ impl TrainError {
     pub fn is_input(&self) -> bool {
         match self {
             TrainError::Data(d) => d.is_input(),
-            // Damaged since it was written (writes are atomic): retraining (`--force`) is the
-            // fix the message names, and a retry meets the same bytes.
             TrainError::Model(_)
-            | TrainError::Checkpoint(_)
             | TrainError::ModelMismatch { .. }
             | TrainError::BackendMissing(_)
             | TrainError::Input(_) => true,
-            TrainError::Collective(_)
+            // Also a checkpoint read while another process replaces it, and failures to
+            // encode one: not only damage, so a retry stays allowed.
+            TrainError::Checkpoint(_)
+            | TrainError::Collective(_)
             | TrainError::Concurrent(_)
             | TrainError::Diverged(_)
             | TrainError::Device(_) => false,
