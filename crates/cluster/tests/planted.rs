@@ -185,14 +185,11 @@ fn pretraining_resumed_from_its_checkpoints_ends_as_an_uninterrupted_run() {
     assert!(err.contains("Adam step -1"), "{err}");
 }
 
-/// A cluster stage whose claim a later process took (here: written into `cluster/_owner`
-/// during pre-training, as a scheduler's retry would) stops at its next write with the
-/// concurrency error, writing no checkpoint, output or manifest; the later one owns the stage.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_cluster_stage_that_lost_its_claim_writes_nothing_more() {
-    use diffrec_cluster::{ClusterConfig, Progress, run_cluster};
+/// A fresh folder under the system's temporary directory with a generated log of 200 users × 80
+/// items, ingested into its workspace `ws`.
+async fn ingested_workspace(tag: &str) -> (std::path::PathBuf, diffrec_data::Workspace) {
     use diffrec_data::{DataConfig, Workspace, run_ingest};
-    let dir = std::env::temp_dir().join(format!("diffrec-cluster-claim-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("diffrec-cluster-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let spec = SyntheticSpec {
         users: 200,
@@ -208,6 +205,16 @@ async fn a_cluster_stage_that_lost_its_claim_writes_nothing_more() {
     .unwrap();
     let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
     run_ingest(&ws, &data, &dir, false).await.unwrap();
+    (dir, ws)
+}
+
+/// A cluster stage whose claim a later process took (here: written into `cluster/_owner`
+/// during pre-training, as a scheduler's retry would) stops at its next write with the
+/// concurrency error, writing no checkpoint, output or manifest; the later one owns the stage.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_stage_that_lost_its_claim_writes_nothing_more() {
+    use diffrec_cluster::{ClusterConfig, Progress, run_cluster};
+    let (dir, ws) = ingested_workspace("claim").await;
     let cfg: ClusterConfig = serde_json::from_value(serde_json::json!({
         "k": 2, "lightgcn": {"epochs": 4, "eval_every": 2, "dim": 8}
     }))
@@ -250,23 +257,7 @@ async fn a_cluster_stage_that_lost_its_claim_writes_nothing_more() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_k_reuses_the_pretrained_embeddings() {
     use diffrec_cluster::{ClusterConfig, Progress, run_cluster};
-    use diffrec_data::{DataConfig, Workspace, run_ingest};
-    let dir = std::env::temp_dir().join(format!("diffrec-cluster-reuse-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let spec = SyntheticSpec {
-        users: 200,
-        items: 80,
-        ..SyntheticSpec::default()
-    };
-    let mut csv = Vec::new();
-    write_csv(&spec, &mut csv).unwrap();
-    std::fs::write(dir.join("log.csv"), csv).unwrap();
-    let data: DataConfig = serde_json::from_value(serde_json::json!({
-        "source": {"format": "csv", "path": "log.csv"}
-    }))
-    .unwrap();
-    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
-    run_ingest(&ws, &data, &dir, false).await.unwrap();
+    let (dir, ws) = ingested_workspace("reuse").await;
     let cfg = |k: usize, epochs: usize| -> ClusterConfig {
         serde_json::from_value(serde_json::json!({
             "k": k, "lightgcn": {"epochs": epochs, "eval_every": 2, "dim": 8}
