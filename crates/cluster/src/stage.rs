@@ -149,9 +149,10 @@ pub async fn run_cluster(
     let claim = Claim::take(ws, OWNER).await?;
     let fingerprint = checkpoint::fingerprint(&cfg.lightgcn, cfg.seed, ks, &inputs);
     // Read before the manifest that vouches for them goes.
-    let earlier = match given.is_none() && !one_cluster && !force {
-        true => earlier_pretraining(ws, &fingerprint, &item_ids).await,
-        false => None,
+    let earlier = if given.is_none() && !one_cluster && !force {
+        earlier_pretraining(ws, &fingerprint, &item_ids).await
+    } else {
+        None
     };
     let pretraining_reused = earlier.is_some();
     ws.delete(&manifest_key(STAGE_DIR)).await?;
@@ -249,10 +250,13 @@ pub async fn run_cluster(
             notes: Vec::new(),
         }
     } else {
-        let batch = embeddings_batch("item", &item_ids, &item_emb, dim)?;
-        claim.ensure(ws, "cluster").await?;
-        ws.write_parquet(ITEM_EMBEDDINGS, embeddings_schema("item", dim), [batch])
-            .await?;
+        // Reused embeddings are the file already there, checked against its recorded hash.
+        if !pretraining_reused {
+            let batch = embeddings_batch("item", &item_ids, &item_emb, dim)?;
+            claim.ensure(ws, "cluster").await?;
+            ws.write_parquet(ITEM_EMBEDDINGS, embeddings_schema("item", dim), [batch])
+                .await?;
+        }
         outputs.insert(ITEM_EMBEDDINGS.to_owned(), n_items as u64);
         tracing::info!(k = cfg.k, n_runs = cfg.n_runs, "cluster: k-means");
         kmeans::cluster(&item_emb, dim, cfg.k, cfg.n_runs, cfg.seed)?
