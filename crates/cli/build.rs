@@ -26,7 +26,12 @@ fn git(root: &Path, args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // Read when the script runs, not when it compiles (`env!`): cargo keeps one compiled
+    // script for every clone that shares a target dir (`.ci/run`'s default), so a path baked
+    // in at compile time can name another clone, or one that is gone.
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = Path::new(&manifest_dir).join("../..");
     let build = match git(&root, &["rev-parse", "--short=12", "HEAD"]) {
         Some(commit) => {
             let mut status = vec!["status", "--porcelain", "--untracked-files=no", "--"];

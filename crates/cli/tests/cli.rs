@@ -2280,6 +2280,35 @@ train: {epochs: 4, eval_every: 2, patience: 3}
     );
 }
 
+/// `diffrec -V` names the commit of this checkout, as git itself reads it (`-modified` when
+/// tracked sources differ). The build script reads its checkout's path when it runs: a script
+/// compiled from another clone sharing the target dir once named that clone's commit, or
+/// `unknown` when it was gone.
+#[test]
+fn the_version_names_the_commit_of_this_checkout() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let head = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output();
+    let head = match head {
+        Ok(out) if out.status.success() => String::from_utf8(out.stdout).unwrap(),
+        _ => {
+            eprintln!("SKIPPED: not a git checkout (or no git): the version says `unknown`");
+            return;
+        }
+    };
+    let version = text(&diffrec().arg("-V").output().unwrap());
+    let expected = format!("diffrec {} ({}", env!("CARGO_PKG_VERSION"), head.trim());
+    assert!(version.starts_with(&expected), "{version:?} against {expected:?}");
+    let rest = &version[expected.len()..];
+    assert!(
+        rest.trim_end() == ")" || rest.trim_end() == "-modified)",
+        "{version:?}"
+    );
+}
+
 /// `generate` writes beside the file and renames it once whole (a stopped generator leaves no
 /// half file under the name ingest reads): nothing else is left in the folder. To standard
 /// output it writes directly, and its status line goes to the log, not into the CSV.
