@@ -83,16 +83,32 @@ impl EpochBar {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` wins, else [`log_filter`].
+/// Logs to stderr; `RUST_LOG` wins, else [`log_filter`]. A `RUST_LOG` that does not parse is
+/// not dropped in silence: the default applies and a warning quotes it and the parser's reason.
 pub fn init_logging(verbose: u8, others_at_info: bool) {
     let default = log_filter(verbose, others_at_info);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let from_env = std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let (filter, refused) = match from_env {
+        Some(value) => match EnvFilter::try_new(&value) {
+            Ok(filter) => (filter, None),
+            Err(e) => (EnvFilter::new(default), Some((value, e))),
+        },
+        None => (EnvFilter::new(default), None),
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
+    if let Some((value, e)) = refused {
+        tracing::warn!(
+            "RUST_LOG={value:?} is not a log filter ({e}); logging with the default \"{default}\" \
+             instead (e.g. RUST_LOG=info,diffrec=debug)"
+        );
+    }
 }
 
 /// The default log filter: diffrec's own lines at info, other crates' only from warn up (at info

@@ -589,6 +589,19 @@ fn startup_debug_line(env: &[(&str, Option<&str>)], needle: &str) -> String {
         .to_owned()
 }
 
+/// A `RUST_LOG` that does not parse is named in a warning, and the default filter logs instead
+/// (it was dropped in silence: an operator who mistyped a level saw fewer lines, not why).
+#[test]
+fn a_malformed_rust_log_is_named_not_dropped() {
+    let line = startup_debug_line(&[("RUST_LOG", Some("diffrec=loud"))], "RUST_LOG");
+    assert!(
+        line.contains("WARN")
+            && line.contains(r#"RUST_LOG="diffrec=loud" is not a log filter"#)
+            && line.contains("warn,diffrec=info"),
+        "{line}"
+    );
+}
+
 /// glibc is told to keep freed memory between training steps (src/malloc.rs), unless the
 /// operator set `GLIBC_TUNABLES`, whose settings then stand.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -2301,7 +2314,10 @@ fn the_version_names_the_commit_of_this_checkout() {
     };
     let version = text(&diffrec().arg("-V").output().unwrap());
     let expected = format!("diffrec {} ({}", env!("CARGO_PKG_VERSION"), head.trim());
-    assert!(version.starts_with(&expected), "{version:?} against {expected:?}");
+    assert!(
+        version.starts_with(&expected),
+        "{version:?} against {expected:?}"
+    );
     let rest = &version[expected.len()..];
     assert!(
         rest.trim_end() == ")" || rest.trim_end() == "-modified)",
@@ -3207,6 +3223,7 @@ fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
     };
     for stage in ["train", "evaluate"] {
         let out = diffrec()
+            .env("RUST_LOG", "warn,diffrec_trainer=info")
             .args(["stage", stage, p.to_str().unwrap(), "--workspace"])
             .arg(&ws)
             .args(li)
@@ -3215,6 +3232,22 @@ fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
             .unwrap();
         assert!(out.status.success(), "{stage}: {}", text(&out));
         if stage == "train" {
+            // The log says where the latent went: three clusters' widths, summing to 48.
+            let t = text(&out);
+            let line = t
+                .lines()
+                .find(|l| l.contains("the latent shared by cluster weight"))
+                .unwrap_or_else(|| panic!("no latent line in:\n{t}"));
+            let widths = line.split("latent_widths=[").nth(1).unwrap();
+            let widths: Vec<usize> = widths[..widths.find(']').unwrap()]
+                .split(", ")
+                .map(|w| w.parse().unwrap())
+                .collect();
+            assert!(
+                line.contains("share=interactions") && widths.len() == 3,
+                "{line}"
+            );
+            assert_eq!(widths.iter().sum::<usize>(), 48, "{line}");
             let trained = summary();
             assert_ne!(trained["params"], s["params"], "{trained}");
             std::fs::write(dir.join("trained.json"), trained.to_string()).unwrap();

@@ -244,8 +244,26 @@ fn parse_parquet(file: &str, bytes: Bytes, item_ids: &[String]) -> Result<Embedd
         row += batch.num_rows();
     }
     let dim = dim.unwrap_or(0);
-    if let Some(missing) = filled.iter().position(|f| !f) {
-        return Err(bad(file, format!("no embedding for item index {missing}")));
+    let mut missing = filled
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !**f)
+        .map(|(i, _)| i);
+    if let Some(first) = missing.next() {
+        // Named by the id the user knows, with the index a `.npy` row or `item_idx` would use.
+        let others = match missing.count() {
+            0 => String::new(),
+            n => format!(", nor for {n} other item{}", if n == 1 { "" } else { "s" }),
+        };
+        return Err(bad(
+            file,
+            format!(
+                "no embedding for item_id {:?} (item index {first}){others}: the file has {} \
+                 of the workspace's {n_items} items",
+                item_ids[first],
+                filled.iter().filter(|f| **f).count()
+            ),
+        ));
     }
     Ok(Embeddings {
         // Every item is filled exactly once (checked above), unless the file had no rows.
@@ -550,5 +568,25 @@ mod tests {
         let ints = with_ids(std::sync::Arc::new(Int64Array::from(vec![300, 7, 10])));
         let e = parse("i.parquet", parquet_bytes(ints), &numbered).unwrap();
         assert_eq!(e.values, vec![2.0, 3.0, 4.0, 5.0, 0.0, 1.0]);
+    }
+
+    /// An item the file leaves out is named by its id (what the user can look up in their
+    /// catalogue), with its index and how many more are missing.
+    #[test]
+    fn parquet_items_left_out_are_named_by_id() {
+        let values: Vec<f32> = (0..4).map(|v| v as f32).collect();
+        let two: Vec<String> = ["m3", "m0"].map(String::from).to_vec();
+        let batch = crate::artifacts::embeddings_batch("item", &two, &values, 2).unwrap();
+        let err = parse("p.parquet", parquet_bytes(batch), &ids(4))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("p.parquet")
+                && err.contains(
+                    "no embedding for item_id \"m1\" (item index 1), nor for 1 other item:"
+                )
+                && err.contains("the file has 2 of the workspace's 4 items"),
+            "{err}"
+        );
     }
 }

@@ -114,6 +114,14 @@ impl LatentShare {
     fn is_items(&self) -> bool {
         *self == LatentShare::Items
     }
+
+    /// The pipeline's spelling (`items`, `interactions`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            LatentShare::Items => "items",
+            LatentShare::Interactions => "interactions",
+        }
+    }
 }
 
 /// `model.autoencoder.input`: how the encoders' first layers read a batch of interaction rows.

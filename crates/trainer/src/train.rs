@@ -397,7 +397,19 @@ where
                     clusters.weights().len()
                 ))
             })?;
-        tracing::info!(weights = ?clusters.weights(), "train: latent shared by cluster weight");
+        // What `latent_share` made of the weights: each cluster's encoder widths, the last its
+        // share of the latent (spec §4.2), so a run's log shows where the latent went.
+        let widths: Vec<usize> =
+            diffrec_model::latent_dims(clusters.weights(), &spec.model.autoencoder.dims)
+                .iter()
+                .map(|layers| layers.last().copied().unwrap_or(0))
+                .collect();
+        tracing::info!(
+            share = %spec.model.autoencoder.latent_share.name(),
+            weights = ?clusters.weights(),
+            latent_widths = ?widths,
+            "train: the latent shared by cluster weight"
+        );
         if data_parallel {
             let make =
                 |d: &B::Device| LatentLearner::<B>::new(&clusters, spec, std::slice::from_ref(d));
