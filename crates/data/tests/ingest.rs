@@ -315,28 +315,56 @@ async fn parquet_dictionaries_and_small_integers() {
     use arrow_array::{
         ArrayRef, DictionaryArray, Int8Array, Int16Array, Int64Array, RecordBatch, UInt16Array,
     };
+    use parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};
     use std::sync::Arc;
     let dir = tmpdir("pq-types");
-    let write = |name: &str, columns: Vec<(&str, ArrayRef)>| {
+    let write_with = |name: &str, columns: Vec<(&str, ArrayRef)>, codec: Compression| {
         let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(codec)
+            .build();
         let mut buf = Vec::new();
-        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
+        let mut w =
+            parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
         std::fs::write(dir.join(name), buf).unwrap();
     };
+    let write = |name: &str, columns| write_with(name, columns, Compression::UNCOMPRESSED);
     let note: ArrayRef = Arc::new(Int8Array::from(vec![-1, 0, 1, 2]));
     let users: DictionaryArray<Int8Type> = vec!["b", "a", "b", "a"].into_iter().collect();
-    write(
-        "small.parquet",
+    let small = || -> Vec<(&str, ArrayRef)> {
         vec![
-            ("user_id", Arc::new(users) as ArrayRef),
+            ("user_id", Arc::new(users.clone()) as ArrayRef),
             ("item_id", Arc::new(UInt16Array::from(vec![10, 2, 2, 10]))),
             ("when", Arc::new(Int16Array::from(vec![3, 1, 2, 4]))),
             ("stars", Arc::new(Int8Array::from(vec![5, 4, 3, 5]))),
             ("note", note.clone()),
-        ],
-    );
+        ]
+    };
+    write("small.parquet", small());
+    // The same through every codec a writer may pick (Polars writes zstd by default): arrow-rs
+    // reads these columns, and a codec left out of its build refused the file.
+    let codecs = [
+        (
+            "small-zstd.parquet",
+            Compression::ZSTD(ZstdLevel::default()),
+        ),
+        (
+            "small-gzip.parquet",
+            Compression::GZIP(GzipLevel::default()),
+        ),
+        ("small-lz4.parquet", Compression::LZ4_RAW),
+        ("small-lz4-hadoop.parquet", Compression::LZ4),
+        (
+            "small-brotli.parquet",
+            Compression::BROTLI(BrotliLevel::default()),
+        ),
+        ("small-snappy.parquet", Compression::SNAPPY),
+    ];
+    for (name, codec) in codecs {
+        write_with(name, small(), codec);
+    }
     // Plain 64-bit columns beside an unmapped 8-bit one: Polars' reader, mapped columns only.
     write(
         "wide.parquet",
@@ -405,11 +433,15 @@ async fn parquet_dictionaries_and_small_integers() {
             ("stars", decimals(vec![50, 45, 35, 50], 1)),
         ],
     );
+    let compressed = codecs.map(|(name, _)| (name, ["a", "b"]));
     for (file, users) in [
         ("small.parquet", ["a", "b"]),
         ("wide.parquet", ["5", "7"]),
         ("decimal.parquet", ["5", "7"]),
-    ] {
+    ]
+    .into_iter()
+    .chain(compressed)
+    {
         let c = cfg(serde_json::json!({
             "source": {"format": "parquet", "path": file,
                        "columns": {"user": "user_id", "item": "item_id", "timestamp": "when", "rating": "stars"}},
