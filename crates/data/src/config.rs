@@ -14,7 +14,8 @@ use crate::error::{DataError, Result};
 pub struct DataConfig {
     /// `data.source`: the raw interaction log. Required.
     pub source: SourceConfig,
-    /// `data.dedup`: drop exact duplicate (user, item) pairs, keeping the latest. Default `true`.
+    /// `data.dedup`: drop duplicate (user, item) pairs, keeping the latest row (before
+    /// `min_rating`: the latest rating decides). Default `true`.
     #[serde(default = "default_true")]
     pub dedup: bool,
     /// `data.min_rating`: keep only interactions with rating ≥ this (needs a rating column).

@@ -97,23 +97,31 @@ pub fn prepare(raw: RawInteractions, cfg: &DataConfig) -> Result<Prepared> {
         )
         .select(keep);
 
-    // Natural noise candidates are the interactions the rating threshold would drop.
+    // De-duplication first, then the rating threshold: a pair's latest row is the user's
+    // current opinion, so a 4★ later re-rated 2★ is dropped, not kept with its old timestamp.
+    lf = sort_by_user_time(lf, &raw_max_ts);
+    if cfg.dedup {
+        lf = dedup_latest(lf);
+    }
+    // Natural noise candidates are the interactions the rating threshold drops.
     let mut noise_candidates = None;
+    let mut df = lf.collect().map_err(perr("filtering and de-duplicating"))?;
     if let Some(m) = cfg.min_rating {
+        let rating = df.column("rating").map_err(perr("the rating threshold"))?;
+        let high = rating
+            .as_materialized_series()
+            .gt_eq(m)
+            .map_err(perr("the rating threshold"))?;
         if cfg
             .noise
             .as_ref()
             .is_some_and(|n| n.kind == NoiseKind::Natural)
         {
-            noise_candidates = Some(lf.clone().filter(col("rating").lt(lit(m))));
+            let low = df.filter(&!&high).map_err(perr("the rating threshold"))?;
+            noise_candidates = Some(low.lazy());
         }
-        lf = lf.filter(col("rating").gt_eq(lit(m)));
+        df = df.filter(&high).map_err(perr("the rating threshold"))?;
     }
-    lf = sort_by_user_time(lf, &raw_max_ts);
-    if cfg.dedup {
-        lf = dedup_latest(lf);
-    }
-    let mut df = lf.collect().map_err(perr("filtering and de-duplicating"))?;
     tracing::debug!(
         secs = t0.elapsed().as_secs_f64(),
         rows = df.height(),

@@ -897,6 +897,57 @@ async fn natural_noise_keeps_low_ratings_out_of_test() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A pair's latest row decides whether it is kept: de-duplication comes before the rating
+/// threshold. 1x: 5★ then re-rated 2★ → dropped (it was kept, with the old time). 1y: 2★ then
+/// 4★ → kept at its later time. Natural noise sees the pair's latest low rating only once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_latest_rating_of_a_pair_decides() {
+    let dir = tmpdir("latest");
+    let csv = "user_id,item_id,timestamp,rating\n\
+               1,x,1,5\n1,y,2,2\n1,z,3,5\n1,x,4,2\n1,y,5,4\n1,w,6,4\n\
+               2,x,1,5\n2,z,2,5\n";
+    std::fs::write(dir.join("l.csv"), csv).unwrap();
+    let rows = |df: &DataFrame| -> Vec<String> {
+        let ts = df.column("timestamp").unwrap().i64().unwrap();
+        strs(df, "user_id")
+            .into_iter()
+            .zip(strs(df, "item_id"))
+            .zip(ts.into_no_null_iter())
+            .map(|((u, i), t)| format!("{u}{i}@{t}"))
+            .collect()
+    };
+    let ingest = |name: &'static str, extra: serde_json::Value| {
+        let dir = dir.clone();
+        async move {
+            let mut c = serde_json::json!({
+                "source": {"format": "csv", "path": "l.csv", "columns": {"rating": "rating"}},
+                "min_rating": 4,
+                "split": {"ratios": [1.0, 0.0, 0.0]}
+            });
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            let ws = Workspace::open(dir.join(name).to_str().unwrap()).unwrap();
+            let r = run_ingest(&ws, &cfg(c), &dir, false).await.unwrap();
+            (read_back(&ws, INTERACTIONS).await, r)
+        }
+    };
+    let (df, _) = ingest("ws", serde_json::json!({})).await;
+    assert_eq!(rows(&df), ["1z@3", "1y@5", "1w@6", "2x@1", "2z@2"]);
+    // Without de-duplication every row stands on its own rating.
+    let (df, _) = ingest("ws-all", serde_json::json!({"dedup": false})).await;
+    assert_eq!(rows(&df), ["1x@1", "1z@3", "1y@5", "1w@6", "2x@1", "2z@2"]);
+    // Natural noise: 1x's latest row (2★ at 4) is the one candidate; 1y's 2★ is superseded.
+    let (df, r) = ingest(
+        "ws-noise",
+        serde_json::json!({"noise": {"kind": "natural", "ratio": 1.0}}),
+    )
+    .await;
+    assert_eq!(r.stats.noise_rows, 1);
+    assert_eq!(rows(&df), ["1z@3", "1x@4", "1y@5", "1w@6", "2x@1", "2z@2"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// A spreadsheet's "CSV UTF-8" export starts with a byte-order mark: the first column is still
 /// found by its name, and the artifacts are those of the same file without it.
 #[tokio::test(flavor = "multi_thread")]
