@@ -99,6 +99,12 @@ pub fn report_file_size_limit() {
     }
 }
 
+/// Whether a panic's source file is burn-collective's or burn-communication's (vendored or
+/// from the registry).
+fn from_collective(file: &str) -> bool {
+    file.contains("burn-collective") || file.contains("burn-communication")
+}
+
 /// Makes a panic on the main thread end the process with exit code 101 at once, after Rust's
 /// own message and a line on what it may mean. Unwinding from there dropped the async runtime,
 /// which waits for its threads: under a pids limit (the runtime panics on the main thread when
@@ -110,10 +116,34 @@ pub fn end_on_panic() {
     let main = std::thread::current().id();
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        report(info);
         if std::thread::current().id() != main {
+            // burn-collective and burn-communication report a peer's or the orchestrator's
+            // lost connection by panicking in their tasks; the trainer says what that means
+            // for the run. One line each, not a "panicked" report with its backtrace that
+            // reads as a crash (with -v, the full report too).
+            match info.location().filter(|l| from_collective(l.file())) {
+                Some(at) => {
+                    let payload = info.payload();
+                    let message = payload
+                        .downcast_ref::<&str>()
+                        .copied()
+                        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                        .unwrap_or("(no message)");
+                    tracing::warn!(
+                        "burn-collective: {message} ({}:{}): a node or the orchestrator lost \
+                         its connection; the trainer's next lines say what it means for the run",
+                        at.file(),
+                        at.line()
+                    );
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        report(info);
+                    }
+                }
+                None => report(info),
+            }
             return;
         }
+        report(info);
         eprintln!(
             "error: diffrec stopped on an internal error (above), exit code 101. If it says \
              that a thread could not be spawned, a resource limit stopped it (`ulimit -u` or \

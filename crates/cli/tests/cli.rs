@@ -2830,7 +2830,7 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     // Ports below Linux's ephemeral range (32768 and up), where another test's outgoing
     // connection can hold any port; an orchestrator that still cannot listen (exit 1 at once)
     // is started again on other ports.
-    let (base, _orchestrator) = (0..5)
+    let (base, orchestrator) = (0..5)
         .find_map(|_| {
             let base = 20000 + (nonce() % 12000) as u16;
             let mut orchestrator = Reaped(
@@ -2863,6 +2863,8 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     // `extra(r)`; each one's exit status
     // and stderr once all have ended (a node still running after two minutes fails the test).
     // `what`: "train" (`diffrec stage train`) or "run" (`diffrec run`).
+    // Each node's process id by (tag, rank), for a node killed mid-run.
+    let pids = std::sync::Mutex::new(Vec::<(String, usize, u32)>::new());
     let run_nodes = |what: &str,
                      tag: &str,
                      ws: &[&Path],
@@ -2885,7 +2887,7 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
                     std::fs::File::create(dir.join(format!("{tag}{rank}.{what}"))).unwrap()
                 };
                 // The default log filter, as a user runs it.
-                Reaped(
+                let node = Reaped(
                     stage(what, ws[rank.min(ws.len() - 1)], &sets)
                         .args(&flags)
                         .env_remove("RUST_LOG")
@@ -2893,7 +2895,11 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
                         .stderr(log("err"))
                         .spawn()
                         .unwrap(),
-                )
+                );
+                pids.lock()
+                    .unwrap()
+                    .push((tag.to_string(), rank, node.0.id()));
+                node
             })
             .collect();
         let err = |rank: usize| {
@@ -3085,6 +3091,96 @@ fn two_nodes_through_the_orchestrator_train_like_one_process() {
     );
     assert!(out(0).contains("evaluate:"), "{}", out(0));
     assert!(four.join("runs/g/recommendations.parquet").exists());
+
+    // Once `out` (a node's stdout file) shows epoch 2 evaluated, runs `then`; false if it never
+    // did within a minute.
+    let at_epoch_2 = |out: &Path, then: &mut dyn FnMut()| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if std::fs::read_to_string(out)
+                .unwrap_or_default()
+                .contains("train: epoch 2:")
+            {
+                then();
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    };
+    let long = |_| {
+        vec![
+            "train.epochs=60".to_string(),
+            "train.peer_timeout=20".to_string(),
+        ]
+    };
+
+    // A node killed mid-run (SIGKILL) stops the other at its next all-reduce (exit 1, saying
+    // so). burn-collective reports the lost connection by panicking in its tasks: one warning
+    // line each, not a "panicked" report that reads as a crash.
+    let eight = dir.join("eight");
+    let out = stage("ingest", &eight, &[]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let ends = std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            at_epoch_2(&dir.join("peer0.out"), &mut || {
+                let pid = pids
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|(t, r, _)| t == "peer" && *r == 1)
+                    .unwrap()
+                    .2;
+                let killed = Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status()
+                    .unwrap();
+                assert!(killed.success());
+            })
+        });
+        let ends = run_nodes("train", "peer", &[&eight], &[0, 1], &long);
+        assert!(killer.join().unwrap(), "node 0 never evaluated epoch 2");
+        ends
+    });
+    let (status, err) = &ends[0];
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        (err.contains("another replica or node stopped")
+            || err.contains("another node stopped or hangs"))
+            && !err.contains("panicked"),
+        "{err}"
+    );
+
+    // The orchestrator stopped mid-run (a machine lost): the nodes' all-reduces go peer to
+    // peer, so training ends; leaving the collective then meets no orchestrator, which is
+    // said, not waited for forever (it was: no manifest, nodes up until killed) nor a panic.
+    let seven = dir.join("seven");
+    let out = stage("ingest", &seven, &[]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mut orchestrator = orchestrator;
+    let ends = std::thread::scope(|s| {
+        let stopper = s.spawn(|| {
+            at_epoch_2(&dir.join("lost0.out"), &mut || {
+                orchestrator.0.kill().unwrap();
+                orchestrator.0.wait().unwrap();
+            })
+        });
+        let ends = run_nodes("train", "lost", &[&seven], &[0, 1], &long);
+        assert!(stopper.join().unwrap(), "node 0 never evaluated epoch 2");
+        ends
+    });
+    for (rank, (status, err)) in ends.iter().enumerate() {
+        assert!(status.success(), "node {rank}: {err}");
+        assert!(!err.contains("panicked"), "node {rank}: {err}");
+        assert!(
+            err.contains("Lost the connection to the orchestrator")
+                && err.contains("without the orchestrator's acknowledgement"),
+            "node {rank}: {err}"
+        );
+    }
+    let done = std::fs::read_to_string(dir.join("lost0.out")).unwrap();
+    assert!(done.contains("train: epoch 60:"), "{done}");
+    assert!(seven.join("runs/g/_manifest.json").exists());
 }
 
 /// L-DiffRec end to end on a small synthetic log with planted item groups: cluster → train →

@@ -478,6 +478,19 @@ impl TrainConfig {
                 }
             }
         }
+        // One port cannot serve both: the orchestrator's and this node's tensor service.
+        if let (Some(o), Some(n)) = (&self.orchestrator, &self.node_address) {
+            let bare = |s: &str| s.strip_prefix("ws://").unwrap_or(s).to_ascii_lowercase();
+            if bare(o) == bare(n) {
+                return Err(err(
+                    "train.node_address",
+                    format!(
+                        "{n:?} is train.orchestrator's address: this node's tensor service \
+                         needs a port of its own (another port, or another machine's address)"
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -571,6 +584,18 @@ mod tests {
         for bad in ["127.0.0.1:0", "http://127.0.0.1:4000", "h:1/x", ":4000"] {
             assert_eq!(host_port(bad), None, "{bad}");
         }
+        // The orchestrator's own address is no node's (it failed at run time, exit 2, and the
+        // other node waited out its timeout).
+        let t: TrainConfig = serde_json::from_str(
+            r#"{"nodes": 2, "orchestrator": "127.0.0.1:4000", "node_address": "ws://127.0.0.1:4000"}"#,
+        )
+        .unwrap();
+        let e = t.validate().unwrap_err();
+        assert_eq!(e.key, "train.node_address");
+        assert!(
+            e.to_string().contains("is train.orchestrator's address"),
+            "{e}"
+        );
         assert_eq!(host_port("ws://h:4000"), Some(4000));
         assert_eq!(host_port("[::1]:4000"), Some(4000));
         let t: TrainConfig = serde_json::from_str(r#"{"nodes": 2, "node_rank": 2}"#).unwrap();

@@ -63,7 +63,13 @@ fn collective_err(what: &str, e: CollectiveError) -> TrainError {
         ": the orchestrator already holds a node at this train.node_address: another node \
          given the same address, or one still running from an earlier attempt (stop it, or \
          restart `diffrec orchestrator`)"
-    } else if raw.contains("LocalServerMissing") || raw.contains("PeerLost") {
+    } else if raw.contains("OrchestratorUnreachable") {
+        ": the orchestrator (train.orchestrator) stopped or lost its connection to this node \
+         while the nodes joined: restart `diffrec orchestrator` and rerun every node"
+    } else if raw.contains("LocalServerMissing")
+        || raw.contains("PeerLost")
+        || raw.contains("PeerSyncLost")
+    {
         ": another replica or node stopped (its log says why); the last checkpoint is kept, so \
          rerunning every node resumes from it"
     } else {
@@ -412,14 +418,22 @@ where
         let rank = self.node_rank;
         // Only waits with other nodes time out (`reply`).
         TrainError::Collective(match waiting {
-            Waiting::Join => format!(
-                "node {rank} waited train.peer_timeout ({secs} s) for all {} nodes to join \
-                 through the orchestrator at {}: check that `diffrec orchestrator` runs there \
-                 and that every node started, each with its own train.node_rank and the same \
-                 flags (a node without --force finds a completed run up to date and exits)",
-                self.nodes,
-                self.orchestrator.as_deref().unwrap_or("(none)")
-            ),
+            Waiting::Join => {
+                let at = self.orchestrator.as_deref().unwrap_or("(none)");
+                // What the last look found, so the error alone says whether anything listens.
+                let found = match orchestrator_answers(at) {
+                    Ok(()) => "something answers there now".to_string(),
+                    Err(why) => format!("it {why}"),
+                };
+                format!(
+                    "node {rank} waited train.peer_timeout ({secs} s) for all {} nodes to join \
+                     through the orchestrator at {at} ({found}): check that `diffrec \
+                     orchestrator` runs there and that every node started, each with its own \
+                     train.node_rank and the same flags (a node without --force finds a \
+                     completed run up to date and exits)",
+                    self.nodes,
+                )
+            }
             Waiting::Step => format!(
                 "node {rank}: no all-reduce answer within train.peer_timeout ({secs} s): \
                  another node stopped or hangs (its log says why); the last checkpoint is \
@@ -753,10 +767,27 @@ impl<B: AutodiffBackend> Drop for DataParallel<B> {
         if self.stuck.load(Ordering::Relaxed) {
             return;
         }
+        // Leaving the collective waits for the orchestrator's goodbye: with other nodes, at
+        // most train.peer_timeout (an orchestrator that stopped answering, say), after which
+        // the replicas are left to end with the process; the run's outputs are written.
+        let deadline = (self.nodes > 1).then(|| Instant::now() + self.timeout);
         for r in &mut self.replicas {
-            if let Some(t) = r.thread.take() {
-                let _ = t.join();
+            let Some(t) = r.thread.take() else { continue };
+            if let Some(deadline) = deadline {
+                while !t.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                if !t.is_finished() {
+                    tracing::warn!(
+                        "train: node {} left the collective without the orchestrator's goodbye \
+                         within train.peer_timeout ({} s); the run's outputs are written",
+                        self.node_rank,
+                        self.timeout.as_secs()
+                    );
+                    return;
+                }
             }
+            let _ = t.join();
         }
     }
 }

@@ -478,6 +478,21 @@ where
         ),
         _ => tracing::info!(replicas, "train: data-parallel"),
     }
+    // Each batch is cut into `replicas` consecutive shards (over every node's devices).
+    let batch = spec.train.batch_size;
+    tracing::info!(
+        replicas,
+        rows_per_replica = batch.div_ceil(replicas),
+        "train: each batch of {batch} rows is split over the replicas of all nodes"
+    );
+    if batch < replicas {
+        tracing::warn!(
+            "train.batch_size {batch} is below the {replicas} replicas: {} of them get no rows \
+             in any step and only wait for the others (the result is the same; the devices \
+             are wasted)",
+            replicas - batch
+        );
+    }
     let dp = DataParallel::start(learners, diffusion, &topology)?;
     // Before the run is claimed or anything deleted: the nodes run the same thing.
     dp.check_same_run(&spec.fingerprint, &spec.train)?;

@@ -116,6 +116,8 @@ pub enum GlobalCollectiveError {
     PeerSentIncoherentTensor,
     /// Tried to download from a peer, but the peer closed or lost the connection
     PeerLost(NodeId),
+    /// diffrec patch: a peer's connection broke while the nodes synced (the peer stopped)
+    PeerSyncLost,
     /// Error from the coordinator
     Server(String),
 

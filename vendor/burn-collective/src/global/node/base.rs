@@ -193,8 +193,15 @@ where
 
     pub async fn finish(&mut self) {
         let res = self.worker.close_connection().await;
-        if let Err(err) = res {
-            log::error!("Global collective client error: {err:?}");
+        match res {
+            // diffrec patch: the work is done; only the goodbye is missing.
+            Err(GlobalCollectiveError::OrchestratorUnreachable) => log::warn!(
+                "Left the collective without the orchestrator's acknowledgement \
+                 (OrchestratorUnreachable: it stopped or lost the connection); this node's \
+                 work is complete"
+            ),
+            Err(err) => log::error!("Global collective client error: {err:?}"),
+            Ok(()) => {}
         }
         self.data_service.close().await;
     }

@@ -79,7 +79,8 @@ where
         .position(|id| *id == node)
         .expect("Node is in ring");
     let prev_node_idx = (send_slice_idx + ring.len() - 1) % ring.len(); // +ring.len for overflow
-    let prev_node = nodes.get(&ring[prev_node_idx]).unwrap();
+    let prev_id = ring[prev_node_idx];
+    let prev_node = nodes.get(&prev_id).unwrap();
     let mut transfer_counter: u64 = 0;
 
     // Phase 1: add
@@ -89,6 +90,7 @@ where
         &mut send_slice_idx,
         true,
         prev_node.clone(),
+        prev_id,
         &data_service,
         device,
     )
@@ -101,13 +103,14 @@ where
         &mut send_slice_idx,
         false,
         prev_node.clone(),
+        prev_id,
         &data_service,
         device,
     )
     .await?;
 
     // Wait for all nodes to finish
-    sync_service.sync().await;
+    sync_service.sync().await?;
 
     // merge slices
     Ok(B::float_cat(slices, slice_dim))
@@ -127,6 +130,7 @@ async fn do_cycles<B, P>(
     send_slice_idx: &mut usize,
     is_phase_one: bool,
     prev_node: Address,
+    prev_id: NodeId,
     data_service: &Arc<TensorDataService<B, P>>,
     device: &B::Device,
 ) -> Result<(), GlobalCollectiveError>
@@ -156,13 +160,16 @@ where
         };
 
         upload.await.unwrap();
-        let download = download.await.unwrap();
+        // diffrec patch: a peer that closed the connection (stopped, killed) is an error for
+        // the caller, not a panic in this task.
+        let Some(download) = download.await.unwrap() else {
+            return Err(GlobalCollectiveError::PeerLost(prev_id));
+        };
         if is_phase_one {
-            let download = download.expect("Peer closed download connection");
             let tensor = B::float_from_data(download, device);
             slices[recv_slice_idx] = B::float_add(slices[recv_slice_idx].clone(), tensor);
         } else {
-            let tensor = B::float_from_data(download.unwrap(), device);
+            let tensor = B::float_from_data(download, device);
             let old_shape = slices[recv_slice_idx].shape();
             if old_shape != tensor.shape() {
                 return Err(GlobalCollectiveError::PeerSentIncoherentTensor);

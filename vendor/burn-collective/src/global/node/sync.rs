@@ -8,7 +8,7 @@ use burn_communication::{CommunicationChannel, Message, Protocol, ProtocolClient
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, RwLock};
 
-use crate::{NodeId, node::base::NodeState};
+use crate::{NodeId, global::shared::GlobalCollectiveError, node::base::NodeState};
 
 /// Handles the status of sync requests from other nodes
 pub(crate) struct SyncService<P: Protocol> {
@@ -18,6 +18,9 @@ pub(crate) struct SyncService<P: Protocol> {
     syncing_peers: Mutex<Vec<NodeId>>,
     /// Notification on each incoming sync request
     sync_notif: Notify,
+    /// diffrec patch: a peer's sync connection broke (the peer stopped while syncing): its
+    /// request can never come, so the waiting sync fails instead of waiting forever.
+    broken: std::sync::atomic::AtomicBool,
 
     _p: PhantomData<P>,
 }
@@ -31,6 +34,7 @@ impl<P: Protocol> SyncService<P> {
             node_state,
             syncing_peers: Mutex::new(vec![]),
             sync_notif: Notify::new(),
+            broken: std::sync::atomic::AtomicBool::new(false),
             _p: PhantomData,
         }
     }
@@ -40,8 +44,10 @@ impl<P: Protocol> SyncService<P> {
         syncing_peers.push(peer);
     }
 
-    /// Sync with all peers.
-    pub async fn sync(&self) {
+    /// Sync with all peers. diffrec patch: a peer that cannot be reached, or whose sync
+    /// connection broke, is an error (`PeerLost`, `PeerSyncLost`) rather than a panic or a wait
+    /// that never ends.
+    pub async fn sync(&self) -> Result<(), GlobalCollectiveError> {
         // we can't sync while we register
         let node_state = self.node_state.read().await;
         let node_state = node_state
@@ -55,15 +61,18 @@ impl<P: Protocol> SyncService<P> {
                 continue;
             }
 
-            let mut connection = P::Client::connect(addr.clone(), "sync")
-                .await
-                .expect("Couldn't connect to peer for sync");
+            let Some(mut connection) = P::Client::connect(addr.clone(), "sync").await else {
+                return Err(GlobalCollectiveError::PeerLost(*id));
+            };
             let msg = SyncRequest(node_state.node_id);
             let sync_bytes = rmp_serde::to_vec(&msg).unwrap();
-            connection
+            if connection
                 .send(Message::new(sync_bytes.into()))
                 .await
-                .expect("Peer closed connection unexpectedly");
+                .is_err()
+            {
+                return Err(GlobalCollectiveError::PeerLost(*id));
+            }
         }
         // diffrec patch: the published 0.21.0 compared a *copy* of `syncing_peers` and cleared
         // that copy, so the shared list kept every earlier round's ids and the second sync (the
@@ -76,6 +85,9 @@ impl<P: Protocol> SyncService<P> {
             let notified = self.sync_notif.notified();
             let mut notified = std::pin::pin!(notified);
             notified.as_mut().enable();
+            if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(GlobalCollectiveError::PeerSyncLost);
+            }
             {
                 let mut syncing_peers = self.syncing_peers.lock().unwrap();
                 if all_node_ids.iter().all(|id| syncing_peers.contains(id)) {
@@ -85,7 +97,7 @@ impl<P: Protocol> SyncService<P> {
                             syncing_peers.remove(i);
                         }
                     }
-                    return;
+                    return Ok(());
                 }
             }
             // Wait for the next sync to come in
@@ -94,7 +106,17 @@ impl<P: Protocol> SyncService<P> {
     }
 
     pub async fn handle_sync_connection<C: CommunicationChannel>(&self, mut channel: C) {
-        let msg = channel.recv().await.unwrap();
+        // diffrec patch: a connection reset before the request arrived (the peer stopped) is
+        // no panic: it fails the waiting sync (`broken`).
+        let msg = match channel.recv().await {
+            Ok(msg) => msg,
+            Err(e) => {
+                log::warn!("A peer's sync connection broke: {e:?}");
+                self.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+                self.sync_notif.notify_waiters();
+                return;
+            }
+        };
         let Some(msg) = msg else {
             return;
         };

@@ -27,13 +27,24 @@ pub(crate) struct GlobalClientWorker<P: ProtocolClient> {
 // Rename
 struct GlobalClientWorkerState {
     requests: HashMap<RequestId, Sender<RemoteResponse>>,
+    // diffrec patch: set when the orchestrator's connection ends other than by cancellation.
+    // Pending and later requests are then answered with `OrchestratorUnreachable` (their
+    // callbacks dropped) instead of waiting forever for a reply that cannot come.
+    lost: bool,
 }
 
 impl GlobalClientWorkerState {
     fn new() -> Self {
         Self {
             requests: HashMap::new(),
+            lost: false,
         }
+    }
+
+    /// diffrec patch: the connection is gone; wake every waiting request.
+    fn lose(&mut self) {
+        self.lost = true;
+        self.requests.clear();
     }
 }
 
@@ -185,6 +196,11 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
             let req = RemoteRequest::Finish;
             let resp = self.request(req).await;
             if resp != RemoteResponse::FinishAck {
+                // diffrec patch: stop the connection's tasks either way.
+                self.cancel_token.cancel();
+                if let RemoteResponse::Error(e) = resp {
+                    return Err(e);
+                }
                 log::error!("Requested to finish, did not get FinishAck; got {resp:?}");
                 return Err(GlobalCollectiveError::WrongOrchestratorResponse);
             }
@@ -214,12 +230,19 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
                 response = stream_response.recv() => {
                     match response {
                         Err(err) => {
-                            log::error!("Error receiving message from websocket: {err:?}");
+                            // diffrec patch: said as what it means for the run.
+                            log::warn!(
+                                "Lost the connection to the orchestrator ({err:?}): the nodes' \
+                                 all-reduces go on between them, but a node that stops now \
+                                 cannot be replaced, and leaving at the end goes unacknowledged"
+                            );
+                            state.lock().await.lose();
                             break;
                         }
                         Ok(response) => {
                             let Some(response) = response else {
                                 log::warn!("Closed connection");
+                                state.lock().await.lose();
                                 break;
                             };
 
@@ -238,10 +261,10 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
         }
 
         log::info!("Worker closing connection");
-        stream_response
-            .close()
-            .await
-            .expect("Can close the websocket stream.");
+        // diffrec patch: a connection the orchestrator already closed is no panic.
+        if let Err(e) = stream_response.close().await {
+            log::debug!("Closing the orchestrator's response stream: {e:?}");
+        }
     }
 
     async fn request_sender(
@@ -265,6 +288,11 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
                     // Register the callback if there is one
                     {
                         let mut state = worker.lock().await;
+                        // diffrec patch: no orchestrator to answer: the dropped callback
+                        // tells the caller so.
+                        if state.lost {
+                            continue;
+                        }
                         state.requests.insert(id, request.callback);
                     }
 
@@ -273,26 +301,29 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
                     let bytes = rmp_serde::to_vec::<CollectiveMessage>(&request)
                         .expect("Can serialize tasks to bytes.")
                         .into();
-                    stream_request
-                        .send(Message::new(bytes))
-                        .await
-                        .expect("Can send the message on the websocket.");
+                    // diffrec patch: a failed send loses the connection, not the process.
+                    if let Err(e) = stream_request.send(Message::new(bytes)).await {
+                        log::error!("Cannot send to the orchestrator: {e:?}");
+                        worker.lock().await.lose();
+                    }
                 }
             }
         }
 
         log::info!("Worker closing connection");
-        stream_request
-            .close()
-            .await
-            .expect("Can send the close message on the websocket.");
+        if let Err(e) = stream_request.close().await {
+            log::debug!("Closing the orchestrator's request stream: {e:?}");
+        }
     }
 
     pub(crate) async fn request(&self, req: RemoteRequest) -> RemoteResponse {
         let (callback, mut response_recv) = tokio::sync::mpsc::channel::<RemoteResponse>(10);
         let client_req = ClientRequest::new(req, callback);
-        self.request_sender.send(client_req).await.unwrap();
-
-        response_recv.recv().await.unwrap()
+        // diffrec patch: a lost orchestrator connection is an error, not a panic or a hang.
+        let unreachable = || RemoteResponse::Error(GlobalCollectiveError::OrchestratorUnreachable);
+        if self.request_sender.send(client_req).await.is_err() {
+            return unreachable();
+        }
+        response_recv.recv().await.unwrap_or_else(unreachable)
     }
 }
