@@ -300,6 +300,18 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
         HashMap::from([("diffrec".to_owned(), made_with.to_string())]),
     ));
     let rows = u.len();
+    // Users without training rows (a global-time split puts a user whose whole history is
+    // after the cut there) get the model's answer to an empty history: one list for all.
+    let mut cold = (0..recs.len()).filter(|&u| data.train.row(u).0.is_empty());
+    if let Some(first) = cold.next() {
+        tracing::warn!(
+            "{} of {} users have no training interactions (e.g. {:?}): their lists are the \
+             model's answer to an empty history, the same for all of them, not personal ones",
+            1 + cold.count(),
+            recs.len(),
+            users[first]
+        );
+    }
     let short = recs.iter().filter(|l| l.len() < p.recommend.k).count();
     if short > 0 {
         tracing::warn!(
@@ -425,6 +437,13 @@ pub async fn recommend_one(
             })? as usize;
             let input = model_input(&data.train, model_cfg.variant);
             let (idx, vals) = input.row(u);
+            if idx.is_empty() {
+                tracing::warn!(
+                    "user {id:?} has no training interactions: this is the model's answer to \
+                     an empty history, the same for every such user (pass --history to score \
+                     the items they have)"
+                );
+            }
             let history: Vec<(u32, f32)> = idx.iter().copied().zip(vals.iter().copied()).collect();
             let mut seen = Vec::new();
             let never = excluded(&data, u, exclude, &mut seen);

@@ -2325,6 +2325,58 @@ fn the_version_names_the_commit_of_this_checkout() {
     );
 }
 
+/// A global-time split leaves a user whose whole history is after the cut without training
+/// rows: the recommend stage and `recommend --user` say that such a user's list is the
+/// model's answer to an empty history (one list for all of them), instead of passing it off
+/// as a personal one.
+#[test]
+fn users_without_training_rows_are_named_at_recommend() {
+    let dir = tmpdir("cold");
+    let mut csv = String::from("user_id,item_id,timestamp\n");
+    for u in 0..8 {
+        for k in 0..4 {
+            csv.push_str(&format!("u{u},i{},{}\n", (u + k) % 6, 100 + 10 * u + k));
+        }
+    }
+    for k in 0..4 {
+        csv.push_str(&format!("late,i{k},{}\n", 1000 + k));
+    }
+    std::fs::write(dir.join("log.csv"), csv).unwrap();
+    let p = dir.join("p.yaml");
+    std::fs::write(
+        &p,
+        "name: c\ndata:\n  source: {format: csv, path: log.csv}\n  \
+         split: {method: global_time, ratios: [0.88, 0.06, 0.06]}\n\
+         model:\n  diffusion: {steps: 5}\n  denoiser: {dims: [8]}\n\
+         train: {epochs: 2, eval_every: 1, batch_size: 4}\nevaluate: {ks: [2]}\nrecommend: {k: 2}\n",
+    )
+    .unwrap();
+    let ws = dir.join("ws");
+    let out = diffrec()
+        .args(["run", p.to_str().unwrap(), "--workspace"])
+        .arg(&ws)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("1 of 9 users have no training interactions (e.g. \"late\")"),
+        "{t}"
+    );
+    let out = recommend(&ws, "c", &["--user", "late", "--k", "2"], None);
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("user \"late\" has no training interactions"),
+        "{t}"
+    );
+    let out = recommend(&ws, "c", &["--user", "u0", "--k", "2"], None);
+    assert!(
+        !text(&out).contains("no training interactions"),
+        "{}",
+        text(&out)
+    );
+}
+
 /// `generate` writes beside the file and renames it once whole (a stopped generator leaves no
 /// half file under the name ingest reads): nothing else is left in the folder. To standard
 /// output it writes directly, and its status line goes to the log, not into the CSV.

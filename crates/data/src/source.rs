@@ -604,6 +604,9 @@ fn id_column(file: &str, name: &str, col: &Column) -> Result<Column> {
     }
 }
 
+/// 9999-12-31T23:59:59Z: the last second a timestamp may name.
+const LAST_SECOND: i64 = 253_402_300_799;
+
 fn timestamp_column(file: &str, name: &str, col: &Column) -> Result<Column> {
     if let Some(row) = first_null_row(col) {
         return Err(DataError::bad_input(
@@ -707,6 +710,20 @@ fn timestamp_column(file: &str, name: &str, col: &Column) -> Result<Column> {
             Some(pos as u64 + 1),
             Some(name),
             format!("negative timestamp {}", ca.get(pos).unwrap_or_default()),
+        ));
+    }
+    // Milliseconds (or finer) read as seconds land thousands of years ahead: refused, not kept.
+    if let Some(pos) = ca.iter().position(|v| v.is_some_and(|t| t > LAST_SECOND)) {
+        let t = ca.get(pos).unwrap_or_default();
+        return Err(DataError::bad_input(
+            file,
+            Some(pos as u64 + 1),
+            Some(name),
+            format!(
+                "timestamp {t} is past the year 9999 as seconds since 1970: milliseconds or \
+                 finer? Timestamps are integer seconds (divide by 1000 for milliseconds) or \
+                 ISO-8601 text"
+            ),
         ));
     }
     Ok(ts.with_name("ts".into()))

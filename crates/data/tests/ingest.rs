@@ -544,6 +544,18 @@ async fn bad_input_names_file_row_and_column() {
         e.contains("row 2, column `timestamp`: negative timestamp -7"),
         "{e}"
     );
+    // Epoch milliseconds read as seconds would be the year 56,000: refused, with the unit
+    // named. 9999-12-31T23:59:59Z is the last second taken.
+    let e = ingest_err(
+        "user_id,item_id,timestamp,rating\n1,2,253402300799,5\n1,3,1704067200000,5\n",
+        serde_json::json!({}),
+    )
+    .await;
+    assert!(
+        e.contains("row 2, column `timestamp`: timestamp 1704067200000 is past the year 9999")
+            && e.contains("milliseconds"),
+        "{e}"
+    );
 
     let mut rows = String::from("user_id,item_id,timestamp,rating\n");
     for k in 0..12_000 {
