@@ -306,7 +306,8 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     if let Some(first) = cold.next() {
         tracing::warn!(
             "{} of {} users have no training interactions (e.g. {:?}): their lists are the \
-             model's answer to an empty history, the same for all of them, not personal ones",
+             model's answer to an empty history: the same scores for all of them (each without its \
+             own seen items), not personal ones",
             1 + cold.count(),
             recs.len(),
             users[first]
@@ -440,8 +441,8 @@ pub async fn recommend_one(
             if idx.is_empty() {
                 tracing::warn!(
                     "user {id:?} has no training interactions: this is the model's answer to \
-                     an empty history, the same for every such user (pass --history to score \
-                     the items they have)"
+                     an empty history, the same scores for every such user (pass --history to \
+                     score the items they have)"
                 );
             }
             let history: Vec<(u32, f32)> = idx.iter().copied().zip(vals.iter().copied()).collect();

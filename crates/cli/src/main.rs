@@ -163,14 +163,15 @@ enum Command {
         /// Run (pipeline) name.
         #[arg(long, value_parser = run_name)]
         run: String,
-        /// Original user id (a user of the training data).
-        #[arg(long)]
+        /// Original user id (a user of the training data); one that starts with `-` is taken
+        /// as an id (`--user -1`).
+        #[arg(long, allow_hyphen_values = true)]
         user: Option<String>,
         /// Comma-separated original item ids, oldest first: score a user not seen in
         /// training (fold-in). For T-DiffRec and LT-DiffRec runs they are time-weighted as
         /// ingest weighs a user's train items (`data.temporal`: w_min for the first, w_max for
         /// the last); an item named twice counts once, at its first place.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         history: Option<String>,
         /// As --history, one item id per line (`-`: standard input), for ids that hold commas
         /// and for long histories. Blank lines are skipped. Here, in --history and in --user an

@@ -99,10 +99,24 @@ pub fn report_file_size_limit() {
     }
 }
 
-/// Whether a panic's source file is burn-collective's or burn-communication's (vendored or
-/// from the registry).
-fn from_collective(file: &str) -> bool {
-    file.contains("burn-collective") || file.contains("burn-communication")
+/// Whether a panic is burn-collective's or burn-communication's way of saying that a
+/// connection to a peer or the orchestrator was lost: raised in one of their source files
+/// (vendored or from the registry), with a message about a connection. Their other panics
+/// (a bug, builds that do not understand each other) keep Rust's full report.
+fn lost_connection(file: &str, message: &str) -> bool {
+    const LOST: [&str; 9] = [
+        "Failed to connect",
+        "Failed to send",
+        "Failed to receive",
+        "Failed to close",
+        "closed connection",
+        "Couldn't connect",
+        "ConnectionReset",
+        "ResetWithoutClosingHandshake",
+        "AlreadyClosed",
+    ];
+    (file.contains("burn-collective") || file.contains("burn-communication"))
+        && LOST.iter().any(|s| message.contains(s))
 }
 
 /// Makes a panic on the main thread end the process with exit code 101 at once, after Rust's
@@ -121,14 +135,17 @@ pub fn end_on_panic() {
             // lost connection by panicking in their tasks; the trainer says what that means
             // for the run. One line each, not a "panicked" report with its backtrace that
             // reads as a crash (with -v, the full report too).
-            match info.location().filter(|l| from_collective(l.file())) {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            match info
+                .location()
+                .filter(|l| lost_connection(l.file(), message))
+            {
                 Some(at) => {
-                    let payload = info.payload();
-                    let message = payload
-                        .downcast_ref::<&str>()
-                        .copied()
-                        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                        .unwrap_or("(no message)");
                     tracing::warn!(
                         "burn-collective: {message} ({}:{}): a node or the orchestrator lost \
                          its connection; the trainer's next lines say what it means for the run",

@@ -389,7 +389,7 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
         )
     };
     let df = match read(false) {
-        Ok(df) => ids_as_written(df, &wanted)?,
+        Ok(df) => ids_as_written(file, df, &wanted)?,
         // Inference guessed a type that a later row breaks: read as text and let the column
         // checks find the row.
         Err(first) => read(true).map_err(|e| {
@@ -425,7 +425,7 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
 /// integer is written (`-3`, `0`, `42`; no sign `+`, no leading zero, within i64), which is
 /// typed `Int64` as inference would type it, so numeric ids keep sorting numerically. `007`
 /// stays text, apart from `7`.
-fn ids_as_written(mut df: DataFrame, wanted: &[(&str, String)]) -> Result<DataFrame> {
+fn ids_as_written(file: &str, mut df: DataFrame, wanted: &[(&str, String)]) -> Result<DataFrame> {
     for (role, name) in wanted {
         if !matches!(*role, "user" | "item") {
             continue;
@@ -433,7 +433,11 @@ fn ids_as_written(mut df: DataFrame, wanted: &[(&str, String)]) -> Result<DataFr
         let Ok(col) = df.column(name.as_str()) else {
             continue;
         };
-        let Ok(text) = col.str() else { continue };
+        if col.dtype() != &DataType::String {
+            continue;
+        }
+        let col = without_spaces_around(file, name, col)?;
+        let text = col.str().map_err(polars_err("reading ids"))?;
         let canonical = |s: &str| {
             let digits = s.strip_prefix('-').unwrap_or(s);
             !digits.is_empty()
@@ -448,9 +452,32 @@ fn ids_as_written(mut df: DataFrame, wanted: &[(&str, String)]) -> Result<DataFr
                 .map_err(polars_err("typing integer ids"))?;
             df.with_column(ints)
                 .map_err(polars_err("typing integer ids"))?;
+        } else {
+            df.with_column(col.clone())
+                .map_err(polars_err("reading ids"))?;
         }
     }
     Ok(df)
+}
+
+/// String ids without the spaces around them (a spreadsheet's padding, `a, b` after a comma):
+/// ` CUST-1` and `CUST-1` are one user, as `diffrec recommend` finds them. A warning counts the
+/// ids changed and names the first one's row.
+fn without_spaces_around(file: &str, name: &str, col: &Column) -> Result<Column> {
+    let text = col.str().map_err(polars_err("reading ids"))?;
+    let padded = |v: &Option<&str>| v.is_some_and(|s| s.len() != s.trim().len());
+    let Some(first) = text.iter().position(|v| padded(&v)) else {
+        return Ok(col.clone());
+    };
+    let count = text.iter().filter(padded).count();
+    tracing::warn!(
+        "{file}, column `{name}`: {count} id(s) have spaces around them (the first at row {}: \
+         {:?}); taken without them",
+        first + 1,
+        text.get(first).unwrap_or_default()
+    );
+    let trimmed: StringChunked = text.iter().map(|v| v.map(str::trim)).collect();
+    Ok(trimmed.with_name(col.name().clone()).into_column())
 }
 
 /// A hint when a one-field header holds another common delimiter: the file was likely written
@@ -586,7 +613,7 @@ fn id_column(file: &str, name: &str, col: &Column) -> Result<Column> {
                     Some(name),
                     "missing id (empty text)",
                 )),
-                None => Ok(col.clone()),
+                None => without_spaces_around(file, name, col),
             }
         }
         // Integer ids beyond i64 (large uint64 values) are kept as their decimal text: a

@@ -260,6 +260,19 @@ async fn csv_ids_keep_their_text_and_plain_integers_sort_numerically() {
         strs(&read_back(&ws, ITEMS).await, "item_id"),
         ["-1", "0", "2", "10"]
     );
+
+    // Spaces around an id (a spreadsheet's padding, `a, b`) are no part of it: ` CUST-1` is
+    // `CUST-1`, and ` 10` an integer id that sorts with `2`. The pair (CUST-1, 10) is then a
+    // duplicate, kept once.
+    let csv = "user_id,item_id,timestamp\nCUST-1,2,1\n CUST-1 , 10,2\nCUST-2,10,3\nCUST-1,10 ,4\n";
+    let (ws, r) = ingest_all_train(&dir, "s", csv).await;
+    assert_eq!((r.stats.users, r.stats.items), (2, 2));
+    assert_eq!(r.stats.rows["train"], 3);
+    assert_eq!(
+        strs(&read_back(&ws, USERS).await, "user_id"),
+        ["CUST-1", "CUST-2"]
+    );
+    assert_eq!(strs(&read_back(&ws, ITEMS).await, "item_id"), ["2", "10"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

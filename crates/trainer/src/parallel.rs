@@ -780,7 +780,8 @@ impl<B: AutodiffBackend> Drop for DataParallel<B> {
                 if !t.is_finished() {
                     tracing::warn!(
                         "train: node {} left the collective without the orchestrator's goodbye \
-                         within train.peer_timeout ({} s); the run's outputs are written",
+                         within train.peer_timeout ({} s); training is over, the run's manifest \
+                         is written next",
                         self.node_rank,
                         self.timeout.as_secs()
                     );

@@ -162,7 +162,7 @@ where
         upload.await.unwrap();
         // diffrec patch: a peer that closed the connection (stopped, killed) is an error for
         // the caller, not a panic in this task.
-        let Some(download) = download.await.unwrap() else {
+        let Ok(Some(download)) = download.await else {
             return Err(GlobalCollectiveError::PeerLost(prev_id));
         };
         if is_phase_one {

@@ -305,6 +305,8 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
                     if let Err(e) = stream_request.send(Message::new(bytes)).await {
                         log::error!("Cannot send to the orchestrator: {e:?}");
                         worker.lock().await.lose();
+                        // No response can be matched any more: stop the response loader too.
+                        cancel_token.cancel();
                     }
                 }
             }
