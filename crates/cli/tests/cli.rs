@@ -94,6 +94,18 @@ fn synthetic_project(tag: &str, args: &[&str], body: &str) -> (TestDir, PathBuf)
     (dir, p)
 }
 
+/// `diffrec run P --workspace WS`, which must succeed; its stdout and stderr.
+fn run_ok(p: &Path, ws: &Path) -> String {
+    let out = diffrec()
+        .args(["run", p.to_str().unwrap(), "--workspace"])
+        .arg(ws)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    t
+}
+
 /// `diffrec recommend --workspace WS --run RUN ARGS…`, with `stdin` written to its input.
 fn recommend(ws: &Path, run: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = diffrec()
@@ -2162,13 +2174,7 @@ fn a_run_that_evaluates_nothing_says_so() {
         "{t}"
     );
     // The whole pipeline, which runs the stages after training with it, skips them saying why.
-    let out = diffrec()
-        .args(["run", p.to_str().unwrap(), "--workspace"])
-        .arg(&ws)
-        .output()
-        .unwrap();
-    let t = text(&out);
-    assert!(out.status.success(), "{t}");
+    let t = run_ok(&p, &ws);
     for stage in ["evaluate", "recommend"] {
         assert!(
             t.contains(&format!(
@@ -2354,13 +2360,7 @@ fn users_without_training_rows_are_named_at_recommend() {
     )
     .unwrap();
     let ws = dir.join("ws");
-    let out = diffrec()
-        .args(["run", p.to_str().unwrap(), "--workspace"])
-        .arg(&ws)
-        .output()
-        .unwrap();
-    let t = text(&out);
-    assert!(out.status.success(), "{t}");
+    let t = run_ok(&p, &ws);
     assert!(
         t.contains("1 of 10 users have no training interactions (e.g. \"late\")"),
         "{t}"
@@ -3334,12 +3334,7 @@ fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
          train: {epochs: 30, eval_every: 5, batch_size: 100, patience: 100, lr: 0.0005, ae_lr: 0.001}\nevaluate: {ks: [20]}\nrecommend: {k: 5}\n",
     );
     let ws = dir.join("ws");
-    let out = diffrec()
-        .args(["run", p.to_str().unwrap(), "--workspace"])
-        .arg(&ws)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    run_ok(&p, &ws);
     let s: serde_json::Value =
         serde_json::from_slice(&std::fs::read(ws.join("runs/l/summary.json")).unwrap()).unwrap();
     assert_eq!(s["variant"], "l-diffrec");
