@@ -46,7 +46,7 @@ const EXIT_STATUS: &str = "Exit status:\n  \
     1    any other failure (a full disk or a file size limit, a lost connection, an S3 error, another process that took the run over): running again is safe and resumes\n  \
     143  stopped by SIGTERM, 130 by SIGINT: what was written is kept, and running again resumes (the orchestrator ends with 0)\n  \
     137  killed (SIGKILL), with no message: a container's memory limit (the kernel's OOM killer) or a scheduler; running again resumes\n  \
-    101  an internal error, or a thread limit (ulimit -u, a pids limit) that the message names\n  \
+    101  an internal error, or a thread limit (ulimit -u, a pids limit; ulimit -v too small for a thread's stack) that the message names\n  \
     134  an allocation failed (\"memory allocation of N bytes failed\"): an address-space limit (ulimit -v)";
 
 /// Diffusion recommender models (DiffRec, T-DiffRec, L-DiffRec, LT-DiffRec) as a staged
@@ -75,6 +75,8 @@ struct PipelineArgs {
     /// Override one pipeline key, e.g. `--set train.seed=3` or `--set evaluate.ks=[10,20]`.
     /// The value is parsed as YAML. A mapping set on a section changes only the keys it names
     /// (`--set 'train={epochs: 2, seed: 4}'`); `null` first clears the section. Repeatable.
+    /// A relative path set here resolves against the pipeline file's directory, as one
+    /// written in the file does, not the current directory.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
 }
@@ -132,7 +134,8 @@ enum Command {
         /// Number of items.
         #[arg(long, default_value_t = 1_000)]
         items: usize,
-        /// Number of item groups (latent tastes).
+        /// Number of item groups (latent tastes; at most --items): each item belongs to one, and
+        /// each user favours two of them (the one, with --clusters 1).
         #[arg(long, default_value_t = 16)]
         clusters: usize,
         /// Mean rows per user (at least 5 each). Items are drawn with replacement, so a user
@@ -180,7 +183,7 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         history_file: Option<PathBuf>,
         /// How many items (at least 1).
-        #[arg(long, default_value_t = NonZeroUsize::new(20).expect("20 > 0"))]
+        #[arg(long, default_value_t = NonZeroUsize::new(20).expect("20 > 0"), value_parser = parse_k)]
         k: NonZeroUsize,
         /// With --user, which of the user's items are never recommended back: `seen` = all of
         /// them (training, validation and test; the default), `train` = the training items only (as
@@ -472,6 +475,14 @@ fn check_generate_out(out: &Path) -> Result<()> {
         .into()),
         _ => Ok(()),
     }
+}
+
+/// `--k`: a count of items, at least 1 (clap's own message for 0 is about types).
+fn parse_k(s: &str) -> Result<NonZeroUsize, String> {
+    s.parse::<usize>()
+        .ok()
+        .and_then(NonZeroUsize::new)
+        .ok_or_else(|| format!("expected a whole number of items, at least 1, got {s:?}"))
 }
 
 /// `--exclude`, spelled as `recommend.exclude` in a pipeline.

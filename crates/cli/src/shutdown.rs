@@ -164,7 +164,8 @@ pub fn end_on_panic() {
         eprintln!(
             "error: diffrec stopped on an internal error (above), exit code 101. If it says \
              that a thread could not be spawned, a resource limit stopped it (`ulimit -u` or \
-             the container's pids limit): raise the limit and run again. Otherwise it is a \
+             the container's pids limit, or an address-space limit, `ulimit -v`, too small \
+             for a thread's stack): raise the limit and run again. Otherwise it is a \
              bug: please report it with the message above."
         );
         std::process::exit(101);

@@ -209,17 +209,25 @@ fn merge_small(data: &Array2<f64>, labels: &mut [u32], notes: &mut Vec<String>) 
     if merged.is_empty() {
         return;
     }
-    let n = merged.len();
-    let (clusters, them) = if n == 1 {
-        ("a cluster", "its nearest neighbour")
-    } else {
-        ("clusters", "their nearest neighbours")
+    let items: usize = merged.iter().sum();
+    let remain = match remain {
+        1 => "1 cluster remains".to_owned(),
+        n => format!("{n} clusters remain"),
     };
-    let note = format!(
-        "merged {n} {clusters} of fewer than {MIN_CLUSTER} items ({} item(s) in all) into \
-         {them}; {remain} clusters remain",
-        merged.iter().sum::<usize>()
-    );
+    let note = match (merged.len(), items) {
+        (1, 1) => format!(
+            "merged a cluster of 1 item (fewer than {MIN_CLUSTER}) into its nearest neighbour; \
+             {remain}"
+        ),
+        (1, items) => format!(
+            "merged a cluster of {items} items (fewer than {MIN_CLUSTER}) into its nearest \
+             neighbour; {remain}"
+        ),
+        (n, items) => format!(
+            "merged {n} clusters of fewer than {MIN_CLUSTER} items ({items} items in all) into \
+             their nearest neighbours; {remain}"
+        ),
+    };
     tracing::warn!("{note}");
     notes.push(note);
 }
@@ -299,11 +307,9 @@ mod tests {
         assert!(c.sizes.iter().all(|&s| s >= MIN_CLUSTER), "{:?}", c.sizes);
         assert_eq!(c.sizes.iter().sum::<usize>(), 11);
         assert!(c.k < 3);
-        assert!(
-            c.notes.iter().any(|n| n.contains("merged")),
-            "{:?}",
-            c.notes
-        );
+        let merged = "merged a cluster of 1 item (fewer than 2) into its nearest neighbour; 2 \
+                      clusters remain";
+        assert!(c.notes.iter().any(|n| n == merged), "{:?}", c.notes);
     }
 
     #[test]

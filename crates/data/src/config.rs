@@ -304,7 +304,10 @@ impl DataConfig {
         if (sum - 1.0).abs() > 1e-6 {
             return Err(DataError::config(
                 "data.split.ratios",
-                format!("ratios must sum to 1, got {r:?} (sum {sum})"),
+                format!(
+                    "ratios must sum to 1, got {r:?} (sum {})",
+                    (sum * 1e9).round() / 1e9
+                ),
             ));
         }
         match (self.split_method(), fmt) {

@@ -52,6 +52,15 @@ impl SyntheticSpec {
                 return Some((field, "must be ≥ 1".into()));
             }
         }
+        if self.clusters > self.items {
+            return Some((
+                "clusters",
+                format!(
+                    "must be at most --items (each group holds at least one item), got {} > {}",
+                    self.clusters, self.items
+                ),
+            ));
+        }
         let m = self.mean_interactions;
         if !(m.is_finite() && m >= 0.0) {
             return Some((
@@ -204,6 +213,7 @@ mod tests {
         for (spec, field) in [
             (with(|s| s.users = 0), "users"),
             (with(|s| s.clusters = 0), "clusters"),
+            (with(|s| s.clusters = s.items + 1), "clusters"),
             (
                 with(|s| s.mean_interactions = f64::INFINITY),
                 "mean_interactions",
