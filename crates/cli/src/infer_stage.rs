@@ -220,10 +220,22 @@ fn unfinished(run: &str, missing: &str) -> UsageError {
 pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     let p = &loaded.pipeline;
     // Read first: without it there is nothing to update, and the evaluation would be wasted.
-    let mut summary: Summary = ws
-        .get_json(&summary_key(&p.name))
-        .await?
-        .ok_or_else(|| unfinished(&p.name, &summary_key(&p.name)))?;
+    let key = summary_key(&p.name);
+    let mut summary: Summary = match ws.get_json(&key).await {
+        Err(DataError::BadArtifact { message, .. }) => {
+            return Err(UsageError(format!(
+                "artifact `{key}` is malformed ({}): the train stage rewrites it from the \
+                 run's checkpoint, without training and without `--force` (which would train \
+                 the run anew): `diffrec stage train PIPELINE`, then evaluate again, or \
+                 `diffrec run PIPELINE`",
+                message
+                    .split_once("; rerun")
+                    .map_or(message.as_str(), |(why, _)| why)
+            ))
+            .into());
+        }
+        read => read?.ok_or_else(|| unfinished(&p.name, &key))?,
+    };
     let RunModel {
         data,
         model,
@@ -241,8 +253,8 @@ pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     summary.test = test;
     summary.users = Some(UserCounts::of(&data));
     summary.evaluated_by = Some(EvaluatedBy::new("evaluate", &p.model));
-    ws.clean_temporaries_of(&summary_key(&p.name)).await?;
-    ws.put_json(&summary_key(&p.name), &summary).await?;
+    ws.clean_temporaries_of(&key).await?;
+    ws.put_json(&key, &summary).await?;
     status!(
         "evaluate: best checkpoint (epoch {}): test {} ({secs:.1}s)",
         summary.best_epoch,

@@ -126,6 +126,9 @@ async fn run_stage(ws: &Workspace, loaded: &Loaded, stage: Stage, force: bool) -
                     s.density * 100.0,
                     started.elapsed().as_secs_f64()
                 );
+                if let Some(line) = report.source.as_ref().and_then(dropped_line) {
+                    status!("{line}");
+                }
             }
             Ok(())
         }
@@ -138,6 +141,35 @@ async fn run_stage(ws: &Workspace, loaded: &Loaded, stage: Stage, force: bool) -
         Stage::Recommend => (crate::infer_stage::recommend_stage(ws, loaded).await)
             .context("recommend stage failed"),
     }
+}
+
+/// "ingest: of N source rows, dropped …" naming each filter that removed rows; None when none
+/// did.
+fn dropped_line(source: &diffrec_data::SourceCounts) -> Option<String> {
+    let d = &source.dropped;
+    let below = match d.kept_as_noise {
+        0 => "rated below data.min_rating".to_owned(),
+        kept => format!("rated below data.min_rating ({kept} of them kept as natural noise)"),
+    };
+    let parts: Vec<String> = [
+        (
+            d.duplicates,
+            "repeating a (user, item) pair (data.dedup keeps its latest row)".to_owned(),
+        ),
+        (d.below_min_rating, below),
+        (d.k_core, "outside the data.k_core core".to_owned()),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, why)| format!("{n} {why}"))
+    .collect();
+    (!parts.is_empty()).then(|| {
+        format!(
+            "ingest: of {} source rows, dropped {}",
+            source.rows,
+            parts.join(", ")
+        )
+    })
 }
 
 /// The workspace, which a stage other than ingest does not create. For training, a node other
@@ -219,6 +251,27 @@ pub fn until(last: Option<Stage>) -> Vec<Stage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dropped_line_names_each_filter_that_dropped_rows() {
+        let mut source = diffrec_data::SourceCounts {
+            rows: 10,
+            ..Default::default()
+        };
+        assert_eq!(dropped_line(&source), None);
+        source.dropped.duplicates = 1;
+        source.dropped.k_core = 3;
+        assert_eq!(
+            dropped_line(&source).unwrap(),
+            "ingest: of 10 source rows, dropped 1 repeating a (user, item) pair (data.dedup \
+             keeps its latest row), 3 outside the data.k_core core"
+        );
+        source.dropped.below_min_rating = 4;
+        source.dropped.kept_as_noise = 2;
+        assert!(dropped_line(&source).unwrap().contains(
+            ", 4 rated below data.min_rating (2 of them kept as natural noise), 3 outside"
+        ));
+    }
 
     #[test]
     fn other_nodes_run_only_the_train_stage() {

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use chrono::Utc;
 use diffrec_data::manifest::{
-    Freshness, StageManifest, freshness, manifest_key, upstream_hashes, upstream_records,
+    Freshness, INGEST_RULES, StageManifest, freshness, manifest_key, upstream_hashes,
+    upstream_records,
 };
 use diffrec_data::workspace::sha256_hex;
 use diffrec_data::{DataConfig, Workspace, load_splits};
@@ -299,8 +300,8 @@ pub(crate) async fn refuse_other_data_settings(
     }
 }
 
-/// Why the ingest stage's outputs are not this pipeline's: it completed with another `data`
-/// section (its differing keys named), or `None`.
+/// Why the ingest stage's outputs are not this pipeline's: it completed under other rules
+/// (an older diffrec), or with another `data` section (its differing keys named); or `None`.
 async fn data_settings_differ(ws: &Workspace, loaded: &Loaded) -> Result<Option<String>> {
     let done: Option<StageManifest> = ws
         .get_json(&manifest_key(diffrec_data::ingest::STAGE_DIR))
@@ -308,6 +309,13 @@ async fn data_settings_differ(ws: &Workspace, loaded: &Loaded) -> Result<Option<
     let Some(done) = done else {
         return Ok(None);
     };
+    if done.rules != INGEST_RULES {
+        return Ok(Some(format!(
+            "the ingest stage completed under other rules (revision {}; this diffrec's is \
+             {INGEST_RULES}, docs/decisions.md), so its data may not be what it makes now",
+            done.rules
+        )));
+    }
     let done = DataConfig::resolved_value(&done.config);
     let mine = serde_json::to_value(&loaded.pipeline.data)?;
     Ok((done != mine).then(|| {
@@ -382,7 +390,23 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         clean_temporaries(ws, &p.name).await?;
     }
     if !force {
-        match freshness(ws, &dir, &config, &inputs).await? {
+        let mut fresh = freshness(ws, &dir, &config, &inputs).await?;
+        // The summary is left out of the manifest's size check (the evaluate stage rewrites
+        // it); damaged, the finished run is rewritten from its checkpoint, as for a damaged
+        // manifest.
+        if fresh == Freshness::UpToDate
+            && let Err(diffrec_data::DataError::BadArtifact { .. }) = ws
+                .get_json::<diffrec_trainer::train::Summary>(&summary_key(&p.name))
+                .await
+        {
+            let why = format!(
+                "{} is damaged: rewriting it from the run's checkpoint",
+                summary_key(&p.name)
+            );
+            tracing::warn!("train: {why}");
+            fresh = Freshness::Stale(why);
+        }
+        match fresh {
             Freshness::UpToDate => {
                 status!(
                     "train: up to date (manifest matches config and input hashes), skipped; use --force to rerun"
@@ -601,6 +625,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         finished_at: Utc::now(),
         build: diffrec_data::manifest::build(),
         upstream: upstream_runs,
+        rules: 0,
     };
     ws.put_json(&manifest_key(&dir), &manifest).await?;
     if summary.best_epoch == 0 {

@@ -561,6 +561,42 @@ fn config_errors_exit_2_and_name_the_key() {
         assert!(t.contains(says), "{out_name}: {t}");
         assert!(!path.exists(), "{out_name}: {t}");
     }
+    // Arguments that make no sense, said in words (not clap's "zero for non-zero type").
+    let path = dir.join("g.csv");
+    for (args, says) in [
+        (
+            vec![
+                "generate",
+                "--out",
+                path.to_str().unwrap(),
+                "--items",
+                "3",
+                "--clusters",
+                "4",
+            ],
+            "--clusters must be at most --items (each group holds at least one item), got 4 > 3",
+        ),
+        (
+            vec![
+                "recommend",
+                "--workspace",
+                "w",
+                "--run",
+                "r",
+                "--user",
+                "u",
+                "--k",
+                "0",
+            ],
+            "expected a whole number of items, at least 1, got \"0\"",
+        ),
+    ] {
+        let out = diffrec().args(&args).output().unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {t}");
+        assert!(t.contains(says), "{args:?}: {t}");
+    }
+    assert!(!path.exists());
 }
 
 #[test]
@@ -2700,6 +2736,78 @@ fn damaged_artifacts_are_for_the_user_to_fix() {
     // Not "up to date": the stage ran again (its checkpoint complete, it only rewrites).
     assert!(
         out.status.success() && t.contains("train: resuming after epoch 2"),
+        "{t}"
+    );
+    // A damaged summary (no size check: evaluate rewrites it) is rewritten by the train stage
+    // from the checkpoint, without --force; evaluate says so instead of "--force".
+    let summary = ws.join("runs/g/summary.json");
+    let good: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    std::fs::write(&summary, "{bad").unwrap();
+    let stage = |stage: &str| {
+        diffrec()
+            .args(["stage", stage, p.to_str().unwrap(), "--workspace"])
+            .arg(&ws)
+            .output()
+            .unwrap()
+    };
+    let out = stage("evaluate");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("runs/g/summary.json` is malformed")
+            && t.contains("without `--force`")
+            && t.contains("diffrec stage train PIPELINE"),
+        "{t}"
+    );
+    let out = stage("train");
+    let t = text(&out);
+    assert!(
+        out.status.success()
+            && t.contains("summary.json is damaged")
+            && t.contains("train: resuming after epoch 2"),
+        "{t}"
+    );
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    assert_eq!(again["best_epoch"], good["best_epoch"]);
+    assert_eq!(again["test"], good["test"]);
+    assert!(stage("evaluate").status.success());
+}
+
+/// Upgrading over a workspace ingested under older ingest rules (its manifest without
+/// `rules`): a stage run alone refuses the data until ingest runs again; `diffrec run` ingests
+/// again, and the run, whose data came out the same, stays up to date (not trained anew).
+#[test]
+fn an_ingest_of_older_rules_is_redone_and_the_run_stays() {
+    let (_dir, p, ws, out) = tiny_train_run("rules", "{epochs: 2, eval_every: 1}");
+    assert!(out.status.success(), "{}", text(&out));
+    let path = ws.join("data/_manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(m["rules"], 1);
+    m.as_object_mut().unwrap().remove("rules");
+    std::fs::write(&path, m.to_string()).unwrap();
+    for stage in ["train", "evaluate"] {
+        let out = diffrec()
+            .args(["stage", stage, p.to_str().unwrap(), "--workspace"])
+            .arg(&ws)
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{stage}: {t}");
+        assert!(
+            t.contains(
+                "the ingest stage completed under other rules (revision 0; this diffrec's is 1"
+            ),
+            "{stage}: {t}"
+        );
+    }
+    let out = run_until_train(&p, &ws, &[]);
+    let t = text(&out);
+    assert!(
+        out.status.success()
+            && !t.contains("ingest: up to date")
+            && t.contains("train: up to date"),
         "{t}"
     );
 }

@@ -294,6 +294,7 @@ pub async fn run_cluster(
         finished_at: Utc::now(),
         build: diffrec_data::manifest::build(),
         upstream,
+        rules: 0,
     };
     claim.ensure(ws, "cluster").await?;
     ws.put_json(&manifest_key(STAGE_DIR), &manifest).await?;

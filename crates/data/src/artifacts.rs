@@ -7,6 +7,7 @@
 //! | `data/users.parquet` | `user_idx` u32, `user_id` utf8 |
 //! | `data/items.parquet` | `item_idx` u32, `item_id` utf8 |
 //! | `data/stats.json` | [`DatasetStats`] |
+//! | `data/source.json` | [`SourceCounts`] (no input of a later stage) |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub const INTERACTIONS: &str = "data/interactions.parquet";
 pub const USERS: &str = "data/users.parquet";
 pub const ITEMS: &str = "data/items.parquet";
 pub const STATS: &str = "data/stats.json";
+pub const SOURCE: &str = "data/source.json";
 
 /// Schema of `data/interactions.parquet`.
 pub fn interactions_schema() -> SchemaRef {
@@ -63,6 +65,38 @@ pub struct DatasetStats {
     pub noise_rows: u64,
     /// Whether `weight` holds temporal weights.
     pub weighted: bool,
+}
+
+/// `data/source.json`: the source's size and the rows each filter removed, in the order they
+/// run; `rows − dropped.total()` = the rows written less `noise_rows`. Its own file, not part
+/// of `stats.json`: later stages hash `stats.json` among their inputs, and these counts say
+/// nothing about the data they train on (absent from workspaces ingested before 2026-12-02).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceCounts {
+    pub rows: u64,
+    pub users: u64,
+    pub items: u64,
+    pub dropped: Dropped,
+}
+
+/// Rows removed at ingest, per filter.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Dropped {
+    /// Repeated (user, item) rows, all but each pair's latest (`data.dedup`).
+    pub duplicates: u64,
+    /// Rows rated below `data.min_rating`.
+    pub below_min_rating: u64,
+    /// Rows of users or items with fewer than `data.k_core` interactions.
+    pub k_core: u64,
+    /// Of `below_min_rating`, the rows kept as natural noise (`data.noise.kind: natural`).
+    #[serde(default)]
+    pub kept_as_noise: u64,
+}
+
+impl Dropped {
+    pub fn total(&self) -> u64 {
+        self.duplicates + self.below_min_rating + self.k_core
+    }
 }
 
 /// The three splits as CSR matrices over (user_idx, item_idx), values = `weight`.

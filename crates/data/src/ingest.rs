@@ -8,12 +8,15 @@ use polars::prelude::DataFrame;
 
 use crate::arrow_bridge::dataframe_to_batch;
 use crate::artifacts::{
-    DatasetStats, INTERACTIONS, ITEMS, STATS, USERS, ids_schema, interactions_schema,
+    DatasetStats, INTERACTIONS, ITEMS, SOURCE, STATS, SourceCounts, USERS, ids_schema,
+    interactions_schema,
 };
 use crate::claim::Claim;
 use crate::config::{DataConfig, SplitMethod};
 use crate::error::{DataError, Result};
-use crate::manifest::{Freshness, OutputInfo, StageManifest, freshness_resolving, manifest_key};
+use crate::manifest::{
+    Freshness, INGEST_RULES, OutputInfo, StageManifest, freshness_resolving, manifest_key,
+};
 use crate::source::load_source;
 use crate::transform::{Prepared, prepare};
 use crate::workspace::Workspace;
@@ -27,6 +30,9 @@ pub struct IngestReport {
     /// True when the manifest matched and nothing was rewritten.
     pub skipped: bool,
     pub stats: DatasetStats,
+    /// `data/source.json`: what the source held and what the filters dropped (None when a
+    /// workspace ingested before it was written is up to date).
+    pub source: Option<SourceCounts>,
     pub manifest: StageManifest,
 }
 
@@ -50,8 +56,15 @@ pub async fn run_ingest(
         source,
     })?;
     if !force {
-        match freshness_resolving(ws, STAGE_DIR, &config, &inputs, DataConfig::resolved_value)
-            .await?
+        match freshness_resolving(
+            ws,
+            STAGE_DIR,
+            &config,
+            &inputs,
+            INGEST_RULES,
+            DataConfig::resolved_value,
+        )
+        .await?
         {
             Freshness::UpToDate => {
                 let manifest = ws
@@ -65,6 +78,7 @@ pub async fn run_ingest(
                 return Ok(IngestReport {
                     skipped: true,
                     stats,
+                    source: ws.get_json(SOURCE).await?,
                     manifest,
                 });
             }
@@ -120,12 +134,14 @@ pub async fn run_ingest(
         finished_at: Utc::now(),
         build: crate::manifest::build(),
         upstream: BTreeMap::new(),
+        rules: INGEST_RULES,
     };
     claim.ensure(ws, "ingest").await?;
     ws.put_json(&manifest_key(STAGE_DIR), &manifest).await?;
     Ok(IngestReport {
         skipped: false,
         stats,
+        source: Some(prepared.source),
         manifest,
     })
 }
@@ -163,9 +179,18 @@ async fn write_outputs(
         let rows = write_frame(ws, key, df, schema).await?;
         outputs.insert(key.to_owned(), ws.output_info(key, Some(rows)).await?);
     }
-    claim.ensure(ws, "ingest").await?;
-    ws.put_json(STATS, stats).await?;
-    outputs.insert(STATS.to_owned(), ws.output_info(STATS, None).await?);
+    for (key, value) in [
+        (STATS, serde_json::to_value(stats)),
+        (SOURCE, serde_json::to_value(&prepared.source)),
+    ] {
+        let value = value.map_err(|source| DataError::Json {
+            key: key.into(),
+            source,
+        })?;
+        claim.ensure(ws, "ingest").await?;
+        ws.put_json(key, &value).await?;
+        outputs.insert(key.to_owned(), ws.output_info(key, None).await?);
+    }
     Ok(outputs)
 }
 
@@ -263,7 +288,7 @@ mod tests {
         let outputs = write_outputs(&ws, &later, &prepared, &stats).await.unwrap();
         assert_eq!(
             outputs.keys().collect::<Vec<_>>(),
-            [INTERACTIONS, ITEMS, STATS, USERS]
+            [INTERACTIONS, ITEMS, SOURCE, STATS, USERS]
         );
         assert!(!ws.exists(&manifest_key(STAGE_DIR)).await.unwrap());
         std::fs::remove_dir_all(dir).unwrap();

@@ -26,7 +26,7 @@ pub mod synthetic;
 pub mod transform;
 pub mod workspace;
 
-pub use artifacts::{DatasetStats, SplitMatrices, load_splits};
+pub use artifacts::{DatasetStats, Dropped, SourceCounts, SplitMatrices, load_splits};
 pub use config::DataConfig;
 pub use csr::CsrMatrix;
 pub use error::{DataError, Result};

@@ -53,7 +53,21 @@ pub struct StageManifest {
     /// the hashes that decide it. Absent before the twenty-sixth session.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub upstream: BTreeMap<String, serde_json::Value>,
+    /// The revision of the stage's rules that wrote the outputs: raised when a diffrec makes
+    /// different outputs of the same configuration and inputs (ingest: [`INGEST_RULES`]), so a
+    /// manifest of older rules is stale. 0 (absent) before the first such change.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rules: u32,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The ingest stage's rules revision ([`StageManifest::rules`]). 1: de-duplication before the
+/// rating threshold, `per_user_ratio` cuts rounded in f64 as the paper's split, natural noise
+/// placed after the clean split (2026-12-02).
+pub const INGEST_RULES: u32 = 1;
 
 static BUILD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -105,7 +119,7 @@ pub async fn freshness(
     config: &serde_json::Value,
     inputs: &BTreeMap<String, String>,
 ) -> Result<Freshness> {
-    freshness_resolving(ws, stage_dir, config, inputs, serde_json::Value::clone).await
+    freshness_resolving(ws, stage_dir, config, inputs, 0, serde_json::Value::clone).await
 }
 
 /// [`freshness`], with the recorded config put through `resolve` before it is compared: a
@@ -115,6 +129,7 @@ pub async fn freshness_resolving(
     stage_dir: &str,
     config: &serde_json::Value,
     inputs: &BTreeMap<String, String>,
+    rules: u32,
     resolve: impl Fn(&serde_json::Value) -> serde_json::Value,
 ) -> Result<Freshness> {
     let m = match ws.get_json::<StageManifest>(&manifest_key(stage_dir)).await {
@@ -134,6 +149,12 @@ pub async fn freshness_resolving(
             "written by diffrec {} (this is {})",
             m.tool_version,
             env!("CARGO_PKG_VERSION")
+        )));
+    }
+    if m.rules != rules {
+        return Ok(Freshness::Stale(format!(
+            "written under other rules (revision {}, this diffrec's is {rules}: docs/decisions.md)",
+            m.rules
         )));
     }
     if &resolve(&m.config) != config {
@@ -157,7 +178,15 @@ pub async fn freshness_resolving(
     Ok(Freshness::UpToDate)
 }
 
-/// The output hashes of an upstream stage's manifest, as input hashes of a downstream stage.
+/// Outputs that describe how a stage ran, not the data a later stage reads (`data/source.json`:
+/// what ingest dropped from the source): no input of a later stage, whose outputs they cannot
+/// change.
+pub fn is_report(key: &str) -> bool {
+    key == crate::artifacts::SOURCE
+}
+
+/// The output hashes of an upstream stage's manifest, as input hashes of a downstream stage
+/// (reports left out: [`is_report`]).
 pub async fn upstream_hashes(
     ws: &Workspace,
     stage_dir: &str,
@@ -165,5 +194,11 @@ pub async fn upstream_hashes(
     Ok(ws
         .get_json::<StageManifest>(&manifest_key(stage_dir))
         .await?
-        .map(|m| m.outputs.into_iter().map(|(k, v)| (k, v.sha256)).collect()))
+        .map(|m| {
+            m.outputs
+                .into_iter()
+                .filter(|(k, _)| !is_report(k))
+                .map(|(k, v)| (k, v.sha256))
+                .collect()
+        }))
 }

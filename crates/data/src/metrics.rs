@@ -263,13 +263,21 @@ impl MetricsTable {
         loss: f64,
         seconds: f64,
     ) {
-        for (key, v) in values {
-            let (m, kk) = key.split_once('@').unwrap_or((key, "0"));
+        // By metric, then k as a number (the keys sort as text: @10, @100, @20).
+        let mut rows: Vec<(&str, u32, f64)> = values
+            .iter()
+            .map(|(key, v)| {
+                let (m, k) = key.split_once('@').unwrap_or((key, "0"));
+                (m, k.parse::<u32>().unwrap_or(0), *v)
+            })
+            .collect();
+        rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (m, k, v) in rows {
             self.epoch.push(epoch as u32);
             self.split.push(split.to_owned());
             self.metric.push(m.to_owned());
-            self.k.push(kk.parse::<u32>().unwrap_or(0));
-            self.value.push(*v);
+            self.k.push(k);
+            self.value.push(v);
             self.loss.push(loss);
             self.seconds.push(seconds);
         }
@@ -350,6 +358,20 @@ mod tests {
         assert_eq!(top_k(&s, &[1, 4], 2), vec![2, 0]);
         assert_eq!(top_k(&s, &[0, 1, 2, 3], 10), vec![4]);
         assert_eq!(top_k(&s, &[], 0), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn table_rows_sort_k_as_a_number() {
+        let values: BTreeMap<String, f64> = [("recall@100", 3.0), ("recall@20", 2.0)]
+            .into_iter()
+            .chain([("ndcg@50", 5.0), ("ndcg@5", 4.0), ("recall@10", 1.0)])
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let mut t = MetricsTable::default();
+        t.push(1, "test", &values, 0.0, 0.0);
+        assert_eq!(t.metric, ["ndcg", "ndcg", "recall", "recall", "recall"]);
+        assert_eq!(t.k, [5, 50, 10, 20, 100]);
+        assert_eq!(t.value, [4.0, 5.0, 1.0, 2.0, 3.0]);
     }
 
     #[test]

@@ -184,17 +184,19 @@ pub async fn load_source(
             let df = match format {
                 SourceFormat::Movielens => movielens_frame(&name, &bytes),
                 SourceFormat::Csv => {
-                    let df = read_csv(&name, bytes, cfg)?;
+                    let df = read_csv(&name, bytes, cfg).map_err(|e| without_time_hint(e, cfg))?;
                     mapped_frame(&name, df, cfg)
                 }
                 SourceFormat::Parquet => {
                     let wanted: Vec<String> =
                         wanted_columns(cfg).into_iter().map(|(_, n)| n).collect();
-                    let df = read_parquet(&name, bytes, &wanted)?;
+                    let df = read_parquet(&name, bytes, &wanted)
+                        .map_err(|e| without_time_hint(e, cfg))?;
                     mapped_frame(&name, df, cfg)
                 }
                 SourceFormat::DiffrecNpy => unreachable!("handled above"),
-            }?;
+            }
+            .map_err(|e| without_time_hint(e, cfg))?;
             Ok(RawInteractions {
                 df,
                 has_timestamps: cfg.has_timestamps(),
@@ -278,6 +280,26 @@ fn movielens_frame(file: &str, bytes: &[u8]) -> Result<DataFrame> {
     .map_err(polars_err("building the MovieLens frame"))
 }
 
+/// A timestamp column not found may be a source without time: say how to declare one.
+fn without_time_hint(e: DataError, cfg: &DataConfig) -> DataError {
+    match e {
+        DataError::BadInput {
+            location,
+            mut message,
+        } if message.starts_with("column not found")
+            && location.column.is_some()
+            && location.column == cfg.source.columns.timestamp =>
+        {
+            message.push_str(
+                "; a source without times: `data.source.columns.timestamp: null` (row order \
+                 is then time)",
+            );
+            DataError::BadInput { location, message }
+        }
+        e => e,
+    }
+}
+
 /// The source columns the mapping needs, in (role, name) pairs.
 fn wanted_columns(cfg: &DataConfig) -> Vec<(&'static str, String)> {
     let c = &cfg.source.columns;
@@ -348,12 +370,12 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
         in_file.push(&raw_header[i]);
     }
     let names: Arc<[PlSmallStr]> = in_file.iter().map(|n| PlSmallStr::from(*n)).collect();
-    let read = |as_strings: bool| {
+    let read = |as_strings: bool, ragged: bool| {
         let mut opts = CsvReadOptions::default()
             .with_has_header(true)
             .with_columns(Some(names.clone()))
             .with_infer_schema_length(Some(10_000))
-            .map_parse_options(|o| o.with_separator(sep));
+            .map_parse_options(|o| o.with_separator(sep).with_truncate_ragged_lines(ragged));
         // Ids are read as text always (type inference would read `007` as 7 and merge it
         // with `7`); with `as_strings`, every column.
         let schema: Schema = wanted
@@ -388,27 +410,37 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
             ),
         )
     };
-    let df = match read(false) {
+    let df = match read(false, false) {
         Ok(df) => ids_as_written(file, df, &wanted)?,
-        // Inference guessed a type that a later row breaks: read as text and let the column
-        // checks find the row.
-        Err(first) => read(true).map_err(|e| {
+        // A row ends in a delimiter, or inference guessed a type that a later row breaks: then
+        // read as text and let the column checks find the row.
+        Err(first) => {
             // The reader refuses a long row only when it reads every column, so only then is
-            // a long row the cause.
-            let long = (wanted.len() == header.len())
+            // a long row the cause; and only then can it refuse a row that ends in a
+            // delimiter (one blank field past the header's, no field: it takes that only on
+            // the last line). With no long row found, cutting rows to the header's width
+            // drops nothing but those blanks.
+            let every_column = wanted.len() == header.len();
+            let long = every_column
                 .then(|| first_long_row(&bytes, sep, header.len()))
                 .flatten();
             if let Some(long) = long {
-                return long_row(long);
+                return Err(long_row(long));
             }
-            let (e, first) = (e.to_string(), first.to_string());
-            let message = if e == first {
-                format!("cannot parse CSV: {e}")
-            } else {
-                format!("cannot parse CSV: {e} (read with inferred types: {first})")
-            };
-            DataError::bad_input(file, None, None, message)
-        })?,
+            // Cut, typed first (integer ids keep their numeric order), else as text.
+            match every_column.then(|| read(false, true)) {
+                Some(Ok(df)) => ids_as_written(file, df, &wanted)?,
+                _ => read(true, every_column).map_err(|e| {
+                    let (e, first) = (e.to_string(), first.to_string());
+                    let message = if e == first {
+                        format!("cannot parse CSV: {e}")
+                    } else {
+                        format!("cannot parse CSV: {e} (read with inferred types: {first})")
+                    };
+                    DataError::bad_input(file, None, None, message)
+                })?,
+            }
+        }
     };
     // With fewer columns than the header the reader drops a long row's extra fields silently,
     // and a stray delimiter in a mapped field shifts the fields after it: one pass over the

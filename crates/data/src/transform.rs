@@ -17,6 +17,7 @@ use polars::prelude::*;
 use rand::seq::index::sample;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 
+use crate::artifacts::SourceCounts;
 use crate::config::{DataConfig, NoiseKind, SplitMethod};
 use crate::error::{DataError, Result};
 use crate::source::RawInteractions;
@@ -32,6 +33,8 @@ pub struct Prepared {
     pub items: DataFrame,
     /// Noise rows added to train/valid (0 without `data.noise`).
     pub noise_rows: u64,
+    /// The source's size and what the filters removed.
+    pub source: SourceCounts,
 }
 
 fn perr(ctx: &'static str) -> impl FnOnce(PolarsError) -> DataError {
@@ -62,6 +65,12 @@ pub fn prepare(raw: RawInteractions, cfg: &DataConfig) -> Result<Prepared> {
         .map_err(perr("reading times"))?;
     let user_ids = distinct_sorted(&raw.df, "user", "u")?;
     let item_ids = distinct_sorted(&raw.df, "item", "i")?;
+    let mut source = SourceCounts {
+        rows: raw.df.height() as u64,
+        users: user_ids.height() as u64,
+        items: item_ids.height() as u64,
+        ..Default::default()
+    };
     // Joins keep the left (source) order, so a stable sort on (user, time) also orders ties by
     // source row.
     let inner = || {
@@ -106,6 +115,7 @@ pub fn prepare(raw: RawInteractions, cfg: &DataConfig) -> Result<Prepared> {
     // Natural noise candidates are the interactions the rating threshold drops.
     let mut noise_candidates = None;
     let mut df = lf.collect().map_err(perr("filtering and de-duplicating"))?;
+    source.dropped.duplicates = source.rows - df.height() as u64;
     if let Some(m) = cfg.min_rating {
         let rating = df.column("rating").map_err(perr("the rating threshold"))?;
         let high = rating
@@ -120,7 +130,9 @@ pub fn prepare(raw: RawInteractions, cfg: &DataConfig) -> Result<Prepared> {
             let low = df.filter(&!&high).map_err(perr("the rating threshold"))?;
             noise_candidates = Some(low.lazy());
         }
+        let before = df.height();
         df = df.filter(&high).map_err(perr("the rating threshold"))?;
+        source.dropped.below_min_rating = (before - df.height()) as u64;
     }
     tracing::debug!(
         secs = t0.elapsed().as_secs_f64(),
@@ -137,7 +149,9 @@ pub fn prepare(raw: RawInteractions, cfg: &DataConfig) -> Result<Prepared> {
     }
     if let Some(k) = cfg.k_core {
         let t0 = Instant::now();
+        let before = df.height();
         df = k_core(df, k, &file)?;
+        source.dropped.k_core = (before - df.height()) as u64;
         tracing::debug!(
             secs = t0.elapsed().as_secs_f64(),
             rows = df.height(),
@@ -147,6 +161,7 @@ pub fn prepare(raw: RawInteractions, cfg: &DataConfig) -> Result<Prepared> {
 
     if let (Some(cands), Some(noise)) = (noise_candidates, &cfg.noise) {
         let extra = natural_noise(&df, cands, cfg.dedup, noise.effective_ratio(), noise.seed)?;
+        source.dropped.kept_as_noise = extra.height() as u64;
         df = df
             .vstack(&extra)
             .map_err(perr("adding natural noise"))?
@@ -166,10 +181,18 @@ pub fn prepare(raw: RawInteractions, cfg: &DataConfig) -> Result<Prepared> {
     df.with_column(user_col)
         .and_then(|d| d.with_column(Column::new("item_idx".into(), item_idx)))
         .map_err(perr("compacting ids"))?;
+    // Natural noise is placed after the clean rows are split, so they (and the test set) are
+    // split as they would be without it.
+    let lf = df.lazy().drop(cols(["u", "i"]));
+    let (clean, natural) = match &cfg.noise {
+        Some(n) if n.kind == NoiseKind::Natural && !predefined => (
+            lf.clone().filter(col("noise").not()),
+            Some(lf.filter(col("noise"))),
+        ),
+        _ => (lf, None),
+    };
     // Each row's position in its user's (time-ordered) history, and the history's length.
-    let mut lf = df
-        .lazy()
-        .drop(cols(["u", "i"]))
+    let mut lf = clean
         .with_row_index("_row", None)
         .with_columns([
             (col("_row")
@@ -189,11 +212,10 @@ pub fn prepare(raw: RawInteractions, cfg: &DataConfig) -> Result<Prepared> {
     if !predefined {
         lf = assign_split(lf, cfg.split_method(), cfg.split.ratios)?;
     }
-    // Natural noise never reaches test.
-    let mut df = lf
-        .filter(col("noise").not().or(col("split").neq(lit("test"))))
-        .collect()
-        .map_err(perr("splitting"))?;
+    if let Some(noise) = natural {
+        lf = place_natural_noise(lf, noise, cfg.split_method())?;
+    }
+    let mut df = lf.collect().map_err(perr("splitting"))?;
     tracing::debug!(
         secs = t0.elapsed().as_secs_f64(),
         "ingest: dense ids, split"
@@ -263,6 +285,7 @@ pub fn prepare(raw: RawInteractions, cfg: &DataConfig) -> Result<Prepared> {
         users,
         items,
         noise_rows,
+        source,
     })
 }
 
@@ -385,8 +408,8 @@ fn k_core(mut df: DataFrame, k: u32, file: &str) -> Result<DataFrame> {
 
 /// Adds `split` by position in time order: per user (`per_user_ratio`, on the frame's existing
 /// (user, time) order) or overall (`global_time`). With shares r0, r1, r2 and n rows, the first
-/// `floor(r0·n)+1` go to train and up to `floor((r0+r1)·n)+1` to valid (capped at n) — the rule
-/// that reproduces the train counts of the DiffRec paper's ML-1M split. With `global_time` a
+/// `floor(r0·n)+1` go to train and up to `floor((r0+r1)·n)+1` to valid (capped at n), the
+/// products computed in f64 — the rule that reproduces the DiffRec paper's ML-1M train counts. With `global_time` a
 /// time is never cut: its rows go where its first row goes.
 fn assign_split(lf: LazyFrame, method: SplitMethod, r: [f64; 3]) -> Result<LazyFrame> {
     let (lf, pos, n) = match method {
@@ -422,8 +445,9 @@ fn assign_split(lf: LazyFrame, method: SplitMethod, r: [f64; 3]) -> Result<LazyF
         if share <= 0.0 {
             return lit(0i64);
         }
-        let c = (lit(share) * n.clone().cast(DataType::Float64) + lit(1e-9)).cast(DataType::Int64)
-            + lit(1i64);
+        // In f64 as Python computes it: 0.7 · 90 = 62.99999999999999 → 63 rows (the paper's
+        // ML-1M split has 63, not 64).
+        let c = (lit(share) * n.clone().cast(DataType::Float64)).cast(DataType::Int64) + lit(1i64);
         when(c.clone().gt(n.clone())).then(n.clone()).otherwise(c)
     };
     let c1 = cut(r[0], r[1] + r[2] <= 0.0);
@@ -476,6 +500,63 @@ fn add_weights(lf: LazyFrame, temporal: Option<(f64, f64)>) -> Result<LazyFrame>
         .with_row_index("_wrow", None)
         .with_column(weight.cast(DataType::Float32).alias("weight"))
         .drop(cols(["_wrow"])))
+}
+
+/// Adds the natural noise rows to the split clean rows, in train or valid, never test: a noise
+/// row takes train when the nearest earlier clean row (in time; a clean row of the same time
+/// counts as earlier) — the user's with `per_user_ratio`, anyone's with `global_time` — is in
+/// train or there is none, and valid otherwise. Each user's train rows stay a prefix of their
+/// history, and with `global_time` no train row is as old as a valid one. Rows come out in
+/// (user, time, clean first, source) order.
+fn place_natural_noise(
+    clean: LazyFrame,
+    noise: LazyFrame,
+    method: SplitMethod,
+) -> Result<LazyFrame> {
+    let keep = || {
+        [
+            "user_idx", "item_idx", "ts", "rating", "order", "noise", "split",
+        ]
+        .map(col)
+        .to_vec()
+    };
+    let noise = noise.with_column(lit(NULL).cast(DataType::String).alias("split"));
+    let all = concat(
+        [clean.select(keep()), noise.select(keep())],
+        UnionArgs::default(),
+    )
+    .map_err(perr("adding natural noise"))?;
+    let per_user = method == SplitMethod::PerUserRatio;
+    let by_user = || [col("user_idx"), col("ts"), col("noise"), col("order")].to_vec();
+    let order = if per_user {
+        by_user()
+    } else {
+        vec![col("ts"), col("noise"), col("order")]
+    };
+    let n = order.len();
+    let all = all.sort_by_exprs(order, sort_opts(n));
+    let forward = |e: Expr| e.fill_null_with_strategy(FillNullStrategy::Forward(None));
+    // The split of the nearest earlier clean row: null where there is none.
+    let mut earlier = forward(col("split"));
+    if per_user {
+        let owner = when(col("split").is_not_null())
+            .then(col("user_idx"))
+            .otherwise(lit(NULL).cast(DataType::UInt32));
+        earlier = when(forward(owner).eq(col("user_idx")))
+            .then(earlier)
+            .otherwise(lit(NULL).cast(DataType::String));
+    }
+    let placed = when(col("noise").not())
+        .then(col("split"))
+        .when(earlier.clone().is_null().or(earlier.eq(lit("train"))))
+        .then(lit("train"))
+        .otherwise(lit("valid"));
+    let all = all.with_column(placed.alias("split"));
+    Ok(if per_user {
+        all
+    } else {
+        all.sort_by_exprs(by_user(), sort_opts(4))
+    })
 }
 
 /// A seeded share of the low-rated interactions of users and items that survived, not already

@@ -544,7 +544,15 @@ async fn ingest_err(csv: &str, extra: serde_json::Value) -> String {
 async fn bad_input_names_file_row_and_column() {
     let e = ingest_err("user_id,item_id,rating\n1,2,5\n", serde_json::json!({})).await;
     assert!(
-        e.contains("bad.csv") && e.contains("column `timestamp`: column not found"),
+        e.contains("bad.csv")
+            && e.contains("column `timestamp`: column not found")
+            && e.contains("a source without times: `data.source.columns.timestamp: null`"),
+        "{e}"
+    );
+    // Another missing column gets no such hint.
+    let e = ingest_err("user,item_id,timestamp\n1,2,5\n", serde_json::json!({})).await;
+    assert!(
+        e.contains("column `user_id`: column not found") && !e.contains("without times"),
         "{e}"
     );
 
@@ -833,6 +841,57 @@ async fn ml1m_clean_split_is_reproduced_exactly() {
     }
 }
 
+/// `per_user_ratio` 0.7/0.2/0.1 over the paper's ML-1M interactions, as a time-ordered CSV,
+/// gives every user the paper's train count: floor(0.7·n)+1 with the product in f64 (51 users,
+/// n = 90, 170, …, have 0.7·n just under an integer and one row fewer than exact arithmetic).
+#[tokio::test(flavor = "multi_thread")]
+async fn ml1m_per_user_ratio_gives_the_paper_train_counts() {
+    let Some(src) = shared_ml1m() else { return };
+    let dir = tmpdir("ml1m-ratio");
+    let read = |name: &str| {
+        diffrec_data::npy::parse_npy(name, &std::fs::read(src.join(name)).unwrap()).unwrap()
+    };
+    // Per user: train rows, then valid, then test, in stored order; time = that order.
+    let mut per_user: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    let mut train_count: BTreeMap<i64, u64> = BTreeMap::new();
+    for name in ["train_list.npy", "valid_list.npy", "test_list.npy"] {
+        let a = read(name);
+        for r in 0..a.rows {
+            let u = a.get_i64(r, 0).unwrap();
+            per_user
+                .entry(u)
+                .or_default()
+                .push(a.get_i64(r, 1).unwrap());
+            if name.starts_with("train") {
+                *train_count.entry(u).or_default() += 1;
+            }
+        }
+    }
+    let mut csv = String::from("user_id,item_id,timestamp\n");
+    for (u, items) in &per_user {
+        for (t, i) in items.iter().enumerate() {
+            csv.push_str(&format!("{u},{i},{t}\n"));
+        }
+    }
+    std::fs::write(dir.join("ml1m.csv"), csv).unwrap();
+    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "csv", "path": "ml1m.csv"},
+        "split": {"method": "per_user_ratio", "ratios": [0.7, 0.2, 0.1]}
+    }));
+    let r = run_ingest(&ws, &c, &dir, false).await.unwrap();
+    assert_eq!(r.stats.rows["train"], 403_277);
+    let df = read_back(&ws, INTERACTIONS).await;
+    let mut ours: BTreeMap<i64, u64> = BTreeMap::new();
+    for (u, s) in strs(&df, "user_id").iter().zip(strs(&df, "split")) {
+        if s == "train" {
+            *ours.entry(u.parse().unwrap()).or_default() += 1;
+        }
+    }
+    assert_eq!(ours, train_count);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn global_time_split_cuts_all_users_at_one_time() {
     let dir = tmpdir("global");
@@ -885,26 +944,88 @@ async fn global_time_split_cuts_all_users_at_one_time() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Natural noise joins train or valid and leaves the clean split as it is (the paper's noisy
+/// ML-1M has the clean test set): ratios 0.4/0.3/0.3 over each user's 4 clean rows give train
+/// 2, valid 1, test 1. A low-rated row takes train when the user's nearest earlier clean row is
+/// in train or there is none (1y, 4w), valid otherwise (2z after a valid row, 3w after test).
 #[tokio::test(flavor = "multi_thread")]
-async fn natural_noise_keeps_low_ratings_out_of_test() {
+async fn natural_noise_leaves_the_clean_split_as_it_is() {
     let dir = tmpdir("natural");
     let csv = "user_id,item_id,timestamp,rating\n\
-               1,x,1,5\n1,y,2,2\n1,z,3,5\n1,w,4,4\n\
-               2,x,1,5\n2,y,2,5\n2,z,3,1\n\
-               3,x,1,5\n3,y,2,5\n3,z,3,5\n3,w,4,1\n";
+               1,x,1,5\n1,y,2,2\n1,z,3,5\n1,w,4,4\n1,v,5,5\n\
+               2,x,1,5\n2,y,2,5\n2,w,3,5\n2,z,4,1\n2,v,5,4\n\
+               3,x,1,5\n3,y,2,5\n3,z,3,5\n3,v,4,5\n3,w,5,1\n\
+               4,w,10,2\n4,x,11,5\n4,y,12,5\n4,z,13,5\n4,v,14,5\n";
     std::fs::write(dir.join("n.csv"), csv).unwrap();
+    let ingest = |name: &'static str, noise: Option<serde_json::Value>| {
+        let dir = dir.clone();
+        async move {
+            let mut c = serde_json::json!({
+                "source": {"format": "csv", "path": "n.csv", "columns": {"rating": "rating"}},
+                "min_rating": 4,
+                "split": {"ratios": [0.4, 0.3, 0.3]}
+            });
+            if let Some(n) = noise {
+                c["noise"] = n;
+            }
+            let ws = Workspace::open(dir.join(name).to_str().unwrap()).unwrap();
+            let r = run_ingest(&ws, &cfg(c), &dir, false).await.unwrap();
+            let df = read_back(&ws, INTERACTIONS).await;
+            let rows: Vec<String> = strs(&df, "user_id")
+                .into_iter()
+                .zip(strs(&df, "item_id"))
+                .zip(strs(&df, "split"))
+                .map(|((u, i), s)| format!("{u}{i}:{s}"))
+                .collect();
+            (r, rows)
+        }
+    };
+    let (r, noisy) = ingest(
+        "ws",
+        Some(serde_json::json!({"kind": "natural", "ratio": 1.0})),
+    )
+    .await;
+    assert_eq!(r.stats.noise_rows, 4);
+    #[rustfmt::skip]
+    let expected = [
+        "1x:train", "1y:train", "1z:train", "1w:valid", "1v:test",
+        "2x:train", "2y:train", "2w:valid", "2z:valid", "2v:test",
+        "3x:train", "3y:train", "3z:valid", "3v:test", "3w:valid",
+        "4w:train", "4x:train", "4y:train", "4z:valid", "4v:test",
+    ];
+    assert_eq!(noisy, expected);
+    // The same pipeline without noise: the noisy rows less the four noise rows.
+    let (_, clean) = ingest("ws-clean", None).await;
+    let noise = ["1y:train", "2z:valid", "3w:valid", "4w:train"];
+    let less: Vec<&String> = noisy
+        .iter()
+        .filter(|r| !noise.contains(&r.as_str()))
+        .collect();
+    assert_eq!(clean.iter().collect::<Vec<_>>(), less);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// With `global_time`, a low-rated row takes the split of the nearest earlier clean row of any
+/// user (train when none): a5 at 65 comes after b7's valid row at 60, so valid — a later time
+/// than the train cut never reaches train; nor does a7 at 60, although the source has it
+/// before b7 (clean rows of a time come first); b2 at 5 precedes every row, so train. Clean
+/// rows split as without noise: train up to 50, valid 60–70, test 80.
+#[tokio::test(flavor = "multi_thread")]
+async fn natural_noise_with_global_time_follows_the_global_cut() {
+    let dir = tmpdir("natural-global");
+    let csv = "user_id,item_id,timestamp,rating\n\
+               a,1,10,5\nb,5,20,5\na,2,30,5\nb,6,40,5\na,3,50,5\na,7,60,1\nb,7,60,5\na,4,70,5\nb,8,80,5\n\
+               a,5,65,1\nb,1,65,2\na,6,90,1\nb,2,5,3\n";
+    std::fs::write(dir.join("g.csv"), csv).unwrap();
     let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
     let c = cfg(serde_json::json!({
-        "source": {"format": "csv", "path": "n.csv", "columns": {"rating": "rating"}},
+        "source": {"format": "csv", "path": "g.csv", "columns": {"rating": "rating"}},
         "min_rating": 4,
-        "split": {"ratios": [0.4, 0.3, 0.3]},
-        "noise": {"kind": "natural", "ratio": 1.0}
+        "split": {"method": "global_time", "ratios": [0.5, 0.25, 0.25]},
+        "noise": {"kind": "natural"}
     }));
     let r = run_ingest(&ws, &c, &dir, false).await.unwrap();
-    // With the noise, users have 4, 3 and 4 rows: train = floor(0.4n)+1 = 2, valid up to
-    // floor(0.7n)+1 = 3, test the rest. User 1's noise (y) is train; user 2's (z) is valid;
-    // user 3's (w) would be test, so it is dropped.
-    assert_eq!(r.stats.noise_rows, 2);
+    assert_eq!(r.stats.noise_rows, 5);
     let df = read_back(&ws, INTERACTIONS).await;
     let rows: Vec<String> = strs(&df, "user_id")
         .into_iter()
@@ -912,13 +1033,12 @@ async fn natural_noise_keeps_low_ratings_out_of_test() {
         .zip(strs(&df, "split"))
         .map(|((u, i), s)| format!("{u}{i}:{s}"))
         .collect();
-    assert_eq!(
-        rows,
-        [
-            "1x:train", "1y:train", "1z:valid", "1w:test", "2x:train", "2y:train", "2z:valid",
-            "3x:train", "3y:train", "3z:valid"
-        ]
-    );
+    #[rustfmt::skip]
+    let expected = [
+        "a1:train", "a2:train", "a3:train", "a7:valid", "a5:valid", "a4:valid", "a6:valid",
+        "b2:train", "b5:train", "b6:train", "b7:valid", "b1:valid", "b8:test",
+    ];
+    assert_eq!(rows, expected);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -970,6 +1090,167 @@ async fn the_latest_rating_of_a_pair_decides() {
     .await;
     assert_eq!(r.stats.noise_rows, 1);
     assert_eq!(rows(&df), ["1z@3", "1x@4", "1y@5", "1w@6", "2x@1", "2z@2"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `data/source.json` says what each filter removed, in order: 8 source rows over users a–d and items
+/// w–z; dedup drops a's earlier `x` (1); the 4★ threshold drops b's 2★ `z` and d's 1★ `w` (2);
+/// the 2-core then drops c, left with one row (1). 8 − 4 = the 4 rows written.
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_count_what_each_filter_dropped() {
+    let dir = tmpdir("dropped");
+    let csv = "user_id,item_id,timestamp,rating\n\
+               a,x,1,5\na,x,2,5\na,y,3,5\nb,x,4,5\nb,y,5,5\nb,z,6,2\nc,x,7,5\nd,w,8,1\n";
+    std::fs::write(dir.join("d.csv"), csv).unwrap();
+    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "csv", "path": "d.csv", "columns": {"rating": "rating"}},
+        "min_rating": 4,
+        "k_core": 2,
+        "split": {"ratios": [1.0, 0.0, 0.0]}
+    }));
+    let r = run_ingest(&ws, &c, &dir, false).await.unwrap();
+    let expected = serde_json::json!({
+        "rows": 8, "users": 4, "items": 4,
+        "dropped": {"duplicates": 1, "below_min_rating": 2, "k_core": 1, "kept_as_noise": 0}
+    });
+    // As written, and as an analyst reads the file.
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("ws/data/source.json")).unwrap()).unwrap();
+    assert_eq!(written, expected);
+    assert_eq!(serde_json::to_value(&r.source).unwrap(), expected);
+    assert_eq!(
+        (r.stats.users, r.stats.items, r.stats.rows["train"]),
+        (2, 2, 4)
+    );
+    // Up to date, the report reads it back.
+    let again = run_ingest(&ws, &c, &dir, false).await.unwrap();
+    assert!(again.skipped);
+    assert_eq!(again.source, r.source);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Upgrading: a workspace ingested under older rules (a manifest without `rules` or
+/// `data/source.json`) is ingested again. Its data come out the same here, so every output a
+/// later stage reads keeps its hash, and that stage's manifest stays up to date.
+#[tokio::test(flavor = "multi_thread")]
+async fn older_rules_reingest_and_later_stages_stay_up_to_date() {
+    use diffrec_data::manifest::{Freshness, freshness, upstream_hashes};
+    let dir = tmpdir("rules");
+    std::fs::write(dir.join("log.csv"), CSV).unwrap();
+    let ws = Workspace::open(dir.join("ws").to_str().unwrap()).unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "csv", "path": "log.csv",
+                   "columns": {"user": "user", "item": "item", "timestamp": "ts"}}
+    }));
+    let first = run_ingest(&ws, &c, &dir, false).await.unwrap();
+    let path = dir.join("ws/data/_manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(manifest["rules"], 1);
+    // A later stage's inputs: what it reads, without the report.
+    let inputs = upstream_hashes(&ws, "data").await.unwrap().unwrap();
+    let read: Vec<&str> = inputs.keys().map(String::as_str).collect();
+    assert_eq!(
+        read,
+        [
+            "data/interactions.parquet",
+            "data/items.parquet",
+            "data/stats.json",
+            "data/users.parquet"
+        ]
+    );
+    std::fs::create_dir_all(dir.join("ws/later")).unwrap();
+    let later = serde_json::json!({
+        "stage": "later", "tool_version": env!("CARGO_PKG_VERSION"), "config": {},
+        "inputs": inputs, "outputs": {},
+        "started_at": "2026-12-01T00:00:00Z", "finished_at": "2026-12-01T00:00:00Z"
+    });
+    std::fs::write(dir.join("ws/later/_manifest.json"), later.to_string()).unwrap();
+    // As an older diffrec left the workspace.
+    let m = manifest.as_object_mut().unwrap();
+    m.remove("rules");
+    m["outputs"]
+        .as_object_mut()
+        .unwrap()
+        .remove("data/source.json");
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    std::fs::remove_file(dir.join("ws/data/source.json")).unwrap();
+
+    let again = run_ingest(&ws, &c, &dir, false).await.unwrap();
+    assert!(!again.skipped, "older rules must make ingest run again");
+    assert!(again.source.is_some());
+    for (key, info) in &first.manifest.outputs {
+        assert_eq!(again.manifest.outputs[key].sha256, info.sha256, "{key}");
+    }
+    let now = upstream_hashes(&ws, "data").await.unwrap().unwrap();
+    let fresh = freshness(&ws, "later", &serde_json::json!({}), &now)
+        .await
+        .unwrap();
+    assert_eq!(fresh, Freshness::UpToDate);
+    assert!(run_ingest(&ws, &c, &dir, false).await.unwrap().skipped);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A row ending in a delimiter (one blank field past the header's) is no extra field, on any
+/// line: one such row, or every data row, reads as the plain file, integer ids still in
+/// numeric order (2 before 10). A real extra field is still refused, naming its row.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_ending_in_a_delimiter_read_as_without_it() {
+    let dir = tmpdir("trailing");
+    let header = "user_id,item_id,timestamp,rating\n";
+    let rows = ["10,3,1,5", "10,20,2,4", "2,3,3,5", "2,100,4,3"];
+    let body = |ends: [&str; 4]| -> String {
+        let lines: Vec<String> = rows
+            .iter()
+            .zip(ends)
+            .map(|(r, e)| format!("{r}{e}\n"))
+            .collect();
+        format!("{header}{}", lines.concat())
+    };
+    let files = [
+        ("plain.csv", body(["", "", "", ""])),
+        ("one.csv", body(["", ",", "", ""])),
+        ("all.csv", body([",", ",", ",", ","])),
+    ];
+    let mut read = Vec::new();
+    for (name, text) in &files {
+        std::fs::write(dir.join(name), text).unwrap();
+        let ws = Workspace::open(dir.join(format!("ws-{name}")).to_str().unwrap()).unwrap();
+        let c = cfg(serde_json::json!({
+            "source": {"format": "csv", "path": name, "columns": {"rating": "rating"}},
+            "split": {"ratios": [1.0, 0.0, 0.0]}
+        }));
+        let r = run_ingest(&ws, &c, &dir, false)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let df = read_back(&ws, INTERACTIONS).await;
+        read.push((
+            r.stats.rows["train"],
+            strs(&df, "user_id"),
+            strs(&df, "item_id"),
+            strs(&read_back(&ws, USERS).await, "user_id"),
+            strs(&read_back(&ws, ITEMS).await, "item_id"),
+        ));
+    }
+    assert_eq!(read[0].0, 4);
+    assert_eq!(read[0].3, ["2", "10"]);
+    assert_eq!(read[0].4, ["3", "20", "100"]);
+    assert_eq!(read[1], read[0]);
+    assert_eq!(read[2], read[0]);
+    std::fs::write(dir.join("long.csv"), body(["", ",", ",x", ""])).unwrap();
+    let ws = Workspace::open(dir.join("ws-long").to_str().unwrap()).unwrap();
+    let c = cfg(serde_json::json!({
+        "source": {"format": "csv", "path": "long.csv", "columns": {"rating": "rating"}}
+    }));
+    let e = run_ingest(&ws, &c, &dir, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("row 3") && e.contains("5 fields where the header has 4"),
+        "{e}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
