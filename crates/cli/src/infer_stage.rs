@@ -28,7 +28,7 @@ use crate::pipeline::Loaded;
 use crate::progress::headline_metrics;
 use crate::stdout::status;
 use crate::train_stage::refuse_other_data_settings;
-use crate::usage::UsageError;
+use crate::usage::{TrainedOnOtherData, UsageError};
 
 type Cpu = burn_flex::Flex;
 
@@ -39,6 +39,8 @@ struct RunModel {
     /// The model input (weighted rows for T-DiffRec, binary otherwise).
     input: diffrec_data::CsrMatrix,
     dev: burn_flex::FlexDevice,
+    /// The SHA-256 of the best checkpoint loaded, as the run's manifest records it.
+    best: Option<String>,
 }
 
 impl RunModel {
@@ -61,6 +63,7 @@ impl RunModel {
             model,
             input,
             dev,
+            best: best_sha256(&manifest, &p.name).map(str::to_owned),
         })
     }
 }
@@ -138,7 +141,7 @@ async fn check_trained_data(ws: &Workspace, run: &str, manifest: &StageManifest)
     if changed.is_empty() {
         return Ok(());
     }
-    Err(UsageError(format!(
+    Err(TrainedOnOtherData(format!(
         "run `{run}` was trained on other data: {} changed since (ingested again, from a \
          refreshed source or with other settings). To score the data there is now, train the \
          run again: `diffrec run` (or `diffrec stage train`) trains it anew on it when only the \
@@ -203,8 +206,16 @@ async fn trained_run(ws: &Workspace, run: &str) -> Result<(ModelConfig, StageMan
         ))
         .into());
     };
-    let model = serde_json::from_value(manifest.config["model"].clone())
+    let model: ModelConfig = serde_json::from_value(manifest.config["model"].clone())
         .context("the run manifest holds no readable model configuration")?;
+    // As a pipeline's is, before anything is built from it (a damaged manifest's step count
+    // would otherwise allocate until the process dies).
+    model.validate().map_err(|e| {
+        UsageError(format!(
+            "{key} records a model configuration diffrec refuses ({e}): damaged since it was \
+             written? Train the run again (`diffrec stage train … --force`)"
+        ))
+    })?;
     Ok((model, manifest))
 }
 
@@ -241,6 +252,7 @@ pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
         model,
         input,
         dev,
+        ..
     } = RunModel::load(ws, loaded).await?;
     let diffusion = diffusion_of(&p.model)?;
     let t = Instant::now();
@@ -272,6 +284,7 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
         model,
         input,
         dev,
+        best,
     } = RunModel::load(ws, loaded).await?;
     let recs = on_pool_thread(true, || {
         recommend_all(
@@ -348,11 +361,37 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     let key = recommendations_key(&p.name);
     ws.clean_temporaries_of(&key).await?;
     ws.write_parquet(&key, schema, [batch]).await?;
+    still_the_trained_run(ws, &p.name, &key, best.as_deref()).await?;
     status!(
         "recommend: {rows} recommendations for {} users in {key}",
         recs.len()
     );
     Ok(())
+}
+
+/// After `key` was written from the best checkpoint `best`: the run's manifest still records
+/// it. A training started meanwhile removes the manifest first, then the summary and the list,
+/// so a list written after that describes the model being replaced and would sit beside the new
+/// one: it is removed, and the stage fails to be run again (exit 1).
+async fn still_the_trained_run(
+    ws: &Workspace,
+    run: &str,
+    key: &str,
+    best: Option<&str>,
+) -> Result<()> {
+    let now: Option<StageManifest> = ws
+        .get_json(&manifest_key(&run_dir(run)))
+        .await
+        .ok()
+        .flatten();
+    if now.as_ref().is_some_and(|m| best_sha256(m, run) == best) {
+        return Ok(());
+    }
+    ws.delete(key).await?;
+    anyhow::bail!(
+        "run `{run}` began training again while {key} was written from its previous model: \
+         removed the list; run this stage again once training has finished"
+    )
 }
 
 /// The time weights the workspace's data was ingested with (`data.temporal` in its manifest),
@@ -398,9 +437,10 @@ fn find_id(index: &HashMap<&str, u32>, id: &str) -> Option<u32> {
 
 /// A field of `diffrec recommend`'s tab-separated output: tab, line feed, carriage return and
 /// backslash escaped as `\t`, `\n`, `\r` and `\\` (PostgreSQL's text format), so that every
-/// line has three fields whatever the ids hold.
+/// line has three fields whatever the ids hold; any other control character (a terminal's
+/// escape sequences, NUL) as `\xNN`, or `\u{NNNN}` past ASCII.
 fn tsv_field(s: &str) -> Cow<'_, str> {
-    if !s.contains(['\t', '\n', '\r', '\\']) {
+    if !s.chars().any(|c| c == '\\' || c.is_control()) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 2);
@@ -410,6 +450,8 @@ fn tsv_field(s: &str) -> Cow<'_, str> {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\\' => out.push_str("\\\\"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
             c => out.push(c),
         }
     }
@@ -466,13 +508,25 @@ pub async fn recommend_one(
             let index = id_index(&items);
             let mut seen = std::collections::HashSet::new();
             let mut hist = Vec::new();
+            let mut unknown = Vec::new();
             for id in h.iter().filter(|s| !s.trim().is_empty()) {
                 match find_id(&index, id) {
                     // An item named twice is one interaction, as in training.
                     Some(i) if !seen.insert(i) => {}
                     Some(i) => hist.push((i, 1.0)),
-                    None => tracing::warn!("item {id:?} is unknown to the model, ignored"),
+                    None => unknown.push(id),
                 }
+            }
+            // One line, however many (a history file of another catalogue's ids).
+            match unknown.as_slice() {
+                [] => {}
+                [id] => tracing::warn!("item {id:?} is unknown to the model, ignored"),
+                ids => tracing::warn!(
+                    "{} items are unknown to the model, ignored: {:?}{}",
+                    ids.len(),
+                    &ids[..ids.len().min(5)],
+                    if ids.len() > 5 { " …" } else { "" }
+                ),
             }
             if hist.is_empty() {
                 return Err(
@@ -539,6 +593,9 @@ mod tests {
         assert_eq!(tsv_field("a\r\nb"), r"a\r\nb");
         // The backslash itself, so that `a\tb` written by an id is not read back as a tab.
         assert_eq!(tsv_field(r"a\tb"), r"a\\tb");
+        // A terminal's escape sequence and NUL: shown, not obeyed.
+        assert_eq!(tsv_field("a\u{1b}[2Jb\0"), r"a\x1b[2Jb\x00");
+        assert_eq!(tsv_field("a\u{85}b"), r"a\u{0085}b");
     }
 
     #[test]

@@ -154,7 +154,8 @@ enum Command {
     /// data (`--user`) or for any list of items (`--history`, no retraining needed).
     ///
     /// Output: tab-separated lines `rank`, `item_id` (the original id; a tab, line feed,
-    /// carriage return or backslash in it written as \t, \n, \r, \\), `score` (5 decimals;
+    /// carriage return or backslash in it written as \t, \n, \r, \\, other control
+    /// characters as \xNN), `score` (5 decimals;
     /// comparable within one run only), best (highest score) first, after a header line. Ids
     /// (--user, --history, --history-file) are looked up as written and, if the model does not
     /// know them, without the spaces around them.
@@ -262,6 +263,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.downcast_ref::<PipelineError>().is_some()
             || cause.downcast_ref::<usage::UsageError>().is_some()
+            || cause.downcast_ref::<usage::TrainedOnOtherData>().is_some()
         {
             return 2;
         }

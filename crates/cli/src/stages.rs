@@ -96,7 +96,20 @@ pub async fn run_stages_in(
             );
             continue;
         }
-        run_stage(ws, loaded, stage, force).await?;
+        let ran = run_stage(ws, loaded, stage, force).await;
+        // Right after this process's train stage, a run trained on other data means another
+        // process ingested meanwhile: running again trains it anew (exit 1, not 2).
+        if let Err(e) = &ran
+            && after_train
+            && stages.contains(&Stage::Train)
+            && let Some(other) = e.downcast_ref::<crate::usage::TrainedOnOtherData>()
+        {
+            anyhow::bail!(
+                "{other}. The data was ingested again while this run trained (another process): \
+                 running `diffrec run` again trains it anew on the new data"
+            );
+        }
+        ran?;
     }
     Ok(())
 }

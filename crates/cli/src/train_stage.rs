@@ -445,25 +445,31 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
             hashed = fingerprinted(&earlier);
         }
     }
-    // A finished run whose data changed since (a scheduled refresh: new events ingested, and
-    // the items clustered anew on them), and nothing else, trains anew: it no longer describes
-    // the workspace's data, and no setting of the user's is overridden. Clusters made anew on
-    // the same data (another LightGCN setting, `--force`, another thread count) are no refresh:
-    // like other changes to a finished run, and a stopped run's checkpoint, they are refused
-    // below, and the run is kept.
+    // A run whose data changed since it was trained or stopped (a scheduled refresh: new
+    // events ingested, and the items clustered anew on them), and nothing else, trains anew:
+    // it no longer describes the workspace's data, its checkpoint cannot resume on other data,
+    // and no setting of the user's is overridden (a refresh after a killed training would
+    // otherwise fail every day until someone ran --force). Clusters made anew on the same data
+    // (another LightGCN setting, `--force`, another thread count) are no refresh: like other
+    // changes, they are refused below, and the run is kept.
     let trained = match resumable {
         Ok(()) => None,
         Err(_) => TrainedOn::read(ws, &p.name).await,
     };
     let mut anew = false;
-    if let Some(trained) = trained.as_ref().filter(|t| t.finished)
+    if let Some(trained) = trained.as_ref()
         && let Some(changed) = trained.changes((&trajectory, FINGERPRINT_LEAVES_OUT), &inputs)
         && changed.split("; ").all(|c| c.starts_with("input `"))
         && changed.split("; ").any(|c| c.starts_with("input `data/"))
     {
         status!(
-            "train: run `{}` finished on other data ({changed}): training it anew",
-            p.name
+            "train: run `{}` {} on other data ({changed}): training it anew",
+            p.name,
+            if trained.finished {
+                "finished"
+            } else {
+                "was stopped"
+            }
         );
         (anew, resumable) = (true, Ok(()));
     }
@@ -505,8 +511,8 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     if data.valid.nnz() == 0 && p.train.evaluates() {
         return Err(UsageError(format!(
             "the validation split is empty (data.split.ratios {:?}{}), and each evaluation \
-             selects the best epoch on it: give validation a share, or set train.eval_every \
-             above train.epochs to train without evaluating",
+             selects the best epoch on it: {}, or set train.eval_every above train.epochs to \
+             train without evaluating",
             p.data.split.ratios,
             match p.data.split_method() {
                 diffrec_data::config::SplitMethod::GlobalTime => {
@@ -514,6 +520,14 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
                      coarse timestamps can take the whole share"
                 }
                 _ => "",
+            },
+            match (p.data.split.ratios[1] > 0.0, p.data.split_method()) {
+                (true, diffrec_data::config::SplitMethod::PerUserRatio) => {
+                    "every user's history is too short to leave a row for validation (a user's \
+                     first floor(r0·n)+1 rows go to train): keep users with enough rows \
+                     (data.k_core: 5, say) or give validation a larger share"
+                }
+                _ => "give validation a share",
             }
         ))
         .into());

@@ -5,3 +5,11 @@
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// A finished run whose ingested data changed since it was trained: exit code 2 when a stage
+/// runs alone (training it again is the user's call), but `diffrec run` turns it into a
+/// retryable failure right after its own train stage, where another ingest ran meanwhile and
+/// running again trains the run anew (`stages::run_stages_in`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TrainedOnOtherData(pub String);

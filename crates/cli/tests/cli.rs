@@ -1242,8 +1242,9 @@ fn a_default_written_out_is_the_same_run() {
 /// A scheduled refresh: the source gets new events and `diffrec run` runs again. The finished
 /// run no longer describes the workspace's data, so it trains anew (not refused, which left it
 /// unusable: evaluate and recommend refuse a run trained on other data), and evaluates and
-/// recommends on the new data. A stopped run's checkpoint on the old data is still refused,
-/// naming the input that changed (its checkpoint records what it was trained on).
+/// recommends on the new data. So does a run stopped on the old data (a training killed the day
+/// before): its checkpoint cannot resume on the new data, and refusing it failed every later
+/// refresh until someone ran --force. A change of settings is still refused.
 #[test]
 fn a_finished_run_trains_anew_on_refreshed_data() {
     let (dir, p) = synthetic_project(
@@ -1282,17 +1283,31 @@ fn a_finished_run_trains_anew_on_refreshed_data() {
     let out = recommend(&ws, "r", &["--user", "u5", "--k", "3"], None);
     assert!(out.status.success(), "{}", text(&out));
 
-    // Stopped on the old data (no manifest), then refreshed: refused, as before, naming the
-    // ingested interactions (not the source: ingest's own input) and nothing else.
+    // Stopped on the old data (no manifest), then refreshed: trained anew as well, naming the
+    // ingested interactions (not the source: ingest's own input).
     std::fs::remove_file(ws.join("runs/r/_manifest.json")).unwrap();
     generate(&dir.join("log.csv"), &["--users", "300", "--items", "120"]);
     let out = run();
     let t = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{t}");
-    assert!(t.contains("another configuration or data"), "{t}");
-    let since = t.split("Since it was trained: ").nth(1).unwrap_or_default();
+    assert!(out.status.success(), "{t}");
     assert!(
-        since.starts_with("input `data/interactions.parquet` changed") && !since.contains("model."),
+        t.contains("was stopped on other data (input `data/interactions.parquet` changed")
+            && t.contains("training it anew")
+            && !t.contains("resuming"),
+        "{t}"
+    );
+    // Stopped again, and now a setting changed too: refused, naming it.
+    std::fs::remove_file(ws.join("runs/r/_manifest.json")).unwrap();
+    let out = diffrec()
+        .args(["run", p.to_str().unwrap(), "--workspace"])
+        .arg(&ws)
+        .args(["--set", "train.seed=9"])
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("another configuration or data") && t.contains("train.seed"),
         "{t}"
     );
 }

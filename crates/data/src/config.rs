@@ -269,7 +269,31 @@ impl DataConfig {
                 "must be a single ASCII character",
             ));
         }
+        // The quote, line ends and other control characters (but the tab) already mean
+        // something else in a CSV file.
+        let d = self.source.delimiter;
+        if d == '"' || (d.is_ascii_control() && d != '\t') {
+            return Err(DataError::config(
+                "data.source.delimiter",
+                format!(
+                    "{d:?} cannot separate fields (it quotes fields or ends lines); use , ; | or a tab"
+                ),
+            ));
+        }
         let c = &self.source.columns;
+        if let Some(role) = [("user", &c.user), ("item", &c.item)]
+            .into_iter()
+            .chain(c.timestamp.iter().map(|t| ("timestamp", t)))
+            .chain(c.rating.iter().map(|r| ("rating", r)))
+            .find(|(_, name)| name.trim().is_empty())
+            .map(|(role, _)| role)
+        {
+            return Err(DataError::config(
+                format!("data.source.columns.{role}"),
+                "must name a column (leave out `timestamp` or set it to null for a source \
+                 without times; leave out `rating` for none)",
+            ));
+        }
         let mapped: Vec<(&str, &str)> = [
             ("user", Some(&c.user)),
             ("item", Some(&c.item)),
@@ -480,6 +504,28 @@ mod tests {
         let e = c.validate().unwrap_err().to_string();
         assert!(
             e.contains("data.source.columns") && e.contains("user and item both name column"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn delimiters_that_mean_something_else_and_blank_columns_are_refused() {
+        for d in ['"', '\n', '\r', '\0'] {
+            let mut c = base();
+            c.source.delimiter = d;
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("data.source.delimiter") && e.contains("cannot separate"),
+                "{e}"
+            );
+        }
+        let mut c = base();
+        c.source.delimiter = '\t';
+        assert!(c.validate().is_ok());
+        c.source.columns.user = " ".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("data.source.columns.user") && e.contains("must name a column"),
             "{e}"
         );
     }

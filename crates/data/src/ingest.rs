@@ -179,18 +179,14 @@ async fn write_outputs(
         let rows = write_frame(ws, key, df, schema).await?;
         outputs.insert(key.to_owned(), ws.output_info(key, Some(rows)).await?);
     }
-    for (key, value) in [
-        (STATS, serde_json::to_value(stats)),
-        (SOURCE, serde_json::to_value(&prepared.source)),
-    ] {
-        let value = value.map_err(|source| DataError::Json {
-            key: key.into(),
-            source,
-        })?;
-        claim.ensure(ws, "ingest").await?;
-        ws.put_json(key, &value).await?;
-        outputs.insert(key.to_owned(), ws.output_info(key, None).await?);
-    }
+    // Each written from its own type, its keys in field order: `stats.json` byte for byte as
+    // before (later stages hash it), not sorted as a `serde_json::Value` would write it.
+    claim.ensure(ws, "ingest").await?;
+    ws.put_json(STATS, stats).await?;
+    outputs.insert(STATS.to_owned(), ws.output_info(STATS, None).await?);
+    claim.ensure(ws, "ingest").await?;
+    ws.put_json(SOURCE, &prepared.source).await?;
+    outputs.insert(SOURCE.to_owned(), ws.output_info(SOURCE, None).await?);
     Ok(outputs)
 }
 

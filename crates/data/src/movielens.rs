@@ -19,6 +19,8 @@ const COLUMNS: [&str; 4] = ["UserID", "MovieID", "Rating", "Timestamp"];
 
 /// Parses a whole ratings file. `file` is only used in error messages.
 pub fn parse_movielens(file: &str, bytes: &[u8]) -> Result<MovieLensRatings> {
+    // A UTF-8 byte-order mark (a file saved by a Windows editor) is no part of the first id.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let row = bytes[..e.valid_up_to()]
             .iter()
@@ -104,6 +106,9 @@ pub fn parse_movielens(file: &str, bytes: &[u8]) -> Result<MovieLensRatings> {
                 format!("negative timestamp {ts}"),
             ));
         }
+        if let Some(why) = crate::source::past_last_second(ts) {
+            return Err(DataError::bad_input(file, Some(row), Some(COLUMNS[3]), why));
+        }
         out.user.push(user);
         out.item.push(item);
         out.rating.push(rating);
@@ -136,6 +141,8 @@ mod tests {
         assert_eq!(r.item, vec![1193, 661]);
         assert_eq!(r.rating, vec![5.0, 3.0]);
         assert_eq!(r.timestamp, vec![978300760, 978302109]);
+        let bom = parse_movielens("r.dat", b"\xEF\xBB\xBF1::1193::5::978300760\n").unwrap();
+        assert_eq!((bom.user, bom.item), (vec![1], vec![1193]));
     }
 
     #[test]
@@ -161,6 +168,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("row 1, column `Timestamp`: negative"), "{e}");
+        // Milliseconds, as the CSV and Parquet readers refuse them.
+        let e = parse_movielens("r.dat", b"1::2::3::978300760\n1::3::4::978300760000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("row 2, column `Timestamp`: timestamp 978300760000 is past the year 9999"),
+            "{e}"
+        );
         let e = parse_movielens("r.dat", b"1::2::3\n")
             .unwrap_err()
             .to_string();

@@ -328,6 +328,21 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
     };
     // Check the header ourselves so a missing column is named with the ones that exist.
     let first_line = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    // Lines ended by CR alone (classic Mac, some Excel exports): the reader would take the whole
+    // file for its header.
+    if first_line
+        .strip_suffix(b"\r")
+        .unwrap_or(first_line)
+        .contains(&b'\r')
+    {
+        return Err(DataError::bad_input(
+            file,
+            None,
+            None,
+            "its lines end in a carriage return alone (an old Mac or Excel export): convert \
+             them to line feeds (`tr '\\r' '\\n' < in.csv > out.csv`) or CRLF",
+        ));
+    }
     // The names as the reader takes them (a quoted name without its quotes, spaces kept), and
     // as people read them: `who, what` maps `what`, whether written ` what` or `what`.
     let raw_header: Vec<String> = String::from_utf8_lossy(first_line)
@@ -352,6 +367,25 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
     // to it without surrounding spaces.
     let mut in_file: Vec<&str> = Vec::with_capacity(wanted.len());
     for (_, name) in &wanted {
+        // The reader would take the first of two such columns and say nothing.
+        let same: Vec<usize> = (0..header.len())
+            .filter(|&i| raw_header[i] == *name || header[i] == name.trim())
+            .collect();
+        if same.len() > 1 {
+            return Err(DataError::bad_input(
+                file,
+                None,
+                Some(name),
+                format!(
+                    "the header names this column {} times (columns {}): rename all but one",
+                    same.len(),
+                    same.iter()
+                        .map(|i| (i + 1).to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
         let found = raw_header
             .iter()
             .position(|h| h == name)
@@ -362,7 +396,8 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
                 None,
                 Some(name),
                 format!(
-                    "column not found; the header has {header:?}{}",
+                    "column not found; the header has {}{}",
+                    header_shown(&header),
                     delimiter_hint(&header, sep as char)
                 ),
             ));
@@ -431,7 +466,17 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
             match every_column.then(|| read(false, true)) {
                 Some(Ok(df)) => ids_as_written(file, df, &wanted)?,
                 _ => read(true, every_column).map_err(|e| {
-                    let (e, first) = (e.to_string(), first.to_string());
+                    if let Some((row, column)) = first_invalid_utf8(&bytes, sep, &header) {
+                        return DataError::bad_input(
+                            file,
+                            row,
+                            column.as_deref(),
+                            "not valid UTF-8 text (save the file as UTF-8)",
+                        );
+                    }
+                    // The reader's messages may quote the rest of the file and suggest
+                    // options of its Python API: the first line, cut short.
+                    let (e, first) = (reader_message(&e), reader_message(&first));
                     let message = if e == first {
                         format!("cannot parse CSV: {e}")
                     } else {
@@ -523,6 +568,44 @@ fn delimiter_hint(header: &[String], sep: char) -> String {
         .find(|&d| d != sep && only.contains(d))
         .map(|d| format!("; the header line holds {d:?}: set `data.source.delimiter` to it"))
         .unwrap_or_default()
+}
+
+/// The first line of a reader's error, at most 300 characters: Polars may quote the rest of
+/// the file and suggest options of its Python API.
+fn reader_message(e: &PolarsError) -> String {
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    match line.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_owned(),
+    }
+}
+
+/// Where the first byte that is not UTF-8 is: its data row (from 1; `None` in the header) and
+/// the column the header names there; `None` for valid text.
+fn first_invalid_utf8(
+    bytes: &[u8],
+    sep: u8,
+    header: &[String],
+) -> Option<(Option<u64>, Option<String>)> {
+    let at = std::str::from_utf8(bytes).err()?.valid_up_to();
+    let before = &bytes[..at];
+    let row = before.iter().filter(|&&b| b == b'\n').count() as u64;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let field = before[line_start..].iter().filter(|&&b| b == sep).count();
+    let column = (row > 0).then(|| header.get(field).cloned()).flatten();
+    Some(((row > 0).then_some(row), column))
+}
+
+/// The header's names for a message: all of them, or the first 20 of a longer one.
+fn header_shown(header: &[String]) -> String {
+    match header.len() {
+        0..=20 => format!("{header:?}"),
+        n => format!("{:?} and {} more", &header[..20], n - 20),
+    }
 }
 
 /// The first data row (from 1) with more fields than the header's `width`, and its field count.
@@ -666,6 +749,18 @@ fn id_column(file: &str, name: &str, col: &Column) -> Result<Column> {
 /// 9999-12-31T23:59:59Z: the last second a timestamp may name.
 const LAST_SECOND: i64 = 253_402_300_799;
 
+/// Why `t` (seconds since 1970) cannot be a timestamp: past the year 9999, milliseconds or
+/// finer read as seconds. `None` when it can.
+pub(crate) fn past_last_second(t: i64) -> Option<String> {
+    (t > LAST_SECOND).then(|| {
+        format!(
+            "timestamp {t} is past the year 9999 as seconds since 1970: milliseconds or \
+             finer? Timestamps are integer seconds (divide by 1000 for milliseconds) or \
+             ISO-8601 text"
+        )
+    })
+}
+
 fn timestamp_column(file: &str, name: &str, col: &Column) -> Result<Column> {
     if let Some(row) = first_null_row(col) {
         return Err(DataError::bad_input(
@@ -772,17 +867,16 @@ fn timestamp_column(file: &str, name: &str, col: &Column) -> Result<Column> {
         ));
     }
     // Milliseconds (or finer) read as seconds land thousands of years ahead: refused, not kept.
-    if let Some(pos) = ca.iter().position(|v| v.is_some_and(|t| t > LAST_SECOND)) {
-        let t = ca.get(pos).unwrap_or_default();
+    if let Some((pos, why)) = ca
+        .iter()
+        .enumerate()
+        .find_map(|(i, v)| Some((i, past_last_second(v?)?)))
+    {
         return Err(DataError::bad_input(
             file,
             Some(pos as u64 + 1),
             Some(name),
-            format!(
-                "timestamp {t} is past the year 9999 as seconds since 1970: milliseconds or \
-                 finer? Timestamps are integer seconds (divide by 1000 for milliseconds) or \
-                 ISO-8601 text"
-            ),
+            why,
         ));
     }
     Ok(ts.with_name("ts".into()))
@@ -796,6 +890,21 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     }
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Some(dt.timestamp());
+    }
+    // Offsets as Python's `%z` writes them (+0100), and `Z` after a time without seconds.
+    let zoned = match s.strip_suffix(['Z', 'z']) {
+        Some(rest) => format!("{rest}+0000"),
+        None => s.to_owned(),
+    };
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%d %H:%M:%S%.f%z",
+        "%Y-%m-%dT%H:%M%z",
+        "%Y-%m-%d %H:%M%z",
+    ] {
+        if let Ok(dt) = DateTime::parse_from_str(&zoned, fmt) {
+            return Some(dt.timestamp());
+        }
     }
     for fmt in [
         "%Y-%m-%dT%H:%M:%S%.f",
@@ -906,5 +1015,10 @@ mod tests {
         assert_eq!(parse_timestamp("1970-01-02 00:00:01"), Some(86401));
         assert_eq!(parse_timestamp("1970-01-03"), Some(2 * 86400));
         assert_eq!(parse_timestamp("yesterday"), None);
+        // Python's strftime('%z') offsets, and minutes with a zone.
+        assert_eq!(parse_timestamp("1970-01-02T01:00:00+0100"), Some(86400));
+        assert_eq!(parse_timestamp("1970-01-02 01:00:00.5+0100"), Some(86400));
+        assert_eq!(parse_timestamp("1970-01-02T00:01Z"), Some(86460));
+        assert_eq!(parse_timestamp("1970-01-02T01:01+01:00"), Some(86460));
     }
 }

@@ -234,8 +234,16 @@ impl Workspace {
     /// Whether `url` names a workspace this build can open, without opening it (no folder
     /// created, no request sent): the message says why not. What `diffrec validate` checks.
     pub fn check_url(url: &str) -> std::result::Result<(), String> {
+        if url.trim().is_empty() {
+            return Err("empty workspace URL: give a folder or an s3:// URL".into());
+        }
         match url.split_once("://").map(|(s, _)| s) {
             None => refuse_url_typo(url),
+            Some("file") if file_url_path(url).is_some_and(|p| p.parent().is_none()) => Err(
+                "the URL names the file system's root (`file://` without a path?): give \
+                     the workspace's own folder, as file:///data/ws"
+                    .into(),
+            ),
             Some("file") if !file_url_path(url).is_some_and(|p| p.is_absolute()) => {
                 Err("a file:// URL takes an absolute path (file:///data/ws or \
                  file://localhost/data/ws); give a relative folder as a plain path"
@@ -1173,6 +1181,9 @@ mod tests {
             ("s3:/bucket/x", "without its `://`"),
             ("memory:x", "without its `://`"),
             ("file://relative/ws", "absolute path"),
+            ("file://", "the file system's root"),
+            (" ", "empty workspace URL"),
+            ("file:///", "the file system's root"),
             ("s3://b/x?y=1", "'?' in the key"),
             ("s3://b/x#frag", "'#' in the key"),
             ("s3:///x", "needs a bucket"),

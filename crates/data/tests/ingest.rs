@@ -516,6 +516,10 @@ async fn iso_timestamps_and_parquet_sources() {
 }
 
 async fn ingest_err(csv: &str, extra: serde_json::Value) -> String {
+    ingest_err_bytes(csv.as_bytes(), extra).await
+}
+
+async fn ingest_err_bytes(csv: &[u8], extra: serde_json::Value) -> String {
     let dir = tmpdir("err");
     std::fs::write(dir.join("bad.csv"), csv).unwrap();
     let mut j = serde_json::json!({
@@ -538,6 +542,49 @@ async fn ingest_err(csv: &str, extra: serde_json::Value) -> String {
     );
     std::fs::remove_dir_all(dir).unwrap();
     e.to_string()
+}
+
+/// Files a spreadsheet or an old tool writes wrong, each refused in a line a person can act
+/// on: a column named twice (the reader took the first, silently), lines ended by CR alone
+/// (the whole file was "the header"), a byte that is not UTF-8 (no row was named), an
+/// unbalanced quote (the reader's message quoted the rest of the file).
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_csv_files_are_named_briefly() {
+    let none = serde_json::json!({});
+    let e = ingest_err(
+        "user_id,user_id,item_id,timestamp,rating\nA,u0,i,1,5\n",
+        none.clone(),
+    )
+    .await;
+    assert!(
+        e.contains("column `user_id`: the header names this column 2 times (columns 1, 2)"),
+        "{e}"
+    );
+    let e = ingest_err(
+        "user_id,item_id,timestamp,rating\r1,2,3,5\r1,3,4,5\r",
+        none.clone(),
+    )
+    .await;
+    assert!(e.contains("carriage return alone") && e.len() < 400, "{e}");
+    let mut bytes = b"user_id,item_id,timestamp,rating\n1,2,3,5\n1,".to_vec();
+    bytes.extend([0xff, 0xfe]);
+    bytes.extend(b",4,5\n");
+    let e = ingest_err_bytes(&bytes, none.clone()).await;
+    assert!(
+        e.contains("row 2, column `item_id`: not valid UTF-8"),
+        "{e}"
+    );
+    let long = format!(
+        "user_id,item_id,timestamp,rating\n\"1,2,3,5\n{}",
+        "1,2,3,5\n".repeat(20_000)
+    );
+    let e = ingest_err(&long, none).await;
+    assert!(
+        e.len() < 1_000,
+        "{} bytes: {}",
+        e.len(),
+        &e[..e.len().min(600)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1144,6 +1191,17 @@ async fn older_rules_reingest_and_later_stages_stay_up_to_date() {
                    "columns": {"user": "user", "item": "item", "timestamp": "ts"}}
     }));
     let first = run_ingest(&ws, &c, &dir, false).await.unwrap();
+    // stats.json as diffrec wrote it before this change (the struct's fields in declaration
+    // order, pretty): later stages hash it, so the same bytes.
+    let stats = std::fs::read(dir.join("ws/data/stats.json")).unwrap();
+    let mut want = serde_json::to_vec_pretty(&first.stats).unwrap();
+    want.push(b'\n');
+    assert_eq!(
+        String::from_utf8_lossy(&stats),
+        String::from_utf8_lossy(&want)
+    );
+    let text = String::from_utf8(stats).unwrap();
+    assert!(text.find("\"users\"") < text.find("\"density\""), "{text}");
     let path = dir.join("ws/data/_manifest.json");
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();

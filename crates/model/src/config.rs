@@ -418,6 +418,14 @@ impl Default for ModelConfig {
 fn default_variant() -> Variant {
     Variant::Diffrec
 }
+/// The most diffusion steps a pipeline may ask for: the schedule and the reverse pass grow with
+/// them, and a mistyped count (4e8) would take the machine's memory before anything says so.
+pub const MAX_STEPS: usize = 100_000;
+
+/// The widest layer (and time embedding) a pipeline may ask for, 2^20 units: wider ones are
+/// typos (an extra zero or two) that would end in an allocation failure mid-run.
+pub const MAX_WIDTH: usize = 1 << 20;
+
 fn default_steps() -> usize {
     40
 }
@@ -519,10 +527,13 @@ impl ModelConfig {
     /// Checks every value once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let d = &self.diffusion;
-        if d.steps < 2 {
+        if !(2..=MAX_STEPS).contains(&d.steps) {
             return Err(err(
                 "model.diffusion.steps",
-                format!("must be ≥ 2, got {}", d.steps),
+                format!(
+                    "must be in [2, {MAX_STEPS}] (the published settings use 5 to 1000), got {}",
+                    d.steps
+                ),
             ));
         }
         if d.sampling_steps > d.steps {
@@ -563,8 +574,17 @@ impl ModelConfig {
                 format!("needs ≥ 1 positive size, got {:?}", n.dims),
             ));
         }
-        if n.time_emb == 0 {
-            return Err(err("model.denoiser.time_emb", "must be ≥ 1"));
+        if let Some(w) = n.dims.iter().find(|&&w| w > MAX_WIDTH) {
+            return Err(err(
+                "model.denoiser.dims",
+                format!("a layer of {w} units is past the {MAX_WIDTH} this build takes (a typo?)"),
+            ));
+        }
+        if !(1..=MAX_WIDTH).contains(&n.time_emb) {
+            return Err(err(
+                "model.denoiser.time_emb",
+                format!("must be in [1, {MAX_WIDTH}], got {}", n.time_emb),
+            ));
         }
         if !(0.0..1.0).contains(&n.dropout) {
             return Err(err(
@@ -577,6 +597,12 @@ impl ModelConfig {
             return Err(err(
                 "model.autoencoder.dims",
                 format!("needs ≥ 1 positive size, got {:?}", a.dims),
+            ));
+        }
+        if let Some(w) = a.dims.iter().find(|&&w| w > MAX_WIDTH) {
+            return Err(err(
+                "model.autoencoder.dims",
+                format!("a layer of {w} units is past the {MAX_WIDTH} this build takes (a typo?)"),
             ));
         }
         if !(0.0..1.0).contains(&a.dropout) {
@@ -601,6 +627,36 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_past_the_limits_name_their_key() {
+        for (json, key) in [
+            (
+                r#"{"diffusion": {"steps": 100001}}"#,
+                "model.diffusion.steps",
+            ),
+            (
+                r#"{"denoiser": {"dims": [4294967296]}}"#,
+                "model.denoiser.dims",
+            ),
+            (
+                r#"{"denoiser": {"time_emb": 4294967295}}"#,
+                "model.denoiser.time_emb",
+            ),
+            (
+                r#"{"autoencoder": {"dims": [300, 2000000]}}"#,
+                "model.autoencoder.dims",
+            ),
+        ] {
+            let c: ModelConfig = serde_json::from_str(json).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{json}: {e}");
+        }
+        let c: ModelConfig =
+            serde_json::from_str(r#"{"diffusion": {"steps": 100000}, "denoiser": {"dims": [1048576], "time_emb": 1048576}}"#)
+                .unwrap();
+        assert!(c.validate().is_ok());
+    }
 
     #[test]
     fn variant_names_are_the_pipeline_spelling() {

@@ -70,8 +70,9 @@ fn collective_err(what: &str, e: CollectiveError) -> TrainError {
         || raw.contains("PeerLost")
         || raw.contains("PeerSyncLost")
     {
-        ": another replica or node stopped (its log says why); the last checkpoint is kept, so \
-         rerunning every node resumes from it"
+        ": another replica or node stopped (its log says why; burn-collective's `NodeId`s \
+         number the nodes in the order they joined the orchestrator, not by train.node_rank); \
+         the last checkpoint is kept, so rerunning every node resumes from it"
     } else {
         ""
     };
