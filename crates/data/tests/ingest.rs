@@ -991,6 +991,17 @@ async fn global_time_split_cuts_all_users_at_one_time() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// The ingested rows as `<user><item>:<split>`, in the file's order.
+async fn rows_with_split(ws: &Workspace) -> Vec<String> {
+    let df = read_back(ws, INTERACTIONS).await;
+    strs(&df, "user_id")
+        .into_iter()
+        .zip(strs(&df, "item_id"))
+        .zip(strs(&df, "split"))
+        .map(|((u, i), s)| format!("{u}{i}:{s}"))
+        .collect()
+}
+
 /// Natural noise joins train or valid and leaves the clean split as it is (the paper's noisy
 /// ML-1M has the clean test set): ratios 0.4/0.3/0.3 over each user's 4 clean rows give train
 /// 2, valid 1, test 1. A low-rated row takes train when the user's nearest earlier clean row is
@@ -1017,14 +1028,7 @@ async fn natural_noise_leaves_the_clean_split_as_it_is() {
             }
             let ws = Workspace::open(dir.join(name).to_str().unwrap()).unwrap();
             let r = run_ingest(&ws, &cfg(c), &dir, false).await.unwrap();
-            let df = read_back(&ws, INTERACTIONS).await;
-            let rows: Vec<String> = strs(&df, "user_id")
-                .into_iter()
-                .zip(strs(&df, "item_id"))
-                .zip(strs(&df, "split"))
-                .map(|((u, i), s)| format!("{u}{i}:{s}"))
-                .collect();
-            (r, rows)
+            (r, rows_with_split(&ws).await)
         }
     };
     let (r, noisy) = ingest(
@@ -1073,13 +1077,7 @@ async fn natural_noise_with_global_time_follows_the_global_cut() {
     }));
     let r = run_ingest(&ws, &c, &dir, false).await.unwrap();
     assert_eq!(r.stats.noise_rows, 5);
-    let df = read_back(&ws, INTERACTIONS).await;
-    let rows: Vec<String> = strs(&df, "user_id")
-        .into_iter()
-        .zip(strs(&df, "item_id"))
-        .zip(strs(&df, "split"))
-        .map(|((u, i), s)| format!("{u}{i}:{s}"))
-        .collect();
+    let rows = rows_with_split(&ws).await;
     #[rustfmt::skip]
     let expected = [
         "a1:train", "a2:train", "a3:train", "a7:valid", "a5:valid", "a4:valid", "a6:valid",
