@@ -39,8 +39,8 @@ struct RunModel {
     /// The model input (weighted rows for T-DiffRec, binary otherwise).
     input: diffrec_data::CsrMatrix,
     dev: burn_flex::FlexDevice,
-    /// The SHA-256 of the best checkpoint loaded, as the run's manifest records it.
-    best: Option<String>,
+    /// Which training the model came from: its manifest's `finished_at` and best checkpoint.
+    trained: (chrono::DateTime<chrono::Utc>, Option<String>),
 }
 
 impl RunModel {
@@ -63,7 +63,10 @@ impl RunModel {
             model,
             input,
             dev,
-            best: best_sha256(&manifest, &p.name).map(str::to_owned),
+            trained: (
+                manifest.finished_at,
+                best_sha256(&manifest, &p.name).map(str::to_owned),
+            ),
         })
     }
 }
@@ -284,7 +287,7 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
         model,
         input,
         dev,
-        best,
+        trained,
     } = RunModel::load(ws, loaded).await?;
     let recs = on_pool_thread(true, || {
         recommend_all(
@@ -361,7 +364,7 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     let key = recommendations_key(&p.name);
     ws.clean_temporaries_of(&key).await?;
     ws.write_parquet(&key, schema, [batch]).await?;
-    still_the_trained_run(ws, &p.name, &key, best.as_deref()).await?;
+    still_the_trained_run(ws, &p.name, &key, &trained).await?;
     status!(
         "recommend: {rows} recommendations for {} users in {key}",
         recs.len()
@@ -369,22 +372,23 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     Ok(())
 }
 
-/// After `key` was written from the best checkpoint `best`: the run's manifest still records
-/// it. A training started meanwhile removes the manifest first, then the summary and the list,
-/// so a list written after that describes the model being replaced and would sit beside the new
-/// one: it is removed, and the stage fails to be run again (exit 1).
+/// After `key` was written from the model of the training `trained` (its manifest's
+/// `finished_at` and best checkpoint): the run's manifest still records that training. A
+/// training started meanwhile removes the manifest first, then the summary and the list, so a
+/// list written after that describes the model being replaced and would sit beside the new one:
+/// it is removed, and the stage fails to be run again (exit 1). A manifest that cannot be read
+/// now is that error, not a replaced run.
 async fn still_the_trained_run(
     ws: &Workspace,
     run: &str,
     key: &str,
-    best: Option<&str>,
+    trained: &(chrono::DateTime<chrono::Utc>, Option<String>),
 ) -> Result<()> {
-    let now: Option<StageManifest> = ws
-        .get_json(&manifest_key(&run_dir(run)))
-        .await
-        .ok()
-        .flatten();
-    if now.as_ref().is_some_and(|m| best_sha256(m, run) == best) {
+    let now: Option<StageManifest> = ws.get_json(&manifest_key(&run_dir(run))).await?;
+    if now
+        .as_ref()
+        .is_some_and(|m| m.finished_at == trained.0 && best_sha256(m, run) == trained.1.as_deref())
+    {
         return Ok(());
     }
     ws.delete(key).await?;

@@ -88,7 +88,8 @@ pub struct Dropped {
     pub below_min_rating: u64,
     /// Rows of users or items with fewer than `data.k_core` interactions.
     pub k_core: u64,
-    /// Of `below_min_rating`, the rows kept as natural noise (`data.noise.kind: natural`).
+    /// Of `below_min_rating`, the rows sampled as natural noise (`data.noise.kind: natural`);
+    /// `stats.json`'s `noise_rows` counts those written.
     #[serde(default)]
     pub kept_as_noise: u64,
 }

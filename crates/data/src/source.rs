@@ -330,11 +330,11 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
     let first_line = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
     // Lines ended by CR alone (classic Mac, some Excel exports): the reader would take the whole
     // file for its header.
-    if first_line
-        .strip_suffix(b"\r")
-        .unwrap_or(first_line)
-        .contains(&b'\r')
-    {
+    let mut line_end = first_line.len();
+    while line_end > 0 && first_line[line_end - 1] == b'\r' {
+        line_end -= 1;
+    }
+    if first_line[..line_end].contains(&b'\r') {
         return Err(DataError::bad_input(
             file,
             None,

@@ -504,8 +504,9 @@ fn add_weights(lf: LazyFrame, temporal: Option<(f64, f64)>) -> Result<LazyFrame>
 
 /// Adds the natural noise rows to the split clean rows, in train or valid, never test: a noise
 /// row takes train when the nearest earlier clean row (in time; a clean row of the same time
-/// counts as earlier) — the user's with `per_user_ratio`, anyone's with `global_time` — is in
-/// train or there is none, and valid otherwise. Each user's train rows stay a prefix of their
+/// counts as earlier; without times, in source order) — the user's with `per_user_ratio`,
+/// anyone's with `global_time` — is in train or there is none, and valid otherwise (left out
+/// when no clean row is in valid). Each user's train rows stay a prefix of their
 /// history, and with `global_time` no train row is as old as a valid one. Rows come out in
 /// (user, time, clean first, source) order.
 fn place_natural_noise(
@@ -527,11 +528,14 @@ fn place_natural_noise(
     )
     .map_err(perr("adding natural noise"))?;
     let per_user = method == SplitMethod::PerUserRatio;
-    let by_user = || [col("user_idx"), col("ts"), col("noise"), col("order")].to_vec();
+    // Clean rows before noise rows of the same time; without times (all null) the source
+    // order is the time, so it alone decides.
+    let later_if_noise = || col("noise").and(col("ts").is_not_null());
+    let by_user = || [col("user_idx"), col("ts"), later_if_noise(), col("order")].to_vec();
     let order = if per_user {
         by_user()
     } else {
-        vec![col("ts"), col("noise"), col("order")]
+        vec![col("ts"), later_if_noise(), col("order")]
     };
     let n = order.len();
     let all = all.sort_by_exprs(order, sort_opts(n));
@@ -551,7 +555,20 @@ fn place_natural_noise(
         .when(earlier.clone().is_null().or(earlier.eq(lit("train"))))
         .then(lit("train"))
         .otherwise(lit("valid"));
-    let all = all.with_column(placed.alias("split"));
+    // Without a clean valid row (a valid share of 0, or coarse times that left it empty),
+    // noise would be the whole validation set, selecting the best epoch on false positives:
+    // such rows are left out, as test's are.
+    let clean_valid = col("split")
+        .eq(lit("valid"))
+        .and(col("noise").not())
+        .cast(DataType::UInt32)
+        .sum();
+    let all = all.with_column(placed.alias("split")).filter(
+        col("noise")
+            .and(col("split").eq(lit("valid")))
+            .not()
+            .or(clean_valid.gt(lit(0u32))),
+    );
     Ok(if per_user {
         all
     } else {

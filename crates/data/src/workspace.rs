@@ -238,6 +238,9 @@ impl Workspace {
             return Err("empty workspace URL: give a folder or an s3:// URL".into());
         }
         match url.split_once("://").map(|(s, _)| s) {
+            None if std::path::Path::new(url).parent().is_none() && url.starts_with('/') => {
+                Err("the file system's root cannot be a workspace: give its own folder".into())
+            }
             None => refuse_url_typo(url),
             Some("file") if file_url_path(url).is_some_and(|p| p.parent().is_none()) => Err(
                 "the URL names the file system's root (`file://` without a path?): give \
@@ -1183,6 +1186,7 @@ mod tests {
             ("file://relative/ws", "absolute path"),
             ("file://", "the file system's root"),
             (" ", "empty workspace URL"),
+            ("/", "the file system's root"),
             ("file:///", "the file system's root"),
             ("s3://b/x?y=1", "'?' in the key"),
             ("s3://b/x#frag", "'#' in the key"),

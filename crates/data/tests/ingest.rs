@@ -1056,6 +1056,49 @@ async fn natural_noise_leaves_the_clean_split_as_it_is() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Natural noise without times: the source order is the time, so 1y (after 1x, train) is
+/// train, not placed after every clean row. And with no validation share, a noise row that
+/// would be valid (2v, after the test row) is left out: it would be the whole validation set.
+#[tokio::test(flavor = "multi_thread")]
+async fn natural_noise_without_times_or_a_validation_share() {
+    let dir = tmpdir("natural-untimed");
+    let csv = "user_id,item_id,rating\n1,x,5\n1,y,2\n1,z,5\n1,w,5\n1,v,5\n\
+               2,x,5\n2,y,5\n2,z,5\n2,w,5\n2,v,1\n";
+    std::fs::write(dir.join("u.csv"), csv).unwrap();
+    let ingest = |name: &'static str, ratios: [f64; 3]| {
+        let dir = dir.clone();
+        async move {
+            let c = cfg(serde_json::json!({
+                "source": {"format": "csv", "path": "u.csv",
+                           "columns": {"timestamp": null, "rating": "rating"}},
+                "min_rating": 4,
+                "split": {"ratios": ratios},
+                "noise": {"kind": "natural"}
+            }));
+            let ws = Workspace::open(dir.join(name).to_str().unwrap()).unwrap();
+            let r = run_ingest(&ws, &c, &dir, false).await.unwrap();
+            (r.stats.noise_rows, rows_with_split(&ws).await)
+        }
+    };
+    let (noise, rows) = ingest("ws", [0.4, 0.3, 0.3]).await;
+    assert_eq!(noise, 2);
+    #[rustfmt::skip]
+    let expected = [
+        "1x:train", "1y:train", "1z:train", "1w:valid", "1v:test",
+        "2x:train", "2y:train", "2z:valid", "2w:test", "2v:valid",
+    ];
+    assert_eq!(rows, expected);
+    let (noise, rows) = ingest("ws-no-valid", [0.5, 0.0, 0.5]).await;
+    assert_eq!(noise, 1);
+    #[rustfmt::skip]
+    let expected = [
+        "1x:train", "1y:train", "1z:train", "1w:train", "1v:test",
+        "2x:train", "2y:train", "2z:train", "2w:test",
+    ];
+    assert_eq!(rows, expected);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// With `global_time`, a low-rated row takes the split of the nearest earlier clean row of any
 /// user (train when none): a5 at 65 comes after b7's valid row at 60, so valid — a later time
 /// than the train cut never reaches train; nor does a7 at 60, although the source has it
@@ -1189,17 +1232,24 @@ async fn older_rules_reingest_and_later_stages_stay_up_to_date() {
                    "columns": {"user": "user", "item": "item", "timestamp": "ts"}}
     }));
     let first = run_ingest(&ws, &c, &dir, false).await.unwrap();
-    // stats.json as diffrec wrote it before this change (the struct's fields in declaration
-    // order, pretty): later stages hash it, so the same bytes.
-    let stats = std::fs::read(dir.join("ws/data/stats.json")).unwrap();
-    let mut want = serde_json::to_vec_pretty(&first.stats).unwrap();
-    want.push(b'\n');
-    assert_eq!(
-        String::from_utf8_lossy(&stats),
-        String::from_utf8_lossy(&want)
+    // stats.json as diffrec wrote it before this change, spelled out: the fields in
+    // declaration order, pretty, a final line feed. Later stages hash it, so the same bytes.
+    let stats = std::fs::read_to_string(dir.join("ws/data/stats.json")).unwrap();
+    let st = &first.stats;
+    let num = |x: f64| serde_json::to_string(&x).unwrap();
+    let want = format!(
+        "{{\n  \"users\": {},\n  \"items\": {},\n  \"rows\": {{\n    \"test\": {},\n    \
+         \"train\": {},\n    \"valid\": {}\n  }},\n  \"density\": {},\n  \
+         \"train_density\": {},\n  \"noise_rows\": 0,\n  \"weighted\": false\n}}\n",
+        st.users,
+        st.items,
+        st.rows["test"],
+        st.rows["train"],
+        st.rows["valid"],
+        num(st.density),
+        num(st.train_density)
     );
-    let text = String::from_utf8(stats).unwrap();
-    assert!(text.find("\"users\"") < text.find("\"density\""), "{text}");
+    assert_eq!(stats, want);
     let path = dir.join("ws/data/_manifest.json");
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();

@@ -531,7 +531,7 @@ impl ModelConfig {
             return Err(err(
                 "model.diffusion.steps",
                 format!(
-                    "must be in [2, {MAX_STEPS}] (the published settings use 5 to 1000), got {}",
+                    "must be in [2, {MAX_STEPS}] (the paper's settings use at most 100), got {}",
                     d.steps
                 ),
             ));
