@@ -18,6 +18,14 @@ pub struct MovieLensRatings {
 const COLUMNS: [&str; 4] = ["UserID", "MovieID", "Rating", "Timestamp"];
 
 /// Parses a whole ratings file. `file` is only used in error messages.
+/// A line for a message: whole, or its first 100 characters.
+fn shown(line: &str) -> String {
+    match line.char_indices().nth(100) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_owned(),
+    }
+}
+
 pub fn parse_movielens(file: &str, bytes: &[u8]) -> Result<MovieLensRatings> {
     // A UTF-8 byte-order mark (a file saved by a Windows editor) is no part of the first id.
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
@@ -46,6 +54,15 @@ pub fn parse_movielens(file: &str, bytes: &[u8]) -> Result<MovieLensRatings> {
             continue;
         }
         row += 1;
+        if line.contains('\r') {
+            return Err(DataError::bad_input(
+                file,
+                Some(row),
+                None,
+                "its lines end in a carriage return alone (an old Mac or Excel export): convert \
+                 them to line feeds (`tr '\\r' '\\n' < in > out`) or CRLF",
+            ));
+        }
         let mut fields: [&str; 4] = [""; 4];
         let mut n = 0;
         let parts: Box<dyn Iterator<Item = &str>> = if csv {
@@ -59,7 +76,7 @@ pub fn parse_movielens(file: &str, bytes: &[u8]) -> Result<MovieLensRatings> {
                     file,
                     Some(row),
                     None,
-                    format!("more than 4 fields in {line:?}"),
+                    format!("more than 4 fields in {:?}", shown(line)),
                 ));
             }
             fields[n] = p.trim();
@@ -70,7 +87,10 @@ pub fn parse_movielens(file: &str, bytes: &[u8]) -> Result<MovieLensRatings> {
                 file,
                 Some(row),
                 Some(COLUMNS[n]),
-                format!("missing field (expected UserID::MovieID::Rating::Timestamp) in {line:?}"),
+                format!(
+                    "missing field (expected UserID::MovieID::Rating::Timestamp) in {:?}",
+                    shown(line)
+                ),
             ));
         }
         let int = |i: usize| -> Result<i64> {
@@ -141,6 +161,18 @@ mod tests {
         assert_eq!(r.item, vec![1193, 661]);
         assert_eq!(r.rating, vec![5.0, 3.0]);
         assert_eq!(r.timestamp, vec![978300760, 978302109]);
+        let cr = parse_movielens("r.dat", b"1::1::5::978300760\r1::2::5::978300761\r")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            cr.contains("row 1: its lines end in a carriage return alone"),
+            "{cr}"
+        );
+        let long = format!("1::2::3::4::{}\n", "9".repeat(10_000));
+        let e = parse_movielens("r.dat", long.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than 4 fields") && e.len() < 300, "{e}");
         let bom = parse_movielens("r.dat", b"\xEF\xBB\xBF1::1193::5::978300760\n").unwrap();
         assert_eq!((bom.user, bom.item), (vec![1], vec![1193]));
     }
