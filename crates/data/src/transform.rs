@@ -409,8 +409,8 @@ fn k_core(mut df: DataFrame, k: u32, file: &str) -> Result<DataFrame> {
 /// Adds `split` by position in time order: per user (`per_user_ratio`, on the frame's existing
 /// (user, time) order) or overall (`global_time`). With shares r0, r1, r2 and n rows, the first
 /// `floor(r0·n)+1` go to train and up to `floor((r0+r1)·n)+1` to valid (capped at n), the
-/// products computed in f64 — the rule that reproduces the DiffRec paper's ML-1M train counts. With `global_time` a
-/// time is never cut: its rows go where its first row goes.
+/// products computed in f64 — the rule that reproduces the DiffRec paper's ML-1M train
+/// counts. With `global_time` a time is never cut: its rows go where its first row goes.
 fn assign_split(lf: LazyFrame, method: SplitMethod, r: [f64; 3]) -> Result<LazyFrame> {
     let (lf, pos, n) = match method {
         SplitMethod::Predefined => return Ok(lf),
@@ -506,8 +506,8 @@ fn add_weights(lf: LazyFrame, temporal: Option<(f64, f64)>) -> Result<LazyFrame>
 /// row takes train when the nearest earlier clean row (in time; a clean row of the same time
 /// counts as earlier; without times, in source order) — the user's with `per_user_ratio`,
 /// anyone's with `global_time` — is in train or there is none, and valid otherwise (left out
-/// when no clean row is in valid). Each user's train rows stay a prefix of their
-/// history, and with `global_time` no train row is as old as a valid one. Rows come out in
+/// when no clean row is in valid). Each user's train rows stay a prefix of their history, and
+/// with `global_time` no train row is as old as a valid one. Rows come out in
 /// (user, time, clean first, source) order.
 fn place_natural_noise(
     clean: LazyFrame,
