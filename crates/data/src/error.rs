@@ -30,6 +30,19 @@ impl fmt::Display for Location {
     }
 }
 
+/// A text file whose lines end in CR alone, for the CSV and MovieLens readers to say so.
+pub(crate) const CR_ONLY_LINES: &str = "its lines end in a carriage return alone (an old Mac or \
+    Excel export): convert them to line feeds (`tr '\\r' '\\n' < in > out`) or CRLF";
+
+/// `text` for a message: whole, or its first `chars` characters and `…` (a reader's error may
+/// quote the rest of the file, an offending line be megabytes long).
+pub(crate) fn cut_short(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
 /// Errors of ingest, workspace I/O and the artifact readers.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {

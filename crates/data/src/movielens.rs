@@ -4,7 +4,7 @@
 //! Hand-written rather than a CSV reader because `::` is a two-byte separator. Every error names
 //! the file, the 1-based data row and the column; it never panics (fuzzed with proptest).
 
-use crate::error::{DataError, Result};
+use crate::error::{CR_ONLY_LINES, DataError, Result, cut_short};
 
 /// The four columns of a MovieLens ratings file.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -18,14 +18,6 @@ pub struct MovieLensRatings {
 const COLUMNS: [&str; 4] = ["UserID", "MovieID", "Rating", "Timestamp"];
 
 /// Parses a whole ratings file. `file` is only used in error messages.
-/// A line for a message: whole, or its first 100 characters.
-fn shown(line: &str) -> String {
-    match line.char_indices().nth(100) {
-        Some((cut, _)) => format!("{}…", &line[..cut]),
-        None => line.to_owned(),
-    }
-}
-
 pub fn parse_movielens(file: &str, bytes: &[u8]) -> Result<MovieLensRatings> {
     // A UTF-8 byte-order mark (a file saved by a Windows editor) is no part of the first id.
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
@@ -55,13 +47,7 @@ pub fn parse_movielens(file: &str, bytes: &[u8]) -> Result<MovieLensRatings> {
         }
         row += 1;
         if line.contains('\r') {
-            return Err(DataError::bad_input(
-                file,
-                Some(row),
-                None,
-                "its lines end in a carriage return alone (an old Mac or Excel export): convert \
-                 them to line feeds (`tr '\\r' '\\n' < in > out`) or CRLF",
-            ));
+            return Err(DataError::bad_input(file, Some(row), None, CR_ONLY_LINES));
         }
         let mut fields: [&str; 4] = [""; 4];
         let mut n = 0;
@@ -76,7 +62,7 @@ pub fn parse_movielens(file: &str, bytes: &[u8]) -> Result<MovieLensRatings> {
                     file,
                     Some(row),
                     None,
-                    format!("more than 4 fields in {:?}", shown(line)),
+                    format!("more than 4 fields in {:?}", cut_short(line, 100)),
                 ));
             }
             fields[n] = p.trim();
@@ -89,7 +75,7 @@ pub fn parse_movielens(file: &str, bytes: &[u8]) -> Result<MovieLensRatings> {
                 Some(COLUMNS[n]),
                 format!(
                     "missing field (expected UserID::MovieID::Rating::Timestamp) in {:?}",
-                    shown(line)
+                    cut_short(line, 100)
                 ),
             ));
         }

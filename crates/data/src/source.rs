@@ -14,7 +14,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use polars::prelude::*;
 
 use crate::config::{DataConfig, SourceFormat};
-use crate::error::{DataError, Result};
+use crate::error::{CR_ONLY_LINES, DataError, Result, cut_short};
 use crate::movielens::parse_movielens;
 use crate::npy::parse_npy;
 use crate::parquet_source::read_parquet;
@@ -184,15 +184,12 @@ pub async fn load_source(
             let df = match format {
                 SourceFormat::Movielens => movielens_frame(&name, &bytes),
                 SourceFormat::Csv => {
-                    let df = read_csv(&name, bytes, cfg).map_err(|e| without_time_hint(e, cfg))?;
-                    mapped_frame(&name, df, cfg)
+                    read_csv(&name, bytes, cfg).and_then(|df| mapped_frame(&name, df, cfg))
                 }
                 SourceFormat::Parquet => {
                     let wanted: Vec<String> =
                         wanted_columns(cfg).into_iter().map(|(_, n)| n).collect();
-                    let df = read_parquet(&name, bytes, &wanted)
-                        .map_err(|e| without_time_hint(e, cfg))?;
-                    mapped_frame(&name, df, cfg)
+                    read_parquet(&name, bytes, &wanted).and_then(|df| mapped_frame(&name, df, cfg))
                 }
                 SourceFormat::DiffrecNpy => unreachable!("handled above"),
             }
@@ -335,13 +332,7 @@ fn read_csv(file: &str, bytes: Bytes, cfg: &DataConfig) -> Result<DataFrame> {
         line_end -= 1;
     }
     if first_line[..line_end].contains(&b'\r') {
-        return Err(DataError::bad_input(
-            file,
-            None,
-            None,
-            "its lines end in a carriage return alone (an old Mac or Excel export): convert \
-             them to line feeds (`tr '\\r' '\\n' < in.csv > out.csv`) or CRLF",
-        ));
+        return Err(DataError::bad_input(file, None, None, CR_ONLY_LINES));
     }
     // The names as the reader takes them (a quoted name without its quotes, spaces kept), and
     // as people read them: `who, what` maps `what`, whether written ` what` or `what`.
@@ -573,12 +564,7 @@ fn delimiter_hint(header: &[String], sep: char) -> String {
 /// The first line of a reader's error, at most 300 characters: Polars may quote the rest of
 /// the file and suggest options of its Python API.
 fn reader_message(e: &PolarsError) -> String {
-    let text = e.to_string();
-    let line = text.lines().next().unwrap_or_default();
-    match line.char_indices().nth(300) {
-        Some((cut, _)) => format!("{}…", &line[..cut]),
-        None => line.to_owned(),
-    }
+    cut_short(e.to_string().lines().next().unwrap_or_default(), 300)
 }
 
 /// Where the first byte that is not UTF-8 is: its data row (from 1; `None` in the header) and
