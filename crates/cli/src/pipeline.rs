@@ -206,14 +206,25 @@ fn given_by_set(sets: &[String], key: &str) -> String {
         .unwrap_or_default()
 }
 
-/// A pipeline (run) name: letters, digits, '.', '_' or '-', not only dots (nor none). Also
-/// what `diffrec recommend --run` takes.
+/// The longest run name: a folder name of at most 255 bytes is what file systems take.
+const MAX_RUN_NAME: usize = 200;
+
+/// A pipeline (run) name: letters, digits, '.', '_' or '-', not only dots (nor none), at most
+/// [`MAX_RUN_NAME`] characters. Also what `diffrec recommend --run` takes.
 pub fn check_run_name(name: &str) -> Result<(), String> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
     if name.chars().all(|c| c == '.') || !name.chars().all(allowed) {
         return Err(format!(
             "{name:?} must be letters, digits, '.', '_' or '-', not only dots (the run's folder \
              is runs/<name>)"
+        ));
+    }
+    if name.len() > MAX_RUN_NAME {
+        return Err(format!(
+            "\"{}…\" has {} characters, more than {MAX_RUN_NAME} (the run's folder is runs/<name>, \
+             and file systems take names of at most 255 bytes)",
+            &name[..40],
+            name.len()
         ));
     }
     Ok(())
@@ -499,11 +510,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("data.temporal"), "{e}");
-        for name in ["a/b", ".", ".."] {
+        for name in ["a/b", ".", "..", &"a".repeat(201)] {
             let e = load_str(MINI, &[&format!("name={name}")]).unwrap_err();
             assert!(e.to_string().contains("`name`"), "{name}: {e}");
         }
         assert!(load_str(MINI, &["name=v1.2-a_b"]).is_ok());
+        assert!(load_str(MINI, &[&format!("name={}", "a".repeat(200))]).is_ok());
         // L-DiffRec's latent is split among the cluster encoders, each at least 1 wide (an
         // inner layer narrower than cluster.k only makes those encoders wider than asked).
         assert!(

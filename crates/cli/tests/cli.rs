@@ -2199,6 +2199,36 @@ fn a_mistyped_workspace_is_named_not_created() {
     }
 }
 
+/// A local path the file system cannot take (a file where the workspace's `data` folder goes,
+/// a folder name over NAME_MAX) is permanent: exit 2, naming the path, so a scheduler does not
+/// retry it; no data appears.
+#[test]
+fn a_path_the_file_system_cannot_take_exits_2() {
+    let (dir, p) = synthetic_project(
+        "badpath",
+        &["--users", "40", "--items", "30"],
+        "name: t\ndata:\n  source: {format: csv, path: log.csv}\n",
+    );
+    let ws = dir.join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::write(ws.join("data"), b"not a folder").unwrap();
+    let long = dir.join("w".repeat(300));
+    for (w, says) in [
+        (&ws, "Not a directory".to_owned()),
+        (&long, "File name too long".to_owned()),
+    ] {
+        let out = diffrec()
+            .args(["stage", "ingest", p.to_str().unwrap(), "--workspace"])
+            .arg(w)
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{}: {t}", w.display());
+        assert!(t.contains(&says), "{t}");
+    }
+    assert_eq!(std::fs::read(ws.join("data")).unwrap(), b"not a folder");
+}
+
 /// A run shorter than `train.eval_every` evaluates nothing: the train stage says so (no NaN
 /// metrics), and the evaluate stage's missing-checkpoint error names the reason.
 #[test]
@@ -2705,6 +2735,66 @@ fn an_unreachable_s3_endpoint_is_retried_for_the_window() {
         "{}",
         text(&out)
     );
+}
+
+/// A store that refuses the credentials (403 AccessDenied, or 400 InvalidAccessKeyId, on every
+/// request: the listing the stage starts with included) is exit code 2 at once, naming the
+/// answer: a scheduler's retry would meet the same policy.
+#[test]
+fn a_store_refusing_the_credentials_exits_2() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tmpdir("s3-refused");
+    generate(&dir.join("log.csv"), &["--users", "30", "--items", "20"]);
+    let p = write_pipeline(
+        &dir,
+        "name: g\ndata:\n  source: {format: csv, path: log.csv}\n",
+    );
+    for (status, code) in [
+        ("403 Forbidden", "AccessDenied"),
+        ("400 Bad Request", "InvalidAccessKeyId"),
+    ] {
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let answer = format!("<Error><Code>{code}</Code><Message>no</Message></Error>");
+        std::thread::spawn(move || {
+            for conn in server.incoming() {
+                let Ok(conn) = conn else { return };
+                let mut reader = BufReader::new(conn);
+                let mut length = 0usize;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let _ = reader
+                    .by_ref()
+                    .take(length as u64)
+                    .read_to_end(&mut Vec::new());
+                let _ = write!(
+                    reader.get_mut(),
+                    "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: \
+                     {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        let out = diffrec()
+            .env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "x")
+            .env("AWS_SECRET_ACCESS_KEY", "x")
+            .env("AWS_REGION", "us-east-1")
+            .env("DIFFREC_S3_RETRY_SECONDS", "30")
+            .args(["stage", "ingest", p.to_str().unwrap()])
+            .args(["--workspace", "s3://diffrec-refused/ws"])
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{status}: {t}");
+        assert!(t.contains(code), "{t}");
+    }
 }
 
 /// A JSON artifact damaged since diffrec wrote it (every write is atomic, so a hand or a disk

@@ -165,7 +165,8 @@ impl DataError {
     /// True when running again cannot help and the user fixes this (CLI exit code 2): their
     /// input or config; an artifact damaged since it was written (every write is atomic, so
     /// only a hand or a disk fault damages one: rerunning its stage with `--force` rebuilds it);
-    /// or permissions the system or the store refused (see [`Self::is_refused`]).
+    /// permissions the system or the store refused (see [`Self::is_refused`]); or a local path
+    /// the file system cannot take (see [`Self::is_bad_path`]).
     pub fn is_input(&self) -> bool {
         matches!(
             self,
@@ -175,27 +176,48 @@ impl DataError {
                 | DataError::MissingArtifact { .. }
                 | DataError::BadArtifact { .. }
         ) || self.is_refused()
+            || self.is_bad_path()
     }
 
     /// A read or write refused for its permissions: the local file system's (no write
-    /// permission, a read-only file system) or the store's (S3's 403, missing credentials).
-    /// The workspace's permissions or the credentials need fixing; a retry meets the same.
-    /// An `EACCES` deeper in a network client's causes (a firewall refusing `connect`) does
-    /// not count: only one of a local file operation.
+    /// permission, a read-only file system) or the store's (S3's 401 and 403 on any request,
+    /// and the 400s of an unknown access key or a malformed authorization). The workspace's
+    /// permissions or the credentials need fixing; a retry meets the same. An `EACCES` deeper
+    /// in a network client's causes (a firewall refusing `connect`) does not count: only one of
+    /// a local file operation.
     pub fn is_refused(&self) -> bool {
         use std::io::ErrorKind;
-        if let DataError::Store {
-            source:
-                object_store::Error::PermissionDenied { .. }
-                | object_store::Error::Unauthenticated { .. },
-            ..
-        } = self
-        {
-            return true;
-        }
+        self.causes().any(|e| {
+            matches!(
+                e.downcast_ref::<object_store::Error>(),
+                Some(
+                    object_store::Error::PermissionDenied { .. }
+                        | object_store::Error::Unauthenticated { .. }
+                )
+            ) || http_refused(&e.to_string())
+        }) || matches!(
+            self.local_io_kind(),
+            Some(ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem)
+        )
+    }
+
+    /// A local path the file system cannot take as named: a part of it is a file where a
+    /// folder must be (`ENOTDIR`), a folder where a file must be (`EISDIR`), or a name longer
+    /// than the file system allows (`ENAMETOOLONG`). Moving the file or shortening the name
+    /// fixes it; a retry meets the same.
+    pub fn is_bad_path(&self) -> bool {
+        use std::io::ErrorKind;
+        matches!(
+            self.local_io_kind(),
+            Some(ErrorKind::NotADirectory | ErrorKind::IsADirectory | ErrorKind::InvalidFilename)
+        )
+    }
+
+    /// The kind of the first `std::io::Error` among the causes that a local file operation
+    /// raised (ours, or object_store's local file system); `None` for a network client's.
+    fn local_io_kind(&self) -> Option<std::io::ErrorKind> {
         let mut local = matches!(self, DataError::Io { .. });
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
-        while let Some(e) = cause {
+        for e in self.causes() {
             if let Some(object_store::Error::Generic { store, .. }) =
                 e.downcast_ref::<object_store::Error>()
             {
@@ -203,17 +225,49 @@ impl DataError {
             }
             if let Some(io) = e.downcast_ref::<std::io::Error>()
                 && local
-                && matches!(
-                    io.kind(),
-                    ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
-                )
+                && !carries_store_error(io)
             {
-                return true;
+                return Some(io.kind());
             }
-            cause = e.source();
         }
-        false
+        None
     }
+
+    /// The causes, `self` first. An `io::Error` that carries an object_store error (object_store's
+    /// `BufWriter` and the Parquet writer over it wrap theirs so) is followed into that error,
+    /// which its own `source` skips.
+    fn causes(&self) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+        std::iter::successors(Some(self as &(dyn std::error::Error + 'static)), |&e| {
+            match e.downcast_ref::<std::io::Error>() {
+                Some(io) if carries_store_error(io) => io
+                    .get_ref()
+                    .map(|inner| inner as &(dyn std::error::Error + 'static)),
+                _ => e.source(),
+            }
+        })
+    }
+}
+
+/// An `io::Error` made from an object_store error (its kind says little: `Other`).
+fn carries_store_error(io: &std::io::Error) -> bool {
+    io.get_ref()
+        .is_some_and(|inner| inner.is::<object_store::Error>())
+}
+
+/// An HTTP answer of the store that refuses the credentials or their rights, as object_store
+/// words a request's failure (its error type for it is private): 401, 403, and the 400s S3
+/// gives an unknown access key (`InvalidAccessKeyId`) or an authorization for another region
+/// (`AuthorizationHeaderMalformed`). Other 400s (S3's `RequestTimeout`) may pass on a retry.
+fn http_refused(text: &str) -> bool {
+    let Some(rest) = text.strip_prefix("Server returned non-2xx status code: ") else {
+        return false;
+    };
+    rest.starts_with("401 ")
+        || rest.starts_with("403 ")
+        || (rest.starts_with("400 ")
+            && ["InvalidAccessKeyId", "AuthorizationHeaderMalformed"]
+                .iter()
+                .any(|code| rest.contains(&format!("<Code>{code}</Code>"))))
 }
 
 #[cfg(test)]
@@ -228,8 +282,9 @@ mod tests {
         }
     }
 
-    /// Permissions refused, found through the causes as object_store nests them; other I/O
-    /// failures (a refused connection, a full disk) stay retryable.
+    /// Permissions refused and paths the file system cannot take, found through the causes as
+    /// object_store nests them; other I/O failures (a refused connection, a full disk) stay
+    /// retryable.
     #[test]
     fn refused_permissions_are_for_the_user_to_fix() {
         let generic = |kind: ErrorKind| {
@@ -257,6 +312,13 @@ mod tests {
         ] {
             assert!(e.is_refused() && e.is_input(), "{e}");
         }
+        for e in [
+            generic(ErrorKind::NotADirectory),
+            io(ErrorKind::IsADirectory),
+            io(ErrorKind::InvalidFilename),
+        ] {
+            assert!(e.is_bad_path() && !e.is_refused() && e.is_input(), "{e}");
+        }
         let remote = store(object_store::Error::Generic {
             store: "S3",
             source: Box::new(IoError::from(ErrorKind::PermissionDenied)),
@@ -271,7 +333,81 @@ mod tests {
                 implementer: "y".into(),
             }),
         ] {
-            assert!(!e.is_refused() && !e.is_input(), "{e}");
+            assert!(!e.is_refused() && !e.is_bad_path() && !e.is_input(), "{e}");
+        }
+    }
+
+    /// The same found where writers wrap them: object_store's error inside an `io::Error`
+    /// (its `BufWriter`), and that inside a Parquet error (the Parquet writer over it).
+    #[test]
+    fn refusals_are_found_inside_the_writers_wrapping() {
+        let local = |kind: ErrorKind| {
+            IoError::from(object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(IoError::from(kind)),
+            })
+        };
+        let parquet = |io: IoError| DataError::Parquet {
+            key: "runs/r/recommendations.parquet".into(),
+            source: parquet::errors::ParquetError::External(Box::new(io)),
+        };
+        let via_io = |source: IoError| DataError::Io {
+            path: "s3://b/p/data/_owner".into(),
+            source,
+        };
+        let denied = || object_store::Error::PermissionDenied {
+            path: "b/k".into(),
+            source: "403".into(),
+        };
+        for e in [
+            parquet(local(ErrorKind::PermissionDenied)),
+            parquet(local(ErrorKind::ReadOnlyFilesystem)),
+            via_io(IoError::from(denied())),
+            parquet(IoError::from(denied())),
+        ] {
+            assert!(e.is_refused() && e.is_input(), "{e}");
+        }
+        assert!(parquet(local(ErrorKind::NotADirectory)).is_bad_path());
+        // A full disk under the same wrapping, and a store error of a network client, stay
+        // retryable: the wrapper's kind (`Other`) is not taken for the cause's.
+        let s3 = IoError::from(object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(IoError::from(ErrorKind::PermissionDenied)),
+        });
+        for e in [parquet(local(ErrorKind::StorageFull)), via_io(s3)] {
+            assert!(!e.is_input(), "{e}");
+        }
+    }
+
+    /// S3's answers as object_store words a failed request (a list's, whose error type is
+    /// private): 401/403 and the credential 400s are refusals, a 400 timeout and 5xx are not.
+    #[test]
+    fn refusing_http_answers_are_told_from_passing_ones() {
+        let answer = |text: &str| {
+            store(object_store::Error::Generic {
+                store: "S3",
+                source: text.to_owned().into(),
+            })
+        };
+        let status = "Server returned non-2xx status code: ";
+        let code = |c: &str| format!("<Error><Code>{c}</Code><Message>m</Message></Error>");
+        for refused in [
+            format!("{status}403 Forbidden: {}", code("AccessDenied")),
+            format!("{status}401 Unauthorized: "),
+            format!("{status}400 Bad Request: {}", code("InvalidAccessKeyId")),
+            format!(
+                "{status}400 Bad Request: {}",
+                code("AuthorizationHeaderMalformed")
+            ),
+        ] {
+            assert!(answer(&refused).is_refused(), "{refused}");
+        }
+        for passing in [
+            format!("{status}400 Bad Request: {}", code("RequestTimeout")),
+            format!("{status}503 Service Unavailable: {}", code("SlowDown")),
+            format!("error sending request: 403 Forbidden"),
+        ] {
+            assert!(!answer(&passing).is_input(), "{passing}");
         }
     }
 }
