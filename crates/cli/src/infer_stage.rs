@@ -14,7 +14,6 @@ use diffrec_data::config::TemporalConfig;
 use diffrec_data::manifest::{StageManifest, manifest_key, upstream_hashes};
 use diffrec_data::{DataError, Workspace, load_splits};
 use diffrec_model::ModelConfig;
-use diffrec_trainer::Exclude;
 use diffrec_trainer::config::Backend;
 use diffrec_trainer::infer::{excluded, load_best, recommend_all, recommend_history};
 use diffrec_trainer::pool::on_pool_thread;
@@ -22,6 +21,7 @@ use diffrec_trainer::train::{
     EvaluatedBy, Summary, UserCounts, best_key, diffusion_of, evaluate, model_input,
     recommendations_key, resolve_input, run_dir, seed_evaluation, summary_key,
 };
+use diffrec_trainer::{Exclude, TrainError};
 
 use crate::differences::differing_keys;
 use crate::pipeline::Loaded;
@@ -168,7 +168,24 @@ async fn load_seeded(
     dev: &burn_flex::FlexDevice,
 ) -> Result<diffrec_model::Recommender<Cpu>> {
     let best = best_sha256(manifest, run);
-    let (recommender, epoch) = load_best::<Cpu>(ws, run, model, n_items, best, dev).await?;
+    let (recommender, epoch) = match load_best::<Cpu>(ws, run, model, n_items, best, dev).await {
+        // Not damage where the run's manifest changed meanwhile: it is being trained again.
+        Err(TrainError::Damaged(_))
+            if ws
+                .get_json::<StageManifest>(&manifest_key(&run_dir(run)))
+                .await
+                .ok()
+                .flatten()
+                .as_ref()
+                != Some(manifest) =>
+        {
+            anyhow::bail!(
+                "run `{run}` is being trained again (its manifest changed while this process \
+                 read its best checkpoint): run this again once training has finished"
+            )
+        }
+        loaded => loaded?,
+    };
     let seed = manifest.config["train"]["seed"]
         .as_u64()
         .context("the run manifest records no train.seed")?;
@@ -209,6 +226,17 @@ async fn trained_run(ws: &Workspace, run: &str) -> Result<(ModelConfig, StageMan
         ))
         .into());
     };
+    // A run folder copied or renamed from another run keeps that run's manifest, whose
+    // outputs (the best checkpoint's hash among them) are under the other run's folder.
+    let own = format!("{}/", run_dir(run));
+    if let Some(other) = manifest.outputs.keys().find(|k| !k.starts_with(&own)) {
+        return Err(UsageError(format!(
+            "{key} is not run `{run}`'s: it records {other}, an output of another run (the run \
+             folder was copied or renamed from that run). Train run `{run}` (`diffrec run`), or \
+             use the other run by its own name"
+        ))
+        .into());
+    }
     let model: ModelConfig = serde_json::from_value(manifest.config["model"].clone())
         .context("the run manifest holds no readable model configuration")?;
     // As a pipeline's is, before anything is built from it (a damaged manifest's step count

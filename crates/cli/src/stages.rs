@@ -96,7 +96,16 @@ pub async fn run_stages_in(
             );
             continue;
         }
+        let started = Instant::now();
         let ran = run_stage(ws, loaded, stage, force).await;
+        // On stderr with a time stamp, where a scheduler keeps it: how long each stage took
+        // (whether it ran or found its outputs up to date is on stdout).
+        let name = format!("{stage:?}").to_lowercase();
+        let seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+        match &ran {
+            Ok(()) => tracing::info!(seconds, "{name}: stage ended after {seconds:.1} s"),
+            Err(_) => tracing::info!(seconds, "{name}: stage failed after {seconds:.1} s"),
+        }
         // Right after this process's train stage, a run trained on other data means another
         // process ingested meanwhile: running again trains it anew (exit 1, not 2).
         if let Err(e) = &ran

@@ -540,8 +540,8 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     }
     let started = Utc::now();
     let item_clusters = if latent {
-        use diffrec_cluster::artifacts::{ITEM_CLUSTERS, read_item_clusters};
-        let bytes = ws.get(ITEM_CLUSTERS).await?;
+        use diffrec_cluster::artifacts::{ITEM_CLUSTERS, STAGE_DIR, read_item_clusters};
+        let bytes = diffrec_data::manifest::read_recorded(ws, STAGE_DIR, ITEM_CLUSTERS).await?;
         let labels = read_item_clusters(bytes, data.n_items)?;
         let k = labels.iter().max().map_or(0, |&m| m + 1);
         tracing::info!(clusters = k, "train: item clusters loaded");

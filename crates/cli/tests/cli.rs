@@ -1127,7 +1127,7 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
     let other_bytes = "runs/r/checkpoints/best.ckpt is not the file training finished with";
     let out = stage("evaluate");
     assert!(
-        out.status.code() == Some(1) && text(&out).contains(other_bytes),
+        out.status.code() == Some(2) && text(&out).contains(other_bytes),
         "{}",
         text(&out)
     );
@@ -1153,8 +1153,8 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
     );
     let out = train(&ours, &["--set", "train.epochs=2", "--force"]);
     assert!(out.status.success(), "{}", text(&out));
-    // One byte changed inside the best checkpoint keeps its size, so the train stage stays up
-    // to date, but evaluate and recommend refuse it (exit 1: a retraining may be replacing it).
+    // One byte changed inside the best checkpoint keeps its size; evaluate and recommend
+    // refuse it (exit 2: damage; a retraining replacing it would have changed the manifest).
     let good = std::fs::read(&best).unwrap();
     let mut flipped = good.clone();
     let middle = flipped.len() / 2;
@@ -1164,7 +1164,7 @@ fn resume_from_a_checkpoint_of_another_shape_is_refused() {
         let out = stage(name);
         let t = text(&out);
         assert!(
-            out.status.code() == Some(1) && t.contains(other_bytes),
+            out.status.code() == Some(2) && t.contains(other_bytes),
             "{name}: {t}"
         );
     }
@@ -2587,7 +2587,7 @@ fn lost_outputs_of_a_finished_run_are_written_again_or_named() {
         let t = text(&out);
         assert_eq!(out.status.code(), Some(2), "{t}");
         assert!(
-            t.contains("best.ckpt is missing or unreadable")
+            t.contains("best.ckpt is missing, damaged or another run's")
                 && t.contains("the best model is lost"),
             "{t}"
         );
@@ -2603,6 +2603,117 @@ fn lost_outputs_of_a_finished_run_are_written_again_or_named() {
     let out = run_until_train(&p, &ws, &["--force"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(run_dir.join("checkpoints/best.ckpt").exists());
+}
+
+/// Files replaced or damaged in place (one byte, the size unchanged, so only their content
+/// tells) are neither trained on nor served: `stage evaluate` and `recommend` refuse them
+/// (exit 2, naming the file), and `diffrec run` makes them anew: data by ingesting again, a
+/// best checkpoint (changed, or another run's copied over it) from the latest checkpoint of
+/// that epoch. A run folder copied from another run is refused by name; a damaged latest
+/// checkpoint is refused on resume instead of trained on.
+#[test]
+fn replaced_artifacts_are_refused_then_made_anew() {
+    let (_dir, p, ws, out) = tiny_train_run("replaced", "{epochs: 1, eval_every: 1}");
+    assert!(out.status.success(), "{}", text(&out));
+    let pipeline = p.to_str().unwrap();
+    let flip = |path: &Path| {
+        // Near the end: a Parquet file's footer, a checkpoint's last tensor section.
+        let mut b = std::fs::read(path).unwrap();
+        let i = b.len() - 10;
+        b[i] ^= 0x55;
+        std::fs::write(path, b).unwrap();
+    };
+    let evaluate = || {
+        let out = diffrec()
+            .args(["stage", "evaluate", pipeline, "--workspace"])
+            .arg(&ws)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let summary = std::fs::read(ws.join("runs/g/summary.json")).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&summary).unwrap()["test"].clone()
+    };
+    let tested = evaluate();
+    let listed = |out: &Output| String::from_utf8_lossy(&out.stdout).into_owned();
+    let served = recommend(&ws, "g", &["--user", "u1"], None);
+    assert!(served.status.success(), "{}", text(&served));
+
+    let items = ws.join("data/items.parquet");
+    flip(&items);
+    let out = recommend(&ws, "g", &["--user", "u1"], None);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("artifact `data/items.parquet` changed since the ingest stage wrote it"),
+        "{t}"
+    );
+    let out = run_until_train(&p, &ws, &[]);
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("ingest: 60 users") && !t.contains("ingest: up to date"),
+        "{t}"
+    );
+    assert_eq!(
+        listed(&recommend(&ws, "g", &["--user", "u1"], None)),
+        listed(&served)
+    );
+
+    let best = ws.join("runs/g/checkpoints/best.ckpt");
+    flip(&best);
+    assert_stage_refuses(
+        "evaluate",
+        pipeline,
+        &ws,
+        &[],
+        "best.ckpt is not the file training finished with",
+    );
+    let out = run_until_train(&p, &ws, &[]);
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("rebuilding it from the latest checkpoint"),
+        "{t}"
+    );
+    assert_eq!(evaluate(), tested);
+
+    // Another run of the same shape (another seed) in the workspace; its best checkpoint
+    // copied over this run's.
+    let out = run_until_train(&p, &ws, &["--set", "name=h", "--set", "train.seed=9"]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::copy(ws.join("runs/h/checkpoints/best.ckpt"), &best).unwrap();
+    let out = run_until_train(&p, &ws, &[]);
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("rebuilding it from the latest checkpoint"),
+        "{t}"
+    );
+    assert_eq!(evaluate(), tested);
+
+    // The whole run folder of `h` as `g`.
+    let g = ws.join("runs/g");
+    let kept = ws.join("g-kept");
+    std::fs::rename(&g, &kept).unwrap();
+    std::fs::create_dir_all(g.join("checkpoints")).unwrap();
+    for f in ["_manifest.json", "summary.json", "checkpoints/best.ckpt"] {
+        std::fs::copy(ws.join("runs/h").join(f), g.join(f)).unwrap();
+    }
+    assert_stage_refuses(
+        "evaluate",
+        pipeline,
+        &ws,
+        &[],
+        "runs/g/_manifest.json is not run `g`'s: it records runs/h/",
+    );
+    std::fs::remove_dir_all(&g).unwrap();
+    std::fs::rename(&kept, &g).unwrap();
+
+    flip(&g.join("checkpoints/latest.ckpt"));
+    let out = run_until_train(&p, &ws, &["--set", "train.epochs=2"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("latest.ckpt: its model and optimizer sections do not match the SHA-256"),
+        "{t}"
+    );
 }
 
 /// SIGTERM and SIGINT end a training at once with the shell's code for the signal (143, 130)
@@ -2817,8 +2928,8 @@ fn damaged_artifacts_are_for_the_user_to_fix() {
     let t = text(&out);
     assert_eq!(out.status.code(), Some(2), "{t}");
     assert!(
-        t.contains("artifact `data/stats.json` is malformed")
-            && t.contains("rerun the stage that writes it with `--force`"),
+        t.contains("artifact `data/stats.json` changed since the ingest stage wrote it")
+            && t.contains("Run that stage again with --force"),
         "{t}"
     );
     let out = run_until_train(&p, &ws, &[]);

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::csr::CsrMatrix;
 use crate::error::{DataError, Result};
+use crate::manifest::read_recorded;
 use crate::workspace::Workspace;
 
 pub const INTERACTIONS: &str = "data/interactions.parquet";
@@ -110,17 +111,30 @@ pub struct SplitMatrices {
     pub test: CsrMatrix,
 }
 
-/// Reads `data/interactions.parquet` into per-split CSR matrices (rows sorted by item index).
+/// `data/stats.json`, checked against the ingest manifest like the Parquet files.
+async fn read_stats(ws: &Workspace) -> Result<DatasetStats> {
+    match read_recorded(ws, crate::ingest::STAGE_DIR, STATS).await {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| DataError::BadArtifact {
+            key: STATS.into(),
+            message: format!(
+                "{source}: changed or damaged since diffrec wrote it; rerun the ingest stage \
+                 with `--force`"
+            ),
+        }),
+        Err(DataError::MissingArtifact { workspace, key, .. }) => Err(DataError::MissingArtifact {
+            workspace,
+            key,
+            hint: "run the ingest stage first".into(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads `data/interactions.parquet` into per-split CSR matrices (rows sorted by item index),
+/// each file checked against what the ingest manifest records of it.
 pub async fn load_splits(ws: &Workspace) -> Result<SplitMatrices> {
-    let stats: DatasetStats =
-        ws.get_json(STATS)
-            .await?
-            .ok_or_else(|| DataError::MissingArtifact {
-                workspace: ws.url().to_owned(),
-                key: STATS.into(),
-                hint: "run the ingest stage first".into(),
-            })?;
-    let bytes = ws.get(INTERACTIONS).await?;
+    let stats = read_stats(ws).await?;
+    let bytes = read_recorded(ws, crate::ingest::STAGE_DIR, INTERACTIONS).await?;
     let pq = |source| DataError::Parquet {
         key: INTERACTIONS.into(),
         source,
@@ -189,10 +203,10 @@ pub async fn load_splits(ws: &Workspace) -> Result<SplitMatrices> {
 }
 
 /// Original ids by dense index from `data/users.parquet` (`entity` = "user") or
-/// `data/items.parquet` ("item").
+/// `data/items.parquet` ("item"), checked against what the ingest manifest records of it.
 pub async fn load_ids(ws: &Workspace, entity: &str) -> Result<Vec<String>> {
     let key = if entity == "user" { USERS } else { ITEMS };
-    let bytes = ws.get(key).await?;
+    let bytes = read_recorded(ws, crate::ingest::STAGE_DIR, key).await?;
     let pq = |source| DataError::Parquet {
         key: key.into(),
         source,

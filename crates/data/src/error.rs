@@ -122,6 +122,28 @@ pub enum DataError {
     )]
     ClaimLost { stage: String, key: String },
 
+    /// An artifact that is not what its stage wrote: its hash is not the one the stage's
+    /// manifest records (replaced by hand, damaged).
+    #[error(
+        "artifact `{key}` changed since the {stage} stage wrote it (replaced or damaged): its \
+         SHA-256 is {sha256}, but {manifest} records {recorded}. Run that stage again with \
+         --force (`diffrec run` does so by itself)"
+    )]
+    Changed {
+        key: String,
+        stage: String,
+        manifest: String,
+        sha256: String,
+        recorded: String,
+    },
+
+    /// An artifact changed while this process read it: its stage is writing it anew.
+    #[error(
+        "{key} changed while this process read it: the {stage} stage is writing it anew (another \
+         process); run this again once that stage has finished"
+    )]
+    ChangedWhileRead { key: String, stage: String },
+
     #[error("JSON error on `{key}`: {source}")]
     Json {
         key: String,
@@ -175,6 +197,7 @@ impl DataError {
                 | DataError::WorkspaceUrl { .. }
                 | DataError::MissingArtifact { .. }
                 | DataError::BadArtifact { .. }
+                | DataError::Changed { .. }
         ) || self.is_refused()
             || self.is_bad_path()
     }

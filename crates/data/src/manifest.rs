@@ -11,8 +11,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use bytes::Bytes;
+
 use crate::error::{DataError, Result};
-use crate::workspace::Workspace;
+use crate::workspace::{Workspace, sha256_hex};
 
 /// One produced artifact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,6 +28,13 @@ pub struct OutputInfo {
     /// without reading the output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// The store's entity tag of the output as written (manifests written since 2026-12-02's
+    /// thirtieth session): S3's ETag; a local file's inode, modification time and size. The
+    /// same tag now means the same file, checked from the store's metadata; another one (a
+    /// file replaced, or the workspace copied elsewhere) has the output's SHA-256 computed and
+    /// compared with `sha256`. Absent: the SHA-256 is compared every time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e_tag: Option<String>,
 }
 
 /// `<stage dir>/_manifest.json`.
@@ -164,18 +173,78 @@ pub async fn freshness_resolving(
         return Ok(Freshness::Stale("an input changed".into()));
     }
     for (key, info) in &m.outputs {
-        match (ws.size(key).await?, info.bytes) {
-            (None, _) => return Ok(Freshness::Stale(format!("output {key} is missing"))),
-            (Some(now), Some(recorded)) if now != recorded => {
-                return Ok(Freshness::Stale(format!(
-                    "output {key} has {now} bytes, its manifest records {recorded} (damaged or \
-                     replaced)"
-                )));
-            }
-            _ => {}
+        if let Some(why) = output_differs(ws, key, info).await? {
+            return Ok(Freshness::Stale(why));
         }
     }
     Ok(Freshness::UpToDate)
+}
+
+/// Why the output at `key` is not what its stage wrote (`info`), `None` when it is: missing,
+/// of another size, or (where the store's entity tag changed or was not recorded) of another
+/// SHA-256. An output recorded without a size (one a later stage rewrites) only needs to exist.
+async fn output_differs(ws: &Workspace, key: &str, info: &OutputInfo) -> Result<Option<String>> {
+    let Some(meta) = ws.head(key).await? else {
+        return Ok(Some(format!("output {key} is missing")));
+    };
+    let Some(recorded) = info.bytes else {
+        return Ok(None);
+    };
+    if meta.size != recorded {
+        return Ok(Some(format!(
+            "output {key} has {} bytes, its manifest records {recorded} (damaged or replaced)",
+            meta.size
+        )));
+    }
+    if info.e_tag.is_some() && info.e_tag == meta.e_tag {
+        return Ok(None);
+    }
+    let sha = sha256_hex(&ws.get(key).await?);
+    Ok((sha != info.sha256).then(|| {
+        format!(
+            "output {key} is not the file the stage wrote: its SHA-256 differs from its \
+             manifest's record (damaged or replaced)"
+        )
+    }))
+}
+
+/// Reads `key`, an output of the stage in `stage_dir`, checked against the SHA-256 the stage's
+/// manifest records of it: a file replaced or damaged since the stage wrote it is refused,
+/// naming both hashes and the rerun, instead of being read as the stage's output. Without a
+/// manifest, or one that records nothing of `key`, it is read unchecked (the stages refuse a
+/// missing manifest before they read).
+pub async fn read_recorded(ws: &Workspace, stage_dir: &str, key: &str) -> Result<Bytes> {
+    let manifest = manifest_key(stage_dir);
+    let recorded = |m: Option<StageManifest>| {
+        m.and_then(|m| {
+            m.outputs
+                .get(key)
+                .map(|o| (m.stage.clone(), o.sha256.clone()))
+        })
+    };
+    let before = recorded(ws.get_json(&manifest).await?);
+    let bytes = ws.get(key).await?;
+    let Some((stage, want)) = before else {
+        return Ok(bytes);
+    };
+    let sha = sha256_hex(&bytes);
+    if sha == want {
+        return Ok(bytes);
+    }
+    // The stage ran again meanwhile (it removes its manifest, then writes its outputs anew).
+    if recorded(ws.get_json(&manifest).await?) != Some((stage.clone(), want.clone())) {
+        return Err(DataError::ChangedWhileRead {
+            key: key.to_owned(),
+            stage,
+        });
+    }
+    Err(DataError::Changed {
+        key: key.to_owned(),
+        stage,
+        manifest,
+        sha256: sha,
+        recorded: want,
+    })
 }
 
 /// Outputs that describe how a stage ran, not the data a later stage reads (`data/source.json`:

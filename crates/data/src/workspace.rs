@@ -438,12 +438,17 @@ impl Workspace {
     pub async fn get(&self, key: &str) -> Result<Bytes> {
         match self.store.get(&self.path(key)).await {
             Ok(r) => r.bytes().await.map_err(Self::store_err(key)),
-            Err(object_store::Error::NotFound { .. }) => Err(DataError::MissingArtifact {
-                workspace: self.url.clone(),
-                key: key.to_owned(),
-                hint: "run the stage that writes it first".into(),
-            }),
+            Err(object_store::Error::NotFound { .. }) => Err(self.missing(key)),
             Err(e) => Err(Self::store_err(key)(e)),
+        }
+    }
+
+    /// The error for an artifact that is not there.
+    fn missing(&self, key: &str) -> DataError {
+        DataError::MissingArtifact {
+            workspace: self.url.clone(),
+            key: key.to_owned(),
+            hint: "run the stage that writes it first".into(),
         }
     }
 
@@ -541,18 +546,20 @@ impl Workspace {
 
     /// Writes `bytes` to `key` atomically: through a temporary key, then a rename; on S3 in
     /// place, in parts above 10 MiB ([`Self::writes_in_place`]).
-    pub async fn put_atomic(&self, key: &str, bytes: impl Into<Bytes>) -> Result<()> {
+    pub async fn put_atomic(&self, key: &str, bytes: impl Into<PutPayload>) -> Result<()> {
+        let payload: PutPayload = bytes.into();
         if self.writes_in_place() {
             let mut sink = BufWriter::new(self.store.clone(), self.path(key));
             // A part at a time: `BufWriter` then waits for room (8 parts in flight), where one
             // `put` of the whole would start every part's upload at once.
-            let bytes: Bytes = bytes.into();
             let mut written = Ok(());
-            for start in (0..bytes.len()).step_by(PART) {
-                let part = bytes.slice(start..(start + PART).min(bytes.len()));
-                written = sink.put(part).await.map_err(Self::store_err(key));
-                if written.is_err() {
-                    break;
+            'pieces: for piece in &payload {
+                for start in (0..piece.len()).step_by(PART) {
+                    let part = piece.slice(start..(start + PART).min(piece.len()));
+                    written = sink.put(part).await.map_err(Self::store_err(key));
+                    if written.is_err() {
+                        break 'pieces;
+                    }
                 }
             }
             if written.is_err() {
@@ -569,10 +576,15 @@ impl Workspace {
         }
         let tmp = Self::temp_key(key);
         self.store
-            .put(&self.path(&tmp), PutPayload::from_bytes(bytes.into()))
+            .put(&self.path(&tmp), payload)
             .await
             .map_err(Self::store_err(&tmp))?;
         self.commit(&tmp, key).await
+    }
+
+    /// [`Self::put_atomic`] of the concatenation of `parts`, without building it in memory.
+    pub async fn put_atomic_parts(&self, key: &str, parts: Vec<Bytes>) -> Result<()> {
+        self.put_atomic(key, PutPayload::from_iter(parts)).await
     }
 
     /// Writes record batches as one Parquet file at `key`, atomically, streaming through
@@ -673,20 +685,29 @@ impl Workspace {
             })
     }
 
-    /// What a stage manifest records of an output it wrote: its hash and size (and `rows`).
+    /// What a stage manifest records of an output it wrote: its hash, size and entity tag
+    /// (and `rows`), from one read.
     pub async fn output_info(&self, key: &str, rows: Option<u64>) -> Result<OutputInfo> {
-        let bytes = self.get(key).await?;
+        let read = match self.store.get(&self.path(key)).await {
+            Ok(read) => read,
+            Err(object_store::Error::NotFound { .. }) => return Err(self.missing(key)),
+            Err(e) => return Err(Self::store_err(key)(e)),
+        };
+        let e_tag = read.meta.e_tag.clone();
+        let bytes = read.bytes().await.map_err(Self::store_err(key))?;
         Ok(OutputInfo {
             sha256: sha256_hex(&bytes),
             rows,
             bytes: Some(bytes.len() as u64),
+            e_tag,
         })
     }
 
-    /// An artifact's size in bytes from the store's metadata; `None` when it is absent.
-    pub async fn size(&self, key: &str) -> Result<Option<u64>> {
+    /// An artifact's metadata (size, entity tag) from the store, without reading it; `None`
+    /// when it is absent.
+    pub async fn head(&self, key: &str) -> Result<Option<object_store::ObjectMeta>> {
         match self.store.head(&self.path(key)).await {
-            Ok(meta) => Ok(Some(meta.size)),
+            Ok(meta) => Ok(Some(meta)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(Self::store_err(key)(e)),
         }

@@ -6,8 +6,12 @@
 //! Layout: `DRCK` magic, then three or four length-prefixed (u64 LE) sections: state JSON, model
 //! record, optimizer record (empty for `best`) and, when `train.ema_decay` is set, the parameter
 //! average's record (`latest` only; `best` holds the average as its model). Checkpoints written
-//! before the fourth section existed have three and still load.
+//! before the fourth section existed have three and still load. The state records the SHA-256
+//! of the sections after it (`sections_sha256`), which [`decode`] checks: a byte changed in the
+//! tensors is refused, not trained on or served (checkpoints written before it was recorded
+//! load unchecked).
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use diffrec_model::StepSampler;
@@ -55,6 +59,11 @@ pub struct TrainState {
     /// resume names what changed from it. Null in checkpoints written before the field existed.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub fingerprinted: serde_json::Value,
+    /// SHA-256 (hex) of the checkpoint's sections after the state, as framed ([`frame`]):
+    /// set by [`encode`], checked by [`decode`]. Empty in checkpoints written before 2026-12-02's
+    /// thirtieth session, which load unchecked.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sections_sha256: String,
 }
 
 /// This binary's name and version, as checkpoints record their writer.
@@ -128,25 +137,75 @@ pub struct Checkpoint {
     pub ema: Option<Vec<u8>>,
 }
 
-/// Serialises a checkpoint.
+/// Serialises a checkpoint, its state recording the sections' hash: [`encode_parts`], joined.
 pub fn encode(
     state: &TrainState,
     model: &[u8],
     optim: &[u8],
     ema: Option<&[u8]>,
 ) -> Result<Vec<u8>, TrainError> {
-    let json = serde_json::to_vec(state).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-    let mut out = MAGIC.to_vec();
-    match ema {
-        Some(ema) => out.extend(frame(&[&json, model, optim, ema])),
-        None => out.extend(frame(&[&json, model, optim])),
-    }
-    Ok(out)
+    let parts = encode_parts(
+        state,
+        Bytes::copy_from_slice(model),
+        Bytes::copy_from_slice(optim),
+        ema.map(Bytes::copy_from_slice),
+    )?;
+    Ok(parts.concat())
 }
 
-/// Splits a checkpoint into its parts.
+/// A checkpoint as the pieces of its layout, the sections as given (not copied): written as
+/// one object from them, it takes no second copy of the model and optimizer records in memory
+/// (at 12 bytes a parameter with AdamW, the largest allocation of a large model's training).
+pub fn encode_parts(
+    state: &TrainState,
+    model: Bytes,
+    optim: Bytes,
+    ema: Option<Bytes>,
+) -> Result<Vec<Bytes>, TrainError> {
+    let sections: Vec<Bytes> = [model, optim].into_iter().chain(ema).collect();
+    let views: Vec<&[u8]> = sections.iter().map(|b| &b[..]).collect();
+    let state = TrainState {
+        sections_sha256: sections_digest(&views),
+        ..state.clone()
+    };
+    let json = serde_json::to_vec(&state).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+    let mut head = MAGIC.to_vec();
+    head.extend(frame(&[&json]));
+    let mut parts = vec![Bytes::from(head)];
+    for section in sections {
+        parts.push(Bytes::copy_from_slice(
+            &(section.len() as u64).to_le_bytes(),
+        ));
+        parts.push(section);
+    }
+    Ok(parts)
+}
+
+/// SHA-256 (hex) of `parts` as [`frame`] lays them out, without building the frame.
+fn sections_digest(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Splits a checkpoint, read whole, into its parts; one that does not decode, or whose
+/// sections do not match the hash its state records, is [`TrainError::Damaged`].
 pub fn decode(bytes: &[u8]) -> Result<Checkpoint, TrainError> {
-    let mut parts = unframe_all(after_magic(bytes)?)?.into_iter();
+    let damaged = |e: TrainError| match e {
+        TrainError::Checkpoint(what) => TrainError::Damaged(what),
+        other => other,
+    };
+    let mut parts = unframe_all(after_magic(bytes).map_err(damaged)?)
+        .map_err(damaged)?
+        .into_iter();
     let (Some(json), Some(model), Some(optim), ema, None) = (
         parts.next(),
         parts.next(),
@@ -154,11 +213,25 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint, TrainError> {
         parts.next(),
         parts.next(),
     ) else {
-        return Err(TrainError::Checkpoint(
+        return Err(TrainError::Damaged(
             "a checkpoint has three or four sections".to_owned(),
         ));
     };
-    let state = parse_state(&json)?;
+    let state = parse_state(&json).map_err(damaged)?;
+    if !state.sections_sha256.is_empty() {
+        let sections: Vec<&[u8]> = [&model[..], &optim[..]]
+            .into_iter()
+            .chain(ema.as_deref())
+            .collect();
+        let got = sections_digest(&sections);
+        if got != state.sections_sha256 {
+            return Err(TrainError::Damaged(format!(
+                "its model and optimizer sections do not match the SHA-256 its state records \
+                 ({got} vs {}): the file was changed or damaged since it was written",
+                state.sections_sha256
+            )));
+        }
+    }
     Ok(Checkpoint {
         state,
         model,
@@ -222,6 +295,7 @@ mod tests {
                 cluster_weights: vec![],
                 written_by: by.into(),
                 fingerprinted: serde_json::Value::Null,
+                sections_sha256: String::new(),
             })
             .unwrap();
             // Written before the field existed: no key at all.
@@ -244,6 +318,8 @@ mod tests {
         );
     }
 
+    use diffrec_data::workspace::sha256_hex;
+
     #[test]
     fn round_trips_and_refuses_truncation() {
         let state = TrainState {
@@ -260,15 +336,46 @@ mod tests {
             cluster_weights: vec![1, 2],
             written_by: this_diffrec(),
             fingerprinted: serde_json::json!({"config": {"model": {"variant": "diffrec"}}}),
+            sections_sha256: String::new(),
         };
         let b = encode(&state, b"model", b"opt", None).unwrap();
         let c = decode(&b).unwrap();
+        // The state as given, and the hash of the sections as laid out after it.
+        let tail = &b[b.len() - frame(&[b"model", b"opt"]).len()..];
+        assert_eq!(c.state.sections_sha256, sha256_hex(tail));
         assert_eq!(
             (c.state, c.model.as_slice(), c.optim.as_slice(), c.ema),
-            (state.clone(), &b"model"[..], &b"opt"[..], None)
+            (
+                TrainState {
+                    sections_sha256: sha256_hex(tail),
+                    ..state.clone()
+                },
+                &b"model"[..],
+                &b"opt"[..],
+                None
+            )
         );
         assert!(decode(&b[..b.len() - 1]).is_err());
-        assert!(decode(b"nope").is_err());
+        assert!(matches!(decode(b"nope"), Err(TrainError::Damaged(_))));
+        // The pieces are the layout, the sections themselves among them.
+        let model = Bytes::from_static(b"model");
+        let parts = encode_parts(&state, model.clone(), Bytes::new(), None).unwrap();
+        assert_eq!(parts.concat(), encode(&state, b"model", b"", None).unwrap());
+        assert_eq!(parts[2].as_ptr(), model.as_ptr());
+        // A byte changed in a section (same size) is refused; in one written before the hash
+        // was recorded it is not seen.
+        let mut flipped = b.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        let e = decode(&flipped).unwrap_err();
+        assert!(
+            matches!(&e, TrainError::Damaged(m) if m.contains("do not match the SHA-256")),
+            "{e}"
+        );
+        let old = |sections: &[&[u8]]| {
+            let json = serde_json::to_vec(&state).unwrap();
+            [&MAGIC[..], &frame(&[&json]), &frame(sections)].concat()
+        };
+        assert_eq!(decode(&old(&[b"modeL", b"opt"])).unwrap().model, b"modeL");
         let b = encode(&state, b"model", b"", Some(b"avg")).unwrap();
         let c = decode(&b).unwrap();
         assert_eq!(

@@ -9,6 +9,11 @@ pub enum TrainError {
     Model(String),
     #[error("checkpoint error: {0}")]
     Checkpoint(String),
+    /// A checkpoint read whole that is not what training wrote: cut short, of another layout,
+    /// or its tensors not matching the SHA-256 its state records. Every checkpoint write is
+    /// atomic, so a hand or a disk did it, and a retry reads the same bytes.
+    #[error("checkpoint damaged: {0}")]
+    Damaged(String),
     /// A checkpoint does not fit the configured model (its parameters' shapes, its variant or
     /// its items differ).
     #[error("{checkpoint} does not fit the configured model: {why}. {hint}")]
@@ -47,7 +52,9 @@ impl TrainError {
             TrainError::ModelMismatch { checkpoint, .. } => {
                 *checkpoint = format!("{checkpoint} in {key}");
             }
-            TrainError::Checkpoint(what) => *what = format!("{key}: {what}"),
+            TrainError::Checkpoint(what) | TrainError::Damaged(what) => {
+                *what = format!("{key}: {what}")
+            }
             _ => {}
         }
         self
@@ -75,6 +82,7 @@ impl TrainError {
             TrainError::Model(_)
             | TrainError::ModelMismatch { .. }
             | TrainError::BackendMissing(_)
+            | TrainError::Damaged(_)
             | TrainError::Input(_) => true,
             // Also a checkpoint read while another process replaces it, and failures to
             // encode one: not only damage, so a retry stays allowed.

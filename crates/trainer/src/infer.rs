@@ -49,10 +49,12 @@ pub async fn load_best<B: Backend>(
     if let Some(want) = expect_sha256 {
         let got = sha256_hex(&bytes);
         if got != want {
-            return Err(TrainError::Checkpoint(format!(
+            return Err(TrainError::Damaged(format!(
                 "{} is not the file training finished with: its SHA-256 is {got}, the run's \
-                 manifest records {want}. It was changed or damaged since; train the run again \
-                 (`--force`)",
+                 manifest records {want}. It was changed or damaged since. Run the train stage \
+                 again (`diffrec run`): it rebuilds the file from the latest checkpoint where \
+                 that holds the best epoch, and says so where it cannot (then train the run \
+                 anew with --force)",
                 best_key(run)
             )));
         }

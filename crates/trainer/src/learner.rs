@@ -161,7 +161,23 @@ fn adamw<B: AutodiffBackend, M: AutodiffModule<B>>(weight_decay: f64) -> AdamWOf
 pub(crate) fn record_bytes<B: Backend, R: burn::record::Record<B>>(
     record: R,
 ) -> Result<Vec<u8>, TrainError> {
-    recorder().record(record, ()).map_err(ckpt_err)
+    recorder().record(record, ()).map_err(|e| {
+        // Seen only where memory ran short (an address-space limit): the writer's buffer in
+        // memory failed to grow.
+        let out_of_memory = e.to_string().contains("MessagePack value");
+        let e = ckpt_err(e);
+        match (out_of_memory, e) {
+            (true, TrainError::Checkpoint(what)) => TrainError::Checkpoint(format!(
+                "{what}: encoding a checkpoint's records failed, most likely for want of memory \
+                 (this process holds \
+                 {} now; the train stage's first log lines say what the model needs): narrower \
+                 model.denoiser.dims (L-DiffRec: model.autoencoder.dims), or more memory (a \
+                 higher ulimit -v or container limit)",
+                crate::memory::size(crate::memory::rss_bytes())
+            )),
+            (_, e) => e,
+        }
+    })
 }
 
 /// The record of a model of any variant (what `best.ckpt` and the parameter average hold).

@@ -18,6 +18,7 @@ pub mod error;
 mod flex;
 pub mod infer;
 mod learner;
+pub mod memory;
 mod optim;
 pub mod parallel;
 pub mod pool;

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use bytes::Bytes;
 use diffrec_data::claim::{Claim, Holder};
 use diffrec_data::manifest::manifest_key;
 use diffrec_data::{CsrMatrix, SplitMatrices, Workspace};
@@ -23,8 +24,8 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
-    Checkpoint, Evaluation, STATE_AT, TrainState, decode, decode_state, encode, state_range,
-    this_diffrec,
+    Checkpoint, Evaluation, STATE_AT, TrainState, decode, decode_state, encode, encode_parts,
+    state_range, this_diffrec,
 };
 use crate::config::Parallel;
 use crate::config::TrainConfig;
@@ -514,6 +515,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
     let input = model_input(&data.train, spec.model.variant);
     let n_items = data.n_items;
     let params = learner.params();
+    report_size(params, cfg.ema_decay.is_some());
     // With several nodes every node trains and evaluates the same way (so that they stop
     // together); only node 0 writes the run's artifacts.
     let writer = cfg.node_rank == 0;
@@ -534,6 +536,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
         cluster_weights: clusters.map(|c| c.weights().to_vec()).unwrap_or_default(),
         written_by: this_diffrec(),
         fingerprinted: spec.fingerprinted.clone(),
+        sections_sha256: String::new(),
     };
     // The run is claimed before its latest checkpoint is read, and each epoch's writes first
     // check that no other process has claimed it since (`ensure_sole_writer`).
@@ -777,22 +780,21 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
             // best epoch is its own epoch, and the resume rebuilds `best` from it
             // (`repair_best`). The other order could leave a `best` that no recorded
             // evaluation selected.
-            let model_bytes = learner.model_bytes()?;
-            ws.put_atomic(
-                &latest_key(&spec.run),
-                encode(
-                    &state,
-                    &model_bytes,
-                    &learner.optim_bytes()?,
-                    avg_bytes.as_deref(),
-                )?,
-            )
-            .await?;
+            // Written from the records' own buffers (`encode_parts`): no copy of them.
+            let model_bytes = Bytes::from(learner.model_bytes()?);
+            let avg_bytes = avg_bytes.map(Bytes::from);
+            let latest = encode_parts(
+                &state,
+                model_bytes.clone(),
+                Bytes::from(learner.optim_bytes()?),
+                avg_bytes.clone(),
+            )?;
+            ws.put_atomic_parts(&latest_key(&spec.run), latest).await?;
             if state.best_epoch == epoch {
                 // The model that was evaluated: the average when there is one.
-                let evaluated = avg_bytes.as_deref().unwrap_or(&model_bytes);
-                ws.put_atomic(&best_key(&spec.run), encode(&state, evaluated, &[], None)?)
-                    .await?;
+                let evaluated = avg_bytes.unwrap_or(model_bytes);
+                let best = encode_parts(&state, evaluated, Bytes::new(), None)?;
+                ws.put_atomic_parts(&best_key(&spec.run), best).await?;
             }
         }
         epoch += 1;
@@ -952,11 +954,20 @@ async fn repair_best(
         return Ok(());
     }
     let key = best_key(run);
-    // A damaged `best` counts as a missing one; a store that cannot be read is an error.
-    let held = match read_state(ws, &key).await {
-        Ok(state) => state.map(|s| s.epoch),
-        Err(TrainError::Checkpoint(_)) => None,
-        Err(e) => return Err(e),
+    // Read whole and decoded (its hash checked): a damaged `best`, or another run's copied
+    // over it (its history not the start of this run's: other losses, other evaluations),
+    // counts as a missing one; a store that cannot be read is an error. Not the fingerprint:
+    // a run resumed across an upgrade that changed it keeps a `best` of the earlier one.
+    let ours = |b: &TrainState| {
+        latest.losses.starts_with(&b.losses) && latest.evaluations.starts_with(&b.evaluations)
+    };
+    let held = match ws.get_if_present(&key).await? {
+        None => None,
+        Some(bytes) => match decode(&bytes) {
+            Ok(best) if ours(&best.state) => Some(best.state.epoch),
+            Ok(_) | Err(TrainError::Damaged(_) | TrainError::Checkpoint(_)) => None,
+            Err(e) => return Err(e),
+        },
     };
     if latest.best_epoch != latest.epoch {
         // Only the best epoch's own checkpoint holds its model: one lost (deleted, damaged)
@@ -969,7 +980,7 @@ async fn repair_best(
             "{key} {}, and the run's best epoch is {} while its latest checkpoint holds epoch \
              {}: the best model is lost. Train the run anew (--force)",
             match held {
-                None => "is missing or unreadable".to_owned(),
+                None => "is missing, damaged or another run's".to_owned(),
                 Some(epoch) => format!("holds epoch {epoch}"),
             },
             latest.best_epoch,
@@ -983,8 +994,8 @@ async fn repair_best(
             best_epoch = latest.best_epoch,
             held = ?held,
             "train: {key} does not hold the best epoch (the run stopped before it was written, \
-             or it was deleted or damaged since); rebuilding it from the latest checkpoint, which \
-             is of that epoch"
+             or it was deleted, damaged or replaced since); rebuilding it from the latest \
+             checkpoint, which is of that epoch"
         );
         ws.put_atomic(&key, encode(latest, evaluated, &[], None)?)
             .await?;
@@ -1137,6 +1148,22 @@ async fn write_metrics(
     Ok(())
 }
 
+/// Logs the model's size and its checkpoint's, and warns where its training cannot fit the
+/// memory this process may use ([`crate::memory::shortfall`]).
+fn report_size(params: usize, averaged: bool) {
+    use crate::memory;
+    tracing::info!(
+        params,
+        "train: the model has {params} parameters; its latest checkpoint takes {}",
+        memory::size(memory::checkpoint_bytes(params, averaged))
+    );
+    let limits = memory::process_limits();
+    let rss = memory::rss_bytes();
+    if let Some(warning) = memory::shortfall(params, averaged, rss, &limits, memory::available()) {
+        tracing::warn!("train: {warning}");
+    }
+}
+
 /// Peak resident set size of this process (Linux `VmHWM`), 0 where unknown.
 pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -1186,6 +1213,7 @@ mod tests {
             cluster_weights: vec![],
             written_by: this_diffrec(),
             fingerprinted: serde_json::Value::Null,
+            sections_sha256: String::new(),
         };
         let cfg = |epochs, patience| TrainConfig {
             epochs,
