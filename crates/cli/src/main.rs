@@ -42,7 +42,7 @@ const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DIFFREC_BUI
 /// What the exit codes mean, for schedulers' retry rules (also in the README).
 const EXIT_STATUS: &str = "Exit status:\n  \
     0    done\n  \
-    2    fix the pipeline, the data or the arguments (the message names what, and how to fix it); also a workspace the process may not write (permissions, a read-only file system, S3's 403) or a local path it cannot take (a file where a folder must be, a name too long) and an artifact replaced or damaged since it was written (a JSON file that does not parse, a data file or checkpoint whose SHA-256 is not the recorded one; the message says what to rerun): running again meets the same\n  \
+    2    fix the pipeline, the data or the arguments (the message names what, and how to fix it); also a workspace the process may not write (permissions, a read-only file system, S3's 401 or 403, an unknown access key) or a local path it cannot take (a file where a folder must be, a name too long) and an artifact replaced or damaged since it was written (a JSON file that does not parse, a data file or checkpoint whose SHA-256 is not the recorded one; the message says what to rerun): running again meets the same\n  \
     1    any other failure (a full disk or a file size limit, a lost connection, an S3 error, another process that took the run over): running again is safe and resumes\n  \
     143  stopped by SIGTERM, 130 by SIGINT: what was written is kept, and running again resumes (the orchestrator ends with 0)\n  \
     137  killed (SIGKILL), with no message: a container's memory limit (the kernel's OOM killer) or a scheduler; running again resumes\n  \

@@ -2703,6 +2703,13 @@ fn replaced_artifacts_are_refused_then_made_anew() {
         &[],
         "runs/g/_manifest.json is not run `g`'s: it records runs/h/",
     );
+    // `diffrec run` does not take the copy for the run's own outputs: it trains `g`.
+    let out = run_until_train(&p, &ws, &[]);
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("train: best epoch") && !t.contains("train: up to"),
+        "{t}"
+    );
     std::fs::remove_dir_all(&g).unwrap();
     std::fs::rename(&kept, &g).unwrap();
 

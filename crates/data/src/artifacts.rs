@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::csr::CsrMatrix;
 use crate::error::{DataError, Result};
-use crate::manifest::read_recorded;
+use crate::manifest::{Recorded, read_recorded};
 use crate::workspace::Workspace;
 
 pub const INTERACTIONS: &str = "data/interactions.parquet";
@@ -112,8 +112,8 @@ pub struct SplitMatrices {
 }
 
 /// `data/stats.json`, checked against the ingest manifest like the Parquet files.
-async fn read_stats(ws: &Workspace) -> Result<DatasetStats> {
-    match read_recorded(ws, crate::ingest::STAGE_DIR, STATS).await {
+async fn read_stats(ws: &Workspace, recorded: &Recorded) -> Result<DatasetStats> {
+    match recorded.read(ws, STATS).await {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| DataError::BadArtifact {
             key: STATS.into(),
             message: format!(
@@ -133,8 +133,11 @@ async fn read_stats(ws: &Workspace) -> Result<DatasetStats> {
 /// Reads `data/interactions.parquet` into per-split CSR matrices (rows sorted by item index),
 /// each file checked against what the ingest manifest records of it.
 pub async fn load_splits(ws: &Workspace) -> Result<SplitMatrices> {
-    let stats = read_stats(ws).await?;
-    let bytes = read_recorded(ws, crate::ingest::STAGE_DIR, INTERACTIONS).await?;
+    // One reading of the manifest for both: a re-ingest between the two cannot pair one
+    // ingest's stats with another's interactions.
+    let recorded = Recorded::load(ws, crate::ingest::STAGE_DIR).await?;
+    let stats = read_stats(ws, &recorded).await?;
+    let bytes = recorded.read(ws, INTERACTIONS).await?;
     let pq = |source| DataError::Parquet {
         key: INTERACTIONS.into(),
         source,

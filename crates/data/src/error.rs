@@ -428,7 +428,7 @@ mod tests {
         for passing in [
             format!("{status}400 Bad Request: {}", code("RequestTimeout")),
             format!("{status}503 Service Unavailable: {}", code("SlowDown")),
-            format!("error sending request: 403 Forbidden"),
+            "error sending request: 403 Forbidden".to_owned(),
         ] {
             assert!(!answer(&passing).is_input(), "{passing}");
         }

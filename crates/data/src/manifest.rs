@@ -172,6 +172,14 @@ pub async fn freshness_resolving(
     if &m.inputs != inputs {
         return Ok(Freshness::Stale("an input changed".into()));
     }
+    // A stage folder copied or renamed from another (a run's, `runs/h` as `runs/g`) keeps the
+    // other's manifest: its outputs are not this stage's, however intact they are.
+    let own = format!("{}/", stage_dir.trim_end_matches('/'));
+    if let Some(other) = m.outputs.keys().find(|k| !k.starts_with(&own)) {
+        return Ok(Freshness::Stale(format!(
+            "its manifest records {other}, another folder's output (copied or renamed from there)"
+        )));
+    }
     for (key, info) in &m.outputs {
         if let Some(why) = output_differs(ws, key, info).await? {
             return Ok(Freshness::Stale(why));
@@ -181,11 +189,14 @@ pub async fn freshness_resolving(
 }
 
 /// Why the output at `key` is not what its stage wrote (`info`), `None` when it is: missing,
-/// of another size, or (where the store's entity tag changed or was not recorded) of another
-/// SHA-256. An output recorded without a size (one a later stage rewrites) only needs to exist.
+/// of another size, or (where the store's entity tag recorded since 2026-12-02 differs: a file
+/// replaced, or the workspace copied elsewhere) of another SHA-256. An output recorded without
+/// a size (one a later stage rewrites) only needs to exist; one recorded without an entity tag
+/// (an older manifest) is compared by size alone, as when it was written.
 async fn output_differs(ws: &Workspace, key: &str, info: &OutputInfo) -> Result<Option<String>> {
+    let missing = || Some(format!("output {key} is missing"));
     let Some(meta) = ws.head(key).await? else {
-        return Ok(Some(format!("output {key} is missing")));
+        return Ok(missing());
     };
     let Some(recorded) = info.bytes else {
         return Ok(None);
@@ -196,55 +207,74 @@ async fn output_differs(ws: &Workspace, key: &str, info: &OutputInfo) -> Result<
             meta.size
         )));
     }
-    if info.e_tag.is_some() && info.e_tag == meta.e_tag {
+    if info.e_tag.is_none() || info.e_tag == meta.e_tag {
         return Ok(None);
     }
-    let sha = sha256_hex(&ws.get(key).await?);
-    Ok((sha != info.sha256).then(|| {
-        format!(
+    // Deleted since the metadata was read (a stage running again): missing, not an error.
+    Ok(match ws.sha256(key).await? {
+        None => missing(),
+        Some(sha) if sha != info.sha256 => Some(format!(
             "output {key} is not the file the stage wrote: its SHA-256 differs from its \
              manifest's record (damaged or replaced)"
-        )
-    }))
+        )),
+        Some(_) => None,
+    })
 }
 
-/// Reads `key`, an output of the stage in `stage_dir`, checked against the SHA-256 the stage's
-/// manifest records of it: a file replaced or damaged since the stage wrote it is refused,
-/// naming both hashes and the rerun, instead of being read as the stage's output. Without a
-/// manifest, or one that records nothing of `key`, it is read unchecked (the stages refuse a
-/// missing manifest before they read).
-pub async fn read_recorded(ws: &Workspace, stage_dir: &str, key: &str) -> Result<Bytes> {
-    let manifest = manifest_key(stage_dir);
-    let recorded = |m: Option<StageManifest>| {
-        m.and_then(|m| {
-            m.outputs
-                .get(key)
-                .map(|o| (m.stage.clone(), o.sha256.clone()))
-        })
-    };
-    let before = recorded(ws.get_json(&manifest).await?);
-    let bytes = ws.get(key).await?;
-    let Some((stage, want)) = before else {
-        return Ok(bytes);
-    };
-    let sha = sha256_hex(&bytes);
-    if sha == want {
-        return Ok(bytes);
+/// A stage's manifest as read once, to read several of its outputs checked against it
+/// ([`Recorded::read`]): all of them then belong to the same run of the stage.
+pub struct Recorded {
+    key: String,
+    manifest: Option<StageManifest>,
+}
+
+impl Recorded {
+    /// Reads the manifest of the stage in `stage_dir` (none is `None`: reads go unchecked).
+    pub async fn load(ws: &Workspace, stage_dir: &str) -> Result<Self> {
+        let key = manifest_key(stage_dir);
+        let manifest = ws.get_json(&key).await?;
+        Ok(Recorded { key, manifest })
     }
-    // The stage ran again meanwhile (it removes its manifest, then writes its outputs anew).
-    if recorded(ws.get_json(&manifest).await?) != Some((stage.clone(), want.clone())) {
-        return Err(DataError::ChangedWhileRead {
+
+    /// Reads `key`, an output of the stage, checked against the SHA-256 the manifest records
+    /// of it: a file replaced or damaged since the stage wrote it is refused
+    /// ([`DataError::Changed`], naming both hashes and the rerun) instead of being read as the
+    /// stage's output; one that changed because the stage runs again meanwhile (its manifest
+    /// is gone or another now) is [`DataError::ChangedWhileRead`]. Without a manifest, or one
+    /// that records nothing of `key`, it is read unchecked (the stages refuse a missing
+    /// manifest before they read).
+    pub async fn read(&self, ws: &Workspace, key: &str) -> Result<Bytes> {
+        let bytes = ws.get(key).await?;
+        let Some((m, info)) = self
+            .manifest
+            .as_ref()
+            .and_then(|m| Some((m, m.outputs.get(key)?)))
+        else {
+            return Ok(bytes);
+        };
+        let sha = sha256_hex(&bytes);
+        if sha == info.sha256 {
+            return Ok(bytes);
+        }
+        if ws.get_json::<StageManifest>(&self.key).await?.as_ref() != Some(m) {
+            return Err(DataError::ChangedWhileRead {
+                key: key.to_owned(),
+                stage: m.stage.clone(),
+            });
+        }
+        Err(DataError::Changed {
             key: key.to_owned(),
-            stage,
-        });
+            stage: m.stage.clone(),
+            manifest: self.key.clone(),
+            sha256: sha,
+            recorded: info.sha256.clone(),
+        })
     }
-    Err(DataError::Changed {
-        key: key.to_owned(),
-        stage,
-        manifest,
-        sha256: sha,
-        recorded: want,
-    })
+}
+
+/// [`Recorded::read`] of one output of the stage in `stage_dir`.
+pub async fn read_recorded(ws: &Workspace, stage_dir: &str, key: &str) -> Result<Bytes> {
+    Recorded::load(ws, stage_dir).await?.read(ws, key).await
 }
 
 /// Outputs that describe how a stage ran, not the data a later stage reads (`data/source.json`:
@@ -270,4 +300,88 @@ pub async fn upstream_hashes(
                 .map(|(k, v)| (k, v.sha256))
                 .collect()
         }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A local stage folder with one output and its manifest; returns the workspace's folder.
+    async fn stage(dir: &std::path::Path) -> Workspace {
+        let ws = Workspace::open(dir.to_str().unwrap()).unwrap();
+        ws.put_atomic("s/out.bin", &b"the stage's output"[..])
+            .await
+            .unwrap();
+        let info = ws.output_info("s/out.bin", None).await.unwrap();
+        assert!(info.e_tag.is_some(), "a local file has an entity tag");
+        let now = Utc::now();
+        let m = StageManifest {
+            stage: "s".into(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            config: serde_json::json!({}),
+            inputs: BTreeMap::new(),
+            outputs: [("s/out.bin".to_owned(), info)].into(),
+            started_at: now,
+            finished_at: now,
+            build: None,
+            upstream: BTreeMap::new(),
+            rules: 0,
+        };
+        ws.put_json(&manifest_key("s"), &m).await.unwrap();
+        ws
+    }
+
+    async fn fresh(ws: &Workspace) -> Freshness {
+        freshness(ws, "s", &serde_json::json!({}), &BTreeMap::new())
+            .await
+            .unwrap()
+    }
+
+    /// The entity tag decides alone while it matches; where it differs (a copy of the
+    /// workspace: other inodes) the content does; a byte changed in place (same size) makes
+    /// the stage stale, and reading the output through its manifest is refused.
+    #[tokio::test]
+    async fn outputs_are_checked_by_tag_then_content() {
+        let dir = std::env::temp_dir().join(format!("diffrec-fresh-{}", rand::random::<u32>()));
+        let ws = stage(&dir).await;
+        assert_eq!(fresh(&ws).await, Freshness::UpToDate);
+        let copy = dir.with_extension("copy");
+        std::fs::create_dir_all(copy.join("s")).unwrap();
+        for f in ["s/out.bin", "s/_manifest.json"] {
+            std::fs::copy(dir.join(f), copy.join(f)).unwrap();
+        }
+        let copied = Workspace::open(copy.to_str().unwrap()).unwrap();
+        let tags = [&ws, &copied].map(|w| w.head("s/out.bin"));
+        let [a, b] = tags;
+        let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+        assert_ne!(a.e_tag, b.e_tag, "another file, another tag");
+        assert_eq!(fresh(&copied).await, Freshness::UpToDate);
+        assert_eq!(
+            &read_recorded(&copied, "s", "s/out.bin").await.unwrap()[..],
+            b"the stage's output"
+        );
+
+        std::fs::write(copy.join("s/out.bin"), b"the stage's outpuT").unwrap();
+        let Freshness::Stale(why) = fresh(&copied).await else {
+            panic!("a changed byte went unseen");
+        };
+        assert!(why.contains("is not the file the stage wrote"), "{why}");
+        let e = read_recorded(&copied, "s", "s/out.bin").await.unwrap_err();
+        assert!(
+            matches!(e, DataError::Changed { .. }) && e.is_input(),
+            "{e}"
+        );
+        // A manifest from before entity tags were recorded: the size alone, as then.
+        let mut m: StageManifest = copied.get_json(&manifest_key("s")).await.unwrap().unwrap();
+        m.outputs.get_mut("s/out.bin").unwrap().e_tag = None;
+        copied.put_json(&manifest_key("s"), &m).await.unwrap();
+        assert_eq!(fresh(&copied).await, Freshness::UpToDate);
+        // A folder whose manifest records another folder's outputs is stale, intact or not.
+        m.outputs = [("t/out.bin".to_owned(), m.outputs["s/out.bin"].clone())].into();
+        copied.put_json(&manifest_key("s"), &m).await.unwrap();
+        assert!(matches!(fresh(&copied).await, Freshness::Stale(w) if w.contains("t/out.bin")));
+        for d in [dir, copy] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
 }

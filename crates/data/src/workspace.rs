@@ -703,6 +703,29 @@ impl Workspace {
         })
     }
 
+    /// The SHA-256 (hex) of an artifact, read as a stream (a checkpoint of gigabytes is never
+    /// whole in memory); `None` when it is absent.
+    pub async fn sha256(&self, key: &str) -> Result<Option<String>> {
+        use sha2::Digest;
+        let read = match self.store.get(&self.path(key)).await {
+            Ok(read) => read,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Self::store_err(key)(e)),
+        };
+        let mut hasher = Sha256::new();
+        let mut chunks = read.into_stream();
+        while let Some(chunk) = chunks.try_next().await.map_err(Self::store_err(key))? {
+            hasher.update(&chunk);
+        }
+        Ok(Some(
+            hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        ))
+    }
+
     /// An artifact's metadata (size, entity tag) from the store, without reading it; `None`
     /// when it is absent.
     pub async fn head(&self, key: &str) -> Result<Option<object_store::ObjectMeta>> {

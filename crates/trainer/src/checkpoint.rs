@@ -95,11 +95,13 @@ pub fn frame(parts: &[&[u8]]) -> Vec<u8> {
 /// The `n` parts of a [`frame`]d buffer.
 pub fn unframe(bytes: &[u8], n: usize) -> Result<Vec<Vec<u8>>, TrainError> {
     let mut pos = 0;
-    (0..n).map(|_| next_part(bytes, &mut pos)).collect()
+    (0..n)
+        .map(|_| next_part(bytes, &mut pos).map(<[u8]>::to_vec))
+        .collect()
 }
 
-/// Every part of a [`frame`]d buffer, up to its end.
-fn unframe_all(bytes: &[u8]) -> Result<Vec<Vec<u8>>, TrainError> {
+/// Every part of a [`frame`]d buffer, up to its end, in place.
+fn unframe_all(bytes: &[u8]) -> Result<Vec<&[u8]>, TrainError> {
     let mut pos = 0;
     let mut parts = Vec::new();
     while pos < bytes.len() {
@@ -109,7 +111,7 @@ fn unframe_all(bytes: &[u8]) -> Result<Vec<Vec<u8>>, TrainError> {
 }
 
 /// The part starting at `pos` (its length prefix, then its bytes); advances `pos` past it.
-fn next_part(bytes: &[u8], pos: &mut usize) -> Result<Vec<u8>, TrainError> {
+fn next_part<'a>(bytes: &'a [u8], pos: &mut usize) -> Result<&'a [u8], TrainError> {
     let bad = || {
         TrainError::Checkpoint(
             "truncated checkpoint (the file is damaged: retrain the run with `--force`)".to_owned(),
@@ -119,10 +121,11 @@ fn next_part(bytes: &[u8], pos: &mut usize) -> Result<Vec<u8>, TrainError> {
         .get(*pos..*pos + 8)
         .and_then(|b| b.try_into().ok())
         .ok_or_else(bad)?;
-    let len = u64::from_le_bytes(len_bytes) as usize;
+    let len = usize::try_from(u64::from_le_bytes(len_bytes)).map_err(|_| bad())?;
     *pos += 8;
-    let part = bytes.get(*pos..*pos + len).ok_or_else(bad)?.to_vec();
-    *pos += len;
+    let end = pos.checked_add(len).ok_or_else(bad)?;
+    let part = bytes.get(*pos..end).ok_or_else(bad)?;
+    *pos = end;
     Ok(part)
 }
 
@@ -199,31 +202,43 @@ fn sections_digest(parts: &[&[u8]]) -> String {
 /// Splits a checkpoint, read whole, into its parts; one that does not decode, or whose
 /// sections do not match the hash its state records, is [`TrainError::Damaged`].
 pub fn decode(bytes: &[u8]) -> Result<Checkpoint, TrainError> {
+    let (state, sections) = checked(bytes)?;
+    let mut sections = sections.into_iter().map(<[u8]>::to_vec);
+    let (Some(model), Some(optim)) = (sections.next(), sections.next()) else {
+        unreachable!("`checked` counts the sections");
+    };
+    Ok(Checkpoint {
+        state,
+        model,
+        optim,
+        ema: sections.next(),
+    })
+}
+
+/// The training state of a checkpoint read whole, its sections checked against the hash it
+/// records as [`decode`] checks them, without copying them.
+pub fn checked_state(bytes: &[u8]) -> Result<TrainState, TrainError> {
+    checked(bytes).map(|(state, _)| state)
+}
+
+/// The state and the sections (three or four) of a checkpoint read whole, checked.
+fn checked(bytes: &[u8]) -> Result<(TrainState, Vec<&[u8]>), TrainError> {
     let damaged = |e: TrainError| match e {
         TrainError::Checkpoint(what) => TrainError::Damaged(what),
         other => other,
     };
-    let mut parts = unframe_all(after_magic(bytes).map_err(damaged)?)
-        .map_err(damaged)?
-        .into_iter();
-    let (Some(json), Some(model), Some(optim), ema, None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
+    let parts = unframe_all(after_magic(bytes).map_err(damaged)?).map_err(damaged)?;
+    let Some((json, sections)) = parts
+        .split_first()
+        .filter(|(_, s)| (2..=3).contains(&s.len()))
+    else {
         return Err(TrainError::Damaged(
             "a checkpoint has three or four sections".to_owned(),
         ));
     };
-    let state = parse_state(&json).map_err(damaged)?;
+    let state = parse_state(json).map_err(damaged)?;
     if !state.sections_sha256.is_empty() {
-        let sections: Vec<&[u8]> = [&model[..], &optim[..]]
-            .into_iter()
-            .chain(ema.as_deref())
-            .collect();
-        let got = sections_digest(&sections);
+        let got = sections_digest(sections);
         if got != state.sections_sha256 {
             return Err(TrainError::Damaged(format!(
                 "its model and optimizer sections do not match the SHA-256 its state records \
@@ -232,12 +247,7 @@ pub fn decode(bytes: &[u8]) -> Result<Checkpoint, TrainError> {
             )));
         }
     }
-    Ok(Checkpoint {
-        state,
-        model,
-        optim,
-        ema,
-    })
+    Ok((state, sections.to_vec()))
 }
 
 /// The bytes after the magic, or the error for a file that is not a checkpoint.
@@ -360,8 +370,18 @@ mod tests {
         // The pieces are the layout, the sections themselves among them.
         let model = Bytes::from_static(b"model");
         let parts = encode_parts(&state, model.clone(), Bytes::new(), None).unwrap();
-        assert_eq!(parts.concat(), encode(&state, b"model", b"", None).unwrap());
-        assert_eq!(parts[2].as_ptr(), model.as_ptr());
+        assert_eq!(
+            parts[2].as_ptr(),
+            model.as_ptr(),
+            "the model's buffer, not a copy"
+        );
+        let joined = parts.concat();
+        assert_eq!(&joined[..4], b"DRCK");
+        assert_eq!(decode(&joined).unwrap().model, b"model");
+        assert_eq!(checked_state(&joined).unwrap().epoch, 3);
+        let mut cut = joined.clone();
+        cut[11] = 0x7f; // the state's length (u64 LE at 4..12): far past the end
+        assert!(matches!(checked_state(&cut), Err(TrainError::Damaged(_))));
         // A byte changed in a section (same size) is refused; in one written before the hash
         // was recorded it is not seen.
         let mut flipped = b.clone();

@@ -139,7 +139,7 @@ mod tests {
     }
 
     /// 210,328,832 parameters (DiffRec [200, 600] over 175k items) need 28 bytes each at
-    /// least: 5.48 GiB, more than an 8 GB address space's minus nothing, less than 24 GiB.
+    /// least: 5.89 GB (5.48 GiB), within an 8 GB address space, past a 5 GB one.
     #[test]
     fn warns_where_the_floor_passes_the_smallest_limit() {
         let params = 210_328_832;

@@ -24,8 +24,8 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{
-    Checkpoint, Evaluation, STATE_AT, TrainState, decode, decode_state, encode, encode_parts,
-    state_range, this_diffrec,
+    Checkpoint, Evaluation, STATE_AT, TrainState, checked_state, decode, decode_state, encode,
+    encode_parts, state_range, this_diffrec,
 };
 use crate::config::Parallel;
 use crate::config::TrainConfig;
@@ -515,7 +515,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
     let input = model_input(&data.train, spec.model.variant);
     let n_items = data.n_items;
     let params = learner.params();
-    report_size(params, cfg.ema_decay.is_some());
+    report_size(params, cfg.ema_decay.is_some(), spec.backend == "cpu");
     // With several nodes every node trains and evaluates the same way (so that they stop
     // together); only node 0 writes the run's artifacts.
     let writer = cfg.node_rank == 0;
@@ -560,7 +560,14 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
             model: model_bytes,
             optim: optim_bytes,
             ema: ema_bytes,
-        } = decode(&bytes).map_err(|e| e.within(&latest_key(&spec.run)))?;
+        } = decode(&bytes).map_err(|e| match e.within(&latest_key(&spec.run)) {
+            TrainError::Damaged(what) => TrainError::Damaged(format!(
+                "{what}. Train the run anew with --force (a resume cannot trust it)"
+            )),
+            e => e,
+        })?;
+        // Its parts are copied out: the file's bytes are not held beside them.
+        drop(bytes);
         if st.fingerprint != spec.fingerprint {
             return Err(foreign_run(&spec.run));
         }
@@ -963,8 +970,8 @@ async fn repair_best(
     };
     let held = match ws.get_if_present(&key).await? {
         None => None,
-        Some(bytes) => match decode(&bytes) {
-            Ok(best) if ours(&best.state) => Some(best.state.epoch),
+        Some(bytes) => match checked_state(&bytes) {
+            Ok(best) if ours(&best) => Some(best.epoch),
             Ok(_) | Err(TrainError::Damaged(_) | TrainError::Checkpoint(_)) => None,
             Err(e) => return Err(e),
         },
@@ -1148,15 +1155,19 @@ async fn write_metrics(
     Ok(())
 }
 
-/// Logs the model's size and its checkpoint's, and warns where its training cannot fit the
-/// memory this process may use ([`crate::memory::shortfall`]).
-fn report_size(params: usize, averaged: bool) {
+/// Logs the model's size and its checkpoint's, and, training on the CPU (`on_host`: a GPU holds
+/// the parameters in its own memory), warns where the training cannot fit the memory this
+/// process may use ([`crate::memory::shortfall`]).
+fn report_size(params: usize, averaged: bool, on_host: bool) {
     use crate::memory;
     tracing::info!(
         params,
         "train: the model has {params} parameters; its latest checkpoint takes {}",
         memory::size(memory::checkpoint_bytes(params, averaged))
     );
+    if !on_host {
+        return;
+    }
     let limits = memory::process_limits();
     let rss = memory::rss_bytes();
     if let Some(warning) = memory::shortfall(params, averaged, rss, &limits, memory::available()) {
