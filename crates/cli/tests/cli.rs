@@ -2658,6 +2658,16 @@ fn replaced_artifacts_are_refused_then_made_anew() {
         listed(&served)
     );
 
+    // `diffrec run` makes the best checkpoint anew, and it scores as before.
+    let rebuilt = || {
+        let out = run_until_train(&p, &ws, &[]);
+        let t = text(&out);
+        assert!(
+            out.status.success() && t.contains("rebuilding it from the latest checkpoint"),
+            "{t}"
+        );
+        assert_eq!(evaluate(), tested);
+    };
     let best = ws.join("runs/g/checkpoints/best.ckpt");
     flip(&best);
     assert_stage_refuses(
@@ -2667,26 +2677,14 @@ fn replaced_artifacts_are_refused_then_made_anew() {
         &[],
         "best.ckpt is not the file training finished with",
     );
-    let out = run_until_train(&p, &ws, &[]);
-    let t = text(&out);
-    assert!(
-        out.status.success() && t.contains("rebuilding it from the latest checkpoint"),
-        "{t}"
-    );
-    assert_eq!(evaluate(), tested);
+    rebuilt();
 
     // Another run of the same shape (another seed) in the workspace; its best checkpoint
     // copied over this run's.
     let out = run_until_train(&p, &ws, &["--set", "name=h", "--set", "train.seed=9"]);
     assert!(out.status.success(), "{}", text(&out));
     std::fs::copy(ws.join("runs/h/checkpoints/best.ckpt"), &best).unwrap();
-    let out = run_until_train(&p, &ws, &[]);
-    let t = text(&out);
-    assert!(
-        out.status.success() && t.contains("rebuilding it from the latest checkpoint"),
-        "{t}"
-    );
-    assert_eq!(evaluate(), tested);
+    rebuilt();
 
     // The whole run folder of `h` as `g`.
     let g = ws.join("runs/g");
