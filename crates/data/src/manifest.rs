@@ -32,7 +32,7 @@ pub struct OutputInfo {
     /// thirtieth session): S3's ETag; a local file's inode, modification time and size. The
     /// same tag now means the same file, checked from the store's metadata; another one (a
     /// file replaced, or the workspace copied elsewhere) has the output's SHA-256 computed and
-    /// compared with `sha256`. Absent: the SHA-256 is compared every time.
+    /// compared with `sha256`. Absent (an older manifest): the size alone is compared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e_tag: Option<String>,
 }
