@@ -2581,6 +2581,21 @@ fn lost_outputs_of_a_finished_run_are_written_again_or_named() {
         let out = run_until_train(&p, &ws, &[]);
         assert!(text(&out).contains("train: up to date"), "{}", text(&out));
     }
+    // A deleted latest checkpoint: the training starts again from epoch 0, saying so.
+    let latest = run_dir.join("checkpoints/latest.ckpt");
+    let kept = std::fs::read(&latest).unwrap();
+    std::fs::remove_file(&latest).unwrap();
+    let out = run_until_train(&p, &ws, &["--set", "train.patience=3"]);
+    let t = text(&out);
+    assert!(
+        out.status.success()
+            && t.contains("latest.ckpt is missing while the run has a best checkpoint")
+            && !t.contains("resuming"),
+        "{t}"
+    );
+    std::fs::write(&latest, kept).unwrap();
+    let out = run_until_train(&p, &ws, &["--force"]);
+    assert!(out.status.success(), "{}", text(&out));
     std::fs::remove_file(run_dir.join("checkpoints/best.ckpt")).unwrap();
     for _ in 0..2 {
         let out = run_until_train(&p, &ws, &[]);

@@ -550,6 +550,16 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
     } else {
         ws.get_if_present(&latest_key(&spec.run)).await?
     };
+    // A best checkpoint is written after the latest one of its epoch: where it is there and the
+    // latest is not, the latest was deleted, and the epochs trained so far are lost.
+    if latest.is_none() && !spec.fresh && ws.exists(&best_key(&spec.run)).await? {
+        tracing::warn!(
+            "train: {} is missing while the run has a best checkpoint (it was deleted): the \
+             training starts again from epoch 0, and the best checkpoint is replaced at its first \
+             evaluation",
+            latest_key(&spec.run)
+        );
+    }
     // The parameter average starts at the initial parameters.
     let mut ema = cfg
         .ema_decay
