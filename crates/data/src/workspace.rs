@@ -717,13 +717,7 @@ impl Workspace {
         while let Some(chunk) = chunks.try_next().await.map_err(Self::store_err(key))? {
             hasher.update(&chunk);
         }
-        Ok(Some(
-            hasher
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-        ))
+        Ok(Some(hex(&hasher.finalize())))
     }
 
     /// An artifact's metadata (size, entity tag) from the store, without reading it; `None`
@@ -859,8 +853,18 @@ pub fn is_temporary_key(key: &str) -> bool {
 
 /// Hex SHA-256 of a byte slice.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes))
+}
+
+/// Lower-case hex of `bytes` (a digest), as manifests and checkpoints record hashes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(2 * bytes.len()), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
 #[cfg(test)]

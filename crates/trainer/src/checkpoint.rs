@@ -192,11 +192,7 @@ fn sections_digest(parts: &[&[u8]]) -> String {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    diffrec_data::workspace::hex(&hasher.finalize())
 }
 
 /// Splits a checkpoint, read whole, into its parts; one that does not decode, or whose

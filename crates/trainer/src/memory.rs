@@ -91,9 +91,19 @@ pub fn available() -> Option<u64> {
 
 /// This process's resident set now (`VmRSS`), 0 where unknown.
 pub fn rss_bytes() -> u64 {
+    status_field("VmRSS:")
+}
+
+/// Peak resident set size of this process (`VmHWM`), 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    status_field("VmHWM:")
+}
+
+/// A kB field of /proc/self/status, in bytes; 0 where unknown.
+fn status_field(name: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| kib_field(&s, "VmRSS:"))
+        .and_then(|s| kib_field(&s, name))
         .unwrap_or(0)
 }
 

@@ -1039,7 +1039,7 @@ fn summarise(spec: &RunSpec, state: &TrainState, params: usize, users: UserCount
         train_seconds: state.train_seconds,
         epoch_seconds_median: median(&state.epoch_seconds),
         eval_seconds_median: median(&evals),
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes: crate::memory::peak_rss_bytes(),
         encoder_input: spec
             .model
             .variant
@@ -1183,19 +1183,6 @@ fn report_size(params: usize, averaged: bool, on_host: bool) {
     if let Some(warning) = memory::shortfall(params, averaged, rss, &limits, memory::available()) {
         tracing::warn!("train: {warning}");
     }
-}
-
-/// Peak resident set size of this process (Linux `VmHWM`), 0 where unknown.
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }
 
 #[cfg(test)]
