@@ -129,8 +129,8 @@ async fn check_trained_data(ws: &Workspace, run: &str, manifest: &StageManifest)
     let stage = diffrec_data::ingest::STAGE_DIR;
     let Some(now) = upstream_hashes(ws, stage).await? else {
         return Err(UsageError(format!(
-            "the workspace's ingested data is incomplete (no {}: the ingest stage is running, \
-             or stopped before it finished): run it to the end first",
+            "the workspace's ingested data is incomplete (no {}: the ingest stage has not \
+             finished, or stopped before it finished): run it to the end first",
             manifest_key(stage)
         ))
         .into());
@@ -506,14 +506,26 @@ pub async fn recommend_one(
         })
     })?;
     ws.check_reachable().await?;
-    let (model_cfg, manifest) = trained_run(&ws, run).await?;
-    check_trained_data(&ws, run, &manifest).await?;
-    let items = load_ids(&ws, "item").await?;
     let dev = Default::default();
-    let data = load_splits(&ws).await?;
-    // `auto` resolved as `diffrec stage recommend` resolves it, so both rank alike.
-    let model_cfg = resolve_input(&model_cfg, &data.train, Backend::Cpu).into_owned();
-    let model = load_seeded(&ws, run, &model_cfg, items.len(), &manifest, &dev).await?;
+    // What the run was trained with and on; a state that a stage running elsewhere explains
+    // (a run being trained again, data being ingested) is retried (`busy`).
+    let ready = async {
+        let (model_cfg, manifest) = trained_run(&ws, run).await?;
+        check_trained_data(&ws, run, &manifest).await?;
+        let items = load_ids(&ws, "item").await?;
+        let data = load_splits(&ws).await?;
+        // `auto` resolved as `diffrec stage recommend` resolves it, so both rank alike.
+        let model_cfg = resolve_input(&model_cfg, &data.train, Backend::Cpu).into_owned();
+        let model = load_seeded(&ws, run, &model_cfg, items.len(), &manifest, &dev).await?;
+        anyhow::Ok((model_cfg, items, data, model))
+    };
+    let (model_cfg, items, data, model) = match ready.await {
+        Ok(ready) => ready,
+        Err(e) => {
+            let upstream = crate::busy::upstream_of(crate::stages::Stage::Recommend, run);
+            return Err(crate::busy::explain(&ws, &upstream, e).await);
+        }
+    };
     let recs = match (user, history) {
         (Some(id), None) => {
             let users = load_ids(&ws, "user").await?;

@@ -9,6 +9,7 @@
 //!
 //! It must not: hold algorithms (those live in the library crates).
 
+mod busy;
 mod cluster_stage;
 mod differences;
 mod infer_stage;
@@ -43,7 +44,7 @@ const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DIFFREC_BUI
 const EXIT_STATUS: &str = "Exit status:\n  \
     0    done\n  \
     2    fix the pipeline, the data or the arguments (the message names what, and how to fix it); also a workspace the process may not write (permissions, a read-only file system, S3's 401 or 403, an unknown access key) or a local path it cannot take (a file where a folder must be, a name too long) and an artifact replaced or damaged since it was written (a JSON file that does not parse, a data file or checkpoint whose SHA-256 is not the recorded one; the message says what to rerun): running again meets the same\n  \
-    1    any other failure (a full disk or a file size limit, a lost connection, an S3 error, another process that took the run over): running again is safe and resumes\n  \
+    1    any other failure (a full disk or a file size limit, a lost connection, an S3 error, another process that took the run over, a workspace another process's running stage is writing, which the message names): running again is safe and resumes\n  \
     143  stopped by SIGTERM, 130 by SIGINT: what was written is kept, and running again resumes (the orchestrator ends with 0)\n  \
     137  killed (SIGKILL), with no message: a container's memory limit (the kernel's OOM killer) or a scheduler; running again resumes\n  \
     101  an internal error, or a thread limit (ulimit -u, a pids limit; ulimit -v too small for a thread's stack) that the message names\n  \
@@ -258,8 +259,14 @@ fn render(e: &anyhow::Error) -> String {
     out
 }
 
-/// 2 for errors the user fixes in their config or input, 1 otherwise.
+/// 2 for errors the user fixes in their config or input, 1 otherwise (and for a workspace state
+/// that a stage running in another process explains: `busy`).
 fn exit_code(e: &anyhow::Error) -> u8 {
+    // Outermost: a state another process's running stage explains is retried, whatever it is.
+    // (A context layer: anyhow downcasts to it through the layers above, not in `chain`.)
+    if e.downcast_ref::<busy::Busy>().is_some() {
+        return 1;
+    }
     for cause in e.chain() {
         if cause.downcast_ref::<PipelineError>().is_some()
             || cause.downcast_ref::<usage::UsageError>().is_some()

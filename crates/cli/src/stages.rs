@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use diffrec_data::running::Heartbeat;
 use diffrec_data::{Workspace, run_ingest};
 use diffrec_trainer::TrainConfig;
 
@@ -97,7 +98,18 @@ pub async fn run_stages_in(
             continue;
         }
         let started = Instant::now();
+        let beat = start_heartbeat(ws, loaded, stage).await;
         let ran = run_stage(ws, loaded, stage, force).await;
+        if let Some(beat) = beat {
+            let key = beat.key().to_owned();
+            beat.stop(ws).await;
+            crate::shutdown::heartbeat_stopped(&key);
+        }
+        let upstream = crate::busy::upstream_of(stage, &loaded.pipeline.name);
+        let ran = match ran {
+            Err(e) => Err(crate::busy::explain(ws, &upstream, e).await),
+            ok => ok,
+        };
         // On stderr with a time stamp, where a scheduler keeps it: how long each stage took
         // (whether it ran or found its outputs up to date is on stdout).
         let name = format!("{stage:?}").to_lowercase();
@@ -121,6 +133,32 @@ pub async fn run_stages_in(
         ran?;
     }
     Ok(())
+}
+
+/// The heartbeat that tells other processes `stage` is running here (`diffrec_data::running`),
+/// in the folder it writes: ingest's, cluster's, and the run's for training (node 0's, which
+/// writes the run). Evaluate and recommend write nothing another stage reads. `None` where
+/// it cannot be written (a read-only workspace, whose up-to-date stages still run).
+async fn start_heartbeat(ws: &Workspace, loaded: &Loaded, stage: Stage) -> Option<Heartbeat> {
+    let folder = match stage {
+        Stage::Ingest => diffrec_data::ingest::STAGE_DIR.to_owned(),
+        Stage::Cluster => diffrec_cluster::artifacts::STAGE_DIR.to_owned(),
+        Stage::Train if loaded.pipeline.train.node_rank == 0 => {
+            diffrec_trainer::train::run_dir(&loaded.pipeline.name)
+        }
+        Stage::Train | Stage::Evaluate | Stage::Recommend => return None,
+    };
+    let name = format!("{stage:?}").to_lowercase();
+    match Heartbeat::start(ws, &folder, &name).await {
+        Ok(beat) => {
+            crate::shutdown::heartbeat_started(ws, beat.key());
+            Some(beat)
+        }
+        Err(e) => {
+            tracing::debug!("{name}: no heartbeat written ({e})");
+            None
+        }
+    }
 }
 
 async fn run_stage(ws: &Workspace, loaded: &Loaded, stage: Stage, force: bool) -> Result<()> {

@@ -750,6 +750,13 @@ fn check_no_partial(data: &Path) {
     for e in entries {
         let path = e.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if path.is_dir() {
+            assert_eq!(
+                name, "_running",
+                "the only folder: heartbeats of killed processes"
+            );
+            continue;
+        }
         if name.contains(".tmp-") || name.contains('#') {
             continue; // temporary: never read, cleaned by the next run
         }
@@ -2737,7 +2744,7 @@ fn replaced_artifacts_are_refused_then_made_anew() {
 }
 
 /// SIGTERM and SIGINT end a training at once with the shell's code for the signal (143, 130)
-/// and a line saying what is kept, and the run resumes. The handler is what makes the signals
+/// and a line saying what is kept (their heartbeat deleted), and the run resumes. The handler is what makes the signals
 /// work when diffrec is PID 1 in a container (the kernel drops unhandled signals there); it
 /// shows here as the exit code, where an unhandled signal ends the process without one.
 #[test]
@@ -2782,6 +2789,11 @@ fn termination_signals_end_a_training_saying_so() {
         );
         // Every start after the first resumes the run the signal stopped.
         assert!(t.contains("resuming after epoch"), "{t}");
+        // Nobody waits for a training that is no more (`busy`).
+        assert!(
+            !ws.join("runs/g/_running").exists(),
+            "{signal}: heartbeat left"
+        );
     }
 }
 
@@ -3815,4 +3827,94 @@ fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
         assert_stage_refuses("evaluate", p.to_str().unwrap(), &ws, &sets, checked);
         std::fs::write(&manifest, kept).unwrap();
     }
+}
+
+/// A heartbeat as another process's running `stage` writes it under `folder` of `ws`
+/// (`diffrec_data::running`), last written `ago` before now.
+fn plant_heartbeat(ws: &Path, folder: &str, stage: &str, ago: std::time::Duration) -> PathBuf {
+    let path = ws
+        .join(folder)
+        .join("_running/4000001-00000000000000ab.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let beat = serde_json::json!({
+        "stage": stage, "pid": 4000001, "host": "elsewhere",
+        "started_at": "2026-12-02T10:00:00Z",
+    });
+    std::fs::write(&path, serde_json::to_vec(&beat).unwrap()).unwrap();
+    let file = std::fs::File::options().write(true).open(&path).unwrap();
+    file.set_modified(std::time::SystemTime::now() - ago)
+        .unwrap();
+    path
+}
+
+/// A workspace another process is writing (its manifest gone while the stage rewrites the
+/// outputs) fails the stages that read it with exit code 1, naming the running stage: a
+/// scheduler's retry once it has finished succeeds. Once the heartbeat is stale (the writer
+/// was killed), or for what no running stage explains (an unknown user), exit code 2.
+#[test]
+fn a_stage_running_elsewhere_makes_its_readers_retry() {
+    let (_dir, p, ws, out) = tiny_train_run("busy", "{epochs: 1, eval_every: 1}");
+    assert!(out.status.success(), "{}", text(&out));
+    for folder in ["data", "runs/g"] {
+        assert!(
+            !ws.join(folder).join("_running").exists(),
+            "a finished stage leaves no heartbeat under {folder}"
+        );
+    }
+    let pipeline = p.to_str().unwrap();
+    let evaluate = || {
+        diffrec()
+            .args(["stage", "evaluate", pipeline, "--workspace"])
+            .arg(&ws)
+            .output()
+            .unwrap()
+    };
+    let fresh = std::time::Duration::from_secs(3);
+    let killed = std::time::Duration::from_secs(300);
+    let running = "the ingest stage is running (process 4000001 on elsewhere, started \
+                   2026-12-02 10:00:00 UTC";
+    let incomplete = "the workspace's ingested data is incomplete";
+
+    let manifest = ws.join("data/_manifest.json");
+    let kept = std::fs::read(&manifest).unwrap();
+    std::fs::remove_file(&manifest).unwrap();
+    let beat = plant_heartbeat(&ws, "data", "ingest", fresh);
+    for out in [evaluate(), recommend(&ws, "g", &["--user", "u1"], None)] {
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{t}");
+        assert!(t.contains(running) && t.contains(incomplete), "{t}");
+    }
+    plant_heartbeat(&ws, "data", "ingest", killed);
+    let out = evaluate();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains(incomplete) && !t.contains("is running"), "{t}");
+    std::fs::remove_file(beat).unwrap();
+    std::fs::write(&manifest, kept).unwrap();
+
+    // The run being trained again: its manifest is gone until the training ends.
+    let manifest = ws.join("runs/g/_manifest.json");
+    let kept = std::fs::read(&manifest).unwrap();
+    std::fs::remove_file(&manifest).unwrap();
+    plant_heartbeat(&ws, "runs/g", "train", fresh);
+    let out = recommend(&ws, "g", &["--user", "u1"], None);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("the train stage is running") && t.contains("has not finished training"),
+        "{t}"
+    );
+    std::fs::write(&manifest, kept).unwrap();
+    let out = recommend(&ws, "g", &["--user", "nobody"], None);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("is not in the training data") && !t.contains("is running"),
+        "{t}"
+    );
+    assert!(
+        recommend(&ws, "g", &["--user", "u1"], None)
+            .status
+            .success()
+    );
 }

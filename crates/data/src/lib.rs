@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod movielens;
 pub mod npy;
 mod parquet_source;
+pub mod running;
 pub mod source;
 pub mod synthetic;
 pub mod transform;

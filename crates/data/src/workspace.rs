@@ -407,6 +407,15 @@ impl Workspace {
         }
     }
 
+    /// Removes the local folder `prefix` (relative to the workspace) where it holds nothing: a
+    /// folder of files that come and go (heartbeats) is not left behind empty. Object stores
+    /// have no folders; there, and where it holds anything, nothing happens.
+    pub fn remove_empty_folder(&self, prefix: &str) {
+        if let Some(root) = &self.local_root {
+            let _ = std::fs::remove_dir(root.join(prefix));
+        }
+    }
+
     /// Sets how long cleaning leaves a temporary alone after its store's `last_modified`
     /// (`None`: no age rule). S3 workspaces open with [`REMOTE_TEMP_GRACE`].
     pub fn with_temp_grace(mut self, grace: Option<std::time::Duration>) -> Self {
@@ -495,7 +504,7 @@ impl Workspace {
     }
 
     /// Keys under `prefix` with their stores' last-modified times, sorted by key.
-    async fn list_modified(
+    pub async fn list_modified(
         &self,
         prefix: &str,
     ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
