@@ -15,7 +15,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     // Run alone (`diffrec stage cluster`), it must not cluster data ingested with other
     // settings than this pipeline's for its own, nor call such clusters up to date.
     refuse_other_data_settings(ws, loaded, "ingest").await?;
-    let bar = EpochBar::new();
+    let bar = EpochBar::new("cluster");
     let mut report = |ev: Progress| match ev {
         Progress::EpochStart { epoch, batches } => {
             // With `-v`, a line per epoch between the evaluations (the bar is hidden when

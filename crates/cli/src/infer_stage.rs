@@ -25,7 +25,7 @@ use diffrec_trainer::{Exclude, TrainError};
 
 use crate::differences::differing_keys;
 use crate::pipeline::Loaded;
-use crate::progress::headline_metrics;
+use crate::progress::{Spinner, headline_metrics};
 use crate::stdout::status;
 use crate::train_stage::refuse_other_data_settings;
 use crate::usage::{TrainedOnOtherData, UsageError};
@@ -287,10 +287,15 @@ pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     } = RunModel::load(ws, loaded).await?;
     let diffusion = diffusion_of(&p.model)?;
     let t = Instant::now();
+    let spinner = Spinner::start(&format!(
+        "evaluate: ranking every item for {} users",
+        data.n_users
+    ));
     // Inference runs on the CPU backend (its pool) whatever `train.backend` says.
     let (valid, test) = on_pool_thread(true, || {
         evaluate(&model, &diffusion, &input, &data, &p.evaluate.ks, &dev)
     });
+    spinner.finish();
     let secs = t.elapsed().as_secs_f64();
     summary.valid = valid;
     summary.test = test;
@@ -317,6 +322,10 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
         dev,
         trained,
     } = RunModel::load(ws, loaded).await?;
+    let spinner = Spinner::start(&format!(
+        "recommend: ranking every item for {} users",
+        data.n_users
+    ));
     let recs = on_pool_thread(true, || {
         recommend_all(
             &model,
@@ -327,6 +336,7 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
             &dev,
         )
     })?;
+    spinner.finish();
     let users = load_ids(ws, "user").await?;
     let items = load_ids(ws, "item").await?;
     let (mut u, mut rank, mut it, mut score) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

@@ -8,12 +8,23 @@ use crate::stdout::status;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tracing_subscriber::EnvFilter;
 
-/// A spinner that ticks until finished or dropped.
-pub struct Spinner(ProgressBar);
+/// How often a line says where long work is when stderr is no terminal (a scheduler's log,
+/// where the bars are hidden): often enough to tell a stage working from one hung, rarely
+/// enough not to flood the log.
+pub const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// A spinner that ticks until finished or dropped; without a terminal, a line every
+/// [`LOG_EVERY`] instead.
+pub struct Spinner {
+    bar: ProgressBar,
+    /// Held for its lines: they stop when it goes.
+    _ticker: Option<Ticker>,
+}
 
 impl Spinner {
     pub fn start(message: &str) -> Self {
-        let pb = if std::io::stderr().is_terminal() {
+        let terminal = std::io::stderr().is_terminal();
+        let pb = if terminal {
             ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
         } else {
             ProgressBar::hidden()
@@ -24,62 +35,169 @@ impl Spinner {
         );
         pb.set_message(message.to_owned());
         pb.enable_steady_tick(Duration::from_millis(120));
-        Spinner(pb)
+        let ticker = (!terminal).then(|| {
+            let bar = pb.clone();
+            Ticker::start(LOG_EVERY, log_line, move || {
+                (!bar.is_finished()).then(|| {
+                    format!(
+                        "{}: still working, {} in",
+                        bar.message(),
+                        minutes(bar.elapsed())
+                    )
+                })
+            })
+        });
+        Spinner {
+            bar: pb,
+            _ticker: ticker,
+        }
     }
 
     pub fn finish(self) {
-        self.0.finish_and_clear();
+        self.bar.finish_and_clear();
     }
 }
 
 impl Drop for Spinner {
     fn drop(&mut self) {
-        if !self.0.is_finished() {
-            self.0.finish_and_clear();
+        if !self.bar.is_finished() {
+            self.bar.finish_and_clear();
         }
     }
 }
 
-/// A per-epoch batch bar on stderr (hidden when stderr is not a terminal); lines said through
-/// it go to stdout, the bar set aside meanwhile.
-pub struct EpochBar(ProgressBar);
+/// A per-epoch batch bar on stderr (hidden when stderr is not a terminal, where a line every
+/// [`LOG_EVERY`] says the epoch and batch instead); lines said through it go to stdout, the
+/// bar set aside meanwhile. Between epochs it shows an evaluation ([`EpochBar::evaluating`]).
+pub struct EpochBar {
+    bar: ProgressBar,
+    /// Held for its lines: they stop when it goes.
+    _ticker: Option<Ticker>,
+}
 
 impl EpochBar {
-    pub fn new() -> Self {
-        let bar = if std::io::stderr().is_terminal() {
+    /// A bar for `stage`'s epochs (the name its scheduler-log lines start with).
+    pub fn new(stage: &'static str) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = if terminal {
             ProgressBar::new(0)
         } else {
             ProgressBar::hidden()
         };
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed}]")
-                .expect("static template")
-                .progress_chars("=> "),
-        );
-        EpochBar(bar)
+        bar.set_style(batch_style());
+        let ticker = (!terminal).then(|| {
+            let bar = bar.clone();
+            Ticker::start(LOG_EVERY, log_line, move || {
+                (!bar.is_finished()).then(|| where_now(stage, &bar))
+            })
+        });
+        EpochBar {
+            bar,
+            _ticker: ticker,
+        }
     }
 
     pub fn start_epoch(&self, label: String, batches: usize) {
-        self.0.set_prefix(label);
-        self.0.set_length(batches as u64);
-        self.0.set_position(0);
+        self.bar.disable_steady_tick();
+        self.bar.set_style(batch_style());
+        self.bar.set_prefix(label);
+        self.bar.set_length(batches as u64);
+        self.bar.set_position(0);
+        self.bar.reset_elapsed();
+    }
+
+    /// An evaluation under way (`label`: what is evaluated): the time it has taken so far, as
+    /// a spinner.
+    pub fn evaluating(&self, label: String) {
+        self.bar.set_style(
+            ProgressStyle::with_template("{spinner} {prefix} [{elapsed}]")
+                .expect("static template"),
+        );
+        self.bar.set_prefix(label);
+        self.bar.set_length(0);
+        self.bar.set_position(0);
+        self.bar.reset_elapsed();
+        self.bar.enable_steady_tick(Duration::from_millis(120));
     }
 
     pub fn inc(&self) {
-        self.0.inc(1);
+        self.bar.inc(1);
     }
 
     pub fn set_message(&self, message: String) {
-        self.0.set_message(message);
+        self.bar.set_message(message);
     }
 
     pub fn say(&self, line: String) {
         // On stdout either way, the bar set aside while the line is written.
-        self.0.suspend(|| status!("{line}"))
+        self.bar.suspend(|| status!("{line}"))
     }
 
     pub fn finish(&self) {
-        self.0.finish_and_clear();
+        self.bar.finish_and_clear();
+    }
+}
+
+/// The batch bar's look.
+fn batch_style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed}]")
+        .expect("static template")
+        .progress_chars("=> ")
+}
+
+/// Where `stage`'s epoch bar is, as a scheduler-log line: "train: epoch 3: batch 120 of 781,
+/// 1m 05s in" (or "train: epoch 5: evaluating 6040 users, 0m 40s in").
+fn where_now(stage: &str, bar: &ProgressBar) -> String {
+    let batches = match bar.length() {
+        Some(len) if len > 0 => format!(": batch {} of {len}", bar.position()),
+        _ => String::new(),
+    };
+    format!(
+        "{stage}: {}{batches}, {} in",
+        bar.prefix(),
+        minutes(bar.elapsed())
+    )
+}
+
+/// "1m 05s".
+fn minutes(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{}m {:02}s", s / 60, s % 60)
+}
+
+/// A scheduler-log line (info, on stderr with the log's time stamp).
+fn log_line(line: String) {
+    tracing::info!("{line}");
+}
+
+/// A thread that emits `line()` every `every`, until `line` says `None` (its bar finished) or
+/// the ticker is dropped.
+struct Ticker {
+    /// Dropped with the ticker, which ends the thread.
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl Ticker {
+    fn start(
+        every: Duration,
+        emit: impl Fn(String) + Send + 'static,
+        line: impl Fn() -> Option<String> + Send + 'static,
+    ) -> Ticker {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        // Without a thread (a thread limit), no lines: the work goes on.
+        let _ = std::thread::Builder::new()
+            .name("progress-log".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(every)
+                {
+                    match line() {
+                        Some(line) => emit(line),
+                        None => break,
+                    }
+                }
+            });
+        Ticker { _stop: stop }
     }
 }
 
@@ -152,7 +270,7 @@ pub fn headline_metrics(metrics: &std::collections::BTreeMap<String, f64>, ks: &
 
 #[cfg(test)]
 mod tests {
-    use super::{headline_metrics, log_filter};
+    use super::{Duration, ProgressBar, Ticker, headline_metrics, log_filter, where_now};
     use tracing::Level;
     use tracing_subscriber::EnvFilter;
 
@@ -198,6 +316,48 @@ mod tests {
         assert_eq!(
             headline_metrics(&m, &[20, 10]),
             "recall@10 0.2000 recall@20 NaN ndcg@10 0.4000 ndcg@20 NaN"
+        );
+    }
+
+    /// Without a terminal the bar is hidden, and a line every period says where the epoch
+    /// is, until the bar finishes.
+    #[test]
+    fn a_hidden_bar_is_told_in_log_lines_until_it_finishes() {
+        let bar = ProgressBar::hidden();
+        bar.set_prefix("epoch 3");
+        bar.set_length(781);
+        bar.set_position(120);
+        assert_eq!(
+            where_now("train", &bar),
+            "train: epoch 3: batch 120 of 781, 0m 00s in"
+        );
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (seen, shown) = (lines.clone(), bar.clone());
+        let _ticker = Ticker::start(
+            Duration::from_millis(20),
+            move |line| seen.lock().unwrap().push(line),
+            move || (!shown.is_finished()).then(|| where_now("train", &shown)),
+        );
+        std::thread::sleep(Duration::from_millis(150));
+        bar.set_prefix("epoch 5: evaluating 6040 users");
+        bar.set_length(0);
+        std::thread::sleep(Duration::from_millis(100));
+        bar.finish_and_clear();
+        std::thread::sleep(Duration::from_millis(100));
+        let said = lines.lock().unwrap().clone();
+        let batch = "train: epoch 3: batch 120 of 781, 0m 00s in";
+        let evaluating = "train: epoch 5: evaluating 6040 users, 0m 00s in";
+        assert!(
+            said.iter().all(|l| l == batch || l == evaluating),
+            "{said:?}"
+        );
+        assert!(said.contains(&batch.to_owned()) && said.contains(&evaluating.to_owned()));
+        assert!(said.len() <= 14, "one line a period: {}", said.len());
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            lines.lock().unwrap().len(),
+            said.len(),
+            "no line once the bar finished"
         );
     }
 }

@@ -569,7 +569,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         "train: data loaded"
     );
 
-    let bar = EpochBar::new();
+    let bar = EpochBar::new("train");
     let mut report = |ev: Progress| {
         match ev {
         Progress::Resumed { epoch } => status!("train: resuming after epoch {epoch}"),
@@ -584,6 +584,9 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         } => {
             tracing::debug!(epoch, loss, seconds, "epoch done");
             bar.set_message(format!("loss {loss:.3}"));
+        }
+        Progress::Evaluating { epoch, users } => {
+            bar.evaluating(format!("epoch {epoch}: evaluating {users} users"))
         }
         Progress::Evaluated {
             epoch,

@@ -94,6 +94,12 @@ pub enum Progress {
         loss: f64,
         seconds: f64,
     },
+    /// An evaluation of the model after `epoch` starts, ranking every item for `users` users
+    /// (the whole of it runs before the next event).
+    Evaluating {
+        epoch: usize,
+        users: usize,
+    },
     /// An evaluation finished: Recall@`select_k` (20, or the first of `evaluate.ks` without 20:
     /// the metric that selects the best epoch) on both splits.
     Evaluated {
@@ -763,6 +769,10 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
                     &live
                 }
             };
+            progress(Progress::Evaluating {
+                epoch,
+                users: data.n_users,
+            });
             seed_evaluation::<B>(&device, cfg.seed, epoch);
             let (valid, test) = on_pool_thread(computes_on_pool(cfg.backend), || {
                 evaluate(model, &diffusion, &input, data, &spec.ks, &device)
