@@ -1527,8 +1527,11 @@ fn on_rank(rank: usize, arg: &'static str) -> impl Fn(usize) -> Vec<String> {
     }
 }
 
+/// Starts the stage three times, killing it after each new `checkpoint`; the stage must not
+/// have finished (its `manifest` as it was before: absent, or a previous run's).
 fn kill_after_each_checkpoint(start: impl Fn() -> Command, checkpoint: &Path, manifest: &Path) {
     let written = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let previous = std::fs::read(manifest).ok();
     for _ in 0..3 {
         let before = written(checkpoint);
         let mut child = start()
@@ -1548,14 +1551,14 @@ fn kill_after_each_checkpoint(start: impl Fn() -> Command, checkpoint: &Path, ma
         let _ = child.wait();
     }
     assert!(
-        !manifest.exists(),
+        std::fs::read(manifest).ok() == previous,
         "a killed run finished anyway: the resume after it would test nothing"
     );
 }
 
 /// A cluster stage killed during LightGCN's pre-training resumes from its checkpoint and ends
 /// with the clusters, embeddings and metrics of an uninterrupted run; the checkpoint is removed
-/// once the stage completes.
+/// once the stage completes. Killed in a workspace that has clusters, it leaves them in place.
 #[test]
 fn killed_cluster_stage_resumes_to_the_same_clusters() {
     let (dir, p) = synthetic_project(
@@ -1605,13 +1608,21 @@ fn killed_cluster_stage_resumes_to_the_same_clusters() {
     assert!(outputs(&b) == outputs(&a), "resumed clusters differ:\n{t}");
     assert!(!b.join(ckpt).exists(), "the checkpoint outlived the stage");
 
-    // `--force` starts over, whatever checkpoint a killed run left.
+    // `--force` starts over, whatever checkpoint a killed run left; killed while it
+    // pre-trains, it leaves the previous clusters as they were, vouched for (`up to date`).
     let forced = || {
         let mut c = stage(&b);
         c.arg("--force");
         c
     };
     kill_after_each_checkpoint(forced, &b.join(ckpt), &b.join("cluster/_manifest.json"));
+    assert!(
+        outputs(&b) == outputs(&a),
+        "a killed run changed the clusters"
+    );
+    let out = stage(&b).output().unwrap();
+    let t = text(&out);
+    assert!(t.contains("cluster: up to date"), "{t}");
     let out = forced().output().unwrap();
     let t = text(&out);
     assert!(out.status.success() && !t.contains("resuming"), "{t}");

@@ -1,6 +1,9 @@
 //! The cluster stage: the ingest artifacts → item embeddings (LightGCN pre-training, or the
-//! user's file) → k-means → `cluster/` artifacts → manifest. Up-to-date stages are skipped; a
-//! crashed run leaves no manifest, so the next run redoes the stage (it takes minutes).
+//! user's file) → k-means → `cluster/` artifacts → manifest. Up-to-date stages are skipped.
+//! Everything is computed before the first output changes: a run that fails or is stopped
+//! before then leaves the previous outputs and their manifest as they were (and its LightGCN
+//! checkpoint to resume from); one stopped while it writes leaves no manifest, so the next run
+//! redoes the stage.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -155,22 +158,21 @@ pub async fn run_cluster(
         None
     };
     let pretraining_reused = earlier.is_some();
-    ws.delete(&manifest_key(STAGE_DIR)).await?;
     let cleaned = ws.clean_temporaries(STAGE_DIR).await?;
     if cleaned > 0 {
         tracing::warn!("cluster: removed {cleaned} temporary file(s) left by an interrupted run");
     }
 
+    // Everything is computed before the first output changes (the writes below): a stage that
+    // fails or is stopped while it pre-trains or clusters leaves the previous outputs complete
+    // and vouched for by their manifest (and their pre-training reusable), not a workspace
+    // without clusters.
+    let mut writes = Writes::default();
     let mut outputs = BTreeMap::new();
     if one_cluster {
         tracing::info!("cluster: cluster.k = 1, every item in one cluster; no pre-training");
-        for key in [
-            USER_EMBEDDINGS,
-            ITEM_EMBEDDINGS,
-            LIGHTGCN_METRICS,
-            checkpoint::KEY,
-        ] {
-            ws.delete(key).await?;
+        for key in [USER_EMBEDDINGS, ITEM_EMBEDDINGS, LIGHTGCN_METRICS] {
+            writes.delete(key);
         }
     }
     let (item_emb, dim, source, lightgcn) = match (given, earlier) {
@@ -178,8 +180,8 @@ pub async fn run_cluster(
         (Some((e, name)), _) => {
             tracing::info!(file = %name, rows = e.rows, dim = e.dim, "cluster: using the given item embeddings");
             // Outputs of an earlier pre-training run no longer belong to this stage.
-            for key in [USER_EMBEDDINGS, LIGHTGCN_METRICS, checkpoint::KEY] {
-                ws.delete(key).await?;
+            for key in [USER_EMBEDDINGS, LIGHTGCN_METRICS] {
+                writes.delete(key);
             }
             (e.values, e.dim, name, None)
         }
@@ -201,9 +203,7 @@ pub async fn run_cluster(
             let p = pretrain_resumably(ws, &claim, &data, cfg, ks, &fingerprint, force, progress)
                 .await?;
             let batch = embeddings_batch("user", &user_ids, &p.users, p.dim)?;
-            claim.ensure(ws, "cluster").await?;
-            ws.write_parquet(USER_EMBEDDINGS, embeddings_schema("user", p.dim), [batch])
-                .await?;
+            writes.parquet(USER_EMBEDDINGS, embeddings_schema("user", p.dim), batch);
             outputs.insert(USER_EMBEDDINGS.to_owned(), data.n_users as u64);
             let table = MetricsTable::from_evaluations(&p.evaluations);
             let rows = table.len() as u64;
@@ -211,9 +211,7 @@ pub async fn run_cluster(
                 key: LIGHTGCN_METRICS.into(),
                 message: e.to_string(),
             })?;
-            claim.ensure(ws, "cluster").await?;
-            ws.write_parquet(LIGHTGCN_METRICS, MetricsTable::schema(), [batch])
-                .await?;
+            writes.parquet(LIGHTGCN_METRICS, MetricsTable::schema(), batch);
             outputs.insert(LIGHTGCN_METRICS.to_owned(), rows);
             let best = p.best().cloned();
             let summary = LightGcnSummary {
@@ -253,19 +251,29 @@ pub async fn run_cluster(
         // Reused embeddings are the file already there, checked against its recorded hash.
         if !pretraining_reused {
             let batch = embeddings_batch("item", &item_ids, &item_emb, dim)?;
-            claim.ensure(ws, "cluster").await?;
-            ws.write_parquet(ITEM_EMBEDDINGS, embeddings_schema("item", dim), [batch])
-                .await?;
+            writes.parquet(ITEM_EMBEDDINGS, embeddings_schema("item", dim), batch);
         }
         outputs.insert(ITEM_EMBEDDINGS.to_owned(), n_items as u64);
         tracing::info!(k = cfg.k, n_runs = cfg.n_runs, "cluster: k-means");
         kmeans::cluster(&item_emb, dim, cfg.k, cfg.n_runs, cfg.seed)?
     };
     let batch = clusters_batch(&item_ids, &c.labels, &c.distances)?;
-    claim.ensure(ws, "cluster").await?;
-    ws.write_parquet(ITEM_CLUSTERS, clusters_schema(), [batch])
-        .await?;
+    writes.parquet(ITEM_CLUSTERS, clusters_schema(), batch);
     outputs.insert(ITEM_CLUSTERS.to_owned(), n_items as u64);
+
+    // The manifest goes first: a stop between two writes leaves no manifest vouching for a mix
+    // of old and new outputs.
+    claim.ensure(ws, "cluster").await?;
+    ws.delete(&manifest_key(STAGE_DIR)).await?;
+    for (key, write) in writes.0 {
+        claim.ensure(ws, "cluster").await?;
+        match write {
+            Some((schema, batch)) => {
+                ws.write_parquet(key, schema, [batch]).await?;
+            }
+            None => ws.delete(key).await?,
+        }
+    }
 
     let summary = ClusterSummary {
         k: c.k,
@@ -305,6 +313,31 @@ pub async fn run_cluster(
         pretraining_reused,
         summary,
     })
+}
+
+/// The stage's output changes in the order they are made: a Parquet file written
+/// (`Some`), or an earlier run's output that no longer belongs removed (`None`).
+#[derive(Default)]
+struct Writes(
+    Vec<(
+        &'static str,
+        Option<(arrow_schema::SchemaRef, arrow_array::RecordBatch)>,
+    )>,
+);
+
+impl Writes {
+    fn parquet(
+        &mut self,
+        key: &'static str,
+        schema: arrow_schema::SchemaRef,
+        batch: arrow_array::RecordBatch,
+    ) {
+        self.0.push((key, Some((schema, batch))));
+    }
+
+    fn delete(&mut self, key: &'static str) {
+        self.0.push((key, None));
+    }
 }
 
 /// Pre-trains LightGCN, resuming from `cluster/lightgcn.ckpt` when it holds a run of the same
