@@ -23,12 +23,12 @@ use diffrec_trainer::train::{
 };
 use diffrec_trainer::{Exclude, TrainError};
 
-use crate::differences::differing_keys;
 use crate::pipeline::Loaded;
 use crate::progress::{Spinner, headline_metrics};
 use crate::stdout::status;
 use crate::train_stage::refuse_other_data_settings;
 use crate::usage::{TrainedOnOtherData, UsageError};
+use diffrec_data::differences::differing_keys;
 
 type Cpu = burn_flex::Flex;
 

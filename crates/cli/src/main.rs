@@ -11,7 +11,6 @@
 
 mod busy;
 mod cluster_stage;
-mod differences;
 mod infer_stage;
 mod malloc;
 mod pipeline;

@@ -18,12 +18,12 @@ use diffrec_trainer::train::{
 };
 use diffrec_trainer::{Progress, RunSpec, TrainError, train_on};
 
-use crate::differences::{differing_keys, differing_keys_as};
 use crate::pipeline::Loaded;
 use crate::progress::{EpochBar, headline_metrics};
 use crate::stages::{other_node, wait_for_node_0};
 use crate::stdout::status;
 use crate::usage::UsageError;
+use diffrec_data::differences::{differing_keys, differing_keys_as};
 
 /// Removes what an interrupted run of `name` was writing (checkpoints, metrics, curves, summary,
 /// manifest: temporaries are never read, and the complete files beside them are what a resume

@@ -1,5 +1,6 @@
-//! Where two settings trees differ, leaf by leaf: what the evaluate, recommend and train
-//! stages name when a run was trained with other settings than the pipeline's.
+//! Where two settings trees differ, leaf by leaf: what a stage that runs again because its
+//! settings changed names, and what the evaluate, recommend and train stages name when a run
+//! was trained with other settings than the pipeline's.
 
 use serde_json::Value;
 

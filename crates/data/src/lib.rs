@@ -14,6 +14,7 @@ pub mod artifacts;
 pub mod claim;
 pub mod config;
 pub mod csr;
+pub mod differences;
 pub mod error;
 pub mod ingest;
 pub mod manifest;

@@ -166,11 +166,41 @@ pub async fn freshness_resolving(
             m.rules
         )));
     }
-    if &resolve(&m.config) != config {
-        return Ok(Freshness::Stale("the stage's configuration changed".into()));
+    let recorded = resolve(&m.config);
+    if &recorded != config {
+        // Ingest's settings are the `data` section itself; the other stages' name theirs.
+        let root = if stage_dir == crate::ingest::STAGE_DIR {
+            "data"
+        } else {
+            ""
+        };
+        let mut keys = Vec::new();
+        crate::differences::differing_keys_as(root, &recorded, config, "last run", &mut keys);
+        return Ok(Freshness::Stale(format!(
+            "settings changed: {}",
+            some_of(&keys)
+        )));
     }
     if &m.inputs != inputs {
-        return Ok(Freshness::Stale("an input changed".into()));
+        let changed: Vec<String> = m
+            .inputs
+            .keys()
+            .chain(inputs.keys())
+            .filter(|k| m.inputs.get(*k) != inputs.get(*k))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(
+                |k| match (m.inputs.contains_key(k), inputs.contains_key(k)) {
+                    (true, true) => format!("{k} changed"),
+                    (false, _) => format!("{k} is new"),
+                    (_, false) => format!("{k} is no longer read"),
+                },
+            )
+            .collect();
+        return Ok(Freshness::Stale(format!(
+            "inputs changed: {}",
+            some_of(&changed)
+        )));
     }
     // A stage folder copied or renamed from another (a run's, `runs/h` as `runs/g`) keeps the
     // other's manifest: its outputs are not this stage's, however intact they are.
@@ -186,6 +216,14 @@ pub async fn freshness_resolving(
         }
     }
     Ok(Freshness::UpToDate)
+}
+
+/// The first three of `items`, joined, and how many more there are.
+fn some_of(items: &[String]) -> String {
+    match items.len() {
+        0..=3 => items.join("; "),
+        n => format!("{}; and {} more", items[..3].join("; "), n - 3),
+    }
 }
 
 /// Why the output at `key` is not what its stage wrote (`info`), `None` when it is: missing,
@@ -383,5 +421,51 @@ mod tests {
         for d in [dir, copy] {
             std::fs::remove_dir_all(d).unwrap();
         }
+    }
+
+    /// A stage that runs again says which of its settings, or which inputs, changed.
+    #[tokio::test]
+    async fn stale_reasons_name_the_keys_and_inputs() {
+        let dir = std::env::temp_dir().join(format!("diffrec-fresh-{}", rand::random::<u32>()));
+        let ws = stage(&dir).await;
+        let mut m: StageManifest = ws.get_json(&manifest_key("s")).await.unwrap().unwrap();
+        m.config = serde_json::json!({"train": {"lr": 0.001, "seed": 1}, "k": 2});
+        m.inputs = [("data/a.parquet", "aa"), ("data/b.parquet", "bb")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        ws.put_json(&manifest_key("s"), &m).await.unwrap();
+        let why = |config: serde_json::Value, inputs: &[(&str, &str)]| {
+            let inputs = inputs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let ws = &ws;
+            async move {
+                match freshness(ws, "s", &config, &inputs).await.unwrap() {
+                    Freshness::Stale(why) => why,
+                    Freshness::UpToDate => "up to date".into(),
+                }
+            }
+        };
+        let now = serde_json::json!({"train": {"lr": 0.0005, "seed": 1}, "k": 3});
+        assert_eq!(
+            why(now, &[]).await,
+            "settings changed: `k` 2 (last run) vs 3 (now); `train.lr` 0.001 (last run) vs \
+             0.0005 (now)"
+        );
+        let same = m.config.clone();
+        assert_eq!(
+            why(
+                same.clone(),
+                &[("data/a.parquet", "aa"), ("data/c.parquet", "cc")]
+            )
+            .await,
+            "inputs changed: data/b.parquet is no longer read; data/c.parquet is new"
+        );
+        assert_eq!(
+            why(same, &[("data/a.parquet", "a2"), ("data/b.parquet", "bb")]).await,
+            "inputs changed: data/a.parquet changed"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
