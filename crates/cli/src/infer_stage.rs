@@ -315,6 +315,7 @@ pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
 /// that `recommend.exclude` names left out, original ids.
 pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     let p = &loaded.pipeline;
+    let t = Instant::now();
     let RunModel {
         data,
         model,
@@ -404,8 +405,9 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     ws.write_parquet(&key, schema, [batch]).await?;
     still_the_trained_run(ws, &p.name, &key, &trained).await?;
     status!(
-        "recommend: {rows} recommendations for {} users in {key}",
-        recs.len()
+        "recommend: {rows} recommendations for {} users in {key} ({:.1}s)",
+        recs.len(),
+        t.elapsed().as_secs_f64()
     );
     Ok(())
 }

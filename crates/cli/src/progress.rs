@@ -140,20 +140,27 @@ impl EpochBar {
 
 /// The batch bar's look.
 fn batch_style() -> ProgressStyle {
-    ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed}]")
+    ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} [{elapsed}, ~{eta} left]")
         .expect("static template")
         .progress_chars("=> ")
 }
 
-/// Where `stage`'s epoch bar is, as a scheduler-log line: "train: epoch 3: batch 120 of 781,
-/// 1m 05s in" (or "train: epoch 5: evaluating 6040 users, 0m 40s in").
+/// Where `stage`'s epoch bar is, as a scheduler-log line: "train: epoch 3 of 1000: batch 120
+/// of 781, 1m 05s in, about 5m 58s left" (or "train: epoch 5: evaluating 6040 users, 0m 40s
+/// in").
 fn where_now(stage: &str, bar: &ProgressBar) -> String {
-    let batches = match bar.length() {
-        Some(len) if len > 0 => format!(": batch {} of {len}", bar.position()),
-        _ => String::new(),
+    let (batches, left) = match bar.length() {
+        Some(len) if len > 0 => (
+            format!(": batch {} of {len}", bar.position()),
+            match bar.position() {
+                0 => String::new(),
+                _ => format!(", about {} left", minutes(bar.eta())),
+            },
+        ),
+        _ => (String::new(), String::new()),
     };
     format!(
-        "{stage}: {}{batches}, {} in",
+        "{stage}: {}{batches}, {} in{left}",
         bar.prefix(),
         minutes(bar.elapsed())
     )
@@ -327,9 +334,10 @@ mod tests {
         bar.set_prefix("epoch 3");
         bar.set_length(781);
         bar.set_position(120);
-        assert_eq!(
-            where_now("train", &bar),
-            "train: epoch 3: batch 120 of 781, 0m 00s in"
+        let now = where_now("train", &bar);
+        assert!(
+            now.starts_with("train: epoch 3: batch 120 of 781, 0m 00s in, about "),
+            "{now}"
         );
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (seen, shown) = (lines.clone(), bar.clone());
@@ -345,13 +353,14 @@ mod tests {
         bar.finish_and_clear();
         std::thread::sleep(Duration::from_millis(100));
         let said = lines.lock().unwrap().clone();
-        let batch = "train: epoch 3: batch 120 of 781, 0m 00s in";
+        let batch = "train: epoch 3: batch 120 of 781, 0m 00s in, about ";
         let evaluating = "train: epoch 5: evaluating 6040 users, 0m 00s in";
-        assert!(
-            said.iter().all(|l| l == batch || l == evaluating),
-            "{said:?}"
+        let (batches, evaluations) = (
+            said.iter().filter(|l| l.starts_with(batch)).count(),
+            said.iter().filter(|l| *l == evaluating).count(),
         );
-        assert!(said.contains(&batch.to_owned()) && said.contains(&evaluating.to_owned()));
+        assert!(batches > 0 && evaluations > 0, "{said:?}");
+        assert_eq!(batches + evaluations, said.len(), "{said:?}");
         assert!(said.len() <= 14, "one line a period: {}", said.len());
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(

@@ -574,7 +574,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         match ev {
         Progress::Resumed { epoch } => status!("train: resuming after epoch {epoch}"),
         Progress::EpochStart { epoch, batches } => {
-            bar.start_epoch(format!("epoch {epoch}"), batches)
+            bar.start_epoch(format!("epoch {epoch} of {}", p.train.epochs), batches)
         }
         Progress::Batch => bar.inc(),
         Progress::EpochEnd {
@@ -658,12 +658,16 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         return Ok(());
     }
     status!(
-        "train: best epoch {} of {}; test {}; {:.2} s/epoch, {:.1} s/eval",
+        "train: best epoch {} of {}; test {}; {:.2} s/epoch, {:.1} s/eval; {} parameters, peak \
+         memory {:.2} GiB, {:.1} s in all",
         summary.best_epoch,
         summary.epochs_run,
         headline_metrics(&summary.test, &p.evaluate.ks),
         summary.epoch_seconds_median,
-        summary.eval_seconds_median
+        summary.eval_seconds_median,
+        summary.params,
+        summary.peak_rss_bytes as f64 / (1u64 << 30) as f64,
+        (Utc::now() - started).as_seconds_f64()
     );
     Ok(())
 }
