@@ -1,6 +1,6 @@
-//! Failures that another process's running stage explains. A stage that finds the workspace in
-//! a state it cannot use (no manifest yet, outputs replaced, a run trained on data ingested
-//! since) exits with code 2: the user has to act. While a stage it reads from is running in
+//! Failures that another process's running stage explains. A stage that finds what another
+//! stage writes in a state it cannot use (no manifest yet, outputs replaced, a run trained on
+//! data ingested since) exits with code 2: the user has to act. While a stage it reads from is running in
 //! another process (its heartbeat, `diffrec_data::running`), that state is the other process's
 //! work in progress, and a retry once it has finished meets another: exit code 1, and the
 //! message names the running stage.
@@ -10,7 +10,7 @@ use diffrec_data::{DataError, Workspace, running};
 use diffrec_trainer::TrainError;
 
 use crate::stages::Stage;
-use crate::usage::{TrainedOnOtherData, UsageError};
+use crate::usage::{NotReady, TrainedOnOtherData};
 
 /// The outer layer of an error that a stage running elsewhere explains (exit code 1).
 #[derive(Debug, thiserror::Error)]
@@ -56,27 +56,17 @@ pub async fn explain(ws: &Workspace, folders: &[String], e: anyhow::Error) -> an
     )))
 }
 
-/// Whether `e` is about the state a stage found the workspace in (what another stage writes),
-/// rather than about the pipeline, the source data or the store's permissions.
+/// Whether `e` is about what another stage writes, as a stage found it: not there yet
+/// ([`NotReady`]), changed since the run was trained, an artifact missing, unreadable or
+/// changed since its manifest. Not the pipeline's settings, the source data, the store's
+/// permissions, or the stage's own run (its checkpoints): those stay what they are.
 fn about_workspace_state(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
-        cause.is::<UsageError>()
+        cause.is::<NotReady>()
             || cause.is::<TrainedOnOtherData>()
             || cause.downcast_ref::<DataError>().is_some_and(left_so)
-            || match cause.downcast_ref::<TrainError>() {
-                Some(TrainError::Data(d)) => left_so(d),
-                Some(
-                    TrainError::Damaged(_)
-                    | TrainError::ModelMismatch { .. }
-                    | TrainError::Input(_),
-                ) => true,
-                _ => false,
-            }
-            || match cause.downcast_ref::<ClusterError>() {
-                Some(ClusterError::Data(d)) => left_so(d),
-                Some(ClusterError::Corrupt { .. }) => true,
-                _ => false,
-            }
+            || matches!(cause.downcast_ref::<TrainError>(), Some(TrainError::Data(d)) if left_so(d))
+            || matches!(cause.downcast_ref::<ClusterError>(), Some(ClusterError::Data(d)) if left_so(d))
     })
 }
 
@@ -96,9 +86,18 @@ mod tests {
 
     #[test]
     fn only_the_workspace_state_waits_for_a_running_stage() {
-        let usage = anyhow::Error::new(UsageError("run `r` has not finished training".into()))
+        let usage = anyhow::Error::new(NotReady("run `r` has not finished training".into()))
             .context("evaluate stage failed");
         assert!(about_workspace_state(&usage));
+        let settings = anyhow::Error::new(crate::usage::UsageError(
+            "train.parallel: model needs clusters".into(),
+        ));
+        assert!(
+            !about_workspace_state(&settings),
+            "the pipeline is the user's to fix"
+        );
+        let own_run = anyhow::Error::new(TrainError::Damaged("latest.ckpt".into()));
+        assert!(!about_workspace_state(&own_run), "the stage's own run");
         let missing = anyhow::Error::new(TrainError::Data(DataError::MissingArtifact {
             workspace: "ws".into(),
             key: "data/interactions.parquet".into(),

@@ -27,7 +27,7 @@ use crate::pipeline::Loaded;
 use crate::progress::{Spinner, headline_metrics};
 use crate::stdout::status;
 use crate::train_stage::refuse_other_data_settings;
-use crate::usage::{TrainedOnOtherData, UsageError};
+use crate::usage::{NotReady, TrainedOnOtherData, UsageError};
 use diffrec_data::differences::differing_keys;
 
 type Cpu = burn_flex::Flex;
@@ -128,9 +128,9 @@ async fn check_trained_settings(
 async fn check_trained_data(ws: &Workspace, run: &str, manifest: &StageManifest) -> Result<()> {
     let stage = diffrec_data::ingest::STAGE_DIR;
     let Some(now) = upstream_hashes(ws, stage).await? else {
-        return Err(UsageError(format!(
+        return Err(NotReady(format!(
             "the workspace's ingested data is incomplete (no {}: the ingest stage has not \
-             finished, or stopped before it finished): run it to the end first",
+             finished): run it to the end first",
             manifest_key(stage)
         ))
         .into());
@@ -206,7 +206,10 @@ fn best_sha256<'a>(manifest: &'a StageManifest, run: &str) -> Option<&'a str> {
 async fn trained_run(ws: &Workspace, run: &str) -> Result<(ModelConfig, StageManifest)> {
     let key = manifest_key(&run_dir(run));
     let Some(manifest) = ws.get_json::<StageManifest>(&key).await? else {
-        if !ws.list(&run_dir(run)).await?.is_empty() {
+        // Heartbeats (`_running/`) alone are a training that has written nothing yet, or one
+        // killed before it did: no run.
+        let written = ws.list(&run_dir(run)).await?;
+        if written.iter().any(|k| !k.contains("/_running/")) {
             return Err(unfinished(run, &key).into());
         }
         // No such run at all: a typo, say. Name the runs there are.
@@ -251,8 +254,8 @@ async fn trained_run(ws: &Workspace, run: &str) -> Result<(ModelConfig, StageMan
 }
 
 /// A run that has not finished training (`missing` is the artifact that shows it).
-fn unfinished(run: &str, missing: &str) -> UsageError {
-    UsageError(format!(
+fn unfinished(run: &str, missing: &str) -> NotReady {
+    NotReady(format!(
         "run `{run}` has not finished training (no {missing}): run the train stage first (a \
          stopped run resumes where its settings and data are unchanged)"
     ))
@@ -445,7 +448,7 @@ async fn temporal_weights(ws: &Workspace) -> Result<TemporalConfig> {
     let manifest: StageManifest = ws
         .get_json(&key)
         .await?
-        .ok_or_else(|| UsageError(format!("no {key}: the workspace has no ingested data")))?;
+        .ok_or_else(|| NotReady(format!("no {key}: the workspace has no ingested data")))?;
     serde_json::from_value::<Option<TemporalConfig>>(manifest.config["temporal"].clone())
         .with_context(|| format!("{key} holds no readable data.temporal"))?
         .ok_or_else(|| {
@@ -529,9 +532,14 @@ pub async fn recommend_one(
         // `auto` resolved as `diffrec stage recommend` resolves it, so both rank alike.
         let model_cfg = resolve_input(&model_cfg, &data.train, Backend::Cpu).into_owned();
         let model = load_seeded(&ws, run, &model_cfg, items.len(), &manifest, &dev).await?;
-        anyhow::Ok((model_cfg, items, data, model))
+        let users = load_ids(&ws, "user").await?;
+        let temporal = match model_cfg.variant.is_temporal() {
+            true => Some(temporal_weights(&ws).await?),
+            false => None,
+        };
+        anyhow::Ok((model_cfg, items, data, model, users, temporal))
     };
-    let (model_cfg, items, data, model) = match ready.await {
+    let (model_cfg, items, data, model, users, temporal) = match ready.await {
         Ok(ready) => ready,
         Err(e) => {
             let upstream = crate::busy::upstream_of(crate::stages::Stage::Recommend, run);
@@ -540,7 +548,6 @@ pub async fn recommend_one(
     };
     let recs = match (user, history) {
         (Some(id), None) => {
-            let users = load_ids(&ws, "user").await?;
             let u = find_id(&id_index(&users), id).ok_or_else(|| {
                 UsageError(format!(
                     "user {id:?} is not in the training data; pass --history or --history-file instead"
@@ -589,9 +596,9 @@ pub async fn recommend_one(
                     UsageError("the history names no item known to the model".into()).into(),
                 );
             }
-            if model_cfg.variant.is_temporal() {
+            if let Some(temporal) = &temporal {
                 // Time-weighted as ingest weighs a user's train rows, oldest first.
-                let weights = temporal_weights(&ws).await?.weights(hist.len());
+                let weights = temporal.weights(hist.len());
                 for ((_, w), weight) in hist.iter_mut().zip(weights) {
                     *w = weight;
                 }

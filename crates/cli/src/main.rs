@@ -270,6 +270,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<PipelineError>().is_some()
             || cause.downcast_ref::<usage::UsageError>().is_some()
             || cause.downcast_ref::<usage::TrainedOnOtherData>().is_some()
+            || cause.downcast_ref::<usage::NotReady>().is_some()
         {
             return 2;
         }

@@ -88,7 +88,8 @@ impl EpochBar {
         let ticker = (!terminal).then(|| {
             let bar = bar.clone();
             Ticker::start(LOG_EVERY, log_line, move || {
-                (!bar.is_finished()).then(|| where_now(stage, &bar))
+                // Nothing to say before the first epoch starts.
+                (!bar.is_finished() && !bar.prefix().is_empty()).then(|| where_now(stage, &bar))
             })
         });
         EpochBar {
@@ -120,6 +121,12 @@ impl EpochBar {
         self.bar.enable_steady_tick(Duration::from_millis(120));
     }
 
+    /// Work between epochs other than an evaluation (`label`: what it is), with its time so
+    /// far.
+    pub fn between_epochs(&self, label: String) {
+        self.evaluating(label)
+    }
+
     pub fn inc(&self) {
         self.bar.inc(1);
     }
@@ -146,15 +153,15 @@ fn batch_style() -> ProgressStyle {
 }
 
 /// Where `stage`'s epoch bar is, as a scheduler-log line: "train: epoch 3 of 1000: batch 120
-/// of 781, 1m 05s in, about 5m 58s left" (or "train: epoch 5: evaluating 6040 users, 0m 40s
-/// in").
+/// of 781, 1m 05s in, about 5m 58s left in the epoch" (or "train: epoch 5: evaluating 6040
+/// users, 0m 40s in").
 fn where_now(stage: &str, bar: &ProgressBar) -> String {
     let (batches, left) = match bar.length() {
         Some(len) if len > 0 => (
             format!(": batch {} of {len}", bar.position()),
             match bar.position() {
                 0 => String::new(),
-                _ => format!(", about {} left", minutes(bar.eta())),
+                _ => format!(", about {} left in the epoch", minutes(bar.eta())),
             },
         ),
         _ => (String::new(), String::new()),
@@ -335,6 +342,7 @@ mod tests {
         bar.set_length(781);
         bar.set_position(120);
         let now = where_now("train", &bar);
+        assert!(now.ends_with(" left in the epoch"), "{now}");
         assert!(
             now.starts_with("train: epoch 3: batch 120 of 781, 0m 00s in, about "),
             "{now}"
@@ -346,10 +354,10 @@ mod tests {
             move |line| seen.lock().unwrap().push(line),
             move || (!shown.is_finished()).then(|| where_now("train", &shown)),
         );
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(300));
         bar.set_prefix("epoch 5: evaluating 6040 users");
         bar.set_length(0);
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(300));
         bar.finish_and_clear();
         std::thread::sleep(Duration::from_millis(100));
         let said = lines.lock().unwrap().clone();
@@ -361,7 +369,7 @@ mod tests {
         );
         assert!(batches > 0 && evaluations > 0, "{said:?}");
         assert_eq!(batches + evaluations, said.len(), "{said:?}");
-        assert!(said.len() <= 14, "one line a period: {}", said.len());
+        assert!(said.len() <= 40, "one line a period: {}", said.len());
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(
             lines.lock().unwrap().len(),

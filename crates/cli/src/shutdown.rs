@@ -32,13 +32,7 @@ async fn stop_on(mut term: tokio::signal::unix::Signal, mut int: tokio::signal::
     };
     // First, so that processes waiting for these stages (`busy`) stop waiting now rather
     // than after `STALE_AFTER`; a store that does not answer promptly leaves them to go stale.
-    let beats = HEARTBEATS.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    for (ws, key) in beats {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), ws.delete(&key)).await;
-        if let Some((folder, _)) = key.rsplit_once('/') {
-            ws.remove_empty_folder(folder);
-        }
-    }
+    diffrec_data::running::stop_all(std::time::Duration::from_secs(2)).await;
     // Held until the process ends: a file is then either not created yet, unfinished (and
     // removed here) or renamed whole, never between two of these.
     let unfinished = UNFINISHED.lock().unwrap_or_else(|e| e.into_inner());
@@ -51,23 +45,6 @@ async fn stop_on(mut term: tokio::signal::unix::Signal, mut int: tokio::signal::
          checkpoints; other work is done again)"
     );
     std::process::exit(code);
-}
-
-/// The heartbeats of the stages this process is running (workspace and key), deleted when a
-/// signal ends it (`diffrec_data::running`).
-static HEARTBEATS: std::sync::Mutex<Vec<(diffrec_data::Workspace, String)>> =
-    std::sync::Mutex::new(Vec::new());
-
-/// Puts a running stage's heartbeat on the list a signal deletes ([`HEARTBEATS`]).
-pub fn heartbeat_started(ws: &diffrec_data::Workspace, key: &str) {
-    let mut beats = HEARTBEATS.lock().unwrap_or_else(|e| e.into_inner());
-    beats.push((ws.clone(), key.to_owned()));
-}
-
-/// Takes a heartbeat its stage has stopped (and deleted) off that list.
-pub fn heartbeat_stopped(key: &str) {
-    let mut beats = HEARTBEATS.lock().unwrap_or_else(|e| e.into_inner());
-    beats.retain(|(_, k)| k != key);
 }
 
 /// Files a command writes outside a workspace, removed if a signal ends it before they are done

@@ -26,6 +26,13 @@ pub enum Stage {
     Recommend,
 }
 
+impl Stage {
+    /// Its name as the command line and the log lines write it (`ingest`, …).
+    pub fn name(self) -> String {
+        format!("{self:?}").to_lowercase()
+    }
+}
+
 pub const ALL: [Stage; 5] = [
     Stage::Ingest,
     Stage::Cluster,
@@ -101,9 +108,7 @@ pub async fn run_stages_in(
         let beat = start_heartbeat(ws, loaded, stage).await;
         let ran = run_stage(ws, loaded, stage, force).await;
         if let Some(beat) = beat {
-            let key = beat.key().to_owned();
             beat.stop(ws).await;
-            crate::shutdown::heartbeat_stopped(&key);
         }
         let upstream = crate::busy::upstream_of(stage, &loaded.pipeline.name);
         let ran = match ran {
@@ -112,7 +117,7 @@ pub async fn run_stages_in(
         };
         // On stderr with a time stamp, where a scheduler keeps it: how long each stage took
         // (whether it ran or found its outputs up to date is on stdout).
-        let name = format!("{stage:?}").to_lowercase();
+        let name = stage.name();
         let seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
         match &ran {
             Ok(()) => tracing::info!(seconds, "{name}: stage ended after {seconds:.1} s"),
@@ -148,14 +153,14 @@ async fn start_heartbeat(ws: &Workspace, loaded: &Loaded, stage: Stage) -> Optio
         }
         Stage::Train | Stage::Evaluate | Stage::Recommend => return None,
     };
-    let name = format!("{stage:?}").to_lowercase();
+    let name = stage.name();
     match Heartbeat::start(ws, &folder, &name).await {
-        Ok(beat) => {
-            crate::shutdown::heartbeat_started(ws, beat.key());
-            Some(beat)
-        }
+        Ok(beat) => Some(beat),
         Err(e) => {
-            tracing::debug!("{name}: no heartbeat written ({e})");
+            tracing::warn!(
+                "{name}: no heartbeat written ({e}): other processes cannot tell that this \
+                 stage is running"
+            );
             None
         }
     }
@@ -265,11 +270,11 @@ where
     loop {
         let why = match attempt().await? {
             Ok(value) => return Ok(value),
-            Err(why) if !waits => return Err(crate::usage::UsageError(why).into()),
+            Err(why) if !waits => return Err(crate::usage::NotReady(why).into()),
             Err(why) => why,
         };
         if Instant::now() >= deadline {
-            return Err(crate::usage::UsageError(format!(
+            return Err(crate::usage::NotReady(format!(
                 "{why} (node {} waited train.peer_timeout, {} s, for node 0)",
                 train.node_rank, train.peer_timeout
             ))

@@ -23,7 +23,7 @@ use crate::progress::{EpochBar, headline_metrics};
 use crate::stages::{other_node, wait_for_node_0};
 use crate::stdout::status;
 use crate::usage::UsageError;
-use diffrec_data::differences::{differing_keys, differing_keys_as};
+use diffrec_data::differences::{InputChange, differing_inputs, differing_keys, differing_keys_as};
 
 /// Removes what an interrupted run of `name` was writing (checkpoints, metrics, curves, summary,
 /// manifest: temporaries are never read, and the complete files beside them are what a resume
@@ -91,17 +91,12 @@ impl TrainedOn {
         remove_train_keys(&mut trained, leaves_out);
         let mut changed = Vec::new();
         differing_keys("", &trained, trajectory, &mut changed);
-        let names: std::collections::BTreeSet<&String> =
-            self.inputs.keys().chain(inputs.keys()).collect();
-        for name in names {
-            match (self.inputs.get(name), inputs.get(name)) {
-                (Some(a), Some(b)) if a != b => changed.push(format!("input `{name}` changed")),
-                (None, Some(_)) => {
-                    changed.push(format!("input `{name}` is new (the run read none)"))
-                }
-                (Some(_), None) => changed.push(format!("input `{name}` is no longer read")),
-                _ => {}
-            }
+        for (name, change) in differing_inputs(&self.inputs, inputs) {
+            changed.push(match change {
+                InputChange::Changed => format!("input `{name}` changed"),
+                InputChange::New => format!("input `{name}` is new (the run read none)"),
+                InputChange::Gone => format!("input `{name}` is no longer read"),
+            });
         }
         (!changed.is_empty()).then(|| changed.join("; "))
     }
@@ -570,8 +565,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     );
 
     let bar = EpochBar::new("train");
-    let mut report = |ev: Progress| {
-        match ev {
+    let mut report = |ev: Progress| match ev {
         Progress::Resumed { epoch } => status!("train: resuming after epoch {epoch}"),
         Progress::EpochStart { epoch, batches } => {
             bar.start_epoch(format!("epoch {epoch} of {}", p.train.epochs), batches)
@@ -584,6 +578,7 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         } => {
             tracing::debug!(epoch, loss, seconds, "epoch done");
             bar.set_message(format!("loss {loss:.3}"));
+            bar.between_epochs(format!("epoch {epoch}: ended, writing its checkpoint"));
         }
         Progress::Evaluating { epoch, users } => {
             bar.evaluating(format!("epoch {epoch}: evaluating {users} users"))
@@ -594,13 +589,15 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
             valid_recall,
             test_recall,
             best_epoch,
-        } => bar.say(format!(
-            "train: epoch {epoch}: valid recall@{k} {valid_recall:.4}, test recall@{k} {test_recall:.4} (best epoch {best_epoch})"
-        )),
+        } => {
+            bar.say(format!(
+                "train: epoch {epoch}: valid recall@{k} {valid_recall:.4}, test recall@{k} {test_recall:.4} (best epoch {best_epoch})"
+            ));
+            bar.between_epochs(format!("epoch {epoch}: evaluated, writing its checkpoints"));
+        }
         Progress::Stopped { epoch, best_epoch } => bar.say(format!(
             "train: early stop before epoch {epoch} (best epoch {best_epoch})"
         )),
-    }
     };
     let summary = train_on(p.train.backend, ws, &data, &spec, &mut report)
         .await

@@ -2787,6 +2787,27 @@ fn termination_signals_end_a_training_saying_so() {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+        // Training: its heartbeat is there, and a recommend meanwhile is told to retry.
+        let beats: Vec<String> = std::fs::read_dir(ws.join("runs/g/_running"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            beats
+                .iter()
+                .any(|b| b.starts_with(&format!("{}-", child.id()))),
+            "{beats:?}"
+        );
+        let busy = recommend(&ws, "g", &["--user", "u1"], None);
+        let t = text(&busy);
+        assert_eq!(busy.status.code(), Some(1), "{t}");
+        assert!(
+            t.contains(&format!(
+                "the train stage is running (process {} on ",
+                child.id()
+            )) && t.contains("has not finished training"),
+            "{t}"
+        );
         let killed = Command::new("kill")
             .args([format!("-{signal}"), child.id().to_string()])
             .status()
@@ -2806,6 +2827,8 @@ fn termination_signals_end_a_training_saying_so() {
             !ws.join("runs/g/_running").exists(),
             "{signal}: heartbeat left"
         );
+        let stopped = recommend(&ws, "g", &["--user", "u1"], None);
+        assert_eq!(stopped.status.code(), Some(2), "{}", text(&stopped));
     }
 }
 

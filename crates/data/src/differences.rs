@@ -38,6 +38,37 @@ pub fn differing_keys_as(path: &str, a: &Value, b: &Value, was: &str, out: &mut 
     }
 }
 
+/// How an input (a name and its SHA-256) differs between two records of a stage's inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputChange {
+    /// Read both times, other content.
+    Changed,
+    /// Read now only.
+    New,
+    /// Read before only.
+    Gone,
+}
+
+/// The inputs that differ between `was` and `now` (name → SHA-256), by name.
+pub fn differing_inputs<'a>(
+    was: &'a std::collections::BTreeMap<String, String>,
+    now: &'a std::collections::BTreeMap<String, String>,
+) -> Vec<(&'a str, InputChange)> {
+    let names: std::collections::BTreeSet<&String> = was.keys().chain(now.keys()).collect();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let change = match (was.get(name), now.get(name)) {
+                (Some(a), Some(b)) if a != b => InputChange::Changed,
+                (None, Some(_)) => InputChange::New,
+                (Some(_), None) => InputChange::Gone,
+                _ => return None,
+            };
+            Some((name.as_str(), change))
+        })
+        .collect()
+}
+
 fn shown(v: &Value) -> String {
     match v {
         Value::Null => "the default".into(),

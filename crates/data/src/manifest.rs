@@ -176,26 +176,21 @@ pub async fn freshness_resolving(
         };
         let mut keys = Vec::new();
         crate::differences::differing_keys_as(root, &recorded, config, "last run", &mut keys);
-        return Ok(Freshness::Stale(format!(
-            "settings changed: {}",
-            some_of(&keys)
-        )));
+        // A key absent on one side and null on the other differs only in spelling.
+        return Ok(Freshness::Stale(match keys.is_empty() {
+            true => "the stage's settings changed".into(),
+            false => format!("settings changed: {}", some_of(&keys)),
+        }));
     }
     if &m.inputs != inputs {
-        let changed: Vec<String> = m
-            .inputs
-            .keys()
-            .chain(inputs.keys())
-            .filter(|k| m.inputs.get(*k) != inputs.get(*k))
-            .collect::<std::collections::BTreeSet<_>>()
+        use crate::differences::{InputChange, differing_inputs};
+        let changed: Vec<String> = differing_inputs(&m.inputs, inputs)
             .into_iter()
-            .map(
-                |k| match (m.inputs.contains_key(k), inputs.contains_key(k)) {
-                    (true, true) => format!("{k} changed"),
-                    (false, _) => format!("{k} is new"),
-                    (_, false) => format!("{k} is no longer read"),
-                },
-            )
+            .map(|(k, change)| match change {
+                InputChange::Changed => format!("{k} changed"),
+                InputChange::New => format!("{k} is new"),
+                InputChange::Gone => format!("{k} is no longer read"),
+            })
             .collect();
         return Ok(Freshness::Stale(format!(
             "inputs changed: {}",

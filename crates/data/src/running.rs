@@ -14,11 +14,11 @@
 //! Unlike a [`crate::claim::Claim`], this decides nothing about who may write: it only tells a
 //! reader whether to wait.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::error::Result;
@@ -44,6 +44,10 @@ pub struct Beat {
     pub pid: u32,
     /// The machine's host name (`?` where it cannot be read).
     pub host: String,
+    /// Its pid namespace (`pid:[4026531836]`; absent where there is no `/proc`): two
+    /// containers may share a host name but not their pids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_ns: Option<String>,
     /// When the stage started.
     pub started_at: DateTime<Utc>,
 }
@@ -76,23 +80,38 @@ impl std::fmt::Display for Live {
 
 /// This process's heartbeat for a stage it runs. [`Heartbeat::stop`] ends it and deletes its
 /// file; dropped without it (the process is ending on an error), the beats stop and the file
-/// goes stale after [`STALE_AFTER`].
+/// goes stale after [`STALE_AFTER`]. A signal's handler ends every one ([`stop_all`]).
 #[derive(Debug)]
 pub struct Heartbeat {
     key: String,
-    stop: Option<oneshot::Sender<()>>,
+    /// Held while a beat is written; `true` once the heartbeat has ended (no beat after).
+    gate: Gate,
     task: Option<JoinHandle<()>>,
+}
+
+type Gate = Arc<tokio::sync::Mutex<bool>>;
+
+/// The heartbeats this process keeps: what [`stop_all`] ends and [`running`] leaves out.
+static OWN: std::sync::Mutex<Vec<(Workspace, String, Gate)>> = std::sync::Mutex::new(Vec::new());
+
+fn own() -> std::sync::MutexGuard<'static, Vec<(Workspace, String, Gate)>> {
+    OWN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Heartbeat {
     /// Writes the heartbeat of `stage` under `folder` (the stage's folder in the workspace)
     /// and keeps writing it every [`BEAT_EVERY`] on the async runtime, until stopped. Stale
-    /// heartbeats there (of killed processes) are deleted first.
+    /// heartbeats there (of killed processes, and their writes' temporaries) are deleted
+    /// first, as far as the store lets.
     pub async fn start(ws: &Workspace, folder: &str, stage: &str) -> Result<Heartbeat> {
         let dir = format!("{folder}/{FOLDER}");
-        for (key, live) in heartbeats(ws, folder).await? {
-            if !live.counts() {
-                ws.delete(&key).await?;
+        for (key, modified) in ws.list_modified(&dir).await.unwrap_or_default() {
+            let gone = match is_temporary_key(&key) {
+                true => age(modified) > STALE_AFTER,
+                false => !read_live(ws, &key, modified).await.counts(),
+            };
+            if gone && let Err(e) = ws.delete(&key).await {
+                tracing::debug!("stale heartbeat {key} not deleted: {e}");
             }
         }
         let key = format!(
@@ -104,28 +123,29 @@ impl Heartbeat {
             stage: stage.to_owned(),
             pid: std::process::id(),
             host: host_name(),
+            pid_ns: pid_namespace(),
             started_at: Utc::now(),
         };
         ws.put_json(&key, &beat).await?;
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        let (ws, at) = (ws.clone(), key.clone());
+        let gate: Gate = Arc::new(tokio::sync::Mutex::new(false));
+        own().push((ws.clone(), key.clone(), gate.clone()));
+        let (ws, at, held) = (ws.clone(), key.clone(), gate.clone());
         let task = tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    // Stopped, or the guard dropped.
-                    _ = &mut stopped => break,
-                    _ = tokio::time::sleep(BEAT_EVERY) => {
-                        // A missed beat is no reason to stop the stage: the next may land.
-                        if let Err(e) = ws.put_json(&at, &beat).await {
-                            tracing::debug!("heartbeat {at} not written: {e}");
-                        }
-                    }
+                tokio::time::sleep(BEAT_EVERY).await;
+                let ended = held.lock().await;
+                if *ended {
+                    break;
+                }
+                // A missed beat is no reason to stop the stage: the next may land.
+                if let Err(e) = ws.put_json(&at, &beat).await {
+                    tracing::debug!("heartbeat {at} not written: {e}");
                 }
             }
         });
         Ok(Heartbeat {
             key,
-            stop: Some(stop),
+            gate,
             task: Some(task),
         })
     }
@@ -136,21 +156,48 @@ impl Heartbeat {
     }
 
     /// Ends the beats and deletes the heartbeat file (best effort: one left behind goes stale
-    /// after [`STALE_AFTER`]).
+    /// after [`STALE_AFTER`]). A beat in flight lands before the file goes; one the store
+    /// holds up longer than a few seconds is abandoned.
     pub async fn stop(mut self, ws: &Workspace) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        // A beat in flight lands before the file goes, not after.
+        let waited =
+            tokio::time::timeout(Duration::from_secs(5), end(ws, &self.key, &self.gate)).await;
         if let Some(task) = self.task.take() {
-            let _ = task.await;
+            task.abort();
         }
-        if let Err(e) = ws.delete(&self.key).await {
-            tracing::debug!("heartbeat {} not deleted: {e}", self.key);
+        if waited.is_err() {
+            end(ws, &self.key, &self.gate).await;
         }
-        if let Some((dir, _)) = self.key.rsplit_once('/') {
-            ws.remove_empty_folder(dir);
+        own().retain(|(_, key, _)| *key != self.key);
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
         }
+        own().retain(|(_, key, _)| *key != self.key);
+    }
+}
+
+/// Marks a heartbeat ended (after the beat in flight, if any) and deletes its file.
+async fn end(ws: &Workspace, key: &str, gate: &tokio::sync::Mutex<bool>) {
+    *gate.lock().await = true;
+    if let Err(e) = ws.delete(key).await {
+        tracing::debug!("heartbeat {key} not deleted: {e}");
+    }
+    if let Some((dir, _)) = key.rsplit_once('/') {
+        ws.remove_empty_folder(dir);
+    }
+}
+
+/// Ends every heartbeat of this process and deletes their files, each within `patience`
+/// (a store that does not answer leaves them to go stale): what a signal's handler does
+/// before the process ends, so that readers stop waiting for its stages at once.
+pub async fn stop_all(patience: Duration) {
+    let beats = own().clone();
+    for (ws, key, gate) in beats {
+        let _ = tokio::time::timeout(patience, end(&ws, &key, &gate)).await;
     }
 }
 
@@ -158,39 +205,37 @@ impl Heartbeat {
 /// [`STALE_AFTER`], less those of processes of this machine that have ended (a `SIGKILL`
 /// leaves its heartbeat); this process's own are left out.
 pub async fn running(ws: &Workspace, folder: &str) -> Result<Vec<Live>> {
-    let own = format!("/{FOLDER}/{}-", std::process::id());
-    Ok(heartbeats(ws, folder)
-        .await?
-        .into_iter()
-        .filter(|(key, live)| live.counts() && !key.contains(&own))
-        .map(|(_, live)| live)
-        .collect())
-}
-
-/// The heartbeat files under `folder` (temporaries of a write in flight left out), with
-/// what they hold.
-async fn heartbeats(ws: &Workspace, folder: &str) -> Result<Vec<(String, Live)>> {
-    let mut found = Vec::new();
+    let mut live = Vec::new();
     for (key, modified) in ws.list_modified(&format!("{folder}/{FOLDER}")).await? {
-        if is_temporary_key(&key) {
+        if is_temporary_key(&key) || own().iter().any(|(_, k, _)| *k == key) {
             continue;
         }
-        // Gone meanwhile (the stage ended) or unreadable: judged by its age alone.
-        let beat = ws.get_json::<Beat>(&key).await.ok().flatten();
-        let age = age(modified);
-        found.push((key, Live { beat, age }));
+        let found = read_live(ws, &key, modified).await;
+        if found.counts() {
+            live.push(found);
+        }
     }
-    Ok(found)
+    Ok(live)
+}
+
+/// The heartbeat at `key`, last modified at `modified`, with what it holds (`None`: gone
+/// meanwhile, the stage having ended, or unreadable; then judged by its age alone).
+async fn read_live(ws: &Workspace, key: &str, modified: DateTime<Utc>) -> Live {
+    Live {
+        beat: ws.get_json::<Beat>(key).await.ok().flatten(),
+        age: age(modified),
+    }
 }
 
 impl Live {
     /// Whether the heartbeat is a running process's: younger than [`STALE_AFTER`], and not of
-    /// a process of this machine (same host name) that has ended. Linux only (`/proc`);
-    /// elsewhere its age alone decides.
+    /// a process that has ended on this machine (same host name and pid namespace, its pid
+    /// gone from `/proc`). Linux only; elsewhere its age alone decides.
     fn counts(&self) -> bool {
         let ended_here = self.beat.as_ref().is_some_and(|b| {
             b.host == host_name()
-                && std::path::Path::new("/proc/self").exists()
+                && b.pid_ns.is_some()
+                && b.pid_ns == pid_namespace()
                 && !std::path::Path::new(&format!("/proc/{}", b.pid)).exists()
         });
         self.age <= STALE_AFTER && !ended_here
@@ -200,6 +245,13 @@ impl Live {
 /// How long ago `modified` was, zero when it is ahead of this machine's clock.
 fn age(modified: DateTime<Utc>) -> Duration {
     (Utc::now() - modified).to_std().unwrap_or(Duration::ZERO)
+}
+
+/// This process's pid namespace, as `/proc/self/ns/pid` names it (`None` without `/proc`).
+fn pid_namespace() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .map(|p| p.display().to_string())
 }
 
 /// This machine's host name, as the kernel has it (`?` where it cannot be read).
@@ -234,6 +286,7 @@ mod tests {
             stage: "ingest".into(),
             pid,
             host: "elsewhere".into(),
+            pid_ns: pid_namespace(),
             started_at: "2026-12-02T10:00:00Z".parse().unwrap(),
         };
         std::fs::write(&path, serde_json::to_vec(&beat).unwrap()).unwrap();
@@ -270,7 +323,9 @@ mod tests {
         );
         // Other folders are other stages.
         assert!(running(&ws, "cluster").await.unwrap().is_empty());
-        // A process of this machine that has ended (killed): no wait, however young.
+        // A process of this machine that has ended (killed): no wait, however young; the
+        // same pid in another pid namespace (another container of the same host name) is
+        // not this machine's to judge.
         let ended = plant(&dir, "runs/r", 4_000_004, Duration::from_secs(1));
         let mut beat: Beat = serde_json::from_slice(&std::fs::read(&ended).unwrap()).unwrap();
         beat.host = host_name();
@@ -280,6 +335,13 @@ mod tests {
             "pid_max is 4194304 at most"
         );
         assert!(running(&ws, "runs/r").await.unwrap().is_empty());
+        beat.pid_ns = Some("pid:[1]".into());
+        std::fs::write(&ended, serde_json::to_vec(&beat).unwrap()).unwrap();
+        assert_eq!(running(&ws, "runs/r").await.unwrap().len(), 1);
+        std::fs::remove_file(&ended).unwrap();
+        // A process elsewhere with this process's pid (PID 1 in two containers) counts.
+        plant(&dir, "cluster", std::process::id(), Duration::from_secs(1));
+        assert_eq!(running(&ws, "cluster").await.unwrap().len(), 1);
         // A killed process's: older than STALE_AFTER.
         let (dir2, ws2) = workspace();
         plant(
@@ -312,6 +374,10 @@ mod tests {
         let key = beat.key().to_owned();
         beat.stop(&ws).await;
         assert!(
+            own().iter().all(|(_, k, _)| *k != key),
+            "no longer this process's"
+        );
+        assert!(
             !ws.exists(&key).await.unwrap(),
             "deleted when the stage ends"
         );
@@ -320,6 +386,13 @@ mod tests {
             !dir.join("runs/r").join(FOLDER).exists(),
             "no empty folder left"
         );
+        // Ended by a signal's handler: the file goes, and no beat brings it back.
+        let beat = Heartbeat::start(&ws, "runs/r", "train").await.unwrap();
+        let key = beat.key().to_owned();
+        stop_all(Duration::from_secs(2)).await;
+        assert!(!ws.exists(&key).await.unwrap(), "deleted by stop_all");
+        assert!(*beat.gate.lock().await, "no beat after");
+        drop(beat);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
