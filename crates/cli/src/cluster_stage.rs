@@ -45,6 +45,9 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         Progress::Stopped { epoch, best_epoch } => bar.say(format!(
             "cluster: lightgcn early stop after epoch {epoch} (best epoch {best_epoch})"
         )),
+        Progress::Clustering { k, n_runs, items } => bar.between_epochs(format!(
+            "k-means: {k} clusters of {items} items, best of {n_runs} runs"
+        )),
     };
     let out = run_cluster(
         ws,

@@ -69,7 +69,7 @@ impl LightGcn {
     }
 }
 
-/// Reports from [`pretrain`] (the CLI draws them).
+/// Reports from [`pretrain`] and the cluster stage's k-means (the CLI draws them).
 #[derive(Debug, Clone)]
 pub enum Progress {
     /// Continuing from a checkpoint written after `epoch`.
@@ -93,6 +93,13 @@ pub enum Progress {
     Stopped {
         epoch: usize,
         best_epoch: usize,
+    },
+    /// k-means starts (after the pre-training, or on given or reused embeddings): `k`
+    /// clusters, `n_runs` restarts, over `items` items. Its whole runs before the next event.
+    Clustering {
+        k: usize,
+        n_runs: usize,
+        items: usize,
     },
 }
 

@@ -255,6 +255,11 @@ pub async fn run_cluster(
         }
         outputs.insert(ITEM_EMBEDDINGS.to_owned(), n_items as u64);
         tracing::info!(k = cfg.k, n_runs = cfg.n_runs, "cluster: k-means");
+        progress(Progress::Clustering {
+            k: cfg.k,
+            n_runs: cfg.n_runs,
+            items: n_items,
+        });
         kmeans::cluster(&item_emb, dim, cfg.k, cfg.n_runs, cfg.seed)?
     };
     let batch = clusters_batch(&item_ids, &c.labels, &c.distances)?;

@@ -269,15 +269,21 @@ async fn a_new_k_reuses_the_pretrained_embeddings() {
     let run = |k: usize, epochs: usize, force: bool| {
         let (ws, dir, cfg) = (&ws, &dir, cfg(k, epochs));
         async move {
-            let mut ran = 0;
+            let (mut ran, mut last) = (0, None);
             let mut count = |p: Progress| {
                 if matches!(p, Progress::EpochStart { .. }) {
                     ran += 1;
                 }
+                last = Some(p);
             };
             let report = run_cluster(ws, &cfg, &[10], dir, force, &mut count)
                 .await
                 .unwrap();
+            // k-means is announced last, pre-trained or not (the bar shows it).
+            assert!(
+                matches!(last, Some(Progress::Clustering { k: kk, items, .. }) if kk == k && items > 0),
+                "{last:?}"
+            );
             (report, ran)
         }
     };
