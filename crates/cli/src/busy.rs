@@ -18,17 +18,17 @@ use crate::usage::{NotReady, TrainedOnOtherData};
 pub struct Busy(pub String);
 
 /// The workspace folders whose writers `stage` of run `run` reads from: where a heartbeat
-/// means its input is being written.
-pub fn upstream_of(stage: Stage, run: &str) -> Vec<String> {
+/// means its input is being written. Only L-DiffRec's and LT-DiffRec's training (`latent`)
+/// reads the clusters; evaluate and recommend take them from the run's checkpoint.
+pub fn upstream_of(stage: Stage, run: &str, latent: bool) -> Vec<String> {
     let data = diffrec_data::ingest::STAGE_DIR.to_owned();
     let cluster = diffrec_cluster::artifacts::STAGE_DIR.to_owned();
     match stage {
         Stage::Ingest => Vec::new(),
         Stage::Cluster => vec![data],
-        Stage::Train => vec![data, cluster],
-        Stage::Evaluate | Stage::Recommend => {
-            vec![data, cluster, diffrec_trainer::train::run_dir(run)]
-        }
+        Stage::Train if latent => vec![data, cluster],
+        Stage::Train => vec![data],
+        Stage::Evaluate | Stage::Recommend => vec![data, diffrec_trainer::train::run_dir(run)],
     }
 }
 
@@ -120,12 +120,10 @@ mod tests {
 
     #[test]
     fn each_stage_waits_for_the_writers_of_what_it_reads() {
-        assert!(upstream_of(Stage::Ingest, "r").is_empty());
-        assert_eq!(upstream_of(Stage::Cluster, "r"), ["data"]);
-        assert_eq!(upstream_of(Stage::Train, "r"), ["data", "cluster"]);
-        assert_eq!(
-            upstream_of(Stage::Recommend, "r"),
-            ["data", "cluster", "runs/r"]
-        );
+        assert!(upstream_of(Stage::Ingest, "r", true).is_empty());
+        assert_eq!(upstream_of(Stage::Cluster, "r", true), ["data"]);
+        assert_eq!(upstream_of(Stage::Train, "r", true), ["data", "cluster"]);
+        assert_eq!(upstream_of(Stage::Train, "r", false), ["data"]);
+        assert_eq!(upstream_of(Stage::Recommend, "r", true), ["data", "runs/r"]);
     }
 }

@@ -542,7 +542,7 @@ pub async fn recommend_one(
     let (model_cfg, items, data, model, users, temporal) = match ready.await {
         Ok(ready) => ready,
         Err(e) => {
-            let upstream = crate::busy::upstream_of(crate::stages::Stage::Recommend, run);
+            let upstream = crate::busy::upstream_of(crate::stages::Stage::Recommend, run, false);
             return Err(crate::busy::explain(&ws, &upstream, e).await);
         }
     };

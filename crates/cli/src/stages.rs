@@ -110,7 +110,8 @@ pub async fn run_stages_in(
         if let Some(beat) = beat {
             beat.stop(ws).await;
         }
-        let upstream = crate::busy::upstream_of(stage, &loaded.pipeline.name);
+        let p = &loaded.pipeline;
+        let upstream = crate::busy::upstream_of(stage, &p.name, p.model.variant.is_latent());
         let ran = match ran {
             Err(e) => Err(crate::busy::explain(ws, &upstream, e).await),
             ok => ok,
