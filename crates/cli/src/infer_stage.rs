@@ -2,7 +2,7 @@
 //! runs on the CPU backend (burn-flex).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,13 +43,21 @@ struct RunModel {
     trained: (chrono::DateTime<chrono::Utc>, Option<String>),
 }
 
+/// The finished run's manifest, once the pipeline is found to describe the run as trained:
+/// its model settings (less the reverse pass's) and its data (settings and ingested artifacts).
+async fn checked_run(ws: &Workspace, loaded: &Loaded) -> Result<StageManifest> {
+    let p = &loaded.pipeline;
+    let manifest = check_trained_settings(ws, &p.name, &p.model).await?;
+    // As train and cluster do: a pipeline whose `data` section is not what was ingested
+    // would evaluate (or recommend) on other data than it says.
+    refuse_other_data_settings(ws, loaded, "ingest and train").await?;
+    Ok(manifest)
+}
+
 impl RunModel {
-    async fn load(ws: &Workspace, loaded: &Loaded) -> Result<Self> {
+    /// The run's data and model; `manifest` is [`checked_run`]'s.
+    async fn load(ws: &Workspace, loaded: &Loaded, manifest: StageManifest) -> Result<Self> {
         let p = &loaded.pipeline;
-        let manifest = check_trained_settings(ws, &p.name, &p.model).await?;
-        // As train and cluster do: a pipeline whose `data` section is not what was ingested
-        // would evaluate (or recommend) on other data than it says.
-        refuse_other_data_settings(ws, loaded, "ingest and train").await?;
         let data = load_splits(ws).await?;
         let dev = Default::default();
         // `model.autoencoder.input: auto` by this data's density, as training on the CPU
@@ -127,7 +135,7 @@ async fn check_trained_settings(
 /// clusters may change: the checkpoint keeps those it was trained with.
 async fn check_trained_data(ws: &Workspace, run: &str, manifest: &StageManifest) -> Result<()> {
     let stage = diffrec_data::ingest::STAGE_DIR;
-    let Some(now) = upstream_hashes(ws, stage).await? else {
+    let Some(changed) = changed_data(ws, &manifest.inputs).await? else {
         return Err(NotReady(format!(
             "the workspace's ingested data is incomplete (no {}: the ingest stage has not \
              finished): run it to the end first",
@@ -135,12 +143,6 @@ async fn check_trained_data(ws: &Workspace, run: &str, manifest: &StageManifest)
         ))
         .into());
     };
-    let changed: Vec<&str> = manifest
-        .inputs
-        .iter()
-        .filter(|(k, v)| k.starts_with(&format!("{stage}/")) && now.get(*k) != Some(*v))
-        .map(|(k, _)| k.as_str())
-        .collect();
     if changed.is_empty() {
         return Ok(());
     }
@@ -153,6 +155,26 @@ async fn check_trained_data(ws: &Workspace, run: &str, manifest: &StageManifest)
         changed.join(", ")
     ))
     .into())
+}
+
+/// The ingested artifacts among a run's `inputs` (its manifest's, or a checkpoint's
+/// fingerprint's) whose hashes the ingest stage's manifest no longer records: empty when the
+/// run was trained on the data there is now, `None` when the workspace has no completed ingest.
+pub async fn changed_data(
+    ws: &Workspace,
+    inputs: &BTreeMap<String, String>,
+) -> Result<Option<Vec<String>>> {
+    let stage = diffrec_data::ingest::STAGE_DIR;
+    let Some(now) = upstream_hashes(ws, stage).await? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        inputs
+            .iter()
+            .filter(|(k, v)| k.starts_with(&format!("{stage}/")) && now.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect(),
+    ))
 }
 
 /// The finished run's best model (the checkpoint its manifest records), with the random
@@ -191,6 +213,20 @@ async fn load_seeded(
         .context("the run manifest records no train.seed")?;
     seed_evaluation::<Cpu>(dev, seed, epoch);
     Ok(recommender)
+}
+
+/// Whether the run's best checkpoint is the file its manifest records (the same size and
+/// entity tag, or else the same SHA-256): what a stage that skips as up to date leans on
+/// without reading it. `false` where the manifest records none; a stage that then goes on reads
+/// the file and names what is wrong with it.
+async fn best_intact(ws: &Workspace, manifest: &StageManifest, run: &str) -> Result<bool> {
+    let key = best_key(run);
+    let Some(info) = manifest.outputs.get(&key) else {
+        return Ok(false);
+    };
+    Ok(diffrec_data::manifest::output_differs(ws, &key, info)
+        .await?
+        .is_none())
 }
 
 /// The SHA-256 a finished run's manifest records for its best checkpoint.
@@ -261,8 +297,11 @@ fn unfinished(run: &str, missing: &str) -> NotReady {
     ))
 }
 
-/// Re-evaluates the best checkpoint on valid and test and updates `summary.json`.
-pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
+/// Re-evaluates the best checkpoint on valid and test and updates `summary.json`; skipped
+/// where this stage already evaluated the run's best checkpoint with the same `evaluate.ks` and
+/// reverse pass (`summary.json`'s `evaluated_by`) and `force` is not set. The pipeline is
+/// checked against the run either way.
+pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     let p = &loaded.pipeline;
     // Read first: without it there is nothing to update, and the evaluation would be wasted.
     let key = summary_key(&p.name);
@@ -281,13 +320,30 @@ pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
         }
         read => read?.ok_or_else(|| unfinished(&p.name, &key))?,
     };
+    let manifest = checked_run(ws, loaded).await?;
+    let now = EvaluatedBy {
+        ks: Some(p.evaluate.ks.clone()),
+        checkpoint_sha256: best_sha256(&manifest, &p.name).map(str::to_owned),
+        ..EvaluatedBy::new("evaluate", &p.model)
+    };
+    if !force
+        && summary.evaluated_by.as_ref() == Some(&now)
+        && best_intact(ws, &manifest, &p.name).await?
+    {
+        status!(
+            "evaluate: up to date (summary.json holds this stage's evaluation of the best \
+             checkpoint with these evaluate.ks and sampling settings), skipped; use --force to \
+             rerun"
+        );
+        return Ok(());
+    }
     let RunModel {
         data,
         model,
         input,
         dev,
         ..
-    } = RunModel::load(ws, loaded).await?;
+    } = RunModel::load(ws, loaded, manifest).await?;
     let diffusion = diffusion_of(&p.model)?;
     let t = Instant::now();
     let spinner = Spinner::start(&format!(
@@ -303,7 +359,7 @@ pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
     summary.valid = valid;
     summary.test = test;
     summary.users = Some(UserCounts::of(&data));
-    summary.evaluated_by = Some(EvaluatedBy::new("evaluate", &p.model));
+    summary.evaluated_by = Some(now);
     ws.clean_temporaries_of(&key).await?;
     ws.put_json(&key, &summary).await?;
     status!(
@@ -315,17 +371,51 @@ pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
 }
 
 /// Writes `runs/<name>/recommendations.parquet`: top-`recommend.k` per user, the user's items
-/// that `recommend.exclude` names left out, original ids.
-pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
+/// that `recommend.exclude` names left out, original ids. Skipped where the file there was
+/// made from the run's best checkpoint with the same settings (its key-value metadata
+/// `diffrec`) and `force` is not set; the pipeline is checked against the run either way.
+pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
     let p = &loaded.pipeline;
     let t = Instant::now();
+    let manifest = checked_run(ws, loaded).await?;
+    // What made the list, for whoever reads the file alone (a key-value entry `diffrec`), and
+    // what a later stage compares to tell whether it is up to date.
+    let made_with = serde_json::json!({
+        "run": p.name,
+        "k": p.recommend.k,
+        "exclude": p.recommend.exclude,
+        "sampling_steps": p.model.diffusion.sampling_steps,
+        "sampling_noise": p.model.diffusion.sampling_noise,
+        "checkpoint_sha256": best_sha256(&manifest, &p.name),
+    });
+    let key = recommendations_key(&p.name);
+    if !force && best_intact(ws, &manifest, &p.name).await? {
+        match ws.parquet_key_values(&key).await {
+            Ok(Some(kv))
+                if kv
+                    .get("diffrec")
+                    .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+                    .as_ref()
+                    == Some(&made_with) =>
+            {
+                status!(
+                    "recommend: up to date ({key} was made from the best checkpoint with these \
+                     recommend and sampling settings), skipped; use --force to rerun"
+                );
+                return Ok(());
+            }
+            Ok(_) => {}
+            // Written again below.
+            Err(e) => tracing::warn!("recommend: {key} does not read ({e}): writing it again"),
+        }
+    }
     let RunModel {
         data,
         model,
         input,
         dev,
         trained,
-    } = RunModel::load(ws, loaded).await?;
+    } = RunModel::load(ws, loaded, manifest).await?;
     let spinner = Spinner::start(&format!(
         "recommend: ranking every item for {} users",
         data.n_users
@@ -352,14 +442,6 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
             score.push(s);
         }
     }
-    // What made the list, for whoever reads the file alone (a key-value entry `diffrec`).
-    let made_with = serde_json::json!({
-        "run": p.name,
-        "k": p.recommend.k,
-        "exclude": p.recommend.exclude,
-        "sampling_steps": p.model.diffusion.sampling_steps,
-        "sampling_noise": p.model.diffusion.sampling_noise,
-    });
     let schema = Arc::new(Schema::new_with_metadata(
         vec![
             Field::new("user_id", DataType::Utf8, false),
@@ -403,7 +485,6 @@ pub async fn recommend_stage(ws: &Workspace, loaded: &Loaded) -> Result<()> {
             Arc::new(Float32Array::from(score)),
         ],
     )?;
-    let key = recommendations_key(&p.name);
     ws.clean_temporaries_of(&key).await?;
     ws.write_parquet(&key, schema, [batch]).await?;
     still_the_trained_run(ws, &p.name, &key, &trained).await?;
@@ -505,6 +586,19 @@ fn tsv_field(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The existing workspace at `url` (`--workspace`), for a command that only reads one: a
+/// folder that is not there is a usage error saying `nothing_there` and to check the flag.
+pub fn open_workspace(url: &str, nothing_there: &str) -> Result<Workspace, UsageError> {
+    Workspace::open_existing(url).map_err(|e| {
+        let no_folder =
+            matches!(&e, DataError::WorkspaceUrl { message, .. } if message == "no such directory");
+        UsageError(match no_folder {
+            true => format!("{e}: {nothing_there}; check --workspace"),
+            false => e.to_string(),
+        })
+    })
+}
+
 /// `diffrec recommend`: top-K for one known user, or for a history of item ids (oldest first).
 pub async fn recommend_one(
     ws_url: &str,
@@ -512,14 +606,7 @@ pub async fn recommend_one(
     (user, history): (Option<&str>, Option<Vec<String>>),
     (k, exclude): (usize, Exclude),
 ) -> Result<()> {
-    let ws = Workspace::open_existing(ws_url).map_err(|e| {
-        let no_folder =
-            matches!(&e, DataError::WorkspaceUrl { message, .. } if message == "no such directory");
-        UsageError(match no_folder {
-            true => format!("{e}: no run to recommend from; check --workspace"),
-            false => e.to_string(),
-        })
-    })?;
+    let ws = open_workspace(ws_url, "no run to recommend from")?;
     ws.check_reachable().await?;
     let dev = Default::default();
     // What the run was trained with and on; a state that a stage running elsewhere explains

@@ -15,6 +15,7 @@ mod infer_stage;
 mod malloc;
 mod pipeline;
 mod progress;
+mod runs;
 mod shutdown;
 mod stages;
 mod stdout;
@@ -83,15 +84,17 @@ struct PipelineArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the pipeline's stages in order, skipping those whose manifest is up to date.
+    /// Run the pipeline's stages in order, skipping those that are up to date: ingest, cluster
+    /// and train whose manifest matches, evaluate and recommend whose output records the run's
+    /// best checkpoint and the same settings.
     Run {
         #[command(flatten)]
         args: PipelineArgs,
         /// Stop after this stage.
         #[arg(long, value_enum)]
         until: Option<Stage>,
-        /// Rerun stages even when their manifest matches, from the start: train and the
-        /// cluster stage's LightGCN then ignore their checkpoints instead of resuming.
+        /// Rerun stages even when they are up to date, from the start: train and the cluster
+        /// stage's LightGCN then ignore their checkpoints instead of resuming.
         #[arg(long)]
         force: bool,
     },
@@ -102,7 +105,7 @@ enum Command {
         name: Stage,
         #[command(flatten)]
         args: PipelineArgs,
-        /// Rerun even when the stage's manifest matches, from the start: train and the cluster
+        /// Rerun even when the stage is up to date, from the start: train and the cluster
         /// stage's LightGCN then ignore their checkpoints instead of resuming.
         #[arg(long)]
         force: bool,
@@ -191,6 +194,25 @@ enum Command {
         /// `recommend.exclude` in a pipeline). Only with --user: a history's items are left out.
         #[arg(long, value_name = "seen|train", value_parser = parse_exclude)]
         exclude: Option<diffrec_trainer::Exclude>,
+    },
+    /// List the workspace's runs: state (`finished`; `training`, with the process a live
+    /// heartbeat names; `stopped`: killed, failed or stopped, which `diffrec stage train`
+    /// resumes; `damaged`), variant, seed, epochs trained, best epoch, validation Recall@K and
+    /// test Recall@K and NDCG@K at the best epoch (K: the one that selects the best epoch, 20
+    /// or the first of `evaluate.ks`), whether the workspace's data is still what the run was
+    /// trained on (`current`, `changed`, `no_ingest`, `unknown`), whether recommendations were
+    /// written, when, and what to do. Reads only. A stopped run's `metrics.parquet` holds the
+    /// evaluations it got to: this says which runs finished.
+    Runs {
+        /// Workspace URL (a directory, file://…, s3://bucket/prefix).
+        #[arg(long)]
+        workspace: String,
+        /// One JSON object per run and line (the columns' names in lower case, plus
+        /// `finished_at`, `last_written` and `running` {pid, host, started_at,
+        /// heartbeat_age_s}), no header: for scripts, and to save as `runs.jsonl` for DuckDB
+        /// (`select * from 'runs.jsonl'`) or pandas (`read_json(f, lines=True)`).
+        #[arg(long)]
+        json: bool,
     },
     /// Run burn-collective's global orchestrator for multi-node data-parallel training: each
     /// node's trainer (`train.nodes`, `train.node_rank`, `train.orchestrator: HOST:PORT`,
@@ -429,6 +451,7 @@ async fn dispatch(command: Command) -> Result<()> {
             )
             .await
         }
+        Command::Runs { workspace, json } => runs::list(&workspace, json).await,
         Command::Orchestrator { bind } => {
             let port = diffrec_trainer::config::host_port(&bind).ok_or_else(|| {
                 usage::UsageError(format!(

@@ -33,6 +33,12 @@ async fn stop_on(mut term: tokio::signal::unix::Signal, mut int: tokio::signal::
     // First, so that processes waiting for these stages (`busy`) stop waiting now rather
     // than after `STALE_AFTER`; a store that does not answer promptly leaves them to go stale.
     diffrec_data::running::stop_all(std::time::Duration::from_secs(2)).await;
+    // Nothing committed from here on, so the epoch said is the one a rerun resumes after.
+    let kept = match diffrec_data::workspace::stop_commits(std::time::Duration::from_secs(2)).await
+    {
+        true => kept_epoch().await,
+        false => String::new(),
+    };
     // Held until the process ends: a file is then either not created yet, unfinished (and
     // removed here) or renamed whole, never between two of these.
     let unfinished = UNFINISHED.lock().unwrap_or_else(|e| e.into_inner());
@@ -42,9 +48,55 @@ async fn stop_on(mut term: tokio::signal::unix::Signal, mut int: tokio::signal::
     tracing::warn!(
         "stopped by {name}: finished writes are kept, unfinished ones are never read; the same \
          command run again resumes (training and LightGCN pre-training from their latest \
-         checkpoints; other work is done again)"
+         checkpoints; other work is done again){kept}"
     );
     std::process::exit(code);
+}
+
+/// The run this process is training now ([`Training`]): the workspace, the run and its
+/// checkpoints' fingerprint, for the signal's line to say where it resumes.
+type Trained = (diffrec_data::Workspace, String, String);
+static TRAINING: std::sync::Mutex<Option<Trained>> = std::sync::Mutex::new(None);
+
+/// Marks the training of a run in this process, until dropped; only of a run that the same
+/// command resumes (not one trained anew, which it starts over).
+pub struct Training;
+
+impl Training {
+    pub fn start(ws: &diffrec_data::Workspace, run: &str, fingerprint: &str) -> Training {
+        *TRAINING.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((ws.clone(), run.to_owned(), fingerprint.to_owned()));
+        Training
+    }
+}
+
+impl Drop for Training {
+    fn drop(&mut self) {
+        *TRAINING.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// "; run `g` resumes after epoch 41 …" while a run trains: the epoch of its latest checkpoint
+/// as committed (read back once commits have stopped, not remembered: a write that completed
+/// just before the signal counts). Empty otherwise, or where the store does not answer within
+/// two seconds.
+async fn kept_epoch() -> String {
+    let Some((ws, run, fingerprint)) = TRAINING.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    else {
+        return String::new();
+    };
+    let read = diffrec_trainer::train::latest_state(&ws, &run);
+    match tokio::time::timeout(std::time::Duration::from_secs(2), read).await {
+        // Of this training (not a checkpoint another process wrote meanwhile).
+        Ok(Ok(Some(state))) if state.fingerprint == fingerprint => format!(
+            "; run `{run}` resumes after epoch {}, its latest checkpoint's",
+            state.epoch
+        ),
+        Ok(Ok(None)) => {
+            format!("; run `{run}` has no checkpoint yet and starts from its first epoch")
+        }
+        _ => String::new(),
+    }
 }
 
 /// Files a command writes outside a workspace, removed if a signal ends it before they are done

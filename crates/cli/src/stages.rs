@@ -201,10 +201,9 @@ async fn run_stage(ws: &Workspace, loaded: &Loaded, stage: Stage, force: bool) -
         Stage::Cluster => crate::cluster_stage::run(ws, loaded, force).await,
         Stage::Train => crate::train_stage::run(ws, loaded, force).await,
         // The error line alone then says which stage failed, as ingest's and train's do.
-        Stage::Evaluate => {
-            (crate::infer_stage::evaluate_stage(ws, loaded).await).context("evaluate stage failed")
-        }
-        Stage::Recommend => (crate::infer_stage::recommend_stage(ws, loaded).await)
+        Stage::Evaluate => (crate::infer_stage::evaluate_stage(ws, loaded, force).await)
+            .context("evaluate stage failed"),
+        Stage::Recommend => (crate::infer_stage::recommend_stage(ws, loaded, force).await)
             .context("recommend stage failed"),
     }
 }

@@ -599,9 +599,14 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
             "train: early stop before epoch {epoch} (best epoch {best_epoch})"
         )),
     };
+    // Node 0 writes the checkpoints: a signal's line says which epoch a rerun resumes after
+    // (not for a run trained anew: the same command starts it over again).
+    let training = (writer && !spec.fresh)
+        .then(|| crate::shutdown::Training::start(ws, &p.name, &spec.fingerprint));
     let summary = train_on(p.train.backend, ws, &data, &spec, &mut report)
         .await
         .context("train stage failed")?;
+    drop(training);
     bar.finish();
     if !writer {
         status!(

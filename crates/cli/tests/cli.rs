@@ -805,6 +805,40 @@ fn s3_url(test: &str) -> Option<String> {
     url
 }
 
+/// An S3 workspace with no credentials in the environment, on a machine without an instance
+/// metadata service (here: a port nothing listens on), fails at once naming the variables to
+/// set, exit code 2: the S3 client would retry the metadata service for three minutes, then
+/// fail on "a token request" with exit code 1. Needs no S3 server: nothing reaches one.
+#[test]
+fn s3_without_credentials_says_so_at_once() {
+    let mut c = diffrec();
+    for v in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SKIP_SIGNATURE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_ROLE_ARN",
+    ] {
+        c.env_remove(v);
+    }
+    let out = c
+        .env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:1")
+        .env("AWS_REGION", "us-east-1")
+        .args(["runs", "--workspace", "s3://diffrec-no-such-bucket/x"])
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("no AWS credentials: none in the environment")
+            && t.contains("no instance metadata service at http://127.0.0.1:1")
+            && t.contains("Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+        "{t}"
+    );
+}
+
 /// The same ingest against an S3-compatible server gives byte-identical artifacts.
 /// Needs DIFFREC_TEST_S3_URL (e.g. s3://diffrec-test/run1) and the AWS_* variables; `.ci/run`
 /// starts a local server and sets them.
@@ -2293,8 +2327,9 @@ fn a_run_that_evaluates_nothing_says_so() {
 
 /// With `model.diffusion.sampling_noise` the reverse pass draws noise, seeded for each
 /// evaluation by the run's seed and the epoch: the evaluate stage repeats the training's
-/// evaluation of the best epoch to the last digit, reruns of evaluate and recommend repeat each
-/// other, and `summary.json` says which stage computed its figures with which reverse pass.
+/// evaluation of the best epoch to the last digit, reruns of evaluate and recommend (forced:
+/// they are up to date) repeat each other, and `summary.json` says which stage computed its
+/// figures with which reverse pass.
 #[test]
 fn noisy_evaluations_are_seeded_and_recorded() {
     let (dir, p) = synthetic_project(
@@ -2321,7 +2356,9 @@ train: {epochs: 4, eval_every: 2, patience: 3}
     };
     let stage = |stage: &str, sets: &[&str]| {
         let mut c = diffrec();
-        c.args(["stage", stage, p.to_str().unwrap(), "--workspace"])
+        c.arg("stage")
+            .args(stage.split(' '))
+            .args([p.to_str().unwrap(), "--workspace"])
             .arg(&ws);
         for set in sets {
             c.args(["--set", set]);
@@ -2336,8 +2373,15 @@ train: {epochs: 4, eval_every: 2, patience: 3}
         serde_json::json!({"stage": "train", "sampling_steps": 0, "sampling_noise": true})
     );
     let figures = |s: &serde_json::Value| (s["valid"].clone(), s["test"].clone());
-    for _ in 0..2 {
-        stage("evaluate", &[]);
+    for force in [false, true] {
+        stage(
+            if force {
+                "evaluate --force"
+            } else {
+                "evaluate"
+            },
+            &[],
+        );
         let evaluated = summary();
         assert_eq!(figures(&evaluated), figures(&trained));
         assert_eq!(by(&evaluated)["stage"], "evaluate");
@@ -2346,14 +2390,19 @@ train: {epochs: 4, eval_every: 2, patience: 3}
     stage("evaluate", &["model.diffusion.sampling_noise=false"]);
     let plain = summary();
     assert_ne!(figures(&plain).1, figures(&trained).1);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.join("runs/n/_manifest.json")).unwrap()).unwrap();
+    let best = manifest["outputs"]["runs/n/checkpoints/best.ckpt"]["sha256"].clone();
+    assert!(best.is_string(), "{manifest}");
     assert_eq!(
         by(&plain),
-        serde_json::json!({"stage": "evaluate", "sampling_steps": 0, "sampling_noise": false})
+        serde_json::json!({"stage": "evaluate", "sampling_steps": 0, "sampling_noise": false,
+                           "ks": [10, 20], "checkpoint_sha256": best})
     );
     let recommendations = || std::fs::read(ws.join("runs/n/recommendations.parquet")).unwrap();
     stage("recommend", &[]);
     let first = recommendations();
-    stage("recommend", &[]);
+    stage("recommend --force", &[]);
     assert!(first == recommendations(), "a rerun drew other noise");
 
     // What made them, for whoever reads the file alone: the file's key-value entry `diffrec`.
@@ -2371,12 +2420,10 @@ train: {epochs: 4, eval_every: 2, patience: 3}
     assert_eq!(
         made,
         serde_json::json!({"run": "n", "k": 20, "exclude": "seen", "sampling_steps": 0,
-                           "sampling_noise": true})
+                           "sampling_noise": true, "checkpoint_sha256": best})
     );
     // The run's manifest names the build that trained it (what `diffrec -V` shows in
     // brackets) and keeps the ingest stage's settings and source, which a later ingest replaces.
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(ws.join("runs/n/_manifest.json")).unwrap()).unwrap();
     let version = text(&diffrec().arg("-V").output().unwrap());
     let build = manifest["build"].as_str().unwrap();
     assert!(
@@ -2764,6 +2811,7 @@ fn termination_signals_end_a_training_saying_so() {
     let (_dir, p, ws, out) = tiny_train_run("signals", "{epochs: 2, eval_every: 1}");
     assert!(out.status.success(), "{}", text(&out));
     let latest = ws.join("runs/g/checkpoints/latest.ckpt");
+    let mut kept = None;
     for (signal, code) in [("TERM", 143), ("INT", 130)] {
         let written = std::fs::metadata(&latest).unwrap().modified().unwrap();
         let child = diffrec()
@@ -2820,8 +2868,31 @@ fn termination_signals_end_a_training_saying_so() {
             t.contains(&format!("stopped by SIG{signal}: finished writes are kept")),
             "{t}"
         );
-        // Every start after the first resumes the run the signal stopped.
-        assert!(t.contains("resuming after epoch"), "{t}");
+        // Every start after the first resumes the run the signal stopped, after the epoch
+        // the signal's line named.
+        let after = |says: &str| -> usize {
+            let at = t.find(says).unwrap_or_else(|| panic!("no {says:?}: {t}")) + says.len();
+            let digits: String = t[at..].chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().unwrap()
+        };
+        let resumed = after("train: resuming after epoch ");
+        if let Some(kept) = kept {
+            assert_eq!(resumed, kept, "{t}");
+        }
+        let said = after("; run `g` resumes after epoch ");
+        assert!(said > resumed, "{t}");
+        kept = Some(said);
+        let runs = diffrec()
+            .args(["runs", "--json", "--workspace"])
+            .arg(&ws)
+            .output()
+            .unwrap();
+        let row: serde_json::Value = serde_json::from_slice(&runs.stdout).unwrap();
+        assert_eq!(
+            (&row["state"], &row["epochs"]),
+            (&"stopped".into(), &said.into()),
+            "{row}"
+        );
         // Nobody waits for a training that is no more (`busy`).
         assert!(
             !ws.join("runs/g/_running").exists(),
@@ -3859,7 +3930,22 @@ fn l_diffrec_pipeline_runs_end_to_end_and_learns() {
         let mut agreeing: serde_json::Value = serde_json::from_slice(&kept).unwrap();
         *agreeing.pointer_mut(pointer).unwrap() = value;
         std::fs::write(&manifest, serde_json::to_vec(&agreeing).unwrap()).unwrap();
-        assert_stage_refuses("evaluate", p.to_str().unwrap(), &ws, &sets, checked);
+        // (`--force`: the summary holds the evaluation of this very checkpoint, and a stage
+        // that finds it up to date would not read the file.)
+        let out = diffrec()
+            .args([
+                "stage",
+                "evaluate",
+                p.to_str().unwrap(),
+                "--force",
+                "--workspace",
+            ])
+            .arg(&ws)
+            .args(sets.iter().flat_map(|s| ["--set", s]))
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert!(out.status.code() == Some(2) && t.contains(checked), "{t}");
         std::fs::write(&manifest, kept).unwrap();
     }
 }
@@ -3952,4 +4038,254 @@ fn a_stage_running_elsewhere_makes_its_readers_retry() {
             .status
             .success()
     );
+}
+
+/// `diffrec runs` tells a finished run, a stopped one (its latest checkpoint and nothing else)
+/// and one a live heartbeat says is training apart, with the figures their summary or
+/// checkpoint records; a killed process's heartbeat alone is no run; a re-ingest marks the runs
+/// trained on the data before it. The JSON lines and the table say the same.
+#[test]
+fn runs_lists_each_runs_state_and_figures() {
+    let (_dir, p, ws, out) = tiny_train_run("runs", "{epochs: 3, eval_every: 1}");
+    assert!(out.status.success(), "{}", text(&out));
+    // (The default batch of 400 users holds all of the tiny log's: one step an epoch, said.)
+    assert!(
+        text(&out).contains("train.batch_size 400 is above the 60 users"),
+        "{}",
+        text(&out)
+    );
+    let runs = |extra: &[&str]| {
+        diffrec()
+            .args(["runs", "--workspace"])
+            .arg(&ws)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let rows = || -> Vec<serde_json::Value> {
+        let out = runs(&["--json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let json = |path: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(ws.join(path)).unwrap()).unwrap()
+    };
+    let summary = json("runs/g/summary.json");
+    let manifest = json("runs/g/_manifest.json");
+    let r = rows();
+    assert_eq!(r.len(), 1, "{r:?}");
+    let g = &r[0];
+    for (field, want) in [
+        ("run", serde_json::json!("g")),
+        ("state", "finished".into()),
+        ("variant", "diffrec".into()),
+        ("seed", manifest["config"]["train"]["seed"].clone()),
+        ("epochs", summary["epochs_run"].clone()),
+        ("best_epoch", summary["best_epoch"].clone()),
+        ("k", 20.into()),
+        ("valid_recall", summary["valid"]["recall@20"].clone()),
+        ("test_recall", summary["test"]["recall@20"].clone()),
+        ("test_ndcg", summary["test"]["ndcg@20"].clone()),
+        ("data", "current".into()),
+        ("recommendations", false.into()),
+        ("finished_at", manifest["finished_at"].clone()),
+        ("note", "".into()),
+    ] {
+        assert_eq!(g[field], want, "{field}: {g}");
+    }
+    assert_eq!(summary["epochs_run"], 3);
+
+    // A training killed after its last checkpoint, before the stage ended.
+    std::fs::create_dir_all(ws.join("runs/h/checkpoints")).unwrap();
+    std::fs::copy(
+        ws.join("runs/g/checkpoints/latest.ckpt"),
+        ws.join("runs/h/checkpoints/latest.ckpt"),
+    )
+    .unwrap();
+    let r = rows();
+    assert_eq!(r.len(), 2, "{r:?}");
+    let h = &r[1];
+    for field in [
+        "variant",
+        "seed",
+        "epochs",
+        "best_epoch",
+        "k",
+        "valid_recall",
+    ] {
+        assert_eq!(h[field], g[field], "{field}: {h}");
+    }
+    assert_eq!(
+        (&h["run"], &h["state"], &h["data"], &h["finished_at"]),
+        (
+            &"h".into(),
+            &"stopped".into(),
+            &"current".into(),
+            &serde_json::Value::Null
+        ),
+        "{h}"
+    );
+    assert!(h["note"].as_str().unwrap().contains("resumes it"), "{h}");
+
+    // A process training it now; and a killed one's heartbeat where nothing else is.
+    let beat = plant_heartbeat(&ws, "runs/h", "train", Duration::from_secs(3));
+    plant_heartbeat(&ws, "runs/i", "train", Duration::from_secs(300));
+    let r = rows();
+    assert_eq!(r.len(), 2, "no run `i`: {r:?}");
+    let h = &r[1];
+    assert_eq!(h["state"], "training", "{h}");
+    assert_eq!(h["running"]["pid"], 4000001, "{h}");
+    assert_eq!(h["running"]["host"], "elsewhere", "{h}");
+    assert_eq!(h["epochs"], g["epochs"], "{h}");
+    std::fs::remove_file(beat).unwrap();
+
+    // The source refreshed and ingested again: both were trained on the data before.
+    let log = p.parent().unwrap().join("log.csv");
+    generate(&log, &["--users", "60", "--items", "40", "--seed", "8"]);
+    let out = diffrec()
+        .args(["stage", "ingest", p.to_str().unwrap(), "--workspace"])
+        .arg(&ws)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let r = rows();
+    assert_eq!(
+        (&r[0]["data"], &r[1]["data"]),
+        (&"changed".into(), &"changed".into())
+    );
+    assert!(
+        r[0]["note"].as_str().unwrap().contains("trains it anew"),
+        "{}",
+        r[0]
+    );
+
+    let out = runs(&[]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let lines: Vec<&str> = t.lines().collect();
+    assert!(lines[0].starts_with("RUN  STATE"), "{t}");
+    let valid = format!("{:.4}", g["valid_recall"].as_f64().unwrap());
+    assert!(
+        lines[1].starts_with("g    finished") && lines[1].contains(&valid),
+        "{t}"
+    );
+    assert!(
+        lines[2].starts_with("h    stopped") && lines[2].contains("changed"),
+        "{t}"
+    );
+
+    let out = diffrec()
+        .args(["runs", "--workspace"])
+        .arg(ws.join("nope"))
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("no runs to list; check --workspace"), "{t}");
+}
+
+/// `diffrec run` again on an unchanged workspace finds evaluate and recommend up to date as
+/// well and rewrites neither file; a change to a stage's own settings (`recommend.k`,
+/// `evaluate.ks`, the reverse pass) reruns that stage alone; `--force` reruns it; a damaged
+/// list is written again.
+#[test]
+fn evaluate_and_recommend_skip_what_they_already_wrote() {
+    let (_dir, p, ws, out) = tiny_train_run("skip", "{epochs: 2, eval_every: 1}");
+    assert!(out.status.success(), "{}", text(&out));
+    let pipeline = p.to_str().unwrap();
+    let command = |args: &[&str]| {
+        let out = diffrec()
+            .args(args)
+            .arg(pipeline)
+            .arg("--workspace")
+            .arg(&ws)
+            .output()
+            .unwrap();
+        let t = text(&out);
+        assert!(out.status.success(), "{args:?}: {t}");
+        t
+    };
+    let (summary, recs) = (
+        ws.join("runs/g/summary.json"),
+        ws.join("runs/g/recommendations.parquet"),
+    );
+    let files = || {
+        let read = |f: &Path| {
+            (
+                std::fs::read(f).unwrap(),
+                std::fs::metadata(f).unwrap().modified().unwrap(),
+            )
+        };
+        (read(&summary), read(&recs))
+    };
+    let evaluated = "evaluate: best checkpoint (epoch";
+    let (evaluate_skipped, recommend_skipped) = ("evaluate: up to date", "recommend: up to date");
+
+    let t = command(&["run"]);
+    assert!(
+        t.contains(evaluated) && !t.contains(evaluate_skipped),
+        "{t}"
+    );
+    assert!(!t.contains(recommend_skipped), "{t}");
+    let users = parquet_columns(&recs).1 / 20;
+    let before = files();
+    let t = command(&["run"]);
+    assert!(
+        t.contains(evaluate_skipped) && t.contains(recommend_skipped),
+        "{t}"
+    );
+    assert!(files() == before, "neither file rewritten");
+
+    // The list's own settings: the list alone is made again.
+    let t = command(&["run", "--set", "recommend.k=3"]);
+    assert!(
+        t.contains(evaluate_skipped) && !t.contains(recommend_skipped),
+        "{t}"
+    );
+    assert_eq!(parquet_columns(&recs).1, 3 * users);
+    assert!(files().0 == before.0);
+    let t = command(&["stage", "recommend", "--set", "recommend.k=3"]);
+    assert!(t.contains(recommend_skipped), "{t}");
+    let t = command(&["stage", "recommend", "--set", "recommend.k=3", "--force"]);
+    assert!(!t.contains(recommend_skipped), "{t}");
+
+    // The evaluation's own settings, on the stage alone (evaluate.ks is also training's).
+    let t = command(&["stage", "evaluate", "--set", "evaluate.ks=[5,20]"]);
+    assert!(t.contains(evaluated), "{t}");
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    assert!(s["test"]["recall@5"].is_number(), "{s}");
+    assert_eq!(s["evaluated_by"]["ks"], serde_json::json!([5, 20]), "{s}");
+    let t = command(&["stage", "evaluate", "--set", "evaluate.ks=[5,20]"]);
+    assert!(t.contains(evaluate_skipped), "{t}");
+    let t = command(&[
+        "stage",
+        "evaluate",
+        "--set",
+        "evaluate.ks=[5,20]",
+        "--force",
+    ]);
+    assert!(t.contains(evaluated), "{t}");
+    let steps = [
+        "--set",
+        "model.diffusion.sampling_steps=2",
+        "--set",
+        "recommend.k=3",
+    ];
+    let t = command(&[&["stage", "evaluate"][..], &steps].concat());
+    assert!(t.contains(evaluated), "{t}");
+    let t = command(&[&["stage", "recommend"][..], &steps].concat());
+    assert!(!t.contains(recommend_skipped), "{t}");
+
+    // Not a Parquet file any more: made again, saying why.
+    std::fs::write(&recs, b"not parquet").unwrap();
+    let t = command(&[&["stage", "recommend"][..], &steps].concat());
+    assert!(
+        t.contains("does not read") && !t.contains(recommend_skipped),
+        "{t}"
+    );
+    assert_eq!(parquet_columns(&recs).1, 3 * users);
 }

@@ -226,7 +226,11 @@ fn some_of(items: &[String]) -> String {
 /// replaced, or the workspace copied elsewhere) of another SHA-256. An output recorded without
 /// a size (one a later stage rewrites) only needs to exist; one recorded without an entity tag
 /// (an older manifest) is compared by size alone, as when it was written.
-async fn output_differs(ws: &Workspace, key: &str, info: &OutputInfo) -> Result<Option<String>> {
+pub async fn output_differs(
+    ws: &Workspace,
+    key: &str,
+    info: &OutputInfo,
+) -> Result<Option<String>> {
     let missing = || Some(format!("output {key} is missing"));
     let Some(meta) = ws.head(key).await? else {
         return Ok(missing());

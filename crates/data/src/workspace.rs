@@ -38,6 +38,36 @@ use crate::manifest::OutputInfo;
 /// capacity, 10 MiB by default).
 const PART: usize = 10 << 20;
 
+/// Commits (a finished temporary renamed to its key; on S3, an in-place upload completed) hold
+/// this for reading; [`stop_commits`] sets it for good. `true`: the process is ending on a
+/// signal, and nothing more is committed.
+static COMMITS: tokio::sync::RwLock<bool> = tokio::sync::RwLock::const_new(false);
+
+/// Waits for leave to commit a write: after [`stop_commits`], for ever (the process is ending).
+async fn commit_gate() -> tokio::sync::RwLockReadGuard<'static, bool> {
+    let gate = COMMITS.read().await;
+    if *gate {
+        drop(gate);
+        return std::future::pending().await;
+    }
+    gate
+}
+
+/// Lets the commits under way finish and no other start, for the rest of the process (a signal
+/// is ending it): no write lands after this returns `true`, so what a caller reads back then
+/// (a checkpoint's epoch) stays what the process leaves. Deletes are not held (a stage's
+/// clean-up, a heartbeat's end). `false` when commits under way took longer than `patience`
+/// (an upload completing on a slow store): then nothing is stopped.
+pub async fn stop_commits(patience: std::time::Duration) -> bool {
+    match tokio::time::timeout(patience, COMMITS.write()).await {
+        Ok(mut stopped) => {
+            *stopped = true;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// Marker in the names of temporary keys.
 const TMP_MARKER: &str = ".tmp-";
 
@@ -73,16 +103,27 @@ impl std::fmt::Debug for Workspace {
     }
 }
 
-/// Environment variables through which `AmazonS3Builder::from_env` finds credentials without
-/// the instance metadata service (keys, a web identity token, container credentials), or the
-/// switch that makes it send unsigned requests.
-const S3_CREDENTIAL_VARS: [&str; 5] = [
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SKIP_SIGNATURE",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-];
+/// Whether `AmazonS3Builder::from_env` finds credentials in the environment without the
+/// instance metadata service, as object_store 0.14's `build` picks them: keys, a web identity
+/// token with a role to assume, container credentials (ECS: a relative URI; EKS Pod Identity:
+/// a full URI with its token file), or unsigned requests. It reads no `AWS_PROFILE` and no
+/// `~/.aws` files.
+fn s3_credentials_in_env() -> bool {
+    let set = |v: &str| std::env::var_os(v).is_some();
+    set("AWS_ACCESS_KEY_ID")
+        || set("AWS_SECRET_ACCESS_KEY")
+        || set("AWS_SKIP_SIGNATURE")
+        || (set("AWS_WEB_IDENTITY_TOKEN_FILE") && set("AWS_ROLE_ARN"))
+        || set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        || (set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+            && set("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"))
+}
+
+/// What [`s3_credentials_in_env`] looks for, for messages.
+const S3_CREDENTIAL_VARS: &str = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; \
+     AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN; AWS_CONTAINER_CREDENTIALS_RELATIVE_URI; \
+     AWS_CONTAINER_CREDENTIALS_FULL_URI with AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE; \
+     AWS_SKIP_SIGNATURE";
 
 /// The bucket and key prefix of `rest`, an S3 URL after its `s3://`. The prefix is taken as
 /// written, as the AWS CLI, boto3 and DuckDB take `s3://` URLs: `s3://b/a b/ünï` writes under
@@ -319,14 +360,10 @@ impl Workspace {
             }
             Some(s @ ("s3" | "s3a")) => {
                 let (bucket, prefix) = s3_location(&url[s.len() + 3..]).map_err(bad)?;
-                if !S3_CREDENTIAL_VARS
-                    .iter()
-                    .any(|v| std::env::var_os(v).is_some())
-                {
-                    tracing::warn!(
-                        "no AWS credentials in the environment ({}): the S3 client will ask the \
-                         instance metadata service at 169.254.169.254, which only cloud machines have",
-                        S3_CREDENTIAL_VARS.join(", ")
+                if !s3_credentials_in_env() {
+                    tracing::debug!(
+                        "no AWS credentials in the environment ({S3_CREDENTIAL_VARS}): the S3 \
+                         client will ask the instance metadata service"
                     );
                 }
                 let s3 = AmazonS3Builder::from_env()
@@ -359,6 +396,7 @@ impl Workspace {
         let Some(bucket) = &self.bucket else {
             return Ok(());
         };
+        self.check_metadata_service().await?;
         // The first page of keys only, however many there are.
         let first = self.store.list(Some(&self.prefix)).try_next().await;
         match first {
@@ -384,6 +422,44 @@ impl Workspace {
                 source,
             }),
         }
+    }
+
+    /// Without credentials in the environment, the S3 client asks the instance metadata service
+    /// for them, and retries for three minutes where there is none (a machine outside a cloud)
+    /// before an error about a token request. Knocked on first (a TCP connection, two seconds at
+    /// most): where nothing answers, the missing credentials are named at once, an error to fix
+    /// (exit code 2) rather than to retry.
+    async fn check_metadata_service(&self) -> Result<()> {
+        if s3_credentials_in_env() {
+            return Ok(());
+        }
+        let endpoint = std::env::var("AWS_METADATA_ENDPOINT")
+            .unwrap_or_else(|_| "http://169.254.169.254".to_owned());
+        let address = url::Url::parse(&endpoint)
+            .ok()
+            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)));
+        // An endpoint that does not parse is object_store's to refuse.
+        let Some(address) = address else {
+            return Ok(());
+        };
+        let knock = tokio::net::TcpStream::connect(address.as_str());
+        let why = match tokio::time::timeout(std::time::Duration::from_secs(2), knock).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer in 2 s".to_owned(),
+        };
+        Err(DataError::WorkspaceUrl {
+            url: self.url.clone(),
+            message: format!(
+                "no AWS credentials: none in the environment ({S3_CREDENTIAL_VARS}), and no \
+                 instance metadata service at {endpoint} ({why}) to ask, as there is on a \
+                 cloud machine with a role. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                 (with AWS_SESSION_TOKEN for temporary ones; AWS_ENDPOINT for a server other \
+                 than AWS), or AWS_SKIP_SIGNATURE=true for a public bucket. AWS_PROFILE and \
+                 ~/.aws are not read: `eval \"$(aws configure export-credentials --format \
+                 env)\"` puts a profile's credentials in the environment"
+            ),
+        })
     }
 
     /// Removes the directories opening this workspace created, where no file was written under
@@ -538,6 +614,7 @@ impl Workspace {
     }
 
     async fn commit(&self, tmp: &str, key: &str) -> Result<()> {
+        let _gate = commit_gate().await;
         self.store
             .rename(&self.path(tmp), &self.path(key))
             .await
@@ -578,6 +655,7 @@ impl Workspace {
                 let _ = sink.abort().await;
                 return written;
             }
+            let _gate = commit_gate().await;
             return sink.shutdown().await.map_err(|source| DataError::Io {
                 path: format!("{}/{key}", self.url),
                 source,
@@ -638,6 +716,11 @@ impl Workspace {
                 rows += batch.num_rows() as u64;
                 writer.write(&batch).await?;
             }
+            // In place (S3), finishing completes the upload: the commit.
+            let _gate = match in_place {
+                true => Some(commit_gate().await),
+                false => None,
+            };
             writer.finish().await
         }
         .await;
@@ -657,6 +740,57 @@ impl Workspace {
             self.commit(&tmp, key).await?;
         }
         Ok(rows)
+    }
+
+    /// The key-value metadata of the Parquet file at `key` (what [`Self::write_parquet`] took
+    /// from the schema's metadata), read from its footer alone: two ranged reads, however large
+    /// the file. `Ok(None)` when there is no such file; a file that is not Parquet is an error.
+    pub async fn parquet_key_values(
+        &self,
+        key: &str,
+    ) -> Result<Option<std::collections::HashMap<String, String>>> {
+        let Some(meta) = self.head(key).await? else {
+            return Ok(None);
+        };
+        let bad = |message: String| DataError::BadArtifact {
+            key: key.to_owned(),
+            message,
+        };
+        let size = meta.size;
+        if size < 12 {
+            return Err(bad(format!("{size} bytes: too short for a Parquet file")));
+        }
+        let range = |r: std::ops::Range<u64>| async move {
+            self.store
+                .get_range(&self.path(key), r)
+                .await
+                .map_err(Self::store_err(key))
+        };
+        let tail = range(size - 8..size).await?;
+        if &tail[4..] != b"PAR1" {
+            return Err(bad("no Parquet footer (PAR1) at its end".into()));
+        }
+        let len = u64::from(u32::from_le_bytes(tail[..4].try_into().expect("4 bytes")));
+        if len + 12 > size {
+            return Err(bad(format!(
+                "its footer says {len} bytes of metadata, more than the file holds"
+            )));
+        }
+        let footer = range(size - 8 - len..size - 8).await?;
+        let metadata = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&footer)
+            .map_err(|source| DataError::Parquet {
+                key: key.to_owned(),
+                source,
+            })?;
+        Ok(Some(
+            metadata
+                .file_metadata()
+                .key_value_metadata()
+                .into_iter()
+                .flatten()
+                .filter_map(|kv| Some((kv.key.clone(), kv.value.clone()?)))
+                .collect(),
+        ))
     }
 
     /// Writes a value as pretty JSON, atomically.

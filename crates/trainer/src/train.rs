@@ -158,6 +158,15 @@ pub struct EvaluatedBy {
     pub sampling_steps: usize,
     /// `model.diffusion.sampling_noise` of that evaluation (drawn as `seed_evaluation` says).
     pub sampling_noise: bool,
+    /// `evaluate.ks` of the evaluate stage's evaluation (absent for the train stage's, and in
+    /// summaries written before 2026-12-02's thirty-second session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ks: Option<Vec<usize>>,
+    /// The SHA-256 of the best checkpoint the evaluate stage evaluated, as the run's manifest
+    /// records it (absent as `ks` is). With `ks` and the sampling settings, what makes a later
+    /// evaluate stage up to date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_sha256: Option<String>,
 }
 
 impl EvaluatedBy {
@@ -166,6 +175,8 @@ impl EvaluatedBy {
             stage: stage.to_owned(),
             sampling_steps: model.diffusion.sampling_steps,
             sampling_noise: model.diffusion.sampling_noise,
+            ks: None,
+            checkpoint_sha256: None,
         }
     }
 }
@@ -632,6 +643,13 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
     let batches = n_users
         .div_ceil(bs)
         .min(cfg.max_batches.unwrap_or(usize::MAX));
+    if bs > n_users {
+        tracing::warn!(
+            "train.batch_size {bs} is above the {n_users} users: each epoch is one step over \
+             all of them, so a run takes as many optimizer steps as epochs (learning rates \
+             tuned for smaller batches may then need more epochs or a larger rate)"
+        );
+    }
 
     if !cfg.evaluates() {
         tracing::warn!(
@@ -843,7 +861,7 @@ async fn run_loop<B: AutodiffBackend, L: Learner<B> + Send>(
 
 /// The k of the Recall that selects the best epoch: 20, or the first of `evaluate.ks` without
 /// 20.
-fn select_k(ks: &[usize]) -> usize {
+pub fn select_k(ks: &[usize]) -> usize {
     if ks.contains(&20) { 20 } else { ks[0] }
 }
 
@@ -948,10 +966,16 @@ pub async fn checkpoint_fingerprinted(
     ws: &Workspace,
     run: &str,
 ) -> Result<Option<serde_json::Value>, TrainError> {
-    Ok(read_state(ws, &latest_key(run))
+    Ok(latest_state(ws, run)
         .await?
         .map(|s| s.fingerprinted)
         .filter(|v| !v.is_null()))
+}
+
+/// The training state of the run's latest checkpoint (read from its head only: the model and
+/// optimizer records are not fetched), `None` without one.
+pub async fn latest_state(ws: &Workspace, run: &str) -> Result<Option<TrainState>, TrainError> {
+    read_state(ws, &latest_key(run)).await
 }
 
 /// The training state of the checkpoint at `key` (its head only), `None` when there is none.
