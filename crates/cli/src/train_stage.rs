@@ -659,11 +659,15 @@ pub async fn run(ws: &Workspace, loaded: &Loaded, force: bool) -> Result<()> {
         );
         return Ok(());
     }
+    // The figure that chose the epoch first, then the test figures at it.
+    let k = diffrec_trainer::train::select_k(&p.evaluate.ks);
+    let chose = summary.valid.get(&format!("recall@{k}")).copied();
     status!(
-        "train: best epoch {} of {}; test {}; {:.2} s/epoch, {:.1} s/eval; {} parameters, peak \
-         memory {:.2} GiB, {:.1} s in all",
+        "train: best epoch {} of {} (valid recall@{k} {:.4}); test {}; {:.2} s/epoch, {:.1} \
+         s/eval; {} parameters, peak memory {:.2} GiB, {:.1} s in all",
         summary.best_epoch,
         summary.epochs_run,
+        chose.unwrap_or(f64::NAN),
         headline_metrics(&summary.test, &p.evaluate.ks),
         summary.epoch_seconds_median,
         summary.eval_seconds_median,

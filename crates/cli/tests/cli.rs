@@ -4098,6 +4098,13 @@ fn runs_lists_each_runs_state_and_figures() {
         assert_eq!(g[field], want, "{field}: {g}");
     }
     assert_eq!(summary["epochs_run"], 3);
+    // Training's last line names the figure that chose the epoch, as the summary has it.
+    let chose = format!(
+        "train: best epoch {} of 3 (valid recall@20 {:.4}); test ",
+        summary["best_epoch"],
+        summary["valid"]["recall@20"].as_f64().unwrap()
+    );
+    assert!(text(&out).contains(&chose), "{chose}: {}", text(&out));
 
     // A training killed after its last checkpoint, before the stage ended.
     std::fs::create_dir_all(ws.join("runs/h/checkpoints")).unwrap();
