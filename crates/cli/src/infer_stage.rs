@@ -318,6 +318,18 @@ pub async fn evaluate_stage(ws: &Workspace, loaded: &Loaded, force: bool) -> Res
             ))
             .into());
         }
+        Ok(None) if ws.exists(&manifest_key(&run_dir(&p.name))).await? => {
+            // Training writes the summary before the manifest, so this is no training under
+            // way: the file went since.
+            return Err(UsageError(format!(
+                "run `{}` finished training, but {key} is missing: the train stage writes it \
+                 again from the run's checkpoint, without training and without `--force` \
+                 (which would train the run anew): `diffrec stage train PIPELINE`, then \
+                 evaluate again, or `diffrec run PIPELINE`",
+                p.name
+            ))
+            .into());
+        }
         read => read?.ok_or_else(|| unfinished(&p.name, &key))?,
     };
     let manifest = checked_run(ws, loaded).await?;

@@ -3127,6 +3127,24 @@ fn damaged_artifacts_are_for_the_user_to_fix() {
     assert_eq!(again["best_epoch"], good["best_epoch"]);
     assert_eq!(again["test"], good["test"]);
     assert!(stage("evaluate").status.success());
+
+    // A deleted one: the run finished, and the same rerun of train restores it.
+    std::fs::remove_file(&summary).unwrap();
+    let out = stage("evaluate");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("run `g` finished training, but runs/g/summary.json is missing")
+            && t.contains("diffrec stage train PIPELINE")
+            && !t.contains("has not finished training"),
+        "{t}"
+    );
+    let out = stage("train");
+    assert!(out.status.success(), "{}", text(&out));
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    assert_eq!(again["test"], good["test"]);
+    assert!(stage("evaluate").status.success());
 }
 
 /// Upgrading over a workspace ingested under older ingest rules (its manifest without
