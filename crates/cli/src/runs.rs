@@ -113,10 +113,20 @@ pub async fn list(ws_url: &str, json: bool) -> Result<()> {
     })
 }
 
+/// What one listing of `runs/` shows of a run.
+#[derive(Default)]
+struct Listed {
+    /// Files other than heartbeats.
+    written: bool,
+    /// Heartbeat files (live or not: [`running::running`] judges).
+    beats: bool,
+    /// The newest last-modified time of the files other than heartbeats.
+    last_written: Option<DateTime<Utc>>,
+}
+
 /// Every run of the workspace, by name.
 pub async fn rows(ws: &Workspace) -> Result<Vec<RunRow>> {
-    // Each run's files and the newest of their times, by run name.
-    let mut runs: BTreeMap<String, (bool, Option<DateTime<Utc>>)> = BTreeMap::new();
+    let mut runs: BTreeMap<String, Listed> = BTreeMap::new();
     for (key, modified) in ws.list_modified("runs").await? {
         let Some((run, rest)) = key.strip_prefix("runs/").and_then(|k| k.split_once('/')) else {
             continue;
@@ -125,19 +135,25 @@ pub async fn rows(ws: &Workspace) -> Result<Vec<RunRow>> {
             continue;
         }
         let entry = runs.entry(run.to_owned()).or_default();
-        // A folder holding only heartbeats is a run only while one of them is live.
-        if !rest.starts_with("_running/") {
-            entry.0 = true;
-            entry.1 = entry.1.max(Some(modified));
+        if rest.starts_with("_running/") {
+            entry.beats = true;
+        } else {
+            entry.written = true;
+            entry.last_written = entry.last_written.max(Some(modified));
         }
     }
     let mut rows = Vec::new();
-    for (run, (written, last_written)) in runs {
-        let live = running::running(ws, &run_dir(&run)).await?;
-        if !written && live.is_empty() {
+    for (run, listed) in runs {
+        // Heartbeats are read only where the listing showed some.
+        let live = match listed.beats {
+            true => running::running(ws, &run_dir(&run)).await?,
+            false => Vec::new(),
+        };
+        // A folder holding only heartbeats is a run only while one of them is live.
+        if !listed.written && live.is_empty() {
             continue;
         }
-        rows.push(row(ws, &run, live, last_written).await?);
+        rows.push(row(ws, &run, live, listed.last_written).await?);
     }
     Ok(rows)
 }
@@ -149,12 +165,6 @@ async fn row(
     live: Vec<Live>,
     last_written: Option<DateTime<Utc>>,
 ) -> Result<RunRow> {
-    let manifest_at = manifest_key(&run_dir(run));
-    let manifest = match ws.get_json::<StageManifest>(&manifest_at).await {
-        Ok(m) => Ok(m),
-        Err(DataError::BadArtifact { .. }) => Err(()),
-        Err(e) => return Err(e.into()),
-    };
     let mut r = RunRow {
         run: run.to_owned(),
         state: State::Stopped,
@@ -188,6 +198,12 @@ async fn row(
         }
         return Ok(r);
     }
+    let manifest_at = manifest_key(&run_dir(run));
+    let manifest = match ws.get_json::<StageManifest>(&manifest_at).await {
+        Ok(m) => Ok(m),
+        Err(DataError::BadArtifact { .. }) => Err(()),
+        Err(e) => return Err(e.into()),
+    };
     match manifest {
         Ok(Some(manifest)) => finished(ws, &mut r, &manifest).await?,
         Ok(None) => match latest_state(ws, run).await {
